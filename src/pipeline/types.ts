@@ -1,0 +1,70 @@
+import type { ToMeOptions } from '../tome/types.js';
+
+export type DeviceName = 'auto' | 'cpu' | 'cuda' | 'dml' | 'coreml' | 'webgpu';
+export type AttentionMode = 'auto' | 'standard' | 'fused';
+
+/** Everything that determines one image (what the PNG metadata records). */
+export interface GenerationParams {
+  prompt: string;
+  negativePrompt: string;
+  width: number;
+  height: number;
+  steps: number;
+  /** classifier-free guidance scale; exactly 1 (or ≤ 1) skips the unconditional pass */
+  cfg: number;
+  /** seed of the first image of the job; image i gets seed + i. -1 = random (resolved before generation). */
+  seed: number;
+  /** canonical scheduler name ('euler_a', 'ddim', ...) */
+  scheduler: string;
+  /** images per UNet call */
+  batchSize: number;
+  /** number of batches (A1111 batch count) */
+  nIter: number;
+  /** DDIM eta */
+  eta: number;
+  /** CLIP skip (1 = last layer) */
+  clipSkip: number;
+  /** A1111 emphasis syntax on/off */
+  emphasis: boolean;
+  tome: ToMeOptions;
+  attention: AttentionMode;
+}
+
+export interface RuntimeOptions {
+  device: DeviceName;
+  threads?: number;
+  verbose?: boolean;
+  /** directory for cached patched/optimized models */
+  cacheDir?: string;
+}
+
+export interface ImageTimings {
+  textEncoderMs: number;
+  unetMs: number;
+  vaeMs: number;
+  totalMs: number;
+}
+
+export interface GeneratedImage {
+  /** index of the image within its job (0-based) */
+  index: number;
+  seed: number;
+  width: number;
+  height: number;
+  /** RGB, row-major, width*height*3 */
+  rgb: Uint8Array;
+  /** params with this image's seed resolved */
+  params: GenerationParams;
+  /** whether the ToMe-patched UNet was used for this image */
+  tomeApplied: boolean;
+  /** model folder name (A1111 "Model") */
+  modelName: string;
+  timings: ImageTimings;
+}
+
+export interface ProgressEvents {
+  onLoad?(stage: string, done: number, total: number): void;
+  onStep?(step: number, total: number, batch: number, batches: number): void;
+  /** one-line notices (provider fallback, ToMe skipped, ...) */
+  onNotice?(message: string): void;
+}

@@ -1,0 +1,7 @@
+/** A source of normal draws, bit-compatible with torch.Generator('cpu') where it claims to be. */
+export interface RandomSource {
+  /** Draw `prod(shape)` standard normal float32 values, exactly as torch.randn(shape, generator=g). */
+  randn(shape: readonly number[]): Float32Array;
+  /** Draw into an existing array (same values as randn of that length, no allocation). */
+  randnInto?(out: Float32Array, shape?: readonly number[]): Float32Array;
+}
