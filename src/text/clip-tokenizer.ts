@@ -66,13 +66,14 @@ export class ClipTokenizer implements Tokenizer {
 
     this.ranks = new Map();
     let rank = 0;
-    for (const line of data.merges) {
-      const trimmed = line.trim();
-      if (trimmed === '' || trimmed.startsWith('#version')) continue;
-      const parts = trimmed.split(/\s+/);
-      if (parts.length !== 2) throw new SdgenError(`invalid BPE merge rule: ${JSON.stringify(line)}`);
-      const key = `${parts[0]} ${parts[1]}`;
-      if (!this.ranks.has(key)) this.ranks.set(key, rank);
+    for (const raw of data.merges) {
+      const line = raw.endsWith('\r') || raw.endsWith(' ') ? raw.trimEnd() : raw;
+      if (line === '' || line.startsWith('#version')) continue;
+      const sp = line.indexOf(' ');
+      if (sp <= 0 || sp === line.length - 1 || line.indexOf(' ', sp + 1) !== -1) {
+        throw new SdgenError(`invalid BPE merge rule ${rank + 1}: ${JSON.stringify(raw)}`);
+      }
+      if (!this.ranks.has(line)) this.ranks.set(line, rank);
       rank++;
     }
 

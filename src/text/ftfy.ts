@@ -7,12 +7,13 @@
  *   (ftfy's default `uncurl_quotes=True`), line breaks, lone surrogates, ANSI terminal escapes,
  *   control characters, NFC.
  *
- * Mojibake repair is this project's own, deliberately conservative detector (ftfy's heuristic
- * is a large hand-tuned table): a line is re-decoded when, encoded as Latin-1 or Windows-1252,
- * all of it is valid UTF-8 with at least one multi-byte sequence; otherwise only runs that start
- * with the most common UTF-8 lead bytes (Â Ã â ð, i.e. U+0080–U+00FF, U+2000–U+2FFF and
- * emoji) and decode cleanly are repaired. Lossy mojibake (with U+FFFD or `?`), MacRoman, cp437
- * and the other single-byte code pages are not attempted.
+ * Mojibake repair uses this project's own, deliberately conservative detector (ftfy's is a large
+ * hand-tuned table): a line is suspect when it holds a strong sign of UTF-8 read as Latin-1 /
+ * Windows-1252 (`Â`/`Ã` + a continuation character, a 3- or 4-byte sequence, `Ã ` after a
+ * letter) or at least two other 2-byte sequences. A suspect line is re-encoded (Latin-1, then
+ * Windows-1252, restoring 0xA0 bytes that became spaces) and decoded as UTF-8; when the whole line
+ * does not decode, each run of well-formed sequences is repaired on its own. Lossy mojibake
+ * (with U+FFFD or `?`), MacRoman, cp437 and the other single-byte code pages are not attempted.
  */
 import { ftfyUnescapeHtml } from './html-entities.js';
 
@@ -63,16 +64,52 @@ const CONT_CHARS =
   CP1252_HIGH.filter((cp) => cp > 0xff)
     .map((cp) => `\\u{${cp.toString(16)}}`)
     .join('');
-/** Runs of 2-byte sequences led by Â/Ã, 3-byte by â, 4-byte by ð. */
-const COMMON_MOJIBAKE_RE = new RegExp(
-  `(?:[\\xc2\\xc3][${CONT_CHARS}]|\\xe2[${CONT_CHARS}]{2}|\\xf0[${CONT_CHARS}]{3})+`,
+/** Runs of whole UTF-8 sequences as they look after the mis-decode (repaired one run at a time
+ * when the line as a whole does not decode). */
+const MOJIBAKE_RUN_RE = new RegExp(
+  `(?:[\\xc2-\\xdf][${CONT_CHARS}]|[\\xe0-\\xef][${CONT_CHARS}]{2}|[\\xf0-\\xf4][${CONT_CHARS}]{3})+`,
   'gu',
 );
 
-function reDecode(text: string): string | null {
+/** Strong signs of UTF-8 read as Latin-1/Windows-1252: Â or Ã + continuation, 3- and 4-byte
+ * sequences, and "Ã " after a letter (an `à` whose 0xA0 byte became a space). */
+const STRONG_RE = new RegExp(
+  `[\\xc2\\xc3][${CONT_CHARS}]|[\\xe0-\\xef][${CONT_CHARS}]{2}|[\\xf0-\\xf4][${CONT_CHARS}]{3}|(?:^|[a-z] ?)[\\xc2\\xc3] `,
+  'u',
+);
+/** Other 2-byte sequences (Latin Extended, Greek, Cyrillic, Hebrew, Arabic leads): weak signs. */
+const WEAK_RE = new RegExp(`[\\xc4-\\xdf][${CONT_CHARS}]`, 'gu');
+
+function looksLikeMojibake(text: string): boolean {
+  return STRONG_RE.test(text) || (text.match(WEAK_RE)?.length ?? 0) >= 2;
+}
+
+/** Puts back 0xA0 bytes that became spaces after a 0xC2/0xC3 lead: before a word, `Ã ` is read
+ * as `à` + space (except before the Portuguese `s`, `quele`, `quela`, `quilo`); otherwise the
+ * space itself is taken as the lost 0xA0. */
+function restoreByteA0(bytes: Uint8Array): Uint8Array {
+  const out: number[] = [];
+  const wordAt = (i: number, w: string): boolean => {
+    for (let k = 0; k < w.length; k++) if (bytes[i + k] !== w.charCodeAt(k)) return false;
+    return true;
+  };
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i] as number;
+    out.push(b);
+    if ((b !== 0xc2 && b !== 0xc3) || bytes[i + 1] !== 0x20) continue;
+    const aGraveWord =
+      b === 0xc3 && bytes[i + 2] !== 0x20 && !['s ', 'quele', 'quela', 'quilo'].some((w) => wordAt(i + 2, w));
+    out.push(0xa0);
+    if (!aGraveWord) i += 1; // the space was the 0xA0
+  }
+  return Uint8Array.from(out);
+}
+
+function reDecode(text: string, restoreA0: boolean): string | null {
   for (const enc of ['latin-1', 'windows-1252'] as const) {
-    const bytes = encodeSingleByte(text, enc);
+    let bytes = encodeSingleByte(text, enc);
     if (bytes === null) continue;
+    if (restoreA0) bytes = restoreByteA0(bytes);
     const decoded = decodeUtf8Strict(bytes);
     if (decoded !== null && decoded !== text) return decoded;
   }
@@ -80,10 +117,10 @@ function reDecode(text: string): string | null {
 }
 
 function fixEncodingOnce(text: string): string {
-  if (/^[\x00-\x7f]*$/.test(text)) return text;
-  const whole = reDecode(text);
+  if (/^[\x00-\x7f]*$/.test(text) || !looksLikeMojibake(text)) return text;
+  const whole = reDecode(text, true) ?? reDecode(text, false);
   if (whole !== null) return whole;
-  return text.replace(COMMON_MOJIBAKE_RE, (run) => reDecode(run) ?? run);
+  return text.replace(MOJIBAKE_RUN_RE, (run) => reDecode(run, false) ?? run);
 }
 
 /** Mojibake repair, repeated until stable (double-encoded text takes two rounds). */
