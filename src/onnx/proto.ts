@@ -804,3 +804,24 @@ export function lenFieldHeader(fieldNo: number, length: number): Buffer {
 export function lenFieldSize(fieldNo: number, length: number): number {
   return varintSize(fieldNo * 8 + WT_LEN) + varintSize(length) + length;
 }
+
+/**
+ * Splits a message around one field: `[before, after]` hold the known fields numbered below and
+ * above `fieldNo` (shallow, sharing values), `after` also the unknown fields. Since encoding
+ * writes fields in number order, `encode(before) + <field fieldNo> + encode(after)` is exactly
+ * `encode(obj)`: the streaming writer uses this to put large parts (graph, initializers, raw
+ * data) in their usual place without building them in memory.
+ */
+export function splitFields(type: MessageName, obj: object, fieldNo: number): [before: object, after: object] {
+  const src = obj as Record<string, unknown>;
+  const before: Record<string, unknown> = {};
+  const after: Record<string, unknown> = {};
+  for (const f of SPECS[type].fields) {
+    if (f.no === fieldNo) continue;
+    const v = src[f.key];
+    if (v === undefined) continue;
+    (f.no < fieldNo ? before : after)[f.key] = v;
+  }
+  if (src.unknownFields !== undefined) after.unknownFields = src.unknownFields;
+  return [before, after];
+}
