@@ -3,7 +3,7 @@
  * no I/O here (see load.ts).
  */
 import { SdgenError } from '../errors.js';
-import { BYTE_TO_CHAR, CHAR_TO_BYTE, toByteChars } from './byte-unicode.js';
+import { CHAR_TO_BYTE, toByteChars } from './byte-unicode.js';
 import { cleanText, PY_SPACE_CLASS } from './clean.js';
 import type { Tokenizer } from './types.js';
 
@@ -205,5 +205,3 @@ export class ClipTokenizer implements Tokenizer {
   }
 }
 
-/** Re-exported for the tiny vocabulary builder. */
-export { BYTE_TO_CHAR };
