@@ -1,0 +1,104 @@
+/**
+ * Euler sampler, matching diffusers' EulerDiscreteScheduler (0.27), including s_churn options
+ * (off by default). Like diffusers it draws one noise tensor per step from the generator even
+ * when churn is off, so the generator's state stays in step with diffusers. Pure logic.
+ */
+import type { RandomSource } from '../random/types.js';
+import type { Scheduler, SchedulerConfig } from './types.js';
+import { drawNoise, ensure, f32, indexForTimestep, outputFor, resolveConfig, scaleBySigma, sigmaInitNoise } from './common.js';
+import { TrainingSchedule, sigmaGrid } from './sigma-base.js';
+
+export const EULER_DEFAULTS = {
+  num_train_timesteps: 1000,
+  beta_start: 0.0001,
+  beta_end: 0.02,
+  beta_schedule: 'linear',
+  trained_betas: null as number[] | null,
+  prediction_type: 'epsilon',
+  interpolation_type: 'linear',
+  use_karras_sigmas: false,
+  sigma_min: null as number | null,
+  sigma_max: null as number | null,
+  timestep_spacing: 'linspace',
+  timestep_type: 'discrete',
+  steps_offset: 0,
+  rescale_betas_zero_snr: false,
+};
+
+export interface EulerOptions {
+  sChurn?: number;
+  sTmin?: number;
+  sTmax?: number;
+  sNoise?: number;
+}
+
+export class EulerScheduler implements Scheduler {
+  readonly name: string = 'euler';
+  readonly config: typeof EULER_DEFAULTS;
+  private readonly train: TrainingSchedule;
+  private readonly opts: Required<EulerOptions>;
+  timesteps: number[] = [];
+  sigmas: number[] = [];
+  private stepIndex: number | null = null;
+  private noise: Float32Array | null = null;
+
+  constructor(config?: SchedulerConfig, opts: EulerOptions = {}, overrides: Partial<typeof EULER_DEFAULTS> = {}) {
+    this.config = { ...resolveConfig(EULER_DEFAULTS, config), ...overrides };
+    this.train = new TrainingSchedule(this.config, true);
+    this.opts = { sChurn: opts.sChurn ?? 0, sTmin: opts.sTmin ?? 0, sTmax: opts.sTmax ?? Infinity, sNoise: opts.sNoise ?? 1 };
+  }
+
+  get initNoiseSigma(): number {
+    let max = 0;
+    for (const s of this.sigmas) if (s > max) max = s;
+    return sigmaInitNoise(max, this.config.timestep_spacing);
+  }
+
+  setTimesteps(steps: number): void {
+    const grid = sigmaGrid(this.train, this.config, steps);
+    this.sigmas = [...grid.sigmas, 0];
+    this.timesteps =
+      this.config.timestep_type === 'continuous' && this.config.prediction_type === 'v_prediction'
+        ? grid.sigmas.map((s) => f32(0.25 * f32(Math.log(s))))
+        : grid.timesteps;
+    this.stepIndex = null;
+  }
+
+  private index(t: number): number {
+    if (this.stepIndex === null) this.stepIndex = indexForTimestep(this.timesteps, t);
+    return this.stepIndex;
+  }
+
+  scaleModelInput(x: Float32Array, t: number, out?: Float32Array): Float32Array {
+    return scaleBySigma(x, this.sigmas[this.index(t)]!, out);
+  }
+
+  step(modelOutput: Float32Array, t: number, x: Float32Array, generator?: RandomSource, out?: Float32Array): Float32Array {
+    const i = this.index(t);
+    const o = outputFor(x, out);
+    const sigma = this.sigmas[i]!;
+    const { sChurn, sTmin, sTmax, sNoise } = this.opts;
+    const gamma = sTmin <= sigma && sigma <= sTmax ? Math.min(sChurn / (this.sigmas.length - 1), 2 ** 0.5 - 1) : 0;
+    const noise = drawNoise(generator, (this.noise = ensure(this.noise, x.length)), this.name);
+    const sigmaHat = f32(sigma * f32(gamma + 1));
+    const churn = gamma > 0 ? f32(Math.sqrt(f32(f32(sigmaHat * sigmaHat) - f32(sigma * sigma)))) : 0;
+    const pt = this.config.prediction_type;
+    const vScale = f32(-sigma / f32(Math.sqrt(f32(f32(sigma * sigma) + 1))));
+    const vDen = f32(f32(sigma * sigma) + 1);
+    const dt = f32(this.sigmas[i + 1]! - sigmaHat);
+    for (let k = 0; k < x.length; k++) {
+      let s = x[k]!;
+      if (gamma > 0) s = f32(s + f32(f32(noise[k]! * sNoise) * churn));
+      const m = modelOutput[k]!;
+      let x0: number;
+      if (pt === 'epsilon') x0 = f32(s - f32(sigmaHat * m));
+      else if (pt === 'v_prediction') x0 = f32(f32(m * vScale) + f32(s / vDen));
+      else if (pt === 'sample' || pt === 'original_sample') x0 = m;
+      else throw new Error(`Euler: prediction_type '${pt}' is not supported`);
+      const d = f32(f32(s - x0) / sigmaHat);
+      o[k] = f32(s + f32(d * dt));
+    }
+    this.stepIndex = i + 1;
+    return o;
+  }
+}
