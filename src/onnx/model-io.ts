@@ -16,7 +16,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { constants as bufferConstants } from 'node:buffer';
-import { open, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, normalize, resolve, sep } from 'node:path';
 import { SdgenError } from '../errors.js';
 import {
@@ -411,6 +411,7 @@ function tensorDataLength(t: TensorProto): { len: number; piece: Piece } | undef
 /**
  * Writes a model (see the module comment). Large tensors go to one weights file beside the model
  * when external data is on; everything is written to temp files renamed into place at the end.
+ * The model's folder is created if needed.
  */
 export async function saveModel(model: ModelProto, path: string, opts: SaveOptions = {}): Promise<void> {
   const graph = model.graph;
@@ -496,6 +497,7 @@ export async function saveModel(model: ModelProto, path: string, opts: SaveOptio
   const reader = new SourceReader();
   const created: string[] = [];
   try {
+    await mkdir(dir, { recursive: true });
     // weights file
     if (externals.length > 0) {
       const fh = await open(tmpWeights, 'wx');
