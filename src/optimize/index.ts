@@ -3,3 +3,15 @@ export { fuseAttention, isFloat16Model, modelFloatType, MS_DOMAIN } from './fuse
 export type { FuseAttentionOptions, FuseAttentionResult } from './fuse-attention.js';
 export { chooseAttention, providerSupportsFusedAttention } from './attention-mode.js';
 export type { ResolvedAttention } from './attention-mode.js';
+export {
+  createCachedSession,
+  planOptimizedModel,
+  optimizedModelKey,
+  optimizedEntryDir,
+  cpuSignature,
+  ortVersion,
+  DEFAULT_MEMORY_OPTIONS,
+  OPTIMIZED_MODEL_FILE,
+  OPTIMIZED_WEIGHTS_FILE,
+} from './session-cache.js';
+export type { OptimizedCacheOptions, OptimizedModelPlan, CachedSession, OptimizationLevel } from './session-cache.js';

@@ -1,0 +1,230 @@
+/**
+ * Optimized-graph caching: onnxruntime can write the graph it built after its optimization
+ * passes (`optimizedModelFilePath`); loading that file back with optimizations disabled skips
+ * the passes on later runs. The file is specific to the execution provider and, at level 'all'
+ * (NCHWc layout transforms), to the CPU's vector extensions, so both are part of the key, with
+ * the source model's identity, the options, sdgen's and onnxruntime's versions.
+ *
+ * Layout: `<cacheDir>/optimized/<key>/model.onnx` (+ `model.weights` external initializers,
+ * `meta.json`). An entry is written into a temporary directory during the first session
+ * creation and published by an atomic rename once that session exists, so a crash or a
+ * concurrent run never leaves a half-written entry under the final name.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import ort from 'onnxruntime-node';
+import { modelFileIdentity } from '../onnx/model-io.js';
+import { SDGEN_VERSION } from '../version.js';
+
+export type OptimizationLevel = 'basic' | 'extended' | 'all';
+
+export interface OptimizedCacheOptions {
+  /** cache root (the same as the ToMe cache's) */
+  cacheDir: string;
+  /** execution provider the session runs on ('cpu', 'cuda', ...) */
+  provider: string;
+  /** onnxruntime optimization level baked into the cached graph (default 'all') */
+  level?: OptimizationLevel;
+  /** anything else that changed the model or its session (ToMe options, attention mode, ...) */
+  variant?: string;
+}
+
+export const OPTIMIZED_MODEL_FILE = 'model.onnx';
+export const OPTIMIZED_WEIGHTS_FILE = 'model.weights';
+const CACHE_FORMAT = 1;
+
+let cpuSig: string | undefined;
+
+/** The CPU model and the instruction-set flags onnxruntime's kernels and layouts depend on. */
+export function cpuSignature(): string {
+  if (cpuSig !== undefined) return cpuSig;
+  let flags = '';
+  try {
+    const info = readFileSync('/proc/cpuinfo', 'utf8');
+    const line = /^flags\s*:\s*(.*)$/m.exec(info)?.[1] ?? '';
+    flags = line
+      .split(/\s+/)
+      .filter((f) => /^(avx|fma|f16c|amx|sse4|neon|asimd|sve)/.test(f))
+      .sort()
+      .join(',');
+  } catch {
+    // not Linux: the model name stands for the feature set
+  }
+  cpuSig = `${os.arch()}|${os.cpus()[0]?.model ?? 'unknown'}|${flags}`;
+  return cpuSig;
+}
+
+export function ortVersion(): string {
+  return ort.env.versions.node ?? ort.env.versions.common;
+}
+
+/** The cache key of an optimized model (hex sha256). */
+export async function optimizedModelKey(modelPath: string, opts: OptimizedCacheOptions): Promise<string> {
+  const identity = await modelFileIdentity(modelPath);
+  const material = {
+    format: CACHE_FORMAT,
+    identity,
+    provider: opts.provider.toLowerCase(),
+    level: opts.level ?? 'all',
+    variant: opts.variant ?? '',
+    sdgen: SDGEN_VERSION,
+    ort: ortVersion(),
+    // layouts chosen at 'all' depend on the CPU even for GPU sessions (CPU fallback nodes)
+    cpu: cpuSignature(),
+  };
+  return createHash('sha256').update(JSON.stringify(material)).digest('hex').slice(0, 32);
+}
+
+export function optimizedEntryDir(cacheDir: string, key: string): string {
+  return path.join(cacheDir, 'optimized', key);
+}
+
+/** How to open one model with the cache: which file, which session options, what to do after. */
+export interface OptimizedModelPlan {
+  key: string;
+  /** the file onnxruntime should load */
+  modelPath: string;
+  /** true: `modelPath` is a cached optimized graph (loaded with optimizations disabled) */
+  cached: boolean;
+  /** merge these over the caller's session options */
+  sessionOptions: ort.InferenceSession.SessionOptions;
+  /** after the session was created: publishes the entry written during creation (no-op if cached) */
+  commit(): Promise<void>;
+  /** after a failed creation: removes what was written (and a cached entry that failed to load) */
+  abort(): Promise<void>;
+}
+
+/** Plans a session load through the cache (no I/O besides reading the model's identity). */
+export async function planOptimizedModel(modelPath: string, opts: OptimizedCacheOptions): Promise<OptimizedModelPlan> {
+  const key = await optimizedModelKey(modelPath, opts);
+  const finalDir = optimizedEntryDir(opts.cacheDir, key);
+  const cachedFile = path.join(finalDir, OPTIMIZED_MODEL_FILE);
+  if (existsSync(cachedFile) && existsSync(path.join(finalDir, 'meta.json'))) {
+    return {
+      key,
+      modelPath: cachedFile,
+      cached: true,
+      sessionOptions: { graphOptimizationLevel: 'disabled' },
+      commit: async () => {},
+      abort: async () => {
+        await rm(finalDir, { recursive: true, force: true });
+      },
+    };
+  }
+  const tmpDir = `${finalDir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  let prepared = false;
+  const plan: OptimizedModelPlan = {
+    key,
+    modelPath,
+    cached: false,
+    sessionOptions: {
+      graphOptimizationLevel: opts.level ?? 'all',
+      optimizedModelFilePath: path.join(tmpDir, OPTIMIZED_MODEL_FILE),
+      extra: {
+        session: {
+          // weights go to one external file beside the optimized graph (models > 2 GB need it)
+          optimized_model_external_initializers_file_name: OPTIMIZED_WEIGHTS_FILE,
+          optimized_model_external_initializers_min_size_in_bytes: '1024',
+        },
+      },
+    },
+    commit: async () => {
+      if (!prepared) return;
+      const written = path.join(tmpDir, OPTIMIZED_MODEL_FILE);
+      try {
+        await stat(written);
+      } catch {
+        await rm(tmpDir, { recursive: true, force: true });
+        return; // this provider wrote nothing: nothing to cache
+      }
+      const meta = {
+        source: path.resolve(modelPath),
+        provider: opts.provider,
+        level: opts.level ?? 'all',
+        variant: opts.variant ?? '',
+        sdgen: SDGEN_VERSION,
+        ort: ortVersion(),
+        cpu: cpuSignature(),
+        created: new Date().toISOString(),
+      };
+      await writeFile(path.join(tmpDir, 'meta.json'), JSON.stringify(meta, null, 2));
+      try {
+        await rename(tmpDir, finalDir);
+      } catch {
+        // another run published the same entry first: keep theirs
+        await rm(tmpDir, { recursive: true, force: true });
+      }
+    },
+    abort: async () => {
+      await rm(tmpDir, { recursive: true, force: true });
+    },
+  };
+  await mkdir(tmpDir, { recursive: true });
+  prepared = true;
+  return plan;
+}
+
+export interface CachedSession {
+  session: ort.InferenceSession;
+  /** the session was loaded from a cached optimized graph */
+  cached: boolean;
+  key: string;
+  loadMs: number;
+}
+
+/**
+ * Creates a session through the cache. `baseOptions` are the caller's options (threads,
+ * providers, arena settings); the cache's override the optimization level and dump path. A
+ * cached entry that fails to load is deleted and the source model is loaded instead.
+ */
+export async function createCachedSession(
+  modelPath: string,
+  baseOptions: ort.InferenceSession.SessionOptions,
+  opts: OptimizedCacheOptions,
+  create: (p: string, o: ort.InferenceSession.SessionOptions) => Promise<ort.InferenceSession> = (p, o) =>
+    ort.InferenceSession.create(p, o),
+): Promise<CachedSession> {
+  const t0 = performance.now();
+  let plan = await planOptimizedModel(modelPath, opts);
+  const merge = (p: OptimizedModelPlan): ort.InferenceSession.SessionOptions => {
+    const o: ort.InferenceSession.SessionOptions = { ...baseOptions, ...p.sessionOptions };
+    const extra = mergeExtra(baseOptions.extra, p.sessionOptions.extra);
+    // onnxruntime-node rejects `extra: undefined`
+    if (extra === undefined) delete o.extra;
+    else o.extra = extra;
+    return o;
+  };
+  let session: ort.InferenceSession;
+  try {
+    session = await create(plan.modelPath, merge(plan));
+  } catch (err) {
+    await plan.abort();
+    if (!plan.cached) throw err;
+    plan = await planOptimizedModel(modelPath, opts);
+    try {
+      session = await create(plan.modelPath, merge(plan));
+    } catch (err2) {
+      await plan.abort();
+      throw err2;
+    }
+  }
+  await plan.commit();
+  return { session, cached: plan.cached, key: plan.key, loadMs: performance.now() - t0 };
+}
+
+function mergeExtra(a: unknown, b: unknown): Record<string, unknown> | undefined {
+  if (a === undefined && b === undefined) return undefined;
+  const out: Record<string, unknown> = { ...((a as Record<string, unknown>) ?? {}) };
+  for (const [k, v] of Object.entries((b as Record<string, unknown>) ?? {})) {
+    const prev = out[k];
+    out[k] = prev && typeof prev === 'object' && v && typeof v === 'object' ? { ...prev, ...v } : v;
+  }
+  return out;
+}
+
+/** Default memory settings for CPU sessions (see docs/performance.md for the measurements). */
+export const DEFAULT_MEMORY_OPTIONS: Readonly<Pick<ort.InferenceSession.SessionOptions, 'enableCpuMemArena' | 'enableMemPattern'>> =
+  Object.freeze({ enableCpuMemArena: true, enableMemPattern: true });
