@@ -28,3 +28,27 @@ export const DEFAULT_TOME: Readonly<ToMeOptions> = Object.freeze({
   minWidth: 0,
   minHeight: 0,
 });
+
+/** A transformer block found in a UNet graph (see src/tome/find-blocks.ts). */
+export interface BlockInfo {
+  /** Position in run order (down, mid, up), from 0. */
+  index: number;
+  /** The diffusers module path when node names carry it (e.g. `down_blocks.0/attentions.0/transformer_blocks.0`), else ''. */
+  name: string;
+  /**
+   * Downsample factor of the block's token grid relative to the latent (1, 2, 4, 8): at latent
+   * H×W the block sees ceil(H/level)·ceil(W/level) tokens. null when it could not be determined.
+   */
+  level: number | null;
+  /** Sub-layers present: self-attention, cross-attention, feed-forward. */
+  sublayers: { attn: boolean; crossattn: boolean; mlp: boolean };
+  /** Element type of the block's hidden states. */
+  elemType: 'float32' | 'float16' | 'bfloat16';
+  /** Name of the block's `tome_rand_<k>` input, when the patched graph has one. */
+  randInput?: string;
+}
+
+/** A block as patched by applyToMe: which sub-layers got merge/unmerge. */
+export interface PatchedBlockInfo extends BlockInfo {
+  merged: { attn: boolean; crossattn: boolean; mlp: boolean };
+}

@@ -1,0 +1,63 @@
+/**
+ * ToMe option checks and the runtime quantities the pipeline needs (whether ToMe applies to an
+ * image size, the shape of each `tome_rand_<k>` input). Pure logic.
+ */
+import type { BlockInfo, ToMeOptions } from './types.js';
+
+const MAX_DOWNSAMPLES = [1, 2, 4, 8];
+
+/** Null when valid, else a one-line message. */
+export function validateToMeOptions(o: ToMeOptions): string | null {
+  for (const [k, v] of [['sx', o.sx], ['sy', o.sy]] as const) {
+    if (!Number.isInteger(v) || v < 1) return `ToMe ${k} must be a positive integer (got ${v})`;
+  }
+  if (!Number.isFinite(o.ratio)) return `ToMe ratio must be a number (got ${o.ratio})`;
+  const max = 1 - 1 / (o.sx * o.sy);
+  if (o.ratio < 0 || o.ratio > max) {
+    return `ToMe ratio must satisfy 0 ≤ R ≤ 1 − 1/(sx·sy) = ${+max.toFixed(6)} for sx=${o.sx}, sy=${o.sy} (got ${o.ratio})`;
+  }
+  if (!MAX_DOWNSAMPLES.includes(o.maxDownsample)) return `ToMe max downsample must be 1, 2, 4 or 8 (got ${o.maxDownsample})`;
+  for (const [k, v] of [['min width', o.minWidth], ['min height', o.minHeight]] as const) {
+    if (!Number.isFinite(v) || v < 0) return `ToMe ${k} must be ≥ 0 (got ${v})`;
+  }
+  return null;
+}
+
+/** Whether ToMe runs for an image of width × height pixels (else run the original UNet). */
+export function tomeApplies(o: ToMeOptions, width: number, height: number): { apply: boolean; reason?: string } {
+  if (!(o.ratio > 0)) return { apply: false, reason: 'ToMe ratio is 0' };
+  if (!o.mergeAttn && !o.mergeCrossattn && !o.mergeMlp) return { apply: false, reason: 'no sub-layer selected for merging' };
+  if (width < o.minWidth || height < o.minHeight) {
+    return { apply: false, reason: `image ${width}x${height} is below the ToMe minimum ${o.minWidth}x${o.minHeight}` };
+  }
+  return { apply: true };
+}
+
+const ceilDiv = (a: number, b: number): number => Math.floor((a + b - 1) / b);
+
+/** tomesd's per-block numbers at latent H×W for a block seeing `tokens` tokens. */
+export function blockMergeParams(
+  latentH: number, latentW: number, tokens: number, o: ToMeOptions,
+): { downsample: number; w: number; h: number; r: number; numDst: number; apply: boolean } {
+  const k = Math.floor((latentH * latentW) / tokens);
+  const downsample = Math.max(1, Math.ceil(Math.sqrt(k)));
+  const w = ceilDiv(latentW, downsample);
+  const h = ceilDiv(latentH, downsample);
+  const r = Math.min(Math.trunc(tokens * o.ratio), tokens - Math.floor(h / o.sy) * Math.floor(w / o.sx));
+  const numDst = Math.floor(h / o.sy) * Math.floor(w / o.sx);
+  const apply = downsample <= o.maxDownsample && r > 0 && numDst > 0 && h * w === tokens;
+  return { downsample, w, h, r, numDst, apply };
+}
+
+/**
+ * Shape of a block's `tome_rand_<k>` input at latent H×W: [h//sy, w//sx, 1] when the block merges
+ * at that size; [0, 0, 1] (an empty tensor the graph never reads) when it does not. Values fed
+ * must lie in [0, sx·sy). null when the block's level is unknown.
+ */
+export function tomeRandShape(block: Pick<BlockInfo, 'level'>, latentH: number, latentW: number, o: ToMeOptions): [number, number, 1] | null {
+  if (block.level === null) return null;
+  const tokens = ceilDiv(latentH, block.level) * ceilDiv(latentW, block.level);
+  const p = blockMergeParams(latentH, latentW, tokens, o);
+  if (!p.apply) return [0, 0, 1];
+  return [Math.floor(p.h / o.sy), Math.floor(p.w / o.sx), 1];
+}

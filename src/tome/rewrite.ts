@@ -1,0 +1,121 @@
+/**
+ * applyToMe: rewrites a UNet graph in place so that every transformer block at a level ≤ max
+ * downsample merges tokens before the selected sub-layers (attn1 / attn2 / ff) and unmerges
+ * their outputs before the residual add, as tomesd does. Pure graph rewrite, no I/O.
+ */
+import { setAttr, attrString, getAttr } from '../onnx/attributes.js';
+import { NameAllocator, checkGraph, ensureOpset, opsetVersion, renameTensorUses, topologicalSort } from '../onnx/graph.js';
+import { DataType, type ModelProto, type ValueInfoProto } from '../onnx/types.js';
+import { Emitter } from './emitter.js';
+import { findBlocks, findSampleInput, type FoundBlock, type SubLayer } from './find-blocks.js';
+import { emitBlockPlan, emitLatentGrid, emitMerge, emitUnmerge } from './merge-graph.js';
+import { validateToMeOptions } from './options.js';
+import type { BlockInfo, PatchedBlockInfo, ToMeOptions } from './types.js';
+
+/** ScatterND / ScatterElements with reduction='add' need opset 16. */
+export const TOME_MIN_OPSET = 16;
+
+export interface ApplyResult {
+  patched: boolean;
+  /** Why the graph was left unpatched (one line). */
+  reason?: string;
+  blocks: PatchedBlockInfo[];
+  /** Names of the added `tome_rand_<k>` inputs, in run order (empty without useRand). */
+  randInputs: string[];
+}
+
+/** The blocks applyToMe would patch under `o` (level ≤ max downsample; unknown level: patched, decided at runtime). */
+export function selectedBlocks<T extends { info: BlockInfo } | BlockInfo>(blocks: T[], o: ToMeOptions): T[] {
+  return blocks.filter((b) => {
+    const level = 'info' in b ? b.info.level : b.level;
+    return level === null || level <= o.maxDownsample;
+  });
+}
+
+/** Which sub-layers of a block get merge/unmerge under `o`. */
+export function mergedSublayers(b: BlockInfo, o: ToMeOptions, selected: boolean): PatchedBlockInfo['merged'] {
+  return {
+    attn: selected && o.mergeAttn && b.sublayers.attn,
+    crossattn: selected && o.mergeCrossattn && b.sublayers.crossattn,
+    mlp: selected && o.mergeMlp && b.sublayers.mlp,
+  };
+}
+
+/**
+ * Rewrites `model` in place. With ratio 0 (or nothing to merge) the model is not touched and
+ * `patched` is false; a graph that is not understood is not touched either (`reason` says why).
+ */
+export function applyToMe(model: ModelProto, o: ToMeOptions): ApplyResult {
+  const bad = validateToMeOptions(o);
+  if (bad) return { patched: false, reason: bad, blocks: [], randInputs: [] };
+  const found = findBlocks(model);
+  if ('error' in found) return { patched: false, reason: found.error, blocks: [], randInputs: [] };
+  const selected = new Set(selectedBlocks(found.blocks, o));
+  const infos: PatchedBlockInfo[] = found.blocks.map((b) => ({ ...b.info, merged: mergedSublayers(b.info, o, selected.has(b)) }));
+  const nothing = (reason: string): ApplyResult => ({
+    patched: false, reason, blocks: infos.map((b) => ({ ...b, merged: { attn: false, crossattn: false, mlp: false } })), randInputs: [],
+  });
+  if (!(o.ratio > 0)) return nothing('ToMe ratio is 0');
+  if (!infos.some((b) => b.merged.attn || b.merged.crossattn || b.merged.mlp)) {
+    return nothing(selected.size === 0
+      ? `no transformer block at downsample ≤ ${o.maxDownsample}`
+      : 'no sub-layer selected for merging');
+  }
+
+  const graph = model.graph!;
+  const current = opsetVersion(model, '') ?? 1;
+  const unsupported = graph.node.find((n) => (n.domain ?? '') === '' && n.opType === 'RoiAlign' && current < 16);
+  if (unsupported && !getAttr(unsupported, 'coordinate_transformation_mode')) {
+    // RoiAlign's default coordinate mode changed in opset 16: keep the old meaning explicitly.
+    setAttr(unsupported, attrString('coordinate_transformation_mode', 'output_half_pixel'));
+  }
+  const opset = ensureOpset(model, '', Math.max(current, TOME_MIN_OPSET));
+  if (model.irVersion === undefined || Number(model.irVersion) < 8) model.irVersion = 8;
+
+  const names = new NameAllocator(graph);
+  const sample = findSampleInput(graph)!;
+  const top = new Emitter(names, '/tome', opset);
+  const grid = emitLatentGrid(top, sample);
+  const added = [...top.nodes];
+  const randInputs: string[] = [];
+  const dropValueInfo = new Set<string>();
+
+  found.blocks.forEach((b: FoundBlock, k) => {
+    const info = infos[k]!;
+    const m = info.merged;
+    if (!m.attn && !m.crossattn && !m.mlp) return;
+    let randInput: string | undefined;
+    if (o.useRand) {
+      randInput = names.alloc(`tome_rand_${randInputs.length}`);
+      randInputs.push(randInput);
+      info.randInput = randInput;
+      const vi: ValueInfoProto = {
+        name: randInput,
+        type: { tensorType: { elemType: DataType.INT64, shape: { dim: [{ dimParam: `${randInput}_h` }, { dimParam: `${randInput}_w` }, { dimValue: 1 }] } } },
+      };
+      graph.input.push(vi);
+    }
+    const e = new Emitter(names, `/tome/block${k}`, opset);
+    const plan = emitBlockPlan(e, b.metric, b.elemType, grid, { ...o, randInput });
+    const patch = (sub: SubLayer, label: string): void => {
+      const merged = emitMerge(e, sub.normOutput, b.elemType, plan, `${label}_merge`);
+      const mergeNode = e.nodes[e.nodes.length - 1]!;
+      renameTensorUses({ ...graph, node: sub.region }, sub.normOutput, merged, [mergeNode]);
+      const unmerged = emitUnmerge(e, sub.output, b.elemType, plan, `${label}_unmerge`);
+      sub.residual.input[sub.residualSlot] = unmerged;
+      for (const n of sub.region) for (const out of n.output) dropValueInfo.add(out);
+    };
+    if (m.attn) patch(b.attn, 'attn1');
+    if (m.crossattn && b.crossattn) patch(b.crossattn, 'attn2');
+    if (m.mlp) patch(b.mlp, 'ff');
+    added.push(...e.nodes);
+  });
+
+  graph.node.push(...added);
+  // Shapes recorded for tensors inside merged sub-layers no longer hold (fewer tokens).
+  graph.valueInfo = graph.valueInfo.filter((v) => !dropValueInfo.has(v.name));
+  topologicalSort(graph);
+  const problems = checkGraph(model);
+  if (problems.length > 0) throw new Error(`ToMe rewrite produced an invalid graph: ${problems[0]}`);
+  return { patched: true, blocks: infos, randInputs };
+}
