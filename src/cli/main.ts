@@ -1,0 +1,228 @@
+#!/usr/bin/env node
+/**
+ * sdgen's command line (commander 14). The default command generates images; subcommands:
+ * synth, tokens, metadata, samplers, presets, info, tome-patch, bench.
+ * Errors: a UsageError exits 2, an SdgenError exits 1, each with one line on stderr (the stack
+ * only with --verbose); any other error is a bug and prints its stack.
+ */
+import { Command, CommanderError, Option } from 'commander';
+import { SdgenError, UsageError } from '../errors.js';
+import { SDGEN_VERSION } from '../version.js';
+import { addOptionFlags, explicitOptions, GENERATION_SPECS, TOME_SPECS } from './flags.js';
+
+interface IO {
+  argv: string[];
+}
+
+function addCommon(cmd: Command, json = true): Command {
+  if (json) cmd.option('--json', 'machine-readable output (JSON lines on stdout)');
+  cmd.option('--no-color', 'no colour (also: NO_COLOR=1; colour is only used on a terminal)');
+  cmd.option('--verbose', 'print stack traces and details');
+  return cmd;
+}
+
+function common(cmd: Command): { json: boolean; color: boolean; verbose: boolean; quiet: boolean } {
+  const o = cmd.opts();
+  return { json: o.json === true, color: o.color !== false, verbose: o.verbose === true, quiet: o.quiet === true };
+}
+
+let exitCode = 0;
+
+export function buildProgram(): Command {
+  const program = new Command('sdgen');
+  program
+    .description('Stable Diffusion image generator on ONNX Runtime, with ToMe token merging applied to the UNet graph')
+    .version(SDGEN_VERSION, '-V, --version')
+    .showSuggestionAfterError(true)
+    .exitOverride()
+    .configureOutput({ outputError: (str, write) => write(str.trimEnd().split('\n')[0]! + '\n') });
+
+  const gen = new Command('generate')
+    .description('generate images (the default command)')
+    .argument('[prompt]', 'the prompt')
+    .exitOverride();
+  addOptionFlags(gen, GENERATION_SPECS);
+  gen
+    .option('--preset <name>', 'apply a preset (see: sdgen presets)')
+    .option('--config <file>', 'use this config file instead of searching for .sdgenrc')
+    .option('--prompts <file>', 'prompt file, one job per line (- = stdin); .jsonl objects or A1111 "prompts from file" lines')
+    .option('--strict', 'with --prompts: report every bad line and stop before generating anything')
+    .option('--resume', 'continue an interrupted run into the same --out: same names, finished images skipped')
+    .option('--dry-run', 'print the job list (prompt, seed, size, sampler, ToMe) without loading a model')
+    .option('--from <png>', "regenerate from an image's metadata (flags given explicitly still override)")
+    .option('-q, --quiet', 'no progress, no summary; only errors');
+  addCommon(gen);
+  gen.action(async (prompt: string | undefined, _o: unknown, cmd: Command) => {
+    const explicit = explicitOptions(cmd, GENERATION_SPECS);
+    const o = cmd.opts();
+    const { runGenerate } = await import('./generate.js');
+    const res = await runGenerate(prompt, explicit, {
+      ...common(cmd),
+      preset: o.preset,
+      config: o.config,
+      prompts: o.prompts,
+      strict: o.strict === true,
+      resume: o.resume === true,
+      dryRun: o.dryRun === true,
+      from: o.from,
+    });
+    exitCode = res.exitCode;
+  });
+  program.addCommand(gen, { isDefault: true });
+
+  const synth = new Command('synth')
+    .description('write a synthetic Stable Diffusion ONNX model folder (seeded random weights; no download)')
+    .addOption(new Option('--arch <arch>', 'architecture').choices(['tiny', 'sd15', 'sd21']).makeOptionMandatory())
+    .requiredOption('--out <dir>', 'output folder')
+    .option('--seed <n>', 'weight seed (default: 0)')
+    .option('--fp16', 'float16 weights and inputs')
+    .option('--opset <n>', 'ONNX opset 14 or 17 (default: 14)')
+    .option('--style <style>', 'tiny only: sd1 or sd2 (v-prediction, "!" padding)')
+    .option('-q, --quiet', 'no progress')
+    .exitOverride();
+  addCommon(synth);
+  synth.action(async (_o: unknown, cmd: Command) => {
+    const o = cmd.opts();
+    const { cmdSynth } = await import('./commands.js');
+    await cmdSynth({ ...common(cmd), arch: o.arch, out: o.out, seed: o.seed, fp16: o.fp16, opset: o.opset, style: o.style });
+  });
+  program.addCommand(synth);
+
+  const tokens = new Command('tokens')
+    .description('show the CLIP token ids of a prompt')
+    .argument('<prompt>', 'the prompt')
+    .option('--model <dir>', 'model folder (or its tokenizer folder)')
+    .option('--no-emphasis', 'no emphasis syntax when splitting chunks')
+    .exitOverride();
+  addCommon(tokens);
+  tokens.action(async (prompt: string, _o: unknown, cmd: Command) => {
+    const o = cmd.opts();
+    const { cmdTokens } = await import('./commands.js');
+    await cmdTokens(prompt, o.model, { ...common(cmd), emphasis: o.emphasis !== false });
+  });
+  program.addCommand(tokens);
+
+  const metadata = new Command('metadata').description('print the generation parameters stored in a PNG').argument('<file>', 'PNG file').exitOverride();
+  addCommon(metadata);
+  metadata.action(async (file: string, _o: unknown, cmd: Command) => {
+    const { cmdMetadata } = await import('./commands.js');
+    await cmdMetadata(file, common(cmd));
+  });
+  program.addCommand(metadata);
+
+  const samplers = new Command('samplers').description('list the samplers with their A1111 names').exitOverride();
+  addCommon(samplers);
+  samplers.action(async (_o: unknown, cmd: Command) => {
+    const { cmdSamplers } = await import('./commands.js');
+    await cmdSamplers(common(cmd));
+  });
+  program.addCommand(samplers);
+
+  const presets = new Command('presets').description('list the presets (shipped, user directory, .sdgenrc) with their values').option('--config <file>', 'config file').exitOverride();
+  addCommon(presets);
+  presets.action(async (_o: unknown, cmd: Command) => {
+    const { cmdPresets } = await import('./commands.js');
+    await cmdPresets({ ...common(cmd), config: cmd.opts().config });
+  });
+  program.addCommand(presets);
+
+  const info = new Command('info')
+    .description("list the UNet's transformer blocks and what ToMe would merge under the given options")
+    .requiredOption('--model <dir>', 'model folder')
+    .option('-W, --width <n>', 'image width to evaluate the ToMe thresholds at')
+    .option('-H, --height <n>', 'image height to evaluate the ToMe thresholds at')
+    .option('--config <file>', 'config file')
+    .exitOverride();
+  addOptionFlags(info, TOME_SPECS);
+  addCommon(info);
+  info.action(async (_o: unknown, cmd: Command) => {
+    const explicit = explicitOptions(cmd, TOME_SPECS);
+    const { cmdInfo } = await import('./tome-commands.js');
+    const o = cmd.opts();
+    await cmdInfo(o.model, explicit, { ...common(cmd), config: o.config, width: o.width, height: o.height });
+  });
+  program.addCommand(info);
+
+  const patch = new Command('tome-patch')
+    .description('write the ToMe-rewritten UNet (external data kept) for use in other runtimes')
+    .argument('<in>', 'UNet model.onnx')
+    .argument('<out>', 'output .onnx')
+    .option('--config <file>', 'config file')
+    .option('-q, --quiet', 'no progress')
+    .exitOverride();
+  addOptionFlags(patch, TOME_SPECS);
+  addCommon(patch);
+  patch.action(async (input: string, output: string, _o: unknown, cmd: Command) => {
+    const explicit = explicitOptions(cmd, TOME_SPECS);
+    const { cmdTomePatch } = await import('./tome-commands.js');
+    await cmdTomePatch(input, output, explicit, { ...common(cmd), config: cmd.opts().config });
+  });
+  program.addCommand(patch);
+
+  const bench = new Command('bench')
+    .description('benchmark UNet speed with and without ToMe across sizes and ratios')
+    .option('--model <dir>', 'model folder (default: a synthetic model)')
+    .option('--sizes <list>', 'image sizes, e.g. 512,768 or 512x768')
+    .option('--ratios <list>', 'ToMe ratios, e.g. 0,0.3,0.5')
+    .option('--attention <list>', 'attention modes, e.g. standard,fused')
+    .option('--steps <n>', 'UNet steps per measurement')
+    .option('--profile', 'write an onnxruntime profile')
+    .option('--out <file>', 'results file')
+    .option('--device <name>', 'execution provider')
+    .option('--threads <n>', 'CPU threads')
+    .exitOverride();
+  addCommon(bench);
+  bench.action(async (_o: unknown, cmd: Command) => {
+    const { cmdBench } = await import('./tome-commands.js');
+    await cmdBench(cmd.opts(), common(cmd));
+  });
+  program.addCommand(bench);
+
+  return program;
+}
+
+/** Runs the CLI; returns the exit code (never calls process.exit except on a second Ctrl-C). */
+export async function main(argv: string[] = process.argv): Promise<number> {
+  const verbose = argv.includes('--verbose');
+  exitCode = 0;
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return exitCode;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
+      // commander already printed its one-line message
+      return 2;
+    }
+    if (e instanceof SdgenError) {
+      process.stderr.write(`sdgen: ${verbose ? (e.stack ?? e.message) : e.message}\n`);
+      return e instanceof UsageError ? 2 : e.exitCode;
+    }
+    process.stderr.write(`sdgen: internal error (please report): ${(e as Error)?.stack ?? String(e)}\n`);
+    return 1;
+  }
+}
+
+const isEntry = (() => {
+  const arg = process.argv[1];
+  if (!arg) return false;
+  try {
+    const here = new URL(import.meta.url).pathname;
+    return arg === here || here.endsWith(arg.replace(/\\/g, '/')) || /\/cli\/main\.(ts|js)$/.test(arg);
+  } catch {
+    return false;
+  }
+})();
+
+if (isEntry) {
+  main().then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (e) => {
+      process.stderr.write(String((e as Error)?.stack ?? e) + '\n');
+      process.exitCode = 1;
+    },
+  );
+}

@@ -1,0 +1,187 @@
+/**
+ * Terminal output: colour (only on a TTY, never under NO_COLOR or --no-color) and the run
+ * reporters — cli-progress bars on a TTY, plain lines otherwise, JSON lines for --json,
+ * nothing but errors for --quiet.
+ */
+import { Chalk, type ChalkInstance } from 'chalk';
+import path from 'node:path';
+import type { GeneratedImage } from '../pipeline/types.js';
+import type { Job, PlannedImage } from '../pipeline/jobs.js';
+import type { RunReporter, RunSummary } from '../pipeline/runner.js';
+import { SdgenError } from '../errors.js';
+
+export interface UiOptions {
+  quiet: boolean;
+  json: boolean;
+  color: boolean;
+  verbose: boolean;
+}
+
+export function colorEnabled(stream: NodeJS.WriteStream, flag: boolean, env: NodeJS.ProcessEnv = process.env): boolean {
+  if (!flag) return false;
+  if (env.NO_COLOR !== undefined && env.NO_COLOR !== '') return false;
+  return stream.isTTY === true;
+}
+
+export function makeChalk(stream: NodeJS.WriteStream, flag: boolean): ChalkInstance {
+  return new Chalk({ level: colorEnabled(stream, flag) ? 1 : 0 });
+}
+
+function fmtSeconds(ms: number): string {
+  return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
+}
+
+export function summaryLine(s: RunSummary): string {
+  const parts = [`wrote ${s.written} image${s.written === 1 ? '' : 's'}`, `skipped ${s.skipped}`, `failed ${s.failed}`];
+  let line = parts.join(', ');
+  if (s.secondsPerImage !== null) line += ` — ${s.secondsPerImage.toFixed(2)} s/image`;
+  if (s.interrupted) line = `interrupted: ${line}; rerun the same command with --resume to finish`;
+  return line;
+}
+
+export function errorText(e: unknown, verbose: boolean): string {
+  if (e instanceof SdgenError && !verbose) return e.message;
+  if (e instanceof Error) return verbose || !(e instanceof SdgenError) ? (e.stack ?? e.message) : e.message;
+  return String(e);
+}
+
+/** JSON line for --json: one per image written. */
+export function jsonImageLine(file: string, out: GeneratedImage, img: PlannedImage, job: Job): string {
+  return JSON.stringify({
+    path: file,
+    seed: out.seed,
+    parameters: out.params,
+    timings: out.timings,
+    model: out.modelName,
+    tomeApplied: out.tomeApplied,
+    job: job.index + 1,
+    index: img.ordinal,
+  });
+}
+
+/** Reporter without bars: plain lines on stderr (or nothing when quiet), JSON on stdout. */
+export class LineReporter implements RunReporter {
+  private total = 0;
+  private count = 0;
+  constructor(
+    private readonly ui: UiOptions,
+    private readonly err: NodeJS.WritableStream = process.stderr,
+    private readonly out: NodeJS.WritableStream = process.stdout,
+    private readonly c: ChalkInstance = makeChalk(process.stderr, ui.color),
+  ) {}
+  private say(line: string): void {
+    if (!this.ui.quiet) this.err.write(line + '\n');
+  }
+  start(total: number, alreadyDone: number): void {
+    this.total = total;
+    this.count = alreadyDone;
+    if (alreadyDone > 0) this.say(`resuming: ${alreadyDone} of ${total} images already written`);
+  }
+  loadingModel(model: string): void {
+    if (!this.ui.json) this.say(`loading model ${model}`);
+  }
+  notice(message: string): void {
+    this.say(this.c.yellow(message));
+  }
+  imageWritten(img: PlannedImage, job: Job, file: string, out: GeneratedImage): void {
+    this.count++;
+    if (this.ui.json) this.out.write(jsonImageLine(file, out, img, job) + '\n');
+    else this.say(`[${this.count}/${this.total}] ${this.c.green(path.relative(process.cwd(), file) || file)}  seed ${out.seed}  ${fmtSeconds(out.timings.totalMs)}`);
+  }
+  imageSkipped(): void {
+    // counted in start()
+  }
+  jobFailed(job: Job, error: unknown, images: number): void {
+    const where = job.source ? `${job.source.file}:${job.source.line}: ` : '';
+    this.err.write(this.c.red(`${where}failed (${images} image${images === 1 ? '' : 's'}): ${errorText(error, this.ui.verbose)}`) + '\n');
+  }
+  finish(s: RunSummary): void {
+    if (this.ui.quiet) {
+      if (s.interrupted) this.err.write(summaryLine(s) + '\n');
+      return;
+    }
+    this.err.write(summaryLine(s) + '\n');
+  }
+}
+
+/** Progress bars on a TTY: the whole run (images, ETA) and the current image's steps (s/it). */
+export class BarReporter implements RunReporter {
+  private multibar: import('cli-progress').MultiBar | null = null;
+  private runBar: import('cli-progress').SingleBar | null = null;
+  private stepBar: import('cli-progress').SingleBar | null = null;
+  private lastStepAt = 0;
+  private rate = '';
+  private done = 0;
+  private readonly c: ChalkInstance;
+  constructor(
+    private readonly cliProgress: typeof import('cli-progress'),
+    private readonly ui: UiOptions,
+  ) {
+    this.c = makeChalk(process.stderr, ui.color);
+  }
+  private log(line: string): void {
+    if (this.multibar) this.multibar.log(line + '\n');
+    else process.stderr.write(line + '\n');
+  }
+  start(total: number, alreadyDone: number): void {
+    this.done = alreadyDone;
+    this.multibar = new this.cliProgress.MultiBar(
+      { stream: process.stderr, clearOnComplete: false, hideCursor: true, etaBuffer: 20, fps: 5, forceRedraw: true },
+      this.cliProgress.Presets.shades_classic,
+    );
+    this.runBar = this.multibar.create(total, alreadyDone, {}, {
+      format: `images {bar} {value}/{total} | ETA {eta_formatted} | {status}`,
+    });
+    this.runBar.update(alreadyDone, { status: alreadyDone ? `resumed, ${alreadyDone} done` : 'starting' });
+    if (alreadyDone > 0) this.log(`resuming: ${alreadyDone} of ${total} images already written`);
+  }
+  loadingModel(model: string): void {
+    this.runBar?.update(this.done, { status: `loading ${path.basename(model)}` });
+  }
+  load(stage: string, done: number, total: number): void {
+    this.runBar?.update(this.done, { status: `loading ${stage} (${done}/${total})` });
+  }
+  notice(message: string): void {
+    this.log(this.c.yellow(message));
+  }
+  imageStart(img: PlannedImage, job: Job): void {
+    this.runBar?.update(this.done, { status: `job ${job.index + 1}, seed ${img.seed}` });
+    if (!this.stepBar && this.multibar) {
+      this.stepBar = this.multibar.create(job.params.steps, 0, { rate: '' }, { format: `steps  {bar} {value}/{total} | {rate}` });
+    }
+    this.stepBar?.setTotal(job.params.steps);
+    this.stepBar?.update(0, { rate: '' });
+    this.lastStepAt = performance.now();
+    this.rate = '';
+  }
+  step(step: number, total: number): void {
+    const now = performance.now();
+    const dt = (now - this.lastStepAt) / 1000;
+    this.lastStepAt = now;
+    this.rate = dt >= 1 ? `${dt.toFixed(2)} s/it` : `${(1 / Math.max(dt, 1e-6)).toFixed(2)} it/s`;
+    this.stepBar?.setTotal(total);
+    this.stepBar?.update(Math.min(step, total), { rate: this.rate });
+  }
+  imageWritten(_img: PlannedImage, _job: Job, file: string): void {
+    this.done++;
+    this.runBar?.update(this.done, { status: `wrote ${path.basename(file)}` });
+  }
+  imageSkipped(): void {}
+  jobFailed(job: Job, error: unknown, images: number): void {
+    const where = job.source ? `${job.source.file}:${job.source.line}: ` : '';
+    this.log(this.c.red(`${where}failed (${images} image${images === 1 ? '' : 's'}): ${errorText(error, this.ui.verbose)}`));
+  }
+  finish(s: RunSummary): void {
+    this.multibar?.stop();
+    this.multibar = null;
+    process.stderr.write(summaryLine(s) + '\n');
+  }
+}
+
+export async function makeReporter(ui: UiOptions): Promise<RunReporter> {
+  if (!ui.quiet && !ui.json && process.stderr.isTTY) {
+    const cliProgress = (await import('cli-progress')).default;
+    return new BarReporter(cliProgress, ui);
+  }
+  return new LineReporter(ui);
+}

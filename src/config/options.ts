@@ -1,0 +1,258 @@
+/**
+ * sdgen's option schema: one table shared by the command line, `.sdgenrc`, presets and prompt
+ * files. Config keys are the long flag names in camelCase (`--negative-prompt` → negativePrompt,
+ * `--no-emphasis` → `emphasis: false`). Pure: no I/O.
+ */
+import { UsageError } from '../errors.js';
+import type { AttentionMode, DeviceName } from '../pipeline/types.js';
+
+export interface SdgenOptions {
+  model?: string;
+  out: string;
+  name: string;
+  overwrite: boolean;
+  negativePrompt: string;
+  /** undefined: the model folder's default size, else 512 */
+  width?: number;
+  height?: number;
+  steps: number;
+  cfg: number;
+  seed: number;
+  /** sdgen or A1111 sampler name; undefined: the model folder's scheduler */
+  scheduler?: string;
+  eta: number;
+  batchSize: number;
+  nIter: number;
+  clipSkip: number;
+  emphasis: boolean;
+  attention: AttentionMode;
+  device: DeviceName;
+  threads?: number;
+  cacheDir?: string;
+  tome: number;
+  sx: number;
+  sy: number;
+  maxDownsample: number;
+  tomeRand: boolean;
+  mergeAttn: boolean;
+  mergeCrossattn: boolean;
+  mergeMlp: boolean;
+  tomeMinWidth: number;
+  tomeMinHeight: number;
+}
+
+export type OptionKey = keyof SdgenOptions;
+export type PartialOptions = Partial<SdgenOptions>;
+
+export const DEFAULT_OPTIONS: Readonly<SdgenOptions> = Object.freeze({
+  out: './outputs',
+  name: '{index:05}-{seed}',
+  overwrite: false,
+  negativePrompt: '',
+  steps: 20,
+  cfg: 7,
+  seed: -1,
+  eta: 0,
+  batchSize: 1,
+  nIter: 1,
+  clipSkip: 1,
+  emphasis: true,
+  attention: 'auto',
+  device: 'auto',
+  tome: 0,
+  sx: 2,
+  sy: 2,
+  maxDownsample: 1,
+  tomeRand: false,
+  mergeAttn: true,
+  mergeCrossattn: false,
+  mergeMlp: false,
+  tomeMinWidth: 0,
+  tomeMinHeight: 0,
+} satisfies SdgenOptions);
+
+type Kind = 'int' | 'float' | 'string' | 'bool' | 'enum';
+
+export interface OptionSpec {
+  key: OptionKey;
+  /** long flag without dashes */
+  flag: string;
+  kind: Kind;
+  min?: number;
+  max?: number;
+  multipleOf?: number;
+  choices?: readonly string[];
+  /** value kind is numeric enum (e.g. max downsample) */
+  numericChoices?: boolean;
+  /** may be set per job in a prompt file line */
+  perJob: boolean;
+  /** whether it is part of ToMe */
+  tome?: boolean;
+  help: string;
+}
+
+export const DEVICES: readonly DeviceName[] = ['auto', 'cpu', 'cuda', 'dml', 'coreml', 'webgpu'];
+export const ATTENTION_MODES: readonly AttentionMode[] = ['auto', 'standard', 'fused'];
+export const MAX_SEED = Number.MAX_SAFE_INTEGER;
+
+export const OPTION_SPECS: readonly OptionSpec[] = [
+  { key: 'model', flag: 'model', kind: 'string', perJob: true, help: 'model folder (diffusers/Optimum ONNX layout)' },
+  { key: 'out', flag: 'out', kind: 'string', perJob: false, help: 'output directory' },
+  { key: 'name', flag: 'name', kind: 'string', perJob: false, help: 'file name template' },
+  { key: 'overwrite', flag: 'overwrite', kind: 'bool', perJob: false, help: 'replace existing files of the same name' },
+  { key: 'negativePrompt', flag: 'negative-prompt', kind: 'string', perJob: true, help: 'negative prompt' },
+  { key: 'width', flag: 'width', kind: 'int', min: 8, max: 16384, multipleOf: 8, perJob: true, help: 'image width' },
+  { key: 'height', flag: 'height', kind: 'int', min: 8, max: 16384, multipleOf: 8, perJob: true, help: 'image height' },
+  { key: 'steps', flag: 'steps', kind: 'int', min: 1, max: 1000, perJob: true, help: 'denoising steps' },
+  { key: 'cfg', flag: 'cfg', kind: 'float', min: 0, max: 100, perJob: true, help: 'guidance scale' },
+  { key: 'seed', flag: 'seed', kind: 'int', min: -1, max: MAX_SEED, perJob: true, help: 'seed (-1 = random)' },
+  { key: 'scheduler', flag: 'scheduler', kind: 'string', perJob: true, help: 'sampler' },
+  { key: 'eta', flag: 'eta', kind: 'float', min: 0, max: 1, perJob: true, help: 'DDIM eta' },
+  { key: 'batchSize', flag: 'batch-size', kind: 'int', min: 1, max: 64, perJob: true, help: 'images per UNet call' },
+  { key: 'nIter', flag: 'n-iter', kind: 'int', min: 1, max: 100000, perJob: true, help: 'batches per prompt' },
+  { key: 'clipSkip', flag: 'clip-skip', kind: 'int', min: 1, max: 12, perJob: true, help: 'CLIP skip' },
+  { key: 'emphasis', flag: 'emphasis', kind: 'bool', perJob: true, help: 'emphasis syntax' },
+  { key: 'attention', flag: 'attention', kind: 'enum', choices: ATTENTION_MODES, perJob: false, help: 'attention kernel' },
+  { key: 'device', flag: 'device', kind: 'enum', choices: DEVICES, perJob: false, help: 'execution provider' },
+  { key: 'threads', flag: 'threads', kind: 'int', min: 1, max: 1024, perJob: false, help: 'CPU threads' },
+  { key: 'cacheDir', flag: 'cache-dir', kind: 'string', perJob: false, help: 'patched-model cache directory' },
+  { key: 'tome', flag: 'tome', kind: 'float', min: 0, max: 1, perJob: true, tome: true, help: 'ToMe ratio' },
+  { key: 'sx', flag: 'sx', kind: 'int', min: 1, max: 64, perJob: true, tome: true, help: 'ToMe stride x' },
+  { key: 'sy', flag: 'sy', kind: 'int', min: 1, max: 64, perJob: true, tome: true, help: 'ToMe stride y' },
+  {
+    key: 'maxDownsample', flag: 'max-downsample', kind: 'enum', choices: ['1', '2', '4', '8'], numericChoices: true,
+    perJob: true, tome: true, help: 'ToMe max downsample',
+  },
+  { key: 'tomeRand', flag: 'tome-rand', kind: 'bool', perJob: true, tome: true, help: 'ToMe random destinations' },
+  { key: 'mergeAttn', flag: 'merge-attn', kind: 'bool', perJob: true, tome: true, help: 'merge around self-attention' },
+  { key: 'mergeCrossattn', flag: 'merge-crossattn', kind: 'bool', perJob: true, tome: true, help: 'merge around cross-attention' },
+  { key: 'mergeMlp', flag: 'merge-mlp', kind: 'bool', perJob: true, tome: true, help: 'merge around the MLP' },
+  { key: 'tomeMinWidth', flag: 'tome-min-width', kind: 'int', min: 0, max: 1 << 20, perJob: true, tome: true, help: 'ToMe minimum width' },
+  { key: 'tomeMinHeight', flag: 'tome-min-height', kind: 'int', min: 0, max: 1 << 20, perJob: true, tome: true, help: 'ToMe minimum height' },
+];
+
+export const SPEC_BY_KEY: ReadonlyMap<string, OptionSpec> = new Map(OPTION_SPECS.map((s) => [s.key, s]));
+
+function show(v: unknown): string {
+  return typeof v === 'string' ? JSON.stringify(v) : String(v);
+}
+
+function rangeText(s: OptionSpec): string {
+  const lo = s.min, hi = s.max;
+  const what = s.kind === 'int' ? 'an integer' : 'a number';
+  let r: string;
+  if (lo !== undefined && hi !== undefined) r = `${what} from ${lo} to ${hi === MAX_SEED ? '2^53-1' : hi}`;
+  else if (lo !== undefined) r = `${what} ≥ ${lo}`;
+  else r = what;
+  if (s.multipleOf) r += `, a multiple of ${s.multipleOf}`;
+  return r;
+}
+
+/**
+ * Converts a raw value (a string from a command line or prompt file, or a JSON value from a
+ * config file) to the option's type; throws a one-line UsageError prefixed with `where`.
+ */
+export function coerceOption(spec: OptionSpec, raw: unknown, where: string): unknown {
+  const bad = (expected: string): never => {
+    throw new UsageError(`${where}: expected ${expected}, got ${show(raw)}`);
+  };
+  switch (spec.kind) {
+    case 'string':
+      if (typeof raw !== 'string') bad('a string');
+      return raw;
+    case 'bool':
+      if (typeof raw === 'boolean') return raw;
+      if (raw === 'true' || raw === 'True' || raw === '1') return true;
+      if (raw === 'false' || raw === 'False' || raw === '0') return false;
+      return bad('true or false');
+    case 'enum': {
+      const s = typeof raw === 'number' ? String(raw) : raw;
+      if (typeof s !== 'string' || !spec.choices!.includes(s)) bad(`one of ${spec.choices!.join(', ')}`);
+      return spec.numericChoices ? Number(s) : s;
+    }
+    case 'int':
+    case 'float': {
+      let n: number;
+      if (typeof raw === 'number') n = raw;
+      else if (typeof raw === 'string' && raw.trim() !== '' && /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(raw.trim())) n = Number(raw);
+      else return bad(rangeText(spec));
+      if (!Number.isFinite(n)) bad(rangeText(spec));
+      if (spec.kind === 'int' && !Number.isInteger(n)) bad(rangeText(spec));
+      if ((spec.min !== undefined && n < spec.min) || (spec.max !== undefined && n > spec.max)) bad(rangeText(spec));
+      if (spec.multipleOf && n % spec.multipleOf !== 0) bad(rangeText(spec));
+      return n;
+    }
+  }
+}
+
+/**
+ * Validates an object of config keys (rc file, preset): every key must be a known option
+ * (camelCase long flag name); throws naming the key and the file.
+ */
+export function validateConfigObject(obj: unknown, source: string, allowed?: (key: string) => boolean): PartialOptions {
+  if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) {
+    throw new UsageError(`${source}: expected an object of options`);
+  }
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(obj as Record<string, unknown>)) {
+    if (allowed && allowed(k)) continue;
+    const spec = SPEC_BY_KEY.get(k);
+    if (!spec) throw new UsageError(`${source}: unknown key "${k}"${suggest(k)}`);
+    out[k] = coerceOption(spec, v, `${source}: ${k}`);
+  }
+  return out as PartialOptions;
+}
+
+function suggest(k: string): string {
+  const norm = normalizeKey(k);
+  const hit = FILE_KEY_ALIASES.get(norm);
+  if (hit && typeof hit === 'string' && hit !== k) return ` (did you mean "${hit}"?)`;
+  return '';
+}
+
+/** `--batch-size`, `batchSize`, `batch_size` → `batch_size`. */
+export function normalizeKey(k: string): string {
+  return k
+    .replace(/^-+/, '')
+    .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
+    .replace(/-/g, '_')
+    .toLowerCase();
+}
+
+/** A prompt-file key resolved: an option (possibly negated boolean), or the prompt itself. */
+export type FileKeyTarget = OptionKey | 'prompt' | { key: OptionKey; negate: true };
+
+/** Keys accepted in prompt-file lines and .jsonl objects (normalized to snake_case). */
+export const FILE_KEY_ALIASES: ReadonlyMap<string, FileKeyTarget> = (() => {
+  const m = new Map<string, FileKeyTarget>();
+  for (const s of OPTION_SPECS) {
+    if (!s.perJob) continue;
+    m.set(normalizeKey(s.key), s.key);
+    m.set(normalizeKey(s.flag), s.key);
+    if (s.kind === 'bool') m.set(`no_${normalizeKey(s.flag)}`, { key: s.key, negate: true });
+  }
+  // AUTOMATIC1111 "prompts from file" names
+  m.set('prompt', 'prompt');
+  m.set('cfg_scale', 'cfg');
+  m.set('sampler_name', 'scheduler');
+  m.set('sampler', 'scheduler');
+  m.set('sampler_index', 'scheduler');
+  m.set('tome_ratio', 'tome');
+  m.set('token_merging_ratio', 'tome');
+  return m;
+})();
+
+/** Merges option layers, later layers winning; undefined values never override. */
+export function mergeOptions(...layers: Array<PartialOptions | undefined>): PartialOptions {
+  const out: Record<string, unknown> = {};
+  for (const layer of layers) {
+    if (!layer) continue;
+    for (const [k, v] of Object.entries(layer)) if (v !== undefined) out[k] = v;
+  }
+  return out as PartialOptions;
+}
+
+/** Defaults < rc < preset < … < flags: the complete resolved options. */
+export function resolveOptions(...layers: Array<PartialOptions | undefined>): SdgenOptions {
+  return mergeOptions(DEFAULT_OPTIONS, ...layers) as SdgenOptions;
+}
