@@ -145,6 +145,7 @@ describe('proto codec', () => {
     const attrNeg = Buffer.from([0x0a, 3, 0x6e, 0x65, 0x67, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0xa0, 0x01, 0x02]);
     assert.ok(buf.includes(attrNeg), 'negative int64 written as a 10-byte varint');
     assert.ok(encodeModel(back).equals(buf));
+    assert.throws(() => encodeTensor({ dims: [2.5], dataType: DataType.FLOAT }), /TensorProto\.dims: 2\.5 is not an integer/);
   });
 
   test('repeated scalars decode packed and unpacked', () => {

@@ -508,7 +508,7 @@ function decodeMsg(r: Reader, spec: MessageSpec, end: number, depth: number): Re
 }
 
 /** Decodes any message of the schema (zero-copy for bytes fields). Throws SdgenError on bad input. */
-export function decodeMessage<T>(type: MessageName, buf: Uint8Array, what = type): T {
+export function decodeMessage<T>(type: MessageName, buf: Uint8Array, what: string = type): T {
   const r = new Reader(buf);
   try {
     return decodeMsg(r, SPECS[type], buf.length, 0) as T;
@@ -542,19 +542,25 @@ export function decodeModel(buf: Uint8Array): ModelProto {
 }
 
 export function decodeTensor(buf: Uint8Array): TensorProto {
-  return decodeMessage<TensorProto>('TensorProto', buf, 'ONNX TensorProto' as MessageName);
+  return decodeMessage<TensorProto>('TensorProto', buf, 'ONNX TensorProto');
 }
 
 // ---------------------------------------------------------------------------------------------
 // Encoding
 
-/** Size of one element of a repeated scalar field (payload only). */
-function scalarSize(kind: Kind, v: unknown): number {
+function notInteger(spec: MessageSpec, f: FieldSpec, v: unknown): never {
+  throw new TypeError(`cannot encode ${spec.name}.${f.key}: ${String(v)} is not an integer`);
+}
+
+/** Size of one scalar value (payload only, no tag). Integers are validated here. */
+function scalarSize(kind: Kind, v: unknown, spec: MessageSpec, f: FieldSpec): number {
   switch (kind) {
     case K_INT64:
     case K_UINT64:
+      if (typeof v !== 'bigint' && !Number.isSafeInteger(v)) notInteger(spec, f, v);
       return varint64Size(v as Int64);
     case K_INT32:
+      if (!Number.isSafeInteger(v)) notInteger(spec, f, v);
       return int32Size(v as number);
     case K_FLOAT:
       return 4;
@@ -604,10 +610,10 @@ function sizeMsg(spec: MessageSpec, obj: Record<string, unknown>, sizes: number[
         let payload = 0;
         if (f.kind === K_FLOAT) payload = 4 * n;
         else if (f.kind === K_DOUBLE) payload = 8 * n;
-        else for (let i = 0; i < n; i++) payload += scalarSize(f.kind, arr[i]);
+        else for (let i = 0; i < n; i++) payload += scalarSize(f.kind, arr[i], spec, f);
         total += f.tagSize + varintSize(payload) + payload;
       } else {
-        for (let i = 0; i < n; i++) total += f.tagSize + scalarSize(f.kind, arr[i]);
+        for (let i = 0; i < n; i++) total += f.tagSize + scalarSize(f.kind, arr[i], spec, f);
       }
     } else {
       if (f.always && isDefault(f.kind, v)) continue;
@@ -615,7 +621,7 @@ function sizeMsg(spec: MessageSpec, obj: Record<string, unknown>, sizes: number[
         const s = sizeMsg(SPECS[f.msg!], v as Record<string, unknown>, sizes);
         total += f.tagSize + varintSize(s) + s;
       } else {
-        total += f.tagSize + scalarSize(f.kind, v);
+        total += f.tagSize + scalarSize(f.kind, v, spec, f);
       }
     }
   }
@@ -718,7 +724,7 @@ class Writer {
           let payload = 0;
           if (f.kind === K_FLOAT) payload = 4 * n;
           else if (f.kind === K_DOUBLE) payload = 8 * n;
-          else for (let i = 0; i < n; i++) payload += scalarSize(f.kind, arr[i]);
+          else for (let i = 0; i < n; i++) payload += scalarSize(f.kind, arr[i], spec, f);
           this.varint(payload);
           for (let i = 0; i < n; i++) this.scalar(f.kind, arr[i]);
         } else {
