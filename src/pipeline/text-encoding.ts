@@ -1,0 +1,161 @@
+/**
+ * Prompt → text-encoder embeddings, A1111 style: the prompt is split into 75-token chunks
+ * (tokenizeChunks; emphasis weights on or off), every chunk is encoded on its own as 77 ids
+ * (start, tokens, end, padding), emphasis weights multiply the hidden states with the mean
+ * restored, and the chunks are concatenated along the sequence axis. The negative prompt is
+ * padded to the prompt's chunk count (and vice versa) so both have one sequence length.
+ *
+ * Padding: the ids of a chunk are start + tokens + end + the tokenizer's pad token. For a
+ * prompt of ≤ 75 tokens without emphasis this is exactly diffusers' `encode_prompt`
+ * (`padding="max_length"` with the tokenizer's pad token: `<|endoftext|>` for SD 1.x, `!` for
+ * SD 2.x), and no weights are applied when every weight is 1, so the embeddings are
+ * diffusers' to the bit. A1111 pads the same way (end token, then its pad id).
+ */
+import ort from 'onnxruntime-node';
+import { SdgenError } from '../errors.js';
+import type { ClipTokenizer } from '../text/clip-tokenizer.js';
+import { applyEmphasis, padChunks, tokenizeChunks } from '../text/chunks.js';
+import type { ModelSession } from '../models/session.js';
+import { textEncoderIO, type TextEncoderIO } from '../models/io.js';
+import { toFloat32 } from './tensors.js';
+
+export interface TextEncodeOptions {
+  emphasis: boolean;
+  /** 1 = last layer (default); N > 1 uses the N-th hidden state from the end */
+  clipSkip: number;
+}
+
+/** One prompt's encoding: [1, chunks·77, dim] flattened. */
+export interface PromptEmbedding {
+  /** flattened [seqLen, dim] */
+  data: Float32Array;
+  seqLen: number;
+  dim: number;
+  /** 77 ids per chunk, as fed to the text encoder */
+  ids: number[][];
+  chunks: number;
+  /** tokens of the prompt (without start/end), for notices */
+  tokenCount: number;
+}
+
+export interface EncodedPrompts {
+  cond: PromptEmbedding;
+  /** null when there is no unconditional pass */
+  uncond: PromptEmbedding | null;
+}
+
+interface Chunk {
+  ids: number[];
+  weights: number[];
+}
+
+function allOnes(w: readonly number[]): boolean {
+  for (const x of w) if (x !== 1) return false;
+  return true;
+}
+
+export class TextEncoder {
+  readonly io: TextEncoderIO;
+  private readonly finalLayerNorm: ((hidden: Float32Array, dim: number) => Float32Array) | null;
+
+  constructor(
+    private readonly model: ModelSession,
+    readonly tokenizer: ClipTokenizer,
+    /** applies the text model's final layer norm (needed for clip skip > 1); null = not available */
+    finalLayerNorm: ((hidden: Float32Array, dim: number) => Float32Array) | null = null,
+  ) {
+    this.io = textEncoderIO(model.info, 'text encoder');
+    this.finalLayerNorm = finalLayerNorm;
+  }
+
+  /** Whether `clipSkip` can be honoured by this export. */
+  supportsClipSkip(clipSkip: number): boolean {
+    if (clipSkip <= 1) return true;
+    return this.io.hiddenStates.length > clipSkip && this.finalLayerNorm !== null;
+  }
+
+  /** Encode one 77-id chunk → hidden [77, dim]. */
+  async encodeIds(ids: readonly number[], clipSkip = 1): Promise<{ data: Float32Array; seqLen: number; dim: number }> {
+    const { inputIds } = this.io;
+    if (inputIds.seqLen !== null && inputIds.seqLen !== ids.length) {
+      throw new SdgenError(`text encoder: input "${inputIds.name}" takes ${inputIds.seqLen} tokens, sdgen feeds ${ids.length}`);
+    }
+    const data = inputIds.type === 'int64' ? BigInt64Array.from(ids, (v) => BigInt(v)) : Int32Array.from(ids);
+    const feed = { [inputIds.name]: new ort.Tensor(inputIds.type, data, [1, ids.length]) };
+    let outName = this.io.lastHiddenState.name;
+    if (clipSkip > 1) {
+      if (!this.supportsClipSkip(clipSkip)) {
+        throw new SdgenError(
+          this.io.hiddenStates.length === 0
+            ? `clip skip ${clipSkip} needs a text encoder exported with per-layer hidden states (outputs hidden_states.0 … hidden_states.N); this one has only ${this.io.lastHiddenState.name}`
+            : `clip skip ${clipSkip} is not available for this text encoder (${this.io.hiddenStates.length - 1} layers${this.finalLayerNorm ? '' : ', final layer norm not found'})`,
+        );
+      }
+      outName = this.io.hiddenStates[this.io.hiddenStates.length - clipSkip]!.name;
+    }
+    const out = await this.model.session.run(feed, [outName]);
+    const t = out[outName]!;
+    const dims = t.dims;
+    if (dims.length !== 3 || dims[0] !== 1 || dims[1] !== ids.length) {
+      throw new SdgenError(`text encoder: output "${outName}" has shape [${dims.join(', ')}]; expected [1, ${ids.length}, dim]`);
+    }
+    const dim = dims[2]!;
+    let hidden = toFloat32(t);
+    t.dispose?.();
+    if (clipSkip > 1) hidden = this.finalLayerNorm!(hidden, dim);
+    return { data: hidden, seqLen: ids.length, dim };
+  }
+
+  private async encodeChunks(chunks: readonly Chunk[], tokenCount: number, opts: TextEncodeOptions): Promise<PromptEmbedding> {
+    const parts: Float32Array[] = [];
+    let dim = 0;
+    let seqLen = 0;
+    for (const c of chunks) {
+      const h = await this.encodeIds(c.ids, opts.clipSkip);
+      if (opts.emphasis && !allOnes(c.weights)) {
+        applyEmphasis(h.data, [h.seqLen, h.dim], c.weights);
+      }
+      parts.push(h.data);
+      dim = h.dim;
+      seqLen += h.seqLen;
+    }
+    const data = new Float32Array(seqLen * dim);
+    let off = 0;
+    for (const p of parts) {
+      data.set(p, off);
+      off += p.length;
+    }
+    return { data, seqLen, dim, ids: chunks.map((c) => [...c.ids]), chunks: chunks.length, tokenCount };
+  }
+
+  /**
+   * Encode prompt and (when `withUncond`) negative prompt, each padded to the larger chunk
+   * count. `cache` (keyed by text and options) lets a generate call encode each distinct
+   * prompt once.
+   */
+  async encodePair(
+    prompt: string,
+    negative: string,
+    withUncond: boolean,
+    opts: TextEncodeOptions,
+    cache?: Map<string, PromptEmbedding>,
+  ): Promise<EncodedPrompts> {
+    const tc = tokenizeChunks(this.tokenizer, prompt, { emphasis: opts.emphasis });
+    const tu = withUncond ? tokenizeChunks(this.tokenizer, negative, { emphasis: opts.emphasis }) : null;
+    const n = Math.max(tc.chunks.length, tu?.chunks.length ?? 0);
+    const pc = tc.chunks.length < n ? padChunks(tc, n, this.tokenizer) : tc;
+    const pu = tu && tu.chunks.length < n ? padChunks(tu, n, this.tokenizer) : tu;
+    const key = (text: string, chunks: number) => `${opts.emphasis ? 1 : 0}|${opts.clipSkip}|${chunks}|${text}`;
+    const get = async (text: string, r: { chunks: Chunk[]; tokenCount: number }): Promise<PromptEmbedding> => {
+      const k = key(text, r.chunks.length);
+      const hit = cache?.get(k);
+      if (hit) return hit;
+      const e = await this.encodeChunks(r.chunks, r.tokenCount, opts);
+      cache?.set(k, e);
+      return e;
+    };
+    const cond = await get(prompt, pc);
+    const uncond = pu ? await get(negative, pu) : null;
+    return { cond, uncond };
+  }
+}
