@@ -500,6 +500,7 @@ export async function saveModel(model: ModelProto, path: string, opts: SaveOptio
     await mkdir(dir, { recursive: true });
     // weights file
     if (externals.length > 0) {
+      await mkdir(dirname(weightsPath), { recursive: true });
       const fh = await open(tmpWeights, 'wx');
       created.push(tmpWeights);
       try {
@@ -596,43 +597,48 @@ async function externalLocations(path: string): Promise<string[]> {
     const win = Buffer.allocUnsafe(64 * 1024);
     let winStart = 0;
     let winLen = 0;
-    const byteAt = async (pos: number): Promise<number> => {
-      if (pos < winStart || pos >= winStart + winLen) {
-        winStart = pos;
-        winLen = (await fh.read(win, 0, win.length, pos)).bytesRead;
-        if (winLen === 0) throw new SdgenError(`${path}: not an ONNX model (truncated)`);
-      }
-      return win[pos - winStart]!;
+    /** Makes [pos, pos + 20) available in the window when the file has those bytes. */
+    const ensure = async (pos: number): Promise<void> => {
+      const winEnd = winStart + winLen;
+      if (pos >= winStart && (pos + 20 <= winEnd || winEnd >= size)) return;
+      winStart = pos;
+      winLen = (await fh.read(win, 0, win.length, pos)).bytesRead;
     };
-    const varint = async (pos: number): Promise<[number, number]> => {
+    const varint = (pos: number): [number, number] => {
       let v = 0;
       let mul = 1;
       for (let i = 0; i < 10; i++) {
-        const b = await byteAt(pos++);
+        const k = pos - winStart;
+        if (k < 0 || k >= winLen) throw new SdgenError(`${path}: not an ONNX model (truncated)`);
+        const b = win[k]!;
+        pos++;
         v += (b & 0x7f) * mul;
         if (b < 0x80) return [v, pos];
         mul *= 128;
       }
       throw new SdgenError(`${path}: not an ONNX model (bad varint)`);
     };
+    const bytes = async (s: number, e: number): Promise<Uint8Array> =>
+      s >= winStart && e <= winStart + winLen ? win.subarray(s - winStart, e - winStart) : readRange(fh, s, e - s);
     /** Iterates the fields of a message in [start, end): calls fn(fieldNo, wireType, payloadStart, payloadEnd). */
     const fields = async (start: number, end: number, fn: (no: number, wt: number, s: number, e: number) => Promise<void>): Promise<void> => {
       let pos = start;
       while (pos < end) {
-        const [tag, p1] = await varint(pos);
+        await ensure(pos);
+        const [tag, p1] = varint(pos);
         const wt = tag & 7;
         const no = Math.floor(tag / 8);
         let s = p1;
         let e: number;
-        if (wt === 0) e = (await varint(p1))[1];
+        if (wt === 0) e = varint(p1)[1];
         else if (wt === 1) e = p1 + 8;
         else if (wt === 5) e = p1 + 4;
         else if (wt === 2) {
-          const [len, p2] = await varint(p1);
+          const [len, p2] = varint(p1);
           s = p2;
           e = p2 + len;
         } else throw new SdgenError(`${path}: not an ONNX model (unsupported wire type ${wt})`);
-        if (e > end) throw new SdgenError(`${path}: not an ONNX model (field past the end)`);
+        if (e > end || no === 0) throw new SdgenError(`${path}: not an ONNX model (malformed field at ${pos})`);
         await fn(no, wt, s, e);
         pos = e;
       }
@@ -644,7 +650,7 @@ async function externalLocations(path: string): Promise<string[]> {
         if (gno !== FIELD.GRAPH_INITIALIZER || gwt !== 2) return;
         await fields(gs, ge, async (tno, twt, ts, te) => {
           if (tno !== 13 || twt !== 2 || te - ts > 1 << 20) return;
-          const entry = decodeMessage<StringStringEntryProto>('StringStringEntryProto', await readRange(fh, ts, te - ts));
+          const entry = decodeMessage<StringStringEntryProto>('StringStringEntryProto', await bytes(ts, te));
           if (entry.key === 'location') locations.add(entry.value);
         });
       });
