@@ -10,6 +10,12 @@ import { EulerAncestralScheduler } from './euler-ancestral.js';
 import { EulerScheduler } from './euler.js';
 import { DdimScheduler } from './ddim.js';
 import { DpmMultistepScheduler } from './dpm-multistep.js';
+import { PndmScheduler } from './pndm.js';
+import { LmsScheduler } from './lms.js';
+import { HeunScheduler } from './heun.js';
+import { DpmSdeScheduler } from './dpm-sde.js';
+import { UniPcScheduler } from './unipc.js';
+import { LcmScheduler } from './lcm.js';
 
 export interface SamplerInfo {
   /** sdgen name (`--scheduler NAME`). */
@@ -26,6 +32,14 @@ export const SAMPLERS: ReadonlyArray<SamplerInfo> = [
   { name: 'euler', a1111: 'Euler', diffusersClass: 'EulerDiscreteScheduler', description: 'Euler: simple deterministic first-order ODE sampler' },
   { name: 'ddim', a1111: 'DDIM', diffusersClass: 'DDIMScheduler', description: 'DDIM: deterministic (eta 0) or stochastic with --eta' },
   { name: 'dpmpp_2m', a1111: 'DPM++ 2M', diffusersClass: 'DPMSolverMultistepScheduler', description: 'DPM-Solver++ second-order multistep: good quality in 20-30 steps' },
+  { name: 'dpmpp_2m_karras', a1111: 'DPM++ 2M Karras', diffusersClass: 'DPMSolverMultistepScheduler', description: 'DPM++ 2M on the Karras sigma schedule (use_karras_sigmas)' },
+  { name: 'pndm', a1111: 'PLMS', diffusersClass: 'PNDMScheduler', description: 'PNDM/PLMS (skip_prk_steps in SD 1.x folders): the original SD sampler' },
+  { name: 'lms', a1111: 'LMS', diffusersClass: 'LMSDiscreteScheduler', description: 'Linear multistep, order 4' },
+  { name: 'heun', a1111: 'Heun', diffusersClass: 'HeunDiscreteScheduler', description: 'Heun: second order, two UNet calls per step' },
+  { name: 'dpmpp_sde', a1111: 'DPM++ SDE', diffusersClass: 'DPMSolverSDEScheduler', description: 'DPM++ SDE: stochastic, two UNet calls per step (noise from the seed, not torchsde)' },
+  { name: 'dpmpp_2m_sde', a1111: 'DPM++ 2M SDE', diffusersClass: 'DPMSolverMultistepScheduler', description: 'DPM-Solver++ 2M, SDE variant (sde-dpmsolver++): stochastic' },
+  { name: 'unipc', a1111: 'UniPC', diffusersClass: 'UniPCMultistepScheduler', description: 'UniPC predictor-corrector (bh2, order 2): good in 10-20 steps' },
+  { name: 'lcm', a1111: 'LCM', diffusersClass: 'LCMScheduler', description: 'Latent Consistency Model sampler: 2-8 steps with LCM weights/LoRA' },
 ];
 
 export interface CreateSchedulerOptions {
@@ -39,10 +53,29 @@ for (const s of SAMPLERS) {
   byLower.set(s.a1111.toLowerCase(), s.name);
 }
 
+const ALIASES = new Map<string, string>([
+  ['plms', 'pndm'],
+  ['euler_ancestral', 'euler_a'],
+  ['k_euler_a', 'euler_a'],
+  ['k_euler', 'euler'],
+  ['k_lms', 'lms'],
+  ['k_heun', 'heun'],
+  ['eulerancestraldiscretescheduler', 'euler_a'],
+  ['eulerdiscretescheduler', 'euler'],
+  ['ddimscheduler', 'ddim'],
+  ['dpmsolvermultistepscheduler', 'dpmpp_2m'],
+  ['pndmscheduler', 'pndm'],
+  ['lmsdiscretescheduler', 'lms'],
+  ['heundiscretescheduler', 'heun'],
+  ['dpmsolversdescheduler', 'dpmpp_sde'],
+  ['unipcmultistepscheduler', 'unipc'],
+  ['lcmscheduler', 'lcm'],
+]);
+
 /** Canonical sdgen name for an sdgen or A1111 name (case-insensitive); UsageError otherwise. */
 export function resolveSchedulerName(nameOrA1111: string): string {
   const key = nameOrA1111.trim().toLowerCase();
-  const hit = byLower.get(key) ?? byLower.get(key.replace(/[-\s]+/g, '_'));
+  const hit = byLower.get(key) ?? byLower.get(key.replace(/[-\s]+/g, '_')) ?? ALIASES.get(key);
   if (hit) return hit;
   const valid = SAMPLERS.map((s) => `${s.name} ("${s.a1111}")`).join(', ');
   throw new UsageError(`unknown scheduler '${nameOrA1111}'; valid: ${valid}`);
@@ -65,9 +98,23 @@ export function defaultSchedulerFor(config: SchedulerConfig | undefined): string
     case 'DDIMScheduler':
       return 'ddim';
     case 'DPMSolverMultistepScheduler':
-      return 'dpmpp_2m';
+      if (config?.['algorithm_type'] === 'sde-dpmsolver++') return 'dpmpp_2m_sde';
+      return config?.['use_karras_sigmas'] ? 'dpmpp_2m_karras' : 'dpmpp_2m';
+    case 'PNDMScheduler':
+      return 'pndm';
+    case 'LMSDiscreteScheduler':
+      return 'lms';
+    case 'HeunDiscreteScheduler':
+      return 'heun';
+    case 'DPMSolverSDEScheduler':
+      return 'dpmpp_sde';
+    case 'UniPCMultistepScheduler':
+      return 'unipc';
+    case 'LCMScheduler':
+      return 'lcm';
     default:
-      return 'euler_a';
+      // No or unknown class: diffusers' StableDiffusionPipeline default for SD 1.x folders.
+      return 'pndm';
   }
 }
 
@@ -83,6 +130,22 @@ export function createScheduler(name: string, config: SchedulerConfig, opts: Cre
       return new DdimScheduler(config, { eta: opts.eta ?? 0 });
     case 'dpmpp_2m':
       return new DpmMultistepScheduler(config, { algorithm_type: 'dpmsolver++', use_karras_sigmas: false }, 'dpmpp_2m');
+    case 'dpmpp_2m_karras':
+      return new DpmMultistepScheduler(config, { algorithm_type: 'dpmsolver++', use_karras_sigmas: true }, 'dpmpp_2m_karras');
+    case 'dpmpp_2m_sde':
+      return new DpmMultistepScheduler(config, { algorithm_type: 'sde-dpmsolver++' }, 'dpmpp_2m_sde');
+    case 'pndm':
+      return new PndmScheduler(config);
+    case 'lms':
+      return new LmsScheduler(config);
+    case 'heun':
+      return new HeunScheduler(config);
+    case 'dpmpp_sde':
+      return new DpmSdeScheduler(config);
+    case 'unipc':
+      return new UniPcScheduler(config);
+    case 'lcm':
+      return new LcmScheduler(config);
     default:
       throw new UsageError(`scheduler '${name}' is not available`);
   }

@@ -23,6 +23,8 @@ export interface SigmaGrid {
   timesteps: number[];
   /** Sigmas per inference step (float32 values), without the trailing 0. */
   sigmas: number[];
+  /** The same sigmas before rounding to float32 (numpy float64). */
+  sigmas64: number[];
 }
 
 export class TrainingSchedule {
@@ -69,5 +71,5 @@ export function sigmaGrid(train: TrainingSchedule, cfg: SigmaGridConfig, n: numb
     sigmas = karrasSigmas(sMin, sMax, n);
     timesteps = sigmas.map((s) => Math.fround(sigmaToT(s, train.logSigmas)));
   }
-  return { timesteps, sigmas: sigmas.map(Math.fround) };
+  return { timesteps, sigmas: sigmas.map(Math.fround), sigmas64: sigmas };
 }

@@ -1,0 +1,282 @@
+/**
+ * UniPC multistep sampler (predictor UniP + corrector UniC, B(h) = bh2 by default), matching
+ * diffusers' UniPCMultistepScheduler (0.27): solver_order 2, predict_x0, lower_order_final,
+ * disable_corrector, Karras sigmas. As in 0.27 the schedule ends at σ_min (the t = 0 noise level)
+ * unless the config names final_sigmas_type ('zero' or 'sigma_min', the later diffusers key).
+ * Pure logic.
+ */
+import type { RandomSource } from '../random/types.js';
+import type { Scheduler, SchedulerConfig } from './types.js';
+import {
+  computeAlphasCumprod, computeBetas, ensure, f32, interpIndex, karrasSigmas, lambdaOf, multistepTimesteps,
+  outputFor, resolveConfig, roundHalfEven, sigmaToAlphaSigma, sigmaToT, thresholdSample, trainSigmas,
+} from './common.js';
+
+export const UNIPC_DEFAULTS = {
+  num_train_timesteps: 1000,
+  beta_start: 0.0001,
+  beta_end: 0.02,
+  beta_schedule: 'linear',
+  trained_betas: null as number[] | null,
+  solver_order: 2,
+  prediction_type: 'epsilon',
+  thresholding: false,
+  dynamic_thresholding_ratio: 0.995,
+  sample_max_value: 1.0,
+  predict_x0: true,
+  solver_type: 'bh2',
+  lower_order_final: true,
+  disable_corrector: [] as number[],
+  solver_p: null as unknown,
+  use_karras_sigmas: false,
+  timestep_spacing: 'linspace',
+  steps_offset: 0,
+  final_sigmas_type: null as string | null,
+  rescale_betas_zero_snr: false,
+};
+
+/** Solve the small dense system A·x = b (Gaussian elimination with partial pivoting). */
+export function solveLinear(a: number[][], b: number[]): number[] {
+  const n = b.length;
+  const m = a.map((row, i) => [...row, b[i]!]);
+  for (let c = 0; c < n; c++) {
+    let p = c;
+    for (let r = c + 1; r < n; r++) if (Math.abs(m[r]![c]!) > Math.abs(m[p]![c]!)) p = r;
+    [m[c], m[p]] = [m[p]!, m[c]!];
+    for (let r = c + 1; r < n; r++) {
+      const f = m[r]![c]! / m[c]![c]!;
+      for (let k = c; k <= n; k++) m[r]![k]! -= f * m[c]![k]!;
+    }
+  }
+  const x = new Array<number>(n).fill(0);
+  for (let r = n - 1; r >= 0; r--) {
+    let s = m[r]![n]!;
+    for (let k = r + 1; k < n; k++) s -= m[r]![k]! * x[k]!;
+    x[r] = s / m[r]![r]!;
+  }
+  return x;
+}
+
+export class UniPcScheduler implements Scheduler {
+  readonly name = 'unipc';
+  readonly config: typeof UNIPC_DEFAULTS;
+  readonly initNoiseSigma = 1;
+  private readonly trainSigma: Float32Array;
+  private readonly logSigmas: Float64Array;
+  timesteps: number[] = [];
+  sigmas: number[] = [];
+  private stepIndex: number | null = null;
+  private lowerOrderNums = 0;
+  private thisOrder = 0;
+  /** Converted model outputs, oldest first (length solver_order). */
+  private history: Float32Array[] = [];
+  private lastSample: Float32Array | null = null;
+  private hasLast = false;
+  private converted: Float32Array | null = null;
+  private corrected: Float32Array | null = null;
+  private scratch: Float32Array | null = null;
+
+  constructor(config?: SchedulerConfig) {
+    this.config = resolveConfig(UNIPC_DEFAULTS, config);
+    const c = this.config;
+    if (c.solver_type !== 'bh1' && c.solver_type !== 'bh2') throw new Error(`UniPC: solver_type '${c.solver_type}' is not supported`);
+    if (c.solver_p != null) throw new Error('UniPC: solver_p is not supported');
+    const ac = computeAlphasCumprod(computeBetas(c));
+    if (c.rescale_betas_zero_snr) ac[ac.length - 1] = 2 ** -24;
+    this.trainSigma = trainSigmas(ac);
+    this.logSigmas = Float64Array.from(this.trainSigma, Math.log);
+  }
+
+  setTimesteps(steps: number): void {
+    const c = this.config;
+    let timesteps = multistepTimesteps(c.timestep_spacing, c.num_train_timesteps, steps, c.steps_offset);
+    let sigmas: number[];
+    let sigmaLast: number;
+    if (c.use_karras_sigmas) {
+      sigmas = karrasSigmas(this.trainSigma[0]!, this.trainSigma[this.trainSigma.length - 1]!, steps);
+      timesteps = sigmas.map((s) => roundHalfEven(sigmaToT(s, this.logSigmas)));
+      sigmaLast = sigmas[sigmas.length - 1]!;
+    } else {
+      sigmas = timesteps.map((t) => interpIndex(t, this.trainSigma));
+      sigmaLast = this.trainSigma[0]!;
+    }
+    if (c.final_sigmas_type === 'zero') sigmaLast = 0;
+    else if (c.final_sigmas_type === 'sigma_min') sigmaLast = this.trainSigma[0]!;
+    else if (c.final_sigmas_type != null) throw new Error(`UniPC: final_sigmas_type '${c.final_sigmas_type}' must be 'zero' or 'sigma_min'`);
+    this.sigmas = [...sigmas, sigmaLast].map(f32);
+    this.timesteps = timesteps;
+    this.stepIndex = null;
+    this.lowerOrderNums = 0;
+    this.thisOrder = 0;
+    this.hasLast = false;
+  }
+
+  scaleModelInput(x: Float32Array, _t: number, out?: Float32Array): Float32Array {
+    if (!out) return x;
+    if (out !== x) out.set(x);
+    return out;
+  }
+
+  private initIndex(t: number): number {
+    const hits: number[] = [];
+    this.timesteps.forEach((v, i) => { if (v === t) hits.push(i); });
+    if (hits.length === 0) return this.timesteps.length - 1;
+    return hits.length > 1 ? hits[1]! : hits[0]!;
+  }
+
+  private convert(modelOutput: Float32Array, x: Float32Array, dst: Float32Array): void {
+    const c = this.config;
+    const [alpha, sigma] = sigmaToAlphaSigma(this.sigmas[this.stepIndex!]!);
+    const pt = c.prediction_type;
+    if (pt !== 'epsilon' && pt !== 'sample' && pt !== 'v_prediction') throw new Error(`UniPC: prediction_type '${pt}' is not supported`);
+    for (let k = 0; k < x.length; k++) {
+      const s = x[k]!;
+      const m = modelOutput[k]!;
+      if (c.predict_x0) {
+        if (pt === 'epsilon') dst[k] = f32(f32(s - f32(sigma * m)) / alpha);
+        else if (pt === 'sample') dst[k] = m;
+        else dst[k] = f32(f32(alpha * s) - f32(sigma * m));
+      } else {
+        if (pt === 'epsilon') dst[k] = m;
+        else if (pt === 'sample') dst[k] = f32(f32(s - f32(alpha * m)) / sigma);
+        else dst[k] = f32(f32(alpha * m) + f32(sigma * s));
+      }
+    }
+    if (c.predict_x0 && c.thresholding) {
+      thresholdSample(dst, c.dynamic_thresholding_ratio, c.sample_max_value, (this.scratch = ensure(this.scratch, x.length)));
+    }
+  }
+
+  /** b_i coefficients and h·φ₁, B(h) for step size h (shared by UniP and UniC). */
+  private coefficients(h: number, order: number): { hPhi1: number; bH: number; b: number[] } {
+    const hh = this.config.predict_x0 ? f32(-h) : h;
+    const hPhi1 = f32(Math.expm1(hh));
+    let hPhiK = f32(f32(hPhi1 / hh) - 1);
+    let factorial = 1;
+    const bH = this.config.solver_type === 'bh1' ? hh : f32(Math.expm1(hh));
+    const b: number[] = [];
+    for (let i = 1; i <= order; i++) {
+      b.push(f32(f32(hPhiK * factorial) / bH));
+      factorial *= i + 1;
+      hPhiK = f32(f32(hPhiK / hh) - f32(1 / factorial));
+    }
+    return { hPhi1, bH, b };
+  }
+
+  step(modelOutput: Float32Array, t: number, x: Float32Array, _generator?: RandomSource, out?: Float32Array): Float32Array {
+    const c = this.config;
+    if (this.stepIndex === null) this.stepIndex = this.initIndex(t);
+    const i = this.stepIndex;
+    const len = x.length;
+    const order = c.solver_order;
+    if (this.history.length !== order || this.history[0]!.length !== len) {
+      this.history = Array.from({ length: order }, () => new Float32Array(len));
+      this.lastSample = new Float32Array(len);
+      this.converted = new Float32Array(len);
+      this.corrected = new Float32Array(len);
+    }
+    const useCorrector = i > 0 && !c.disable_corrector.includes(i - 1) && this.hasLast;
+    const conv = this.converted!;
+    this.convert(modelOutput, x, conv);
+    let sample = x;
+    if (useCorrector) {
+      this.corrector(conv, this.lastSample!, x, this.thisOrder, this.corrected!);
+      sample = this.corrected!;
+    }
+    // rotate history; the converted output becomes the newest entry
+    const oldest = this.history.shift()!;
+    oldest.set(conv);
+    this.history.push(oldest);
+    let thisOrder = c.lower_order_final ? Math.min(order, this.timesteps.length - i) : order;
+    thisOrder = Math.min(thisOrder, this.lowerOrderNums + 1);
+    this.thisOrder = thisOrder;
+    this.lastSample!.set(sample);
+    this.hasLast = true;
+    const o = outputFor(x, out);
+    this.predictor(this.lastSample!, thisOrder, o);
+    if (this.lowerOrderNums < order) this.lowerOrderNums++;
+    this.stepIndex = i + 1;
+    return o;
+  }
+
+  private lambdaAt(idx: number): number {
+    const [a, s] = sigmaToAlphaSigma(this.sigmas[idx]!);
+    return lambdaOf(a, s);
+  }
+
+  /** UniP: x_t from the sample at step_index using the last `order` converted outputs. */
+  private predictor(x: Float32Array, order: number, o: Float32Array): void {
+    const i = this.stepIndex!;
+    const n = this.history.length;
+    const m0 = this.history[n - 1]!;
+    const [alphaT, sigmaT] = sigmaToAlphaSigma(this.sigmas[i + 1]!);
+    const [alphaS0, sigmaS0] = sigmaToAlphaSigma(this.sigmas[i]!);
+    const l0 = lambdaOf(alphaS0, sigmaS0);
+    const h = f32(lambdaOf(alphaT, sigmaT) - l0);
+    const rks: number[] = [];
+    for (let j = 1; j < order; j++) rks.push(f32(f32(this.lambdaAt(i - j) - l0) / h));
+    rks.push(1);
+    const { hPhi1, bH, b } = this.coefficients(h, order);
+    let rhos: number[] = [];
+    if (order === 2) rhos = [0.5];
+    else if (order > 2) {
+      const R = Array.from({ length: order - 1 }, (_, r) => rks.slice(0, order - 1).map((v) => v ** r));
+      rhos = solveLinear(R, b.slice(0, order - 1)).map(f32);
+    }
+    const px0 = this.config.predict_x0;
+    const a = px0 ? f32(sigmaT / sigmaS0) : f32(alphaT / alphaS0);
+    const cm = px0 ? f32(alphaT * hPhi1) : f32(sigmaT * hPhi1);
+    const cr = px0 ? f32(alphaT * bH) : f32(sigmaT * bH);
+    const ms = rks.slice(0, order - 1).map((_, j) => this.history[n - 2 - j]!);
+    for (let k = 0; k < x.length; k++) {
+      const base = f32(f32(a * x[k]!) - f32(cm * m0[k]!));
+      if (order === 1) {
+        o[k] = base;
+        continue;
+      }
+      let res = 0;
+      for (let j = 0; j < order - 1; j++) {
+        const d1 = f32(f32(ms[j]![k]! - m0[k]!) / rks[j]!);
+        res = j === 0 ? f32(rhos[0]! * d1) : f32(res + f32(rhos[j]! * d1));
+      }
+      o[k] = f32(base - f32(cr * res));
+    }
+  }
+
+  /** UniC: corrects the sample predicted at the previous call with the new model output. */
+  private corrector(modelT: Float32Array, last: Float32Array, _thisSample: Float32Array, order: number, o: Float32Array): void {
+    const i = this.stepIndex!;
+    const n = this.history.length;
+    const m0 = this.history[n - 1]!;
+    const [alphaT, sigmaT] = sigmaToAlphaSigma(this.sigmas[i]!);
+    const [alphaS0, sigmaS0] = sigmaToAlphaSigma(this.sigmas[i - 1]!);
+    const l0 = lambdaOf(alphaS0, sigmaS0);
+    const h = f32(lambdaOf(alphaT, sigmaT) - l0);
+    const rks: number[] = [];
+    for (let j = 1; j < order; j++) rks.push(f32(f32(this.lambdaAt(i - (j + 1)) - l0) / h));
+    rks.push(1);
+    const { hPhi1, bH, b } = this.coefficients(h, order);
+    let rhos: number[];
+    if (order === 1) rhos = [0.5];
+    else {
+      const R = Array.from({ length: order }, (_, r) => rks.map((v) => v ** r));
+      rhos = solveLinear(R, b).map(f32);
+    }
+    const px0 = this.config.predict_x0;
+    const a = px0 ? f32(sigmaT / sigmaS0) : f32(alphaT / alphaS0);
+    const cm = px0 ? f32(alphaT * hPhi1) : f32(sigmaT * hPhi1);
+    const cr = px0 ? f32(alphaT * bH) : f32(sigmaT * bH);
+    const ms = rks.slice(0, order - 1).map((_, j) => this.history[n - 2 - j]!);
+    const rLast = rhos[rhos.length - 1]!;
+    for (let k = 0; k < last.length; k++) {
+      const base = f32(f32(a * last[k]!) - f32(cm * m0[k]!));
+      let corr = 0;
+      for (let j = 0; j < order - 1; j++) {
+        const d1 = f32(f32(ms[j]![k]! - m0[k]!) / rks[j]!);
+        corr = j === 0 ? f32(rhos[0]! * d1) : f32(corr + f32(rhos[j]! * d1));
+      }
+      const d1t = f32(modelT[k]! - m0[k]!);
+      o[k] = f32(base - f32(cr * f32(corr + f32(rLast * d1t))));
+    }
+  }
+}
