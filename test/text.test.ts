@@ -134,6 +134,13 @@ test('ftfy subset: entities (looped), mojibake, quotes, ligatures, width, contro
   assert.equal(fixText('ｆｕｌｌ\u3000ｗｉｄｔｈ！'), 'full width!');
   assert.equal(fixText('a\u2028b\u0085c\ufeffd\u0007e\u001b[1mf'), 'a\nb…cdef');
   assert.equal(fixText('e\u0301'), 'é'); // NFC
+  // Mixed lines: only runs that are mojibake on their own are repaired; lone ambiguous pairs
+  // (Ã… could be "Å", Â¥ could be "¥") stay unless the line as a whole decodes.
+  assert.equal(fixText('by Ã…ngstrÃ¶m – déjà'), 'by Ã…ngström – déjà');
+  assert.equal(fixText('a cat Â¥ 100'), 'a cat ¥ 100');
+  assert.equal(fixText('a cat Â¥ 100 déjà'), 'a cat Â¥ 100 déjà');
+  assert.equal(fixText('1 Ã  déjà'), '1 Ã  déjà');
+  assert.equal(fixText('a Ã  déjà'), 'a à  déjà');
   // Legitimate text is left alone.
   for (const s of ['naïve façade', 'El Niño', 'Ñ“ test', 'Ç’est', 'Straße', 'привет мир', '中文']) {
     assert.equal(fixText(s), s.replace(/[“”]/g, '"').replace(/’/g, "'"));

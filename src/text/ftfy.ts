@@ -64,24 +64,38 @@ const CONT_CHARS =
   CP1252_HIGH.filter((cp) => cp > 0xff)
     .map((cp) => `\\u{${cp.toString(16)}}`)
     .join('');
+/** Continuation look-alikes that rarely follow a letter in real text (not quotes, dashes, bullet,
+ * ellipsis): a run right after one of these is taken as part of something else and left alone. */
+const STRICT_CONT_CHARS =
+  '\\x80-\\xbf' +
+  CP1252_HIGH.filter((cp) => cp > 0xff && ![0x201a, 0x201e, 0x2026, 0x2018, 0x2019, 0x201c, 0x201d, 0x2022, 0x2013, 0x2014].includes(cp))
+    .map((cp) => `\\u{${cp.toString(16)}}`)
+    .join('');
 /** Runs of whole UTF-8 sequences as they look after the mis-decode (repaired one run at a time
  * when the line as a whole does not decode). */
 const MOJIBAKE_RUN_RE = new RegExp(
-  `(?:[\\xc2-\\xdf][${CONT_CHARS}]|[\\xe0-\\xef][${CONT_CHARS}]{2}|[\\xf0-\\xf4][${CONT_CHARS}]{3})+`,
+  `(?<![${STRICT_CONT_CHARS}])(?:[\\xc2-\\xdf][ ${CONT_CHARS}]|[\\xe0-\\xef][${CONT_CHARS}]{2}|[\\xf0-\\xf4][${CONT_CHARS}]{3})+`,
   'gu',
 );
 
-/** Strong signs of UTF-8 read as Latin-1/Windows-1252: Â or Ã + continuation, 3- and 4-byte
- * sequences, and "Ã " after a letter (an `à` whose 0xA0 byte became a space). */
+/** Strong signs of UTF-8 read as Latin-1/Windows-1252: C1 controls, Â or Ã + continuation, 3-
+ * and 4-byte sequences, and `Ã `/`Â ` at the start or after a letter (0xA0 turned into a space). */
 const STRONG_RE = new RegExp(
-  `[\\xc2\\xc3][${CONT_CHARS}]|[\\xe0-\\xef][${CONT_CHARS}]{2}|[\\xf0-\\xf4][${CONT_CHARS}]{3}|(?:^|[a-z] ?)[\\xc2\\xc3] `,
+  `[\\x80-\\x9f]|[\\xc2\\xc3][${CONT_CHARS}]|[\\xe0-\\xef][${CONT_CHARS}]{2}|[\\xf0-\\xf4][${CONT_CHARS}]{3}|(?:^|[a-z] ?)[\\xc2\\xc3] `,
   'u',
 );
 /** Other 2-byte sequences (Latin Extended, Greek, Cyrillic, Hebrew, Arabic leads): weak signs. */
 const WEAK_RE = new RegExp(`[\\xc4-\\xdf][${CONT_CHARS}]`, 'gu');
 
+/**
+ * Pairs that read as mojibake of ¥ Å Ì Î Ò å ™ but also occur in real text (a capital with a
+ * dash or quote after it, "Â¥" not after a space): not evidence on their own, as in ftfy.
+ */
+const AMBIGUOUS_RE = /(?<![ \t\n])\xc2\xa5|\xc3[\u2026\u0152\u017d\u2019\xa5]|\xe2\u201e\xa2/g;
+
 function looksLikeMojibake(text: string): boolean {
-  return STRONG_RE.test(text) || (text.match(WEAK_RE)?.length ?? 0) >= 2;
+  const t = text.replace(AMBIGUOUS_RE, ' ');
+  return STRONG_RE.test(t) || (t.match(WEAK_RE)?.length ?? 0) >= 2;
 }
 
 /** Puts back 0xA0 bytes that became spaces after a 0xC2/0xC3 lead: before a word, `Ã ` is read
@@ -120,7 +134,9 @@ function fixEncodingOnce(text: string): string {
   if (/^[\x00-\x7f]*$/.test(text) || !looksLikeMojibake(text)) return text;
   const whole = reDecode(text, true) ?? reDecode(text, false);
   if (whole !== null) return whole;
-  return text.replace(MOJIBAKE_RUN_RE, (run) => reDecode(run, false) ?? run);
+  return text.replace(MOJIBAKE_RUN_RE, (run) =>
+    looksLikeMojibake(run) ? (reDecode(run, true) ?? reDecode(run, false) ?? run) : run,
+  );
 }
 
 /** Mojibake repair, repeated until stable (double-encoded text takes two rounds). */
