@@ -72,7 +72,7 @@ export async function cmdTomePatch(input: string, output: string, explicit: Part
     bar = new cp.SingleBar({ stream: process.stderr, format: '{stage} {bar} {percentage}%', hideCursor: true }, cp.Presets.shades_classic);
   }
   let stageNow = '';
-  let result: unknown;
+  let result: Awaited<ReturnType<typeof patchModelFile>>;
   try {
     result = await patchModelFile(input, output, tome, (stage: string, done: number, total: number) => {
       if (!bar) return;
@@ -87,12 +87,16 @@ export async function cmdTomePatch(input: string, output: string, explicit: Part
   }
   const secs = (performance.now() - started) / 1000;
   if (flags.json) {
-    out.write(JSON.stringify({ input, output, tome, seconds: secs, result: result ?? null }) + '\n');
+    out.write(JSON.stringify({ input, output, tome, seconds: secs, ...result }) + '\n');
     return;
   }
-  const r = result as { blocks?: unknown[]; patched?: unknown[] } | undefined;
-  const n = Array.isArray(r?.patched) ? r!.patched.length : Array.isArray(r?.blocks) ? r!.blocks.length : undefined;
-  out.write(`wrote ${output}${n !== undefined ? ` (${n} block${n === 1 ? '' : 's'} patched)` : ''} in ${secs.toFixed(1)} s\n`);
+  if (!result.patched) {
+    out.write(`${output}: not patched: ${result.reason ?? 'no transformer block found'}\n`);
+    return;
+  }
+  const n = result.blocks.length;
+  const rand = result.randInputs.length ? `; extra inputs ${result.randInputs.join(', ')}` : '';
+  out.write(`wrote ${output} (${n} block${n === 1 ? '' : 's'} patched${rand}) in ${secs.toFixed(1)} s\n`);
 }
 
 /** `sdgen bench`: forwards its flags to the benchmark module (src/bench). */

@@ -27,6 +27,12 @@ export function makeChalk(stream: NodeJS.WriteStream, flag: boolean): ChalkInsta
   return new Chalk({ level: colorEnabled(stream, flag) ? 1 : 0 });
 }
 
+/** A path relative to the working directory when it is inside it, else absolute. */
+export function displayPath(file: string): string {
+  const rel = path.relative(process.cwd(), file);
+  return rel && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : file;
+}
+
 function fmtSeconds(ms: number): string {
   return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
 }
@@ -86,7 +92,7 @@ export class LineReporter implements RunReporter {
   imageWritten(img: PlannedImage, job: Job, file: string, out: GeneratedImage): void {
     this.count++;
     if (this.ui.json) this.out.write(jsonImageLine(file, out, img, job) + '\n');
-    else this.say(`[${this.count}/${this.total}] ${this.c.green(path.relative(process.cwd(), file) || file)}  seed ${out.seed}  ${fmtSeconds(out.timings.totalMs)}`);
+    else this.say(`[${this.count}/${this.total}] ${this.c.green(displayPath(file))}  seed ${out.seed}  ${fmtSeconds(out.timings.totalMs)}`);
   }
   imageSkipped(): void {
     // counted in start()

@@ -112,12 +112,17 @@ export interface TextToInsert {
   international?: boolean;
 }
 
-/** Returns a new PNG with the given text chunks inserted just before IEND. */
+/**
+ * Returns a new PNG with the given text chunks inserted before the first IDAT chunk (where PIL,
+ * and so A1111, writes them). The PNG spec allows text chunks anywhere between IHDR and IEND,
+ * but libvips/sharp (libspng) only reports those that come before the image data.
+ */
 export function insertPngText(png: Buffer, entries: readonly TextToInsert[]): Buffer {
   const chunks = readPngChunks(png);
-  const iend = chunks[chunks.length - 1]!;
+  const at = (chunks.find((c) => c.type === 'IDAT') ?? chunks[chunks.length - 1]!).offset;
+  const end = chunks[chunks.length - 1]!;
   const added = entries.map((e) => textChunk(e.keyword, e.text, e.international));
-  return Buffer.concat([png.subarray(0, iend.offset), ...added, png.subarray(iend.offset, iend.offset + 12 + iend.data.length)]);
+  return Buffer.concat([png.subarray(0, at), ...added, png.subarray(at, end.offset + 12 + end.data.length)]);
 }
 
 function decodeTextChunk(c: PngChunk): PngTextEntry | null {
