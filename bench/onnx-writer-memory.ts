@@ -7,7 +7,8 @@
  *    an fp16 model of ~--fp16-gb GB with its initializers inline (must stay under 2 GiB).
  * 2. In a fresh child process each, measures loading and re-saving:
  *    - fp32 external, loaded 'lazy', saved with external data (bytes streamed file to file);
- *    - fp32 external, loaded 'lazy', saved to one inline file (only when it fits in 2 GiB);
+ *    - fp32 external, loaded 'lazy', saved to one inline file (when it fits in 2 GiB; otherwise
+ *      checks that saving it inline is refused with a clear error);
  *    - fp16 inline, loaded (the file in one Buffer, tensors as views), saved inline.
  *    Each child reports wall time and its peak RSS (VmHWM on Linux, see peakRss; else maxRSS).
  * 3. Prints size, time, peak RSS, peak RSS / model size and (peak RSS − runtime baseline) / model
@@ -23,6 +24,7 @@ import {
   DataLocation, DataType, type ModelProto, type NodeProto, type TensorProto,
   encodeModel, loadModel, saveModel, setExternalSource, loadTensorData, makeTensor,
 } from '../src/onnx/index.js';
+import { SdgenError } from '../src/errors.js';
 
 const SELF = fileURLToPath(import.meta.url);
 const SIDE = 4096; // tensors are [SIDE, SIDE]
@@ -194,6 +196,17 @@ async function main(): Promise<void> {
           `  (written ${(outSize / 1e9).toFixed(3)} GB)`,
       );
       if (!process.argv.includes('--keep')) rmSync(join(dir, r.out), { recursive: true, force: true });
+    }
+    if (size32 >= 2 ** 31) {
+      // a > 2 GiB model cannot be one protobuf: saving it inline must be refused up front
+      const m = await loadModel(join(dir, 'fp32', 'model.onnx'), { externalData: 'lazy' });
+      const target = join(dir, 'refused', 'model.onnx');
+      const refused = await saveModel(m, target, { externalData: false }).then(
+        () => false,
+        (e: unknown) => e instanceof SdgenError && /2 GiB/.test((e as Error).message),
+      );
+      console.log(`fp32 inline save of ${(size32 / 1e9).toFixed(2)} GB refused with a clear error: ${refused ? 'yes' : 'NO'}`);
+      ok &&= refused;
     }
     console.log(ok ? 'OK: peak RSS above the runtime baseline ≤ 1.5× model size, bytes preserved' : 'FAILED');
     if (!ok) process.exitCode = 1;
