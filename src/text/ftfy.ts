@@ -222,6 +222,8 @@ function fixSegment(segment: string, unescapeHtml: boolean): string {
  * once a line contains `<`, HTML entities are left alone from there on, as ftfy does.
  */
 export function fixText(text: string): string {
+  // Printable ASCII (plus tab/newline) without '&' is already a fixed point.
+  if (/^[\t\n\x20-\x25\x27-\x7e]*$/.test(text)) return text;
   let unescapeHtml = true;
   let out = '';
   let pos = 0;
