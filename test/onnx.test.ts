@@ -13,7 +13,7 @@ import {
   attrInt, attrInts, attrFloat, attrString, attrTensor, getInt, getInts, getFloat, getString, getTensor, getAttr,
   GraphIndex, NameAllocator, uniqueName, topologicalSort, checkGraph, ensureOpset, replaceNodes,
   renameTensorUses, removeUnused, getValueInfoShape, insertNodesBefore,
-  loadModel, saveModel, modelFileIdentity, externalSource,
+  loadModel, saveModel, modelFileIdentity, externalSource, loadTensorData,
 } from '../src/onnx/index.js';
 
 const FIX = fileURLToPath(new URL('../../shared/fixtures/', import.meta.url));
@@ -318,7 +318,10 @@ describe('graph helpers', () => {
 
   test('checkGraph passes a valid graph and the fixture, flags a dangling input and a cycle', () => {
     assert.deepEqual(checkGraph(small()), []);
-    assert.deepEqual(checkGraph(decodeModel(readFileSync(TINY_UNET))), []);
+    const unet = decodeModel(readFileSync(TINY_UNET));
+    assert.deepEqual(checkGraph(unet), []);
+    assert.deepEqual(getValueInfoShape(unet.graph!, 'encoder_hidden_states'), ['batch', 'sequence', 32]);
+    assert.equal(getValueInfoShape(unet.graph!, 'nothing'), undefined);
     const dangling = small();
     dangling.graph!.node[1]!.input[0] = 'nowhere';
     const p1 = checkGraph(dangling);
@@ -481,6 +484,11 @@ describe('model files', () => {
     await saveModel(lazy, path, { weightsFile: 'weights.pb' }); // 'auto' → external, in place
     assert.deepEqual(readdirSync(dir).sort(), ['config.json', 'model.onnx', 'weights.pb']);
     assertSameInitializers(loaded, await loadModel(path));
+    const lazyAgain = await loadModel(path, { externalData: 'lazy' });
+    const w = lazyAgain.graph!.initializer.find((x) => x.name === 'time_embedding.linear_2.weight')!;
+    const bytes = await loadTensorData(w);
+    assert.equal(w.dataLocation, undefined);
+    assert.ok(Buffer.from(bytes).equals(Buffer.from(loaded.graph!.initializer.find((x) => x.name === w.name)!.rawData!)));
     // the in-memory lazy model follows the new file
     await saveModel(lazy, join(tmp, 'lazy-inline2.onnx'), { externalData: false });
     assert.ok(readFileSync(join(tmp, 'lazy-inline2.onnx')).equals(readFileSync(TINY_UNET)));
