@@ -178,3 +178,326 @@ for (const c of e2e.cases) {
     }
   });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hand-derived checks for the schedulers the fixtures do not cover.
+// ---------------------------------------------------------------------------------------------
+import { UsageError } from '../src/errors.js';
+import { SAMPLERS, a1111Name, defaultSchedulerFor, resolveSchedulerName } from '../src/schedulers/index.js';
+import { lmsCoefficient } from '../src/schedulers/lms.js';
+import { guidanceScaleEmbedding, lcmBoundaryScalings, lcmTimesteps } from '../src/schedulers/lcm.js';
+import { discreteTimesteps, multistepTimesteps, sigmaSchedulerTimesteps, karrasSigmas } from '../src/schedulers/common.js';
+
+function timestepsOf(name: string, cfg: SchedulerConfig, steps: number): number[] {
+  const s = createScheduler(name, cfg);
+  s.setTimesteps(steps);
+  return Array.from(s.timesteps, Number);
+}
+
+test('timestep spacing: leading / trailing / linspace with steps_offset, derived by hand', () => {
+  // DDIM-style integer steps, N = 1000
+  assert.deepEqual(discreteTimesteps('leading', 1000, 10, 1), [901, 801, 701, 601, 501, 401, 301, 201, 101, 1]);
+  assert.deepEqual(discreteTimesteps('trailing', 1000, 10, 1), [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]);
+  // linspace(0, 999, 5) = 0, 249.75, 499.5, 749.25, 999 → round half to even
+  assert.deepEqual(discreteTimesteps('linspace', 1000, 5, 0), [999, 749, 500, 250, 0]);
+  // 1000/3 = 333.33…: arange(1000, 0, −333.33) = 1000, 666.67, 333.33 → round − 1
+  assert.deepEqual(discreteTimesteps('trailing', 1000, 3, 0), [999, 666, 332]);
+  // sigma schedulers keep the same lists as floats
+  assert.deepEqual(sigmaSchedulerTimesteps('linspace', 1000, 4, 1), [999, 666, 333, 0]);
+  assert.deepEqual(sigmaSchedulerTimesteps('leading', 1000, 4, 1), [751, 501, 251, 1]);
+  assert.deepEqual(sigmaSchedulerTimesteps('trailing', 1000, 4, 1), [999, 749, 499, 249]);
+  assert.deepEqual(sigmaSchedulerTimesteps('linspace', 1000, 3, 0), [999, 499.5, 0]);
+  // multistep solvers: n + 1 points, last dropped; leading uses N // (n + 1)
+  assert.deepEqual(multistepTimesteps('linspace', 1000, 4, 0), [999, 749, 500, 250]);
+  assert.deepEqual(multistepTimesteps('leading', 1000, 4, 1), [801, 601, 401, 201]);
+  assert.deepEqual(multistepTimesteps('trailing', 1000, 4, 0), [999, 749, 499, 249]);
+  assert.throws(() => discreteTimesteps('karras', 1000, 4, 0), /timestep_spacing/);
+});
+
+test('per-class timestep defaults under from_config of the SD 1.5 (PNDM) config', () => {
+  // sd15 has no timestep_spacing key: each class uses its own default
+  assert.deepEqual(timestepsOf('euler', sd15, 4), [999, 666, 333, 0]); // linspace
+  assert.deepEqual(timestepsOf('ddim', sd15, 4), [751, 501, 251, 1]); // leading + offset 1
+  assert.deepEqual(timestepsOf('dpmpp_2m', sd15, 4), [999, 749, 500, 250]); // linspace n+1
+  assert.deepEqual(timestepsOf('unipc', sd15, 4), [999, 749, 500, 250]);
+  // the folder config says leading: every class follows it
+  assert.deepEqual(timestepsOf('euler_a', folderConfig, 4), [751, 501, 251, 1]);
+  assert.deepEqual(timestepsOf('dpmpp_2m', folderConfig, 4), [801, 601, 401, 201]);
+  assert.deepEqual(timestepsOf('lms', folderConfig, 4), [751, 501, 251, 1]);
+});
+
+test('PLMS (skip_prk_steps) repeats the second-to-last base timestep: n + 1 calls', () => {
+  // base (leading, offset 1) = 1, 251, 501, 751 → [751, 501, 501, 251, 1]
+  assert.deepEqual(timestepsOf('pndm', folderConfig, 4), [751, 501, 501, 251, 1]);
+  assert.equal(timestepsOf('plms', folderConfig, 20).length, 21);
+});
+
+test('PNDM with Runge–Kutta warm-up (skip_prk_steps false): 12 PRK calls then PLMS', () => {
+  const cfg = { ...sd15, skip_prk_steps: false, steps_offset: 0 };
+  // base = 0, 100, …, 900; PRK pairs over the last 4 with half step 50
+  assert.deepEqual(timestepsOf('pndm', cfg, 10), [
+    900, 850, 850, 800, 800, 750, 750, 700, 700, 650, 650, 600,
+    600, 500, 400, 300, 200, 100, 0,
+  ]);
+});
+
+test('Heun and DPM++ SDE double every timestep after the first; SDE odd calls sit at −log σ midpoints', () => {
+  assert.deepEqual(timestepsOf('heun', sd15, 4), [999, 666, 666, 333, 333, 0, 0]);
+  const sde = createScheduler('dpmpp_sde', sd15) as unknown as Scheduler & { sigmas: number[] };
+  sde.setTimesteps(4);
+  const ts = Array.from(sde.timesteps, Number);
+  assert.equal(ts.length, 7);
+  assert.deepEqual([ts[0], ts[2], ts[4], ts[6]], [999, 666, 333, 0]);
+  for (const j of [1, 3, 5]) assert.ok(ts[j]! < ts[j - 1]! && ts[j]! > ts[j + 1]!, `midpoint ${j} between its neighbours`);
+  assert.deepEqual(sde.sigmas.length, 8);
+  assert.equal(sde.sigmas[7], 0);
+});
+
+test('LCM timesteps: skip-20 training schedule sampled evenly (original_inference_steps 50)', () => {
+  // origin = 999, 979, …, 19 (50 points); indices floor(i·50/n)
+  assert.deepEqual(lcmTimesteps(1000, 50, 4), [999, 759, 499, 259]);
+  assert.deepEqual(lcmTimesteps(1000, 50, 8), [999, 879, 759, 639, 499, 379, 259, 139]);
+  assert.deepEqual(lcmTimesteps(1000, 50, 1), [999]);
+  assert.throws(() => lcmTimesteps(1000, 50, 51), /original_inference_steps/);
+  assert.deepEqual(timestepsOf('lcm', sd15, 4), [999, 759, 499, 259]);
+});
+
+test('LCM boundary scalings: c_skip = σd²/(s²+σd²), c_out = s/√(s²+σd²) with s = 10·t', () => {
+  assert.deepEqual(lcmBoundaryScalings(0, 10), [1, 0]);
+  const [cs, co] = lcmBoundaryScalings(1, 10); // s = 10: 0.25/100.25, 10/√100.25
+  assert.ok(Math.abs(cs - 0.25 / 100.25) < 1e-8);
+  assert.ok(Math.abs(co - 10 / Math.sqrt(100.25)) < 1e-7);
+});
+
+test('guidanceScaleEmbedding: sin half then cos half of w·1000·10000^(−i/(half−1))', () => {
+  // dim 4: half 2, frequencies 1 and 1e-4; w = 0.5 → arguments 500 and 0.05
+  const e = guidanceScaleEmbedding(0.5, 4);
+  const exp = [Math.sin(500), Math.sin(0.05), Math.cos(500), Math.cos(0.05)];
+  assertClose(e, exp, 'dim 4', 2e-5);
+  const odd = guidanceScaleEmbedding(0.5, 5);
+  assert.equal(odd.length, 5);
+  assert.equal(odd[4], 0);
+  assertClose(odd.subarray(0, 4), exp, 'dim 5', 2e-5);
+  // w = 0 → sin 0 = 0, cos 0 = 1
+  assert.deepEqual(Array.from(guidanceScaleEmbedding(0, 6)), [0, 0, 0, 1, 1, 1]);
+});
+
+test('Karras sigmas: ends at σ_max and σ_min, interior follows the ρ = 7 ramp', () => {
+  const s = karrasSigmas(0.1, 10, 3);
+  assert.ok(Math.abs(s[0]! - 10) < 1e-12 && Math.abs(s[2]! - 0.1) < 1e-12);
+  assert.ok(Math.abs(s[1]! - ((10 ** (1 / 7) + 0.1 ** (1 / 7)) / 2) ** 7) < 1e-12);
+  const k = createScheduler('dpmpp_2m_karras', sd15) as unknown as Scheduler & { sigmas: number[] };
+  k.setTimesteps(3);
+  const ac = computeAlphasCumprod(computeBetas({ ...sd15, num_train_timesteps: 1000, beta_start: 0.00085, beta_end: 0.012, beta_schedule: 'scaled_linear', trained_betas: null }));
+  const sMin = Math.sqrt((1 - ac[0]!) / ac[0]!);
+  const sMax = Math.sqrt((1 - ac[999]!) / ac[999]!);
+  const mid = ((sMax ** (1 / 7) + sMin ** (1 / 7)) / 2) ** 7;
+  assertClose(k.sigmas, [sMax, mid, sMin, 0], 'karras sigmas', 1e-5 * sMax);
+  // timesteps are the rounded fractional training steps of those sigmas: first 999, last 0
+  const ts = Array.from(k.timesteps, Number);
+  assert.equal(ts[0], 999);
+  assert.equal(ts[2], 0);
+});
+
+test('LMS coefficients: hand-integrated Lagrange bases and the polynomial-reproduction identities', () => {
+  const sig = [3, 2, 1.5, 1, 0.4, 0];
+  // order 1: ∫ 1 = σ_{t+1} − σ_t
+  assert.ok(Math.abs(lmsCoefficient(sig, 1, 0, 0) - (2 - 3)) < 1e-14);
+  // order 2 at t = 1: ∫_2^1.5 (3 − τ) dτ = −0.625, ∫_2^1.5 (τ − 2) dτ = 0.125
+  assert.ok(Math.abs(lmsCoefficient(sig, 2, 1, 0) - -0.625) < 1e-14);
+  assert.ok(Math.abs(lmsCoefficient(sig, 2, 1, 1) - 0.125) < 1e-14);
+  // order 4 at t = 3: Σ c_j = σ_4 − σ_3, Σ c_j σ_{3−j}^p = (σ_4^{p+1} − σ_3^{p+1})/(p+1) for p < 4
+  for (let p = 0; p < 4; p++) {
+    let sum = 0;
+    for (let j = 0; j < 4; j++) sum += lmsCoefficient(sig, 4, 3, j) * sig[3 - j]! ** p;
+    const exact = (sig[4]! ** (p + 1) - sig[3]! ** (p + 1)) / (p + 1);
+    assert.ok(Math.abs(sum - exact) < 1e-13, `moment ${p}: ${sum} vs ${exact}`);
+  }
+});
+
+test('DDIM eta: one draw per step, prev = √ᾱ_prev·x0 + √(1−ᾱ_prev−σ²)·ε + σ·z with σ = η·√((1−ᾱ_prev)/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_prev))', () => {
+  const eta = 0.7;
+  const s = createScheduler('DDIM', folderConfig, { eta });
+  s.setTimesteps(10);
+  const ac = computeAlphasCumprod(computeBetas({ num_train_timesteps: 1000, beta_start: 0.00085, beta_end: 0.012, beta_schedule: 'scaled_linear', trained_betas: null }));
+  const x = new TorchGenerator(5).randn([64]);
+  const eps = new TorchGenerator(6).randn([64]);
+  const z = new TorchGenerator(7).randn([64]);
+  const t = Number(s.timesteps[0]); // 901, prev 801
+  const replay = new Replay([z]);
+  const got = s.step(eps, t, x, replay);
+  assert.equal(replay.used, 1);
+  const a = ac[t]!;
+  const ap = ac[t - 100]!;
+  const sd = eta * Math.sqrt(((1 - ap) / (1 - a)) * (1 - a / ap));
+  const exp = Array.from(x, (xv, k) => {
+    const x0 = (xv - Math.sqrt(1 - a) * eps[k]!) / Math.sqrt(a);
+    return Math.sqrt(ap) * x0 + Math.sqrt(1 - ap - sd * sd) * eps[k]! + sd * z[k]!;
+  });
+  assertClose(got, exp, 'ddim eta step', 2e-5);
+  // eta 0 draws nothing
+  const d0 = createScheduler('ddim', folderConfig);
+  d0.setTimesteps(10);
+  const r0 = new Replay([]);
+  d0.step(eps, t, x, r0);
+  assert.equal(r0.used, 0);
+});
+
+test('Euler draws one noise tensor per step even without churn (generator stays in step with diffusers)', () => {
+  const s = createScheduler('euler', sd15);
+  s.setTimesteps(3);
+  const x = new Float32Array(16).fill(1);
+  const r = new Replay([new Float32Array(16), new Float32Array(16), new Float32Array(16)]);
+  for (const t of s.timesteps) s.step(new Float32Array(16), Number(t), x, r);
+  assert.equal(r.used, 3);
+});
+
+/**
+ * A perfect denoiser for target x0: the model output is the ε that makes each scheduler's own x0
+ * prediction equal x0. VP schedulers (input unscaled) see x = √ᾱ_t·x0 + √(1−ᾱ_t)·ε at integer t;
+ * the k-diffusion-style ones see x/√(σ²+1) with x = x0 + σ·ε, and σ is read back from that scale.
+ */
+function perfectRun(name: string, cfg: SchedulerConfig, steps: number, x0: Float32Array, e: Float32Array, inPlace: boolean) {
+  const s = createScheduler(name, cfg);
+  s.setTimesteps(steps);
+  const ac = computeAlphasCumprod(computeBetas({ num_train_timesteps: 1000, beta_start: 0.00085, beta_end: 0.012, beta_schedule: 'scaled_linear', trained_betas: null }));
+  const ve = s.initNoiseSigma > 1.5;
+  const sMax = s.initNoiseSigma;
+  let x = ve
+    ? x0.map((v, k) => v + sMax * e[k]!)
+    : x0.map((v, k) => Math.sqrt(ac[Number(s.timesteps[0])]!) * v + Math.sqrt(1 - ac[Number(s.timesteps[0])]!) * e[k]!);
+  const gen = new TorchGenerator(99);
+  const buf = new Float32Array(x.length);
+  for (const tv of s.timesteps) {
+    const t = Number(tv);
+    const mi = s.scaleModelInput(x, t);
+    const eps = new Float32Array(x.length);
+    if (ve) {
+      let kk = 0;
+      for (let k = 1; k < x.length; k++) if (Math.abs(x[k]!) > Math.abs(x[kk]!)) kk = k;
+      const r = x[kk]! / mi[kk]!;
+      const sigma = Math.sqrt(Math.max(r * r - 1, 0));
+      for (let k = 0; k < x.length; k++) eps[k] = (x[k]! - x0[k]!) / sigma;
+    } else {
+      const a = ac[Math.round(t)]!;
+      for (let k = 0; k < x.length; k++) eps[k] = (x[k]! - Math.sqrt(a) * x0[k]!) / Math.sqrt(1 - a);
+    }
+    if (inPlace) {
+      s.step(eps, t, x, gen, x);
+    } else {
+      x = s.step(eps, t, x, gen, buf).slice();
+    }
+  }
+  return { x, ac };
+}
+
+for (const name of SAMPLERS.map((s) => s.name)) {
+  test(`${name}: a perfect denoiser is carried exactly to its target (closed form of the final sample)`, () => {
+    const x0 = new TorchGenerator(11).randn([256]).map((v) => v * 0.5);
+    const e = new TorchGenerator(12).randn([256]);
+    const steps = name === 'lcm' ? 4 : 12;
+    const { x, ac } = perfectRun(name, folderConfig, steps, x0, e, false);
+    let expected: ArrayLike<number> = x0;
+    if (name === 'ddim' || name === 'pndm' || name === 'unipc') {
+      // these end at the t = 0 noise level (ᾱ_0, set_alpha_to_one false / σ_min) with ε unchanged
+      expected = x0.map((v, k) => Math.sqrt(ac[0]!) * v + Math.sqrt(1 - ac[0]!) * e[k]!);
+    }
+    assertClose(x, expected, `${name} final`, 2e-4);
+    // in-place stepping (out === x) gives the same result
+    const inPlace = perfectRun(name, folderConfig, steps, x0, e, true).x;
+    assertClose(inPlace, x, `${name} in place`, 0);
+  });
+}
+
+test('PNDM with PRK warm-up also carries a perfect denoiser exactly', () => {
+  const x0 = new TorchGenerator(21).randn([64]);
+  const e = new TorchGenerator(22).randn([64]);
+  const { x, ac } = perfectRun('pndm', { ...sd15, skip_prk_steps: false }, 10, x0, e, false);
+  assertClose(x, x0.map((v, k) => Math.sqrt(ac[0]!) * v + Math.sqrt(1 - ac[0]!) * e[k]!), 'prk final', 1e-4);
+});
+
+test('names: sdgen and A1111 names resolve case-insensitively; unknown names are a UsageError listing the valid ones', () => {
+  const pairs: [string, string][] = [
+    ['Euler a', 'euler_a'], ['EULER', 'euler'], ['ddim', 'ddim'], ['DPM++ 2M', 'dpmpp_2m'],
+    ['dpm++ 2m karras', 'dpmpp_2m_karras'], ['PLMS', 'pndm'], ['LMS', 'lms'], ['Heun', 'heun'],
+    ['DPM++ SDE', 'dpmpp_sde'], ['DPM++ 2M SDE', 'dpmpp_2m_sde'], ['UniPC', 'unipc'], ['LCM', 'lcm'],
+    ['dpmpp-2m-karras', 'dpmpp_2m_karras'],
+  ];
+  for (const [input, want] of pairs) assert.equal(resolveSchedulerName(input), want, input);
+  assert.equal(SAMPLERS.length, 12);
+  assert.equal(a1111Name('dpmpp_2m_karras'), 'DPM++ 2M Karras');
+  assert.equal(a1111Name('pndm'), 'PLMS');
+  assert.throws(() => resolveSchedulerName('ddpm'), (err: unknown) => err instanceof UsageError && /euler_a/.test(err.message) && /DPM\+\+ 2M Karras/.test(err.message));
+  assert.throws(() => createScheduler('nope', sd15), UsageError);
+});
+
+test('defaultSchedulerFor follows the folder config class', () => {
+  assert.equal(defaultSchedulerFor(folderConfig), 'pndm');
+  assert.equal(defaultSchedulerFor({ _class_name: 'EulerAncestralDiscreteScheduler' }), 'euler_a');
+  assert.equal(defaultSchedulerFor({ _class_name: 'DDIMScheduler' }), 'ddim');
+  assert.equal(defaultSchedulerFor({ _class_name: 'DPMSolverMultistepScheduler', use_karras_sigmas: true }), 'dpmpp_2m_karras');
+  assert.equal(defaultSchedulerFor({ _class_name: 'DPMSolverMultistepScheduler', algorithm_type: 'sde-dpmsolver++' }), 'dpmpp_2m_sde');
+  assert.equal(defaultSchedulerFor({ _class_name: 'LCMScheduler' }), 'lcm');
+  assert.equal(defaultSchedulerFor({}), 'pndm');
+});
+
+test('config handling: v_prediction, trained_betas, squaredcos_cap_v2 and zero-SNR rescale', () => {
+  // trained_betas override the schedule
+  const betas = Array.from({ length: 1000 }, (_, i) => 0.0001 + (0.02 - 0.0001) * (i / 999));
+  const lin = computeAlphasCumprod(computeBetas({ num_train_timesteps: 1000, beta_start: 0.0001, beta_end: 0.02, beta_schedule: 'linear', trained_betas: null }));
+  const tr = computeAlphasCumprod(computeBetas({ num_train_timesteps: 1000, beta_start: 0, beta_end: 0, beta_schedule: 'linear', trained_betas: betas }));
+  assertClose(tr, lin, 'trained_betas ≈ linear', 1e-6);
+  // squaredcos_cap_v2: ᾱ_t = f(t+1)/f(0) with f(t) = cos²((t/N + 0.008)/1.008 · π/2)
+  const cos = computeAlphasCumprod(computeBetas({ num_train_timesteps: 1000, beta_start: 0, beta_end: 0, beta_schedule: 'squaredcos_cap_v2', trained_betas: null }));
+  const fbar = (t: number) => Math.cos(((t / 1000 + 0.008) / 1.008) * Math.PI / 2) ** 2;
+  for (const t of [0, 100, 500, 900]) assert.ok(Math.abs(cos[t]! - fbar(t + 1) / fbar(0)) < 1e-5, `cos ᾱ at ${t}`);
+  // zero terminal SNR: last ᾱ is 0 and the first is unchanged
+  const z = computeAlphasCumprod(computeBetas({ num_train_timesteps: 1000, beta_start: 0.00085, beta_end: 0.012, beta_schedule: 'scaled_linear', trained_betas: null, rescale_betas_zero_snr: true }));
+  const ref = computeAlphasCumprod(computeBetas({ num_train_timesteps: 1000, beta_start: 0.00085, beta_end: 0.012, beta_schedule: 'scaled_linear', trained_betas: null }));
+  assert.ok(Math.abs(z[999]!) < 1e-9);
+  assert.ok(Math.abs(z[0]! - ref[0]!) < 1e-6);
+  // v_prediction through DDIM: x0 = √ᾱ·x − √(1−ᾱ)·v, so v = √ᾱ·ε − √(1−ᾱ)·x0 reproduces the eps result
+  const cfgV = { ...folderConfig, prediction_type: 'v_prediction' };
+  const x = new TorchGenerator(31).randn([32]);
+  const eps = new TorchGenerator(32).randn([32]);
+  const dE = createScheduler('ddim', folderConfig);
+  const dV = createScheduler('ddim', cfgV);
+  dE.setTimesteps(10);
+  dV.setTimesteps(10);
+  const t = 901;
+  const a = ref[t]!;
+  const x0 = Array.from(x, (v, k) => (v - Math.sqrt(1 - a) * eps[k]!) / Math.sqrt(a));
+  const v = Float32Array.from(x0, (x0k, k) => Math.sqrt(a) * eps[k]! - Math.sqrt(1 - a) * x0k);
+  assertClose(dV.step(v, t, x), dE.step(eps, t, x), 'v vs eps', 2e-5);
+});
+
+/**
+ * Convergence order on an ODE with a known solution: for unit-Gaussian data the exact denoiser
+ * predicts ε = √(1−ᾱ_t)·x (VP form), and the probability-flow ODE keeps x constant. Halfway
+ * through a linspace schedule every step count lands on t = 500, so the error there must fall
+ * by 2^order when the step count doubles: 4× for DPM-Solver++(2M), ~8× for UniPC (order-2
+ * predictor plus corrector).
+ */
+function halfwayError(name: string, n: number): number {
+  const ac = computeAlphasCumprod(computeBetas({ num_train_timesteps: 1000, beta_start: 0.00085, beta_end: 0.012, beta_schedule: 'scaled_linear', trained_betas: null }));
+  const s = createScheduler(name, sd15);
+  s.setTimesteps(n);
+  const z = new TorchGenerator(3).randn([64]);
+  let x = z.slice();
+  for (let i = 0; i < n / 2; i++) {
+    const t = Number(s.timesteps[i]);
+    const eps = x.map((v) => Math.sqrt(1 - ac[t]!) * v);
+    x = s.step(eps, t, x);
+  }
+  assert.equal(Number(s.timesteps[n / 2]), 500);
+  return maxAbsDiff(x, z);
+}
+
+test('DPM-Solver++(2M) converges at second order; UniPC (bh2, P+C) at third order', () => {
+  const d = [16, 32, 64].map((n) => halfwayError('dpmpp_2m', n));
+  assert.ok(d[0]! / d[1]! > 3.5 && d[1]! / d[2]! > 3.5, `dpmpp_2m error ratios ${d[0]! / d[1]!}, ${d[1]! / d[2]!}`);
+  const u = [16, 32, 64].map((n) => halfwayError('unipc', n));
+  assert.ok(u[0]! / u[1]! > 7 && u[1]! / u[2]! > 7, `unipc error ratios ${u[0]! / u[1]!}, ${u[1]! / u[2]!}`);
+  // and they are much more accurate than first-order Euler-type stepping of the same ODE
+  assert.ok(u[2]! < d[2]!);
+});
