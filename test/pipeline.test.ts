@@ -1,0 +1,410 @@
+/**
+ * The end-to-end pipeline against diffusers' StableDiffusionPipeline on the shared tiny SD 1.x
+ * fixtures, plus the pieces around it (model folder, provider fallback, UNet I/O metadata).
+ */
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, mkdtempSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadModelFolder, vaeScaleFactorOf } from '../src/models/folder.js';
+import { ProviderSelector, autoProviderFor, type ProviderName } from '../src/models/providers.js';
+import { physicalCoreCount, type SessionInfo } from '../src/models/session.js';
+import { unetIO, textEncoderIO } from '../src/models/io.js';
+import { SdgenError, UsageError } from '../src/errors.js';
+import { StableDiffusionPipeline, type GenerationInspector } from '../src/pipeline/pipeline.js';
+import { decodedToRgb, roundHalfEven } from '../src/pipeline/decode.js';
+import type { PromptEmbedding } from '../src/pipeline/text-encoding.js';
+import type { GeneratedImage, GenerationParams } from '../src/pipeline/types.js';
+import { DEFAULT_TOME } from '../src/tome/types.js';
+import { defaultSchedulerFor } from '../src/schedulers/index.js';
+
+const FIXTURES = fileURLToPath(new URL('../../shared/fixtures/', import.meta.url));
+const TINY = path.join(FIXTURES, 'tiny-sd1');
+const E2E = path.join(FIXTURES, 'e2e');
+
+// ---------------------------------------------------------------------------------------------
+// Fixture reading
+
+interface TensorEntry {
+  dtype: 'float32' | 'int64' | 'float64' | 'uint8';
+  shape: number[];
+  offset: number;
+  nbytes: number;
+}
+interface E2ECase {
+  id: string;
+  bin: string;
+  args: {
+    scheduler: string;
+    prompt: string;
+    negative_prompt: string | null;
+    guidance_scale: number;
+    height: number;
+    width: number;
+    num_inference_steps: number;
+    seed: number;
+  };
+  scheduler_config: Record<string, unknown>;
+  do_classifier_free_guidance: boolean;
+  tensors: Record<string, TensorEntry>;
+}
+
+function readTensor(buf: Buffer, e: TensorEntry): Float32Array | Float64Array | BigInt64Array | Uint8Array {
+  const bytes = Uint8Array.prototype.slice.call(buf, e.offset, e.offset + e.nbytes);
+  switch (e.dtype) {
+    case 'float32':
+      return new Float32Array(bytes.buffer);
+    case 'float64':
+      return new Float64Array(bytes.buffer);
+    case 'int64':
+      return new BigInt64Array(bytes.buffer);
+    case 'uint8':
+      return bytes;
+  }
+}
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length, 'length');
+  let m = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i]! - b[i]!);
+    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
+  }
+  return m;
+}
+
+function params(over: Partial<GenerationParams>): GenerationParams {
+  return {
+    prompt: '',
+    negativePrompt: '',
+    width: 512,
+    height: 512,
+    steps: 10,
+    cfg: 7,
+    seed: 0,
+    scheduler: 'euler_a',
+    batchSize: 1,
+    nIter: 1,
+    eta: 0,
+    clipSkip: 1,
+    emphasis: true,
+    tome: { ...DEFAULT_TOME },
+    attention: 'auto',
+    ...over,
+  };
+}
+
+async function collect(gen: AsyncGenerator<GeneratedImage>): Promise<GeneratedImage[]> {
+  const out: GeneratedImage[] = [];
+  for await (const img of gen) out.push(img);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Provider fallback (fake session factory)
+
+describe('provider selection', () => {
+  test('auto falls back to CPU with one notice and probes only once', async () => {
+    const notices: string[] = [];
+    const calls: ProviderName[][] = [];
+    const sel = new ProviderSelector('auto', (m) => notices.push(m), 'linux');
+    const factory = async (p: ProviderName[]) => {
+      calls.push(p);
+      if (p[0] === 'cuda') throw new Error('OrtSessionOptionsAppendExecutionProvider_Cuda: Failed to load shared library\nmore');
+      return `session on ${p.join('+')}`;
+    };
+    assert.equal(await sel.create(factory), 'session on cpu');
+    assert.equal(await sel.create(factory), 'session on cpu');
+    assert.deepEqual(calls, [['cuda', 'cpu'], ['cpu'], ['cpu']]);
+    assert.deepEqual(notices, ['cuda unavailable (OrtSessionOptionsAppendExecutionProvider_Cuda: Failed to load shared library); using CPU']);
+    assert.equal(sel.provider, 'cpu');
+  });
+
+  test('auto keeps a working accelerator, per platform', async () => {
+    assert.equal(autoProviderFor('linux'), 'cuda');
+    assert.equal(autoProviderFor('win32'), 'dml');
+    assert.equal(autoProviderFor('darwin'), 'coreml');
+    assert.equal(autoProviderFor('freebsd'), null);
+    const notices: string[] = [];
+    const sel = new ProviderSelector('auto', (m) => notices.push(m), 'win32');
+    const used: ProviderName[][] = [];
+    await sel.create(async (p) => used.push(p));
+    await sel.create(async (p) => used.push(p));
+    assert.deepEqual(used, [['dml', 'cpu'], ['dml', 'cpu']]);
+    assert.equal(sel.provider, 'dml');
+    assert.deepEqual(notices, []);
+    const plain = new ProviderSelector('auto', (m) => notices.push(m), 'aix');
+    const p2: ProviderName[][] = [];
+    await plain.create(async (p) => p2.push(p));
+    assert.deepEqual(p2, [['cpu']]);
+    assert.deepEqual(notices, []);
+  });
+
+  test('an explicitly requested provider that fails is an error', async () => {
+    const notices: string[] = [];
+    const sel = new ProviderSelector('cuda', (m) => notices.push(m), 'linux');
+    await assert.rejects(
+      sel.create(async () => {
+        throw new Error('Failed to load shared library libcudart.so');
+      }),
+      (e: unknown) => e instanceof SdgenError && /execution provider "cuda" failed to load: Failed to load shared library/.test(e.message),
+    );
+    assert.deepEqual(notices, []);
+    const cpu = new ProviderSelector('cpu', undefined, 'linux');
+    const seen: ProviderName[][] = [];
+    await cpu.create(async (p) => seen.push(p));
+    assert.deepEqual(seen, [['cpu']]);
+    assert.throws(() => new ProviderSelector('tpu' as never), SdgenError);
+  });
+
+  test('a broken model file is reported as such, not as a provider problem', async () => {
+    const notices: string[] = [];
+    const sel = new ProviderSelector('auto', (m) => notices.push(m), 'linux');
+    await assert.rejects(
+      sel.create(async () => {
+        throw new Error('Load model from /x/model.onnx failed:Protobuf parsing failed.');
+      }, 'unet'),
+      (e: unknown) => e instanceof SdgenError && e.message === 'cannot load unet: Load model from /x/model.onnx failed:Protobuf parsing failed.',
+    );
+    assert.deepEqual(notices, []);
+  });
+
+  test('physical cores from /proc/cpuinfo', () => {
+    const info = [0, 1, 2, 3]
+      .map((i) => `processor\t: ${i}\nphysical id\t: 0\ncore id\t\t: ${i % 2}\n`)
+      .join('\n');
+    assert.equal(physicalCoreCount(info), 2);
+    assert.equal(physicalCoreCount('processor : 0\n'), null);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// I/O metadata
+
+describe('model I/O from session metadata', () => {
+  const base = (timestep: { type: string; shape: (number | string)[] }, extra: SessionInfo['inputs'] = []): SessionInfo => ({
+    inputs: [
+      { name: 'sample', type: 'float32', shape: ['batch', 4, 'h', 'w'] },
+      { name: 'timestep', type: timestep.type as 'float32', shape: timestep.shape },
+      { name: 'encoder_hidden_states', type: 'float32', shape: ['batch', 'seq', 768] },
+      ...extra,
+    ],
+    outputs: [{ name: 'out_sample', type: 'float32', shape: ['batch', 4, 'h', 'w'] }],
+  });
+
+  test('timestep kinds: float32 [B], float32 scalar, int64 [1]', () => {
+    assert.deepEqual(unetIO(base({ type: 'float32', shape: ['batch'] })).timestep, { name: 'timestep', type: 'float32', rank: 1, length: null });
+    assert.deepEqual(unetIO(base({ type: 'float32', shape: [] })).timestep, { name: 'timestep', type: 'float32', rank: 0, length: null });
+    assert.deepEqual(unetIO(base({ type: 'int64', shape: [1] })).timestep, { name: 'timestep', type: 'int64', rank: 1, length: 1 });
+  });
+
+  test('inputs that do not fit are named', () => {
+    assert.throws(() => unetIO(base({ type: 'string', shape: [1] })), /input "timestep" has element type string/);
+    assert.throws(
+      () => unetIO(base({ type: 'float32', shape: ['batch'] }, [{ name: 'text_embeds', type: 'float32', shape: ['batch', 1280] }])),
+      /unsupported input "text_embeds"/,
+    );
+    const lcm = unetIO(base({ type: 'float32', shape: ['batch'] }, [{ name: 'timestep_cond', type: 'float32', shape: ['batch', 256] }]));
+    assert.deepEqual(lcm.timestepCond, { name: 'timestep_cond', type: 'float32', dim: 256 });
+    assert.equal(lcm.encoderHiddenStates.dim, 768);
+    assert.throws(
+      () => textEncoderIO({ inputs: [{ name: 'input_ids', type: 'float32', shape: ['b', 77] }], outputs: [] }),
+      /input "input_ids" has element type float32/,
+    );
+    const te = textEncoderIO({
+      inputs: [{ name: 'input_ids', type: 'int64', shape: ['b', 77] }],
+      outputs: [
+        { name: 'last_hidden_state', type: 'float32', shape: ['b', 77, 768] },
+        { name: 'hidden_states.1', type: 'float32', shape: ['b', 77, 768] },
+        { name: 'hidden_states.0', type: 'float32', shape: ['b', 77, 768] },
+      ],
+    });
+    assert.deepEqual(te.inputIds, { name: 'input_ids', type: 'int64', seqLen: 77 });
+    assert.deepEqual(te.hiddenStates.map((h) => h.name), ['hidden_states.0', 'hidden_states.1']);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Model folder
+
+describe('model folder', () => {
+  test('tiny-sd1 layout, configs and defaults', async () => {
+    const f = await loadModelFolder(TINY);
+    assert.equal(f.name, 'tiny-sd1');
+    assert.equal(f.pipelineClass, 'OnnxStableDiffusionPipeline');
+    assert.equal(f.vaeScaleFactor, 8);
+    assert.equal(f.vaeScalingFactor, 0.18215);
+    assert.equal(f.defaultWidth, 512);
+    assert.equal(f.defaultHeight, 512);
+    assert.equal(f.defaultScheduler, 'pndm');
+    assert.equal(f.predictionType, 'epsilon');
+    assert.equal(f.paths.unet, path.join(TINY, 'unet', 'model.onnx'));
+    assert.equal(f.tokenizer.padId, 49407);
+    assert.equal(vaeScaleFactorOf({ block_out_channels: [128, 256, 512] }), 4);
+    assert.equal(vaeScaleFactorOf(null), 8);
+  });
+
+  test('clear errors for folders that are not SD ONNX folders', async () => {
+    const tmp = mkdtempSync(path.join(os.tmpdir(), 'sdgen-folder-'));
+    try {
+      await assert.rejects(loadModelFolder(tmp), (e: unknown) => e instanceof SdgenError && e.message === `not a Stable Diffusion ONNX folder: ${tmp} (no model_index.json)`);
+      writeFileSync(path.join(tmp, 'model_index.json'), '{"_class_name": "OnnxStableDiffusionPipeline"}');
+      await assert.rejects(loadModelFolder(tmp), /missing text_encoder\/model\.onnx/);
+      await assert.rejects(loadModelFolder(path.join(tmp, 'nope')), /model folder not found/);
+      // a text file where a model should be → one clear line when the session opens
+      for (const d of ['text_encoder', 'unet', 'vae_decoder', 'scheduler']) mkdirSync(path.join(tmp, d));
+      writeFileSync(path.join(tmp, 'text_encoder', 'model.onnx'), 'version https://git-lfs.github.com/spec/v1\noid sha256:abc\n');
+      writeFileSync(path.join(tmp, 'unet', 'model.onnx'), 'x');
+      writeFileSync(path.join(tmp, 'vae_decoder', 'model.onnx'), 'x');
+      writeFileSync(path.join(tmp, 'scheduler', 'scheduler_config.json'), readFileSync(path.join(TINY, 'scheduler', 'scheduler_config.json')));
+      mkdirSync(path.join(tmp, 'tokenizer'));
+      for (const f of ['vocab.json', 'merges.txt', 'tokenizer_config.json', 'special_tokens_map.json']) {
+        writeFileSync(path.join(tmp, 'tokenizer', f), readFileSync(path.join(TINY, 'tokenizer', f)));
+      }
+      await assert.rejects(
+        StableDiffusionPipeline.load(tmp, { device: 'cpu' }),
+        (e: unknown) => e instanceof SdgenError && /is a Git LFS pointer, not the model/.test(e.message),
+      );
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Decode conversion
+
+test('uint8 conversion is diffusers\' (clamp, ×255, round half to even)', () => {
+  assert.equal(roundHalfEven(0.5), 0);
+  assert.equal(roundHalfEven(1.5), 2);
+  assert.equal(roundHalfEven(2.5), 2);
+  assert.equal(roundHalfEven(2.5000001), 3);
+  // x/2+0.5: -3 → 0, 3 → 255, 0 → 127.5 → 128 (even), 1/255 steps
+  const x = Float32Array.from([-3, 3, 0, Math.fround(2 * (1 / 255) - 1)]);
+  // one pixel per value: [1,3,H=1,W=4] NCHW with the same values in every channel
+  const nchw = new Float32Array(12);
+  for (let c = 0; c < 3; c++) nchw.set(x, c * 4);
+  const rgb = decodedToRgb(nchw, 4, 1);
+  assert.deepEqual([...rgb.subarray(0, 3)], [0, 0, 0]);
+  assert.deepEqual([...rgb.subarray(3, 6)], [255, 255, 255]);
+  assert.deepEqual([...rgb.subarray(6, 9)], [128, 128, 128]);
+  assert.deepEqual([...rgb.subarray(9, 12)], [1, 1, 1]);
+});
+
+// ---------------------------------------------------------------------------------------------
+// End to end against diffusers
+
+describe('end to end vs diffusers (tiny-sd1)', () => {
+  let pipe: StableDiffusionPipeline;
+  const notices: string[] = [];
+  before(async () => {
+    pipe = await StableDiffusionPipeline.load(TINY, { device: 'cpu' }, { onNotice: (m) => notices.push(m) });
+  });
+  after(async () => {
+    await pipe?.dispose();
+  });
+
+  const manifest = JSON.parse(readFileSync(path.join(E2E, 'manifest.json'), 'utf8')) as { cases: E2ECase[] };
+  for (const c of manifest.cases) {
+    test(c.id, async () => {
+      const buf = readFileSync(path.join(E2E, c.bin));
+      const T = (k: string) => {
+        const e = c.tensors[k];
+        assert.ok(e, `fixture tensor ${k}`);
+        return readTensor(buf, e);
+      };
+      const scheduler = defaultSchedulerFor({ ...c.scheduler_config, _class_name: c.args.scheduler });
+      const seen: { cond?: PromptEmbedding; uncond?: PromptEmbedding | null; timesteps?: readonly number[]; init?: Float32Array; final?: Float32Array } = {};
+      const inspector: GenerationInspector = {
+        onPrompts: (cond, uncond) => Object.assign(seen, { cond, uncond }),
+        onTimesteps: (t) => (seen.timesteps = t),
+        onInitialLatents: (_s, l) => (seen.init = l[0]),
+        onFinalLatents: (_s, l) => (seen.final = l[0]),
+      };
+      let steps = 0;
+      const images = await collect(
+        pipe.generate(
+          params({
+            prompt: c.args.prompt,
+            negativePrompt: c.args.negative_prompt ?? '',
+            cfg: c.args.guidance_scale,
+            width: c.args.width,
+            height: c.args.height,
+            steps: c.args.num_inference_steps,
+            seed: c.args.seed,
+            scheduler,
+          }),
+          { ...inspector, onStep: () => steps++ },
+        ),
+      );
+      assert.equal(images.length, 1);
+      assert.equal(steps, c.args.num_inference_steps);
+
+      // prompt ids and embeddings
+      assert.equal(seen.cond!.chunks, 1);
+      assert.deepEqual(seen.cond!.ids[0], Array.from(T('input_ids_cond') as BigInt64Array, Number));
+      assert.ok(maxAbsDiff(seen.cond!.data, T('prompt_embeds_cond') as Float32Array) <= 1e-4, 'prompt_embeds_cond');
+      if (c.do_classifier_free_guidance) {
+        assert.ok(seen.uncond, 'unconditional pass');
+        assert.deepEqual(seen.uncond.ids[0], Array.from(T('input_ids_uncond') as BigInt64Array, Number));
+        assert.ok(maxAbsDiff(seen.uncond.data, T('prompt_embeds_uncond') as Float32Array) <= 1e-4, 'prompt_embeds_uncond');
+      } else {
+        assert.equal(seen.uncond, null, 'cfg ≤ 1 skips the unconditional pass');
+      }
+      // timesteps and latents
+      assert.deepEqual([...seen.timesteps!], [...(T('timesteps') as Float64Array)]);
+      assert.ok(maxAbsDiff(seen.init!, T('initial_latents') as Float32Array) <= 1e-6, 'initial_latents');
+      const ref = T('final_latents') as Float32Array;
+      const dFinal = maxAbsDiff(seen.final!, ref);
+      let absmax = 0;
+      for (const v of ref) absmax = Math.max(absmax, Math.abs(v));
+      assert.ok(dFinal <= 1e-3 * Math.max(1, absmax), `final_latents max diff ${dFinal} (absmax ${absmax})`);
+
+      // the image: every channel within 2/255
+      const img = images[0]!;
+      assert.equal(img.width, c.args.width);
+      assert.equal(img.height, c.args.height);
+      assert.equal(img.seed, c.args.seed);
+      assert.equal(img.modelName, 'tiny-sd1');
+      assert.equal(img.tomeApplied, false);
+      const dImg = maxAbsDiff(img.rgb, T('image_u8') as Uint8Array);
+      assert.ok(dImg <= 2, `image max diff ${dImg}/255`);
+      assert.ok(img.timings.unetMs > 0 && img.timings.vaeMs > 0 && img.timings.textEncoderMs > 0);
+    });
+  }
+
+  test('image i of a batch equals a single run with seed + i; sizes are validated', async () => {
+    const p = params({ prompt: 'a red fox', negativePrompt: 'blurry', width: 128, height: 128, steps: 3, seed: 77, scheduler: 'euler_a', cfg: 5 });
+    const batch = await collect(pipe.generate({ ...p, batchSize: 2 }));
+    assert.equal(batch.length, 2);
+    assert.deepEqual(batch.map((b) => b.seed), [77, 78]);
+    assert.deepEqual(batch.map((b) => b.index), [0, 1]);
+    const single = await collect(pipe.generate({ ...p, seed: 78 }));
+    assert.equal(single.length, 1);
+    assert.equal(single[0]!.params.seed, 78);
+    assert.ok(maxAbsDiff(batch[1]!.rgb, single[0]!.rgb) <= 1, 'batch image 1 = seed+1 alone');
+    assert.notDeepEqual(batch[0]!.rgb, batch[1]!.rgb);
+    // nIter: a second batch continues the seeds
+    const iter = await collect(pipe.generate({ ...p, nIter: 2 }));
+    assert.deepEqual(iter.map((b) => b.seed), [77, 78]);
+    assert.ok(maxAbsDiff(iter[1]!.rgb, single[0]!.rgb) <= 1);
+
+    await assert.rejects(collect(pipe.generate({ ...p, width: 100 })), (e: unknown) => e instanceof UsageError && /multiple of 8/.test(e.message));
+  });
+
+  test('abort between steps: no partial output', async () => {
+    const ac = new AbortController();
+    const got: GeneratedImage[] = [];
+    await assert.rejects(
+      (async () => {
+        for await (const img of pipe.generate(params({ prompt: 'x', width: 64, height: 64, steps: 4 }), { onStep: (s) => s === 2 && ac.abort() }, ac.signal)) {
+          got.push(img);
+        }
+      })(),
+      (e: unknown) => e instanceof Error && e.name === 'AbortError',
+    );
+    assert.equal(got.length, 0);
+  });
+});
