@@ -2,9 +2,19 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import * as ort from 'onnxruntime-node';
-import { NameAllocator } from '../src/onnx/graph.js';
-import { encodeModel } from '../src/onnx/proto.js';
+import { mkdtempSync, rmSync, existsSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { NameAllocator, checkGraph, GraphIndex } from '../src/onnx/graph.js';
+import { decodeModel, encodeModel } from '../src/onnx/proto.js';
+import type { ModelProto } from '../src/onnx/types.js';
 import { buildMergeModel } from '../src/tome/merge-graph.js';
+import {
+  applyToMe, blockMergeParams, DEFAULT_TOME, describeBlocks, findTransformerBlocks, tomeApplies, tomeRandShape,
+  validateToMeOptions, type ToMeOptions,
+} from '../src/tome/index.js';
+import { getPatchedUnet, patchModelFile } from '../src/models/tome-cache.js';
+import { synthesize } from '../src/synth/index.js';
 
 const FIX = new URL('../../shared/fixtures/', import.meta.url);
 
@@ -143,4 +153,379 @@ describe('merge subgraph vs tomesd reference vectors', () => {
       }
     });
   }
+});
+
+// -------------------------------------------------------------------------------------------
+// Merge subgraph properties.
+
+function mergeFeeds(metric: Float32Array, x: Float32Array, B: number, N: number, C: number, h: number, w: number): Record<string, ort.Tensor> {
+  return {
+    metric: new ort.Tensor('float32', metric, [B, N, C]),
+    x: new ort.Tensor('float32', x, [B, N, C]),
+    grid: new ort.Tensor('int64', BigInt64Array.from([BigInt(h), BigInt(w)]), [2]),
+  };
+}
+
+/** Deterministic pseudo-random floats in [-1, 1). */
+function noise(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+    out[i] = (s / 2 ** 32) * 2 - 1;
+  }
+  return out;
+}
+
+describe('merge subgraph properties', () => {
+  test('r is clamped to the number of sources', async () => {
+    // 6×6 grid, sx=sy=3: 4 destinations, 32 sources; ratio 0.95 asks r = int(36·0.95) = 34 > 32.
+    const model = buildMergeModel(new NameAllocator(), { ratio: 0.95, sx: 3, sy: 3, maxDownsample: 1, useRand: false });
+    const s = await ort.InferenceSession.create(encodeModel(model));
+    const m = noise(2 * 36 * 4, 7);
+    const out = await s.run(mergeFeeds(m, m, 2, 36, 4, 6, 6));
+    assert.deepEqual(out.merged!.dims, [2, 4, 4]);
+    assert.deepEqual(out.src_idx!.dims, [2, 32]);
+    assert.equal(blockMergeParams(6, 6, 36, { ...DEFAULT_TOME, ratio: 0.95, sx: 3, sy: 3 }).r, 32);
+  });
+
+  test('unmerge(merge(x)) = x when all tokens of each merge group are equal', async () => {
+    // 8×8 tokens; every 2×2 cell holds one distinct random vector, so each source's best
+    // destination is its own cell's (similarity 1) and ratio 0.75 merges exactly the cells.
+    const h = 8, w = 8, C = 6, B = 2;
+    const cellVec = noise(B * 16 * C, 99);
+    const x = new Float32Array(B * h * w * C);
+    for (let b = 0; b < B; b++) for (let i = 0; i < h; i++) for (let j = 0; j < w; j++) {
+      const cell = (i >> 1) * 4 + (j >> 1);
+      for (let c = 0; c < C; c++) x[((b * h + i) * w + j) * C + c] = cellVec[(b * 16 + cell) * C + c]!;
+    }
+    const model = buildMergeModel(new NameAllocator(), { ratio: 0.75, sx: 2, sy: 2, maxDownsample: 1, useRand: false });
+    const s = await ort.InferenceSession.create(encodeModel(model));
+    const out = await s.run(mergeFeeds(x, x, B, h * w, C, h, w));
+    assert.deepEqual(out.merged!.dims, [B, 16, C]);
+    assert.deepEqual(nums(out.unmerged!), Array.from(x));
+    // And the same with tokens that are not equal within cells: then it is not the identity.
+    const y = noise(B * h * w * C, 5);
+    const out2 = await s.run(mergeFeeds(y, y, B, h * w, C, h, w));
+    assert.ok(maxAbsDiff(nums(out2.unmerged!), Array.from(y)) > 0.1);
+  });
+
+  test('an odd batch ignores the random destinations (as tomesd), an even batch uses them', async () => {
+    const rand = (hsy: number, wsx: number, v: number): ort.Tensor => new ort.Tensor('int64', new BigInt64Array(hsy * wsx).fill(BigInt(v)), [hsy, wsx, 1]);
+    const withRand = await ort.InferenceSession.create(encodeModel(buildMergeModel(new NameAllocator(), { ratio: 0.5, sx: 2, sy: 2, maxDownsample: 1, useRand: true })));
+    const noRand = await ort.InferenceSession.create(encodeModel(buildMergeModel(new NameAllocator(), { ratio: 0.5, sx: 2, sy: 2, maxDownsample: 1, useRand: false })));
+    for (const B of [1, 3]) {
+      const m = noise(B * 48 * 4, B);
+      const a = await withRand.run({ ...mergeFeeds(m, m, B, 48, 4, 6, 8), tome_rand_0: rand(3, 4, 3) });
+      const b = await noRand.run(mergeFeeds(m, m, B, 48, 4, 6, 8));
+      assert.deepEqual(nums(a.b_idx!), nums(b.b_idx!));
+      assert.deepEqual(nums(a.merged!), nums(b.merged!));
+    }
+    const m = noise(2 * 48 * 4, 2);
+    const a = await withRand.run({ ...mergeFeeds(m, m, 2, 48, 4, 6, 8), tome_rand_0: rand(3, 4, 3) });
+    // destination = bottom-right token of each 2×2 cell: (2i+1)·8 + 2j+1
+    assert.deepEqual(nums(a.b_idx!), [9, 11, 13, 15, 25, 27, 29, 31, 41, 43, 45, 47]);
+  });
+});
+
+// -------------------------------------------------------------------------------------------
+// Options.
+
+describe('options', () => {
+  test('validateToMeOptions', () => {
+    assert.equal(validateToMeOptions({ ...DEFAULT_TOME, ratio: 0.5 }), null);
+    assert.equal(validateToMeOptions({ ...DEFAULT_TOME, ratio: 0.75 }), null);
+    assert.match(validateToMeOptions({ ...DEFAULT_TOME, ratio: 0.76 })!, /1 − 1\/\(sx·sy\)/);
+    assert.match(validateToMeOptions({ ...DEFAULT_TOME, ratio: 0.6, sx: 1, sy: 2 })!, /ratio/);
+    assert.match(validateToMeOptions({ ...DEFAULT_TOME, ratio: -0.1 })!, /ratio/);
+    assert.match(validateToMeOptions({ ...DEFAULT_TOME, sx: 0 })!, /sx/);
+    assert.match(validateToMeOptions({ ...DEFAULT_TOME, sy: 1.5 })!, /sy/);
+    assert.match(validateToMeOptions({ ...DEFAULT_TOME, maxDownsample: 3 })!, /1, 2, 4 or 8/);
+    assert.match(validateToMeOptions({ ...DEFAULT_TOME, minWidth: -1 })!, /min width/);
+  });
+
+  test('tomeApplies', () => {
+    assert.deepEqual(tomeApplies({ ...DEFAULT_TOME, ratio: 0.5 }, 512, 512), { apply: true });
+    assert.equal(tomeApplies({ ...DEFAULT_TOME, ratio: 0 }, 512, 512).apply, false);
+    const r = tomeApplies({ ...DEFAULT_TOME, ratio: 0.5, minWidth: 512 }, 256, 768);
+    assert.equal(r.apply, false);
+    assert.match(r.reason!, /256x768.*512x0/);
+    assert.equal(tomeApplies({ ...DEFAULT_TOME, ratio: 0.5, minWidth: 512, minHeight: 512 }, 512, 512).apply, true);
+  });
+
+  test('tomeRandShape follows tomesd numbers', () => {
+    const o = { ...DEFAULT_TOME, ratio: 0.5, maxDownsample: 2 };
+    assert.deepEqual(tomeRandShape({ level: 1 }, 64, 64, o), [32, 32, 1]);
+    assert.deepEqual(tomeRandShape({ level: 2 }, 18, 14, o), [4, 3, 1]); // 9×7 tokens
+    assert.deepEqual(tomeRandShape({ level: 4 }, 64, 64, o), [0, 0, 1]); // above max downsample
+    assert.deepEqual(tomeRandShape({ level: 1 }, 9, 7, { ...o, sx: 3, sy: 3 }), [3, 2, 1]);
+    assert.equal(tomeRandShape({ level: null }, 64, 64, o), null);
+  });
+});
+
+// -------------------------------------------------------------------------------------------
+// The rewritten tiny UNet against torch + tomesd.
+
+interface UnetCase {
+  name: string; inputs: string; patched: boolean;
+  tome_args: null | { ratio: number; max_downsample: number; sx: number; sy: number; use_rand: boolean; merge_attn: boolean; merge_crossattn: boolean; merge_mlp: boolean };
+  merge_calls: Array<{ N: number; C: number; w: number; h: number; sx: number; sy: number; r: number; no_rand: boolean }>;
+  tensors: Record<string, TensorMeta>;
+}
+
+const TINY_UNET = new URL('tiny-unet/model.onnx', FIX);
+const tinyBytes = readFileSync(TINY_UNET);
+const loadTiny = (): ModelProto => decodeModel(tinyBytes);
+const toOpts = (a: NonNullable<UnetCase['tome_args']>): ToMeOptions => ({
+  ...DEFAULT_TOME, ratio: a.ratio, sx: a.sx, sy: a.sy, maxDownsample: a.max_downsample, useRand: a.use_rand,
+  mergeAttn: a.merge_attn, mergeCrossattn: a.merge_crossattn, mergeMlp: a.merge_mlp,
+});
+
+function unetFeeds(sample: Float32Array, B: number, H: number, W: number, t = 500, seed = 3): Record<string, ort.Tensor> {
+  return {
+    sample: new ort.Tensor('float32', sample, [B, 4, H, W]),
+    timestep: new ort.Tensor('float32', new Float32Array(B).fill(t), [B]),
+    encoder_hidden_states: new ort.Tensor('float32', noise(B * 77 * 32, seed), [B, 77, 32]),
+  };
+}
+
+async function runModel(model: ModelProto | Uint8Array, feeds: Record<string, ort.Tensor>): Promise<Float32Array> {
+  const bytes = model instanceof Uint8Array ? model : encodeModel(model);
+  const s = await ort.InferenceSession.create(bytes);
+  try {
+    const out = await s.run(feeds);
+    return out[s.outputNames[0]!]!.data as Float32Array;
+  } finally {
+    await s.release();
+  }
+}
+
+describe('rewritten tiny UNet vs torch + tomesd', () => {
+  const dir = new URL('tome-unet/', FIX);
+  const manifest = JSON.parse(readFileSync(new URL('manifest.json', dir), 'utf8')) as {
+    inputs: Record<string, { tensors: Record<string, TensorMeta> }>; cases: UnetCase[];
+  };
+  const inputFeeds = (key: string): Record<string, ort.Tensor> => {
+    const t = manifest.inputs[key]!.tensors;
+    const f: Record<string, ort.Tensor> = {};
+    for (const k of ['sample', 'timestep', 'encoder_hidden_states']) f[k] = f32(readTensor(new URL('inputs.bin', dir), t[k]!));
+    return f;
+  };
+
+  test('blocks found structurally, in run order, with their levels', () => {
+    const r = findTransformerBlocks(loadTiny());
+    assert.ok('blocks' in r, 'error' in r ? r.error : '');
+    assert.deepEqual(r.blocks.map((b) => b.level), [1, 1, 2, 1, 1, 1]);
+    assert.deepEqual(r.blocks.map((b) => b.name), [
+      'down_blocks.0/attentions.0/transformer_blocks.0', 'down_blocks.0/attentions.1/transformer_blocks.0',
+      'mid_block/attentions.0/transformer_blocks.0', 'up_blocks.1/attentions.0/transformer_blocks.0',
+      'up_blocks.1/attentions.1/transformer_blocks.0', 'up_blocks.1/attentions.2/transformer_blocks.0',
+    ]);
+    for (const b of r.blocks) assert.deepEqual(b.sublayers, { attn: true, crossattn: true, mlp: true });
+    const lines = describeBlocks(r.blocks, { ...DEFAULT_TOME, ratio: 0.5 });
+    assert.equal(lines.length, 7);
+    assert.match(lines[0]!, /6 transformer blocks \(levels 1, 2\)/);
+    assert.match(lines[3]!, /level 2 .*merge: -/);
+    assert.match(lines[1]!, /level 1 .*merge: attn$/);
+  });
+
+  for (const c of manifest.cases) {
+    test(c.name, async () => {
+      const ref = readTensor(new URL('outputs.bin', dir), c.tensors.out_sample!).data as Float32Array;
+      const feeds = inputFeeds(c.inputs);
+      const model = loadTiny();
+      if (!c.patched) {
+        assert.ok(maxAbsDiff(await runModel(tinyBytes, feeds), ref) < 1e-4);
+        return;
+      }
+      const o = toOpts(c.tome_args!);
+      const res = applyToMe(model, o);
+      if (o.ratio === 0) {
+        // Not patched at all: the very same model runs (bit-identical to no ToMe).
+        assert.equal(res.patched, false);
+        assert.deepEqual(encodeModel(model), encodeModel(loadTiny()));
+        assert.ok(maxAbsDiff(await runModel(model, feeds), ref) < 1e-4);
+        return;
+      }
+      assert.equal(res.patched, true);
+      assert.deepEqual(checkGraph(model), []);
+      // tomesd's merge calls ↔ the blocks that merge, in order, with the same N, w, h, r.
+      const [B, , H, W] = feeds.sample!.dims as number[];
+      const merging = res.blocks.filter((b) => b.merged.attn || b.merged.crossattn || b.merged.mlp);
+      assert.equal(merging.length, c.merge_calls.length);
+      merging.forEach((b, k) => {
+        const call = c.merge_calls[k]!;
+        const N = Math.ceil(H! / b.level!) * Math.ceil(W! / b.level!);
+        assert.equal(N, call.N);
+        const p = blockMergeParams(H!, W!, N, o);
+        assert.deepEqual([p.w, p.h, p.r], [call.w, call.h, call.r]);
+      });
+      void B;
+      const got = await runModel(model, feeds);
+      assert.ok(maxAbsDiff(got, ref) < 1e-4, `max abs ${maxAbsDiff(got, ref)}`);
+    });
+  }
+
+  test('a graph with every node and inner tensor renamed patches identically', async () => {
+    const o = { ...DEFAULT_TOME, ratio: 0.5, mergeCrossattn: true, mergeMlp: true, maxDownsample: 2 };
+    const plain = loadTiny();
+    const renamed = loadTiny();
+    const g = renamed.graph!;
+    const io = new Set([...g.input, ...g.output].map((v) => v.name));
+    const map = new Map<string, string>();
+    const rn = (t: string): string => {
+      if (t === '' || io.has(t)) return t;
+      let n = map.get(t);
+      if (!n) { n = `t${map.size}`; map.set(t, n); }
+      return n;
+    };
+    g.node.forEach((n, i) => { n.name = `n${i}`; n.input = n.input.map(rn); n.output = n.output.map(rn); });
+    for (const t of g.initializer) t.name = rn(t.name!);
+    for (const v of g.valueInfo) v.name = rn(v.name);
+    const a = applyToMe(plain, o);
+    const b = applyToMe(renamed, o);
+    assert.equal(b.patched, true);
+    assert.deepEqual(b.blocks.map((x) => [x.level, x.merged]), a.blocks.map((x) => [x.level, x.merged]));
+    assert.ok(b.blocks.every((x) => x.name === ''));
+    assert.deepEqual(checkGraph(renamed), []);
+    const feeds = unetFeeds(noise(2 * 4 * 16 * 16, 11), 2, 16, 16);
+    assert.deepEqual(await runModel(renamed, feeds), await runModel(plain, feeds));
+  });
+
+  test('latent sizes not divisible by the strides run (18×14, 10×22) and one model serves every size', async () => {
+    const o = { ...DEFAULT_TOME, ratio: 0.5, maxDownsample: 2, mergeCrossattn: true };
+    const model = loadTiny();
+    assert.equal(applyToMe(model, o).patched, true);
+    const bytes = encodeModel(model);
+    const s = await ort.InferenceSession.create(bytes);
+    const base = await ort.InferenceSession.create(tinyBytes);
+    for (const [B, H, W] of [[1, 18, 14], [2, 10, 22], [2, 32, 32], [1, 4, 2]] as const) {
+      const feeds = unetFeeds(noise(B * 4 * H * W, H * W), B, H, W);
+      const out = (await s.run(feeds)).out_sample!.data as Float32Array;
+      const ref = (await base.run(feeds)).out_sample!.data as Float32Array;
+      assert.equal(out.length, B * 4 * H * W);
+      assert.ok(out.every(Number.isFinite));
+      const d = maxAbsDiff(out, ref);
+      assert.ok(d > 1e-4, `${H}×${W} merges (diff ${d})`);
+    }
+    // ratio 0.2 at 2×2: r = int(4·0.2) = 0 in every block, so exactly the original computation.
+    const small = loadTiny();
+    assert.equal(applyToMe(small, { ...o, ratio: 0.2 }).patched, true);
+    const feeds = unetFeeds(noise(4 * 2 * 2, 5), 1, 2, 2);
+    assert.deepEqual(await runModel(small, feeds), (await base.run(feeds)).out_sample!.data);
+    await s.release();
+    await base.release();
+  });
+
+  test('random destinations through tome_rand_<k>: zeros = no rand; odd batch ignores them', async () => {
+    const o = { ...DEFAULT_TOME, ratio: 0.5, useRand: true };
+    const model = loadTiny();
+    const res = applyToMe(model, o);
+    assert.deepEqual(res.randInputs, ['tome_rand_0', 'tome_rand_1', 'tome_rand_2', 'tome_rand_3', 'tome_rand_4']);
+    assert.deepEqual(res.blocks.filter((b) => b.randInput).map((b) => b.index), [0, 1, 3, 4, 5]);
+    const plain = loadTiny();
+    applyToMe(plain, { ...o, useRand: false });
+    const s = await ort.InferenceSession.create(encodeModel(model));
+    const p = await ort.InferenceSession.create(encodeModel(plain));
+    const H = 16, W = 12;
+    const randFeeds = (fill: (i: number) => number): Record<string, ort.Tensor> => {
+      const f: Record<string, ort.Tensor> = {};
+      res.blocks.forEach((b) => {
+        if (!b.randInput) return;
+        const [hh, ww] = tomeRandShape(b, H, W, o)!;
+        f[b.randInput] = new ort.Tensor('int64', BigInt64Array.from({ length: hh * ww }, (_, i) => BigInt(fill(i))), [hh, ww, 1]);
+      });
+      return f;
+    };
+    for (const B of [1, 2]) {
+      const feeds = unetFeeds(noise(B * 4 * H * W, 21), B, H, W);
+      const ref = (await p.run(feeds)).out_sample!.data as Float32Array;
+      const zeros = (await s.run({ ...feeds, ...randFeeds(() => 0) })).out_sample!.data as Float32Array;
+      assert.deepEqual(zeros, ref);
+      const rnd = (await s.run({ ...feeds, ...randFeeds((i) => (i * 7 + 3) % 4) })).out_sample!.data as Float32Array;
+      if (B === 1) assert.deepEqual(rnd, ref);
+      else assert.ok(maxAbsDiff(rnd, ref) > 1e-3);
+    }
+    await s.release();
+    await p.release();
+  });
+
+  test('nothing to merge: no block at the level, or no sub-layer selected → not patched', () => {
+    const m = loadTiny();
+    const r = applyToMe(m, { ...DEFAULT_TOME, ratio: 0.5, mergeAttn: false });
+    assert.equal(r.patched, false);
+    assert.match(r.reason!, /no sub-layer/);
+    assert.deepEqual(encodeModel(m), tinyBytes.length ? encodeModel(loadTiny()) : new Uint8Array());
+  });
+
+  test('a graph without transformer blocks is reported in one line and left alone', () => {
+    const m = loadTiny();
+    const g = m.graph!;
+    // Break every self-attention: the Softmax now reads a graph input instead.
+    const idx = new GraphIndex(g);
+    for (const n of idx.nodesByOp('Softmax')) n.opType = 'Relu';
+    const before = encodeModel(m);
+    const r = applyToMe(m, { ...DEFAULT_TOME, ratio: 0.5 });
+    assert.equal(r.patched, false);
+    assert.ok(r.reason && !r.reason.includes('\n'));
+    assert.deepEqual(encodeModel(m), before);
+  });
+});
+
+// -------------------------------------------------------------------------------------------
+// Files: tome-patch and the cache.
+
+describe('patched model files', () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'sdgen-tome-'));
+  const o = { ...DEFAULT_TOME, ratio: 0.5 };
+  const caseFeeds = (): { feeds: Record<string, ort.Tensor>; ref: Float32Array } => {
+    const dir = new URL('tome-unet/', FIX);
+    const man = JSON.parse(readFileSync(new URL('manifest.json', dir), 'utf8')) as { inputs: Record<string, { tensors: Record<string, TensorMeta> }>; cases: UnetCase[] };
+    const c = man.cases.find((x) => x.name === 'h32_w32_b2_tome_r50_md1_sx2sy2_a1c0m0')!;
+    const t = man.inputs[c.inputs]!.tensors;
+    const feeds: Record<string, ort.Tensor> = {};
+    for (const k of ['sample', 'timestep', 'encoder_hidden_states']) feeds[k] = f32(readTensor(new URL('inputs.bin', dir), t[k]!));
+    return { feeds, ref: readTensor(new URL('outputs.bin', dir), c.tensors.out_sample!).data as Float32Array };
+  };
+
+  test('patchModelFile keeps external data and reproduces tomesd', async () => {
+    const src = new URL('tiny-sd1/unet/model.onnx', FIX).pathname;
+    const out = join(tmp, 'patched', 'unet.onnx');
+    const res = await patchModelFile(src, out, o);
+    assert.equal(res.patched, true);
+    assert.ok(existsSync(`${out}_data`), 'weights file beside the model');
+    const { feeds, ref } = caseFeeds();
+    const s = await ort.InferenceSession.create(out);
+    const got = (await s.run(feeds)).out_sample!.data as Float32Array;
+    await s.release();
+    assert.ok(maxAbsDiff(got, ref) < 1e-4);
+    await assert.rejects(patchModelFile(src, join(tmp, 'x.onnx'), { ...o, ratio: 0 }), /ratio is 0/);
+  });
+
+  test('getPatchedUnet caches by model identity + options', async () => {
+    const src = new URL('tiny-sd1/unet/model.onnx', FIX).pathname;
+    const cacheDir = join(tmp, 'cache');
+    const a = await getPatchedUnet(src, o, { cacheDir });
+    assert.equal(a.fromCache, false);
+    assert.equal(a.patched, true);
+    assert.equal(a.blocks.length, 5);
+    assert.ok(a.path.startsWith(cacheDir));
+    const b = await getPatchedUnet(src, { ...o, minWidth: 512 }, { cacheDir });
+    assert.equal(b.fromCache, true);
+    assert.equal(b.path, a.path);
+    const c = await getPatchedUnet(src, { ...o, ratio: 0.3 }, { cacheDir });
+    assert.equal(c.fromCache, false);
+    assert.notEqual(c.path, a.path);
+    assert.equal(readdirSync(join(cacheDir, 'tome')).length, 2);
+    const { feeds, ref } = caseFeeds();
+    const s = await ort.InferenceSession.create(b.path);
+    const got = (await s.run(feeds)).out_sample!.data as Float32Array;
+    await s.release();
+    assert.ok(maxAbsDiff(got, ref) < 1e-4);
+    const d = await getPatchedUnet(src, { ...o, mergeAttn: false }, { cacheDir });
+    assert.equal(d.patched, false);
+    assert.equal(d.path, src);
+  });
+
+  test.after?.(() => rmSync(tmp, { recursive: true, force: true }));
 });
