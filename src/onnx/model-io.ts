@@ -216,8 +216,10 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<M
       const toLoad = items.filter((p) => !p.lazy);
       for (const p of items) if (p.lazy) setExternalSource(p.t, { path: file, offset: p.ref.offset, length: p.ref.length! });
       if (toLoad.length === 0) continue;
+      // one read of the whole file (tensors as views) when it is mostly used, else one per tensor
+      const used = toLoad.reduce((sum, p) => sum + p.ref.length!, 0);
       let whole: Buffer | undefined;
-      if (size <= bufferConstants.MAX_LENGTH && toLoad.length > 1) whole = await readRange(fh, 0, size);
+      if (size <= bufferConstants.MAX_LENGTH && toLoad.length > 1 && used >= size / 2) whole = await readRange(fh, 0, size);
       for (const p of toLoad) {
         const { offset } = p.ref;
         const len = p.ref.length!;
