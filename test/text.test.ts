@@ -365,14 +365,19 @@ test('tokenizeChunks: empty prompt gives one chunk; SD2 pads after the end with 
 
 test('padChunks extends with empty chunks', () => {
   const r = tokenizeChunks(clip, 'a cat', { emphasis: true });
-  const padded = padChunks(r, 3, clip);
+  const padded = padChunks(r, 3);
   assert.equal(padded.chunks.length, 3);
   assert.equal(r.chunks.length, 1); // input untouched
   assert.deepEqual(padded.chunks[0], r.chunks[0]);
   assert.deepEqual(padded.chunks[1], { ids: [BOS, ...endPad(76)], weights: ones(77) });
   assert.deepEqual(padded.chunks[2], emptyChunk(clip));
-  assert.deepEqual(padChunks(r, 1, clip).chunks.length, 1);
+  assert.equal(padded.tokenCount, 2);
+  assert.equal(padChunks(r, 1).chunks.length, 1);
   assert.deepEqual(emptyChunk(clipPad0).ids, [BOS, EOS, ...new Array(75).fill(0)]);
+  // SD 2.x: empty chunks follow the padding of the prompt they extend.
+  const sd2 = padChunks(tokenizeChunks(clipPad0, 'a cat', { emphasis: true }), 2);
+  assert.deepEqual(sd2.chunks[1]?.ids, [BOS, EOS, ...new Array(75).fill(0)]);
+  assert.deepEqual(sd2.specialIds, { bosId: BOS, eosId: EOS, padId: 0 });
 });
 
 test('applyEmphasis multiplies per token and restores the chunk mean', () => {

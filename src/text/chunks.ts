@@ -27,10 +27,20 @@ export interface PromptChunk {
   weights: number[];
 }
 
+/** The ids an empty chunk is made of. */
+export interface ChunkSpecialIds {
+  bosId: number;
+  eosId: number;
+  /** Written after the first end token. */
+  padId: number;
+}
+
 export interface ChunkedPrompt {
   chunks: PromptChunk[];
   /** A1111's token count: 75 per full chunk plus the tokens of the last one. */
   tokenCount: number;
+  /** Start/end/padding ids used, so padChunks can build matching empty chunks. */
+  specialIds: ChunkSpecialIds;
 }
 
 export interface ChunkOptions {
@@ -111,27 +121,24 @@ export function tokenizeChunks(tok: ChunkTokenizer, prompt: string, options: Chu
     }
   }
   if (pending.ids.length > 0 || chunks.length === 0) nextChunk(true);
-  return { chunks, tokenCount };
+  return { chunks, tokenCount, specialIds: { bosId: tok.bosId, eosId: tok.eosId, padId } };
 }
 
-/** A1111's empty chunk (start, then end tokens), with the same padding rule as above. */
-export function emptyChunk(tok: Pick<ClipTokenizer, 'bosId' | 'eosId' | 'padId'>, padId: number = tok.padId): PromptChunk {
-  return finishChunk({ ...tok, encode: () => [], tokenId: () => undefined }, { ids: [], weights: [] }, padId);
+/** A1111's empty chunk: start, then end tokens — after the first end, `padId` (SD 2.x: 0). */
+export function emptyChunk(ids: ChunkSpecialIds): PromptChunk {
+  const tok = { bosId: ids.bosId, eosId: ids.eosId, padId: ids.padId, encode: () => [], tokenId: () => undefined };
+  return finishChunk(tok, { ids: [], weights: [] }, ids.padId);
 }
 
 /**
- * Extend a prompt to `n` chunks with empty chunks (what A1111 appends when a batch or the
- * cond/uncond pair needs the same length). Returns a new result; `tokenCount` is unchanged.
+ * Extend a prompt to `n` chunks with empty chunks (what A1111 appends when prompts of a batch, or
+ * with pad_cond_uncond the cond/uncond pair, need the same length). Returns a new result;
+ * `tokenCount` is unchanged.
  */
-export function padChunks(
-  result: ChunkedPrompt,
-  n: number,
-  tok: Pick<ClipTokenizer, 'bosId' | 'eosId' | 'padId'>,
-  padId: number = tok.padId,
-): ChunkedPrompt {
+export function padChunks(result: ChunkedPrompt, n: number): ChunkedPrompt {
   const chunks = result.chunks.slice();
-  while (chunks.length < n) chunks.push(emptyChunk(tok, padId));
-  return { chunks, tokenCount: result.tokenCount };
+  while (chunks.length < n) chunks.push(emptyChunk(result.specialIds));
+  return { ...result, chunks };
 }
 
 /**

@@ -16,6 +16,6 @@ export {
   CHUNK_LENGTH,
   DEFAULT_COMMA_BACKTRACK,
 } from './chunks.js';
-export type { PromptChunk, ChunkedPrompt, ChunkOptions } from './chunks.js';
+export type { PromptChunk, ChunkedPrompt, ChunkOptions, ChunkSpecialIds } from './chunks.js';
 export { generateTinyVocab, tinyVocabWords } from './tiny-vocab.js';
 export type { TinyVocab } from './tiny-vocab.js';
