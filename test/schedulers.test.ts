@@ -119,7 +119,7 @@ for (const run of manifest.runs) {
       assert.equal(Number(sched.timesteps[st.i]), st.t, `t at step ${st.i}`);
       const noises = ((st.noise ?? []) as TensorRef[]).map((t) => read(t) as Float32Array);
       // the recorded draws are what the seeded generator gives, in order
-      for (const n of noises) assert.deepEqual(torchGen.randn(n.shape ?? [n.length]), n, `noise at step ${st.i}`);
+      for (const n of noises) assert.deepEqual(torchGen.randn([n.length]), n, `noise at step ${st.i}`);
       const replay = new Replay(noises);
       const mi = sched.scaleModelInput(x, st.t, xIn);
       assertClose(mi, read(st.model_input) as Float32Array, `model_input at step ${st.i}`);
@@ -136,7 +136,7 @@ for (const run of manifest.runs) {
     const sched = createScheduler(name, { ...sd15, ...overrides }, { eta: (run.step_kwargs?.eta as number | undefined) ?? 0 });
     sched.setTimesteps(run.num_inference_steps);
     const gen = new TorchGenerator(1234);
-    let x = new TorchGenerator(0).randn([1, 4, 8, 8]).map((v) => Math.fround(v * sched.initNoiseSigma));
+    let x: Float32Array = new TorchGenerator(0).randn([1, 4, 8, 8]).map((v) => Math.fround(v * sched.initNoiseSigma));
     for (const t of sched.timesteps) {
       const tn = Number(t);
       const mi = sched.scaleModelInput(x, tn);
@@ -483,7 +483,7 @@ function halfwayError(name: string, n: number): number {
   const s = createScheduler(name, sd15);
   s.setTimesteps(n);
   const z = new TorchGenerator(3).randn([64]);
-  let x = z.slice();
+  let x: Float32Array = z.slice();
   for (let i = 0; i < n / 2; i++) {
     const t = Number(s.timesteps[i]);
     const eps = x.map((v) => Math.sqrt(1 - ac[t]!) * v);

@@ -4,4 +4,6 @@ export interface RandomSource {
   randn(shape: readonly number[]): Float32Array;
   /** Draw into an existing array (same values as randn of that length, no allocation). */
   randnInto?(out: Float32Array, shape?: readonly number[]): Float32Array;
+  /** Integers in [0, high), exactly as torch.randint(high, shape, generator=g) (int64), where supported. */
+  randint?(high: number, shape: readonly number[]): BigInt64Array | Int32Array;
 }
