@@ -143,8 +143,8 @@ export class TextEncoder {
     const tc = tokenizeChunks(this.tokenizer, prompt, { emphasis: opts.emphasis });
     const tu = withUncond ? tokenizeChunks(this.tokenizer, negative, { emphasis: opts.emphasis }) : null;
     const n = Math.max(tc.chunks.length, tu?.chunks.length ?? 0);
-    const pc = tc.chunks.length < n ? padChunks(tc, n, this.tokenizer) : tc;
-    const pu = tu && tu.chunks.length < n ? padChunks(tu, n, this.tokenizer) : tu;
+    const pc = tc.chunks.length < n ? padChunks(tc, n) : tc;
+    const pu = tu && tu.chunks.length < n ? padChunks(tu, n) : tu;
     const key = (text: string, chunks: number) => `${opts.emphasis ? 1 : 0}|${opts.clipSkip}|${chunks}|${text}`;
     const get = async (text: string, r: { chunks: Chunk[]; tokenCount: number }): Promise<PromptEmbedding> => {
       const k = key(text, r.chunks.length);
