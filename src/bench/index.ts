@@ -1,0 +1,286 @@
+/**
+ * `runBench`: the UNet benchmark behind `sdgen bench`. For each size × ToMe ratio × attention
+ * mode it times UNet calls (batch 2 = classifier-free guidance) in child processes of their own
+ * (peak memory per configuration), interleaved round-robin across configurations; counts the
+ * FLOPs of the graph actually run from onnxruntime's profile; measures the machine's MatMul rate
+ * with onnxruntime; times one whole image; writes JSON + Markdown to the results directory.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import ort from 'onnxruntime-node';
+import { SdgenError, UsageError } from '../errors.js';
+import { defaultCacheDir } from '../models/cache-dir.js';
+import { defaultThreadCount } from '../models/session.js';
+import { SDGEN_VERSION } from '../version.js';
+import { runInChild } from './child.js';
+import type { UnetJobResult } from './jobs.js';
+import { GB, availableMemory, fmtGB, predictPeakBytes } from './memory.js';
+import { deriveRatios, median, renderMarkdown } from './report.js';
+import type { BenchAttention, BenchOptions, BenchReport, ConfigResult, ImageResult, MachineInfo } from './types.js';
+import { prepareVariant, variantLabel, type PreparedVariant } from './variants.js';
+
+export type { BenchOptions, BenchReport, ConfigResult, ImageResult, BenchAttention } from './types.js';
+export { summarizeProfile, nodeFlops } from './profile.js';
+export { predictPeakBytes } from './memory.js';
+
+export const DEFAULT_BENCH_OPTIONS: Readonly<Omit<BenchOptions, 'log' | 'model' | 'cacheDir' | 'threads' | 'memoryLimit'>> = Object.freeze({
+  sizes: [512, 768, 1024],
+  ratios: [0, 0.3, 0.5, 0.6],
+  attention: ['standard', 'fused'] as BenchAttention[],
+  steps: 2,
+  rounds: 2,
+  batch: 2,
+  profile: false,
+  out: 'bench/results',
+  imageSize: 512,
+  imageSteps: 20,
+});
+
+/** Ratio and attention of the whole-image run: the configuration sdgen recommends. */
+export const IMAGE_RATIO = 0.5;
+export const IMAGE_ATTENTION: BenchAttention = 'fused';
+
+function validate(o: BenchOptions): void {
+  if (o.sizes.length === 0 || o.sizes.some((s) => !Number.isInteger(s) || s < 64 || s % 64 !== 0)) {
+    throw new UsageError(`--sizes: each size must be a multiple of 64 pixels (got ${o.sizes.join(',')})`);
+  }
+  if (o.ratios.length === 0 || o.ratios.some((r) => !(r >= 0 && r <= 0.75))) {
+    throw new UsageError(`--ratios: each ratio must be in [0, 0.75] (sx = sy = 2) (got ${o.ratios.join(',')})`);
+  }
+  if (o.attention.length === 0 || o.attention.some((a) => a !== 'standard' && a !== 'fused')) {
+    throw new UsageError(`--attention: standard and/or fused (got ${o.attention.join(',')})`);
+  }
+  if (!Number.isInteger(o.steps) || o.steps < 1) throw new UsageError(`--steps must be a positive integer (got ${o.steps})`);
+  if (!Number.isInteger(o.batch) || o.batch < 1) throw new UsageError(`--batch must be a positive integer (got ${o.batch})`);
+}
+
+/** The UNet file and (if any) the pipeline folder of `--model`, or of the synthetic sd15 model. */
+async function resolveModel(o: BenchOptions, cacheDir: string, log: (l: string) => void): Promise<{ unet: string; folder?: string; label: string }> {
+  if (o.model) {
+    const p = path.resolve(o.model);
+    if (p.endsWith('.onnx')) {
+      if (!existsSync(p)) throw new SdgenError(`--model: ${p} not found`);
+      return { unet: p, label: o.model };
+    }
+    const unet = path.join(p, 'unet', 'model.onnx');
+    if (!existsSync(unet)) throw new SdgenError(`--model: ${p} has no unet/model.onnx`);
+    return { unet, folder: p, label: o.model };
+  }
+  const folder = path.join(cacheDir, 'bench-models', 'sd15');
+  const unet = path.join(folder, 'unet', 'model.onnx');
+  const done = path.join(folder, '.complete');
+  if (!existsSync(done)) {
+    log(`Synthesizing the SD 1.5 model (random weights, real shapes) into ${folder} …`);
+    const { synthesize } = await import('../synth/index.js');
+    const t0 = performance.now();
+    let lastPct = -1;
+    await synthesize({
+      arch: 'sd15',
+      outDir: folder,
+      seed: 0,
+      onProgress: (stage, d, total) => {
+        const pctNow = Math.floor((d / Math.max(1, total)) * 10);
+        if (stage === 'unet' && pctNow !== lastPct) {
+          lastPct = pctNow;
+          log(`  unet weights ${pctNow * 10}%`);
+        }
+      },
+    });
+    await writeFile(done, new Date().toISOString());
+    log(`  done in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+  }
+  return { unet, folder, label: 'synthetic sd15 (random weights)' };
+}
+
+function machineInfo(threads: number): MachineInfo {
+  return {
+    cpuModel: os.cpus()[0]?.model ?? 'unknown',
+    logicalCpus: os.cpus().length,
+    threads,
+    totalMem: os.totalmem(),
+    availableMemAtStart: availableMemory(),
+    loadAverage: os.loadavg(),
+    node: process.version,
+    ort: ort.env.versions.node ?? ort.env.versions.common,
+    sdgen: SDGEN_VERSION,
+    platform: `${process.platform}-${process.arch}`,
+  };
+}
+
+/** Splits `steps` timed calls over `rounds` rounds (earlier rounds get the extra ones). */
+export function callsPerRound(steps: number, rounds: number): number[] {
+  const r = Math.max(1, Math.min(rounds, steps));
+  return Array.from({ length: r }, (_, i) => Math.floor(steps / r) + (i < steps % r ? 1 : 0));
+}
+
+export async function runBench(partial: Partial<BenchOptions> = {}): Promise<BenchReport> {
+  const o: BenchOptions = { ...DEFAULT_BENCH_OPTIONS, ...partial } as BenchOptions;
+  if (partial.rounds === undefined) o.rounds = o.steps > 1 ? DEFAULT_BENCH_OPTIONS.rounds : 1;
+  validate(o);
+  const log = o.log ?? ((l: string) => console.log(l));
+  const cacheDir = o.cacheDir ?? defaultCacheDir();
+  const threads = o.threads ?? defaultThreadCount();
+  const started = new Date();
+  const machine = machineInfo(threads);
+  const limit = o.memoryLimit ?? Math.max(1 * GB, machine.availableMemAtStart - 1.5 * GB);
+  log(`sdgen bench: ${machine.cpuModel}, ${threads} threads, ${fmtGB(machine.totalMem)} GB RAM, ${fmtGB(machine.availableMemAtStart)} GB available; memory limit per configuration ${fmtGB(limit)} GB`);
+
+  const model = await resolveModel(o, cacheDir, log);
+  const report: BenchReport = {
+    started: started.toISOString(),
+    finished: '',
+    machine,
+    model: model.label,
+    options: { ...o, log: undefined } as Omit<BenchOptions, 'log'>,
+    configs: [],
+    files: [],
+  };
+  delete (report.options as Partial<BenchOptions>).log;
+
+  // --- the machine's MatMul rate
+  log('Measuring the MatMul rate …');
+  const mm = await runInChild({ kind: 'matmul', n: 2048, calls: 8, threads }, { memoryLimit: limit });
+  if (mm.ok && mm.result.kind === 'matmul') {
+    report.matmul = mm.result.rate;
+    log(`  ${mm.result.rate.gflops.toFixed(0)} GFLOP/s median (best ${mm.result.rate.bestGflops.toFixed(0)})`);
+  } else if (!mm.ok) log(`  failed: ${mm.error}`);
+
+  // --- variants
+  log('Preparing UNet variants …');
+  const variants = new Map<string, PreparedVariant | string>();
+  for (const ratio of o.ratios) {
+    for (const attention of o.attention) {
+      const v = { ratio, attention };
+      try {
+        variants.set(variantLabel(v), await prepareVariant(model.unet, v, cacheDir, log));
+      } catch (err) {
+        variants.set(variantLabel(v), err instanceof Error ? err.message : String(err));
+      }
+    }
+  }
+
+  // --- configurations
+  const configs: ConfigResult[] = [];
+  const prepared = new Map<ConfigResult, PreparedVariant>();
+  for (const size of o.sizes) {
+    for (const ratio of o.ratios) {
+      for (const attention of o.attention) {
+        const v = variants.get(variantLabel({ ratio, attention }))!;
+        const weightsBytes = typeof v === 'string' ? 0 : v.weightsBytes;
+        const c: ConfigResult = {
+          size, batch: o.batch, ratio, attention, status: 'ok', samplesMs: [],
+          predictedPeak: predictPeakBytes({ weightsBytes, size, batch: o.batch, ratio, attention }),
+        };
+        if (typeof v === 'string') {
+          c.status = 'failed';
+          c.note = v;
+        } else if (c.predictedPeak > limit) {
+          c.status = 'skipped';
+          c.note = `predicted peak ${fmtGB(c.predictedPeak)} GB > ${fmtGB(limit)} GB available (estimate)`;
+        } else prepared.set(c, v);
+        configs.push(c);
+      }
+    }
+  }
+  report.configs = configs;
+  const runnable = configs.filter((c) => c.status === 'ok');
+  const plan = callsPerRound(o.steps, o.rounds);
+  o.rounds = plan.length;
+  report.options.rounds = plan.length;
+  log(`Timing ${runnable.length} configurations (${configs.length - runnable.length} skipped), ${o.steps} calls each in ${plan.length} round(s) …`);
+  const profileDir = path.join(os.tmpdir(), `sdgen-bench-prof-${process.pid}`);
+  await mkdir(profileDir, { recursive: true });
+  for (let round = 0; round < plan.length; round++) {
+    const order = round % 2 === 0 ? runnable : [...runnable].reverse();
+    for (const c of order) {
+      if (c.status !== 'ok') continue;
+      const v = prepared.get(c)!;
+      const first = round === 0;
+      const label = `${c.size}² b${c.batch} r${c.ratio} ${c.attention}`;
+      const out = await runInChild(
+        {
+          kind: 'unet',
+          modelPath: v.path,
+          size: c.size,
+          batch: c.batch,
+          seqLen: 77,
+          calls: plan[round]!,
+          threads,
+          ...(first ? { profilePrefix: path.join(profileDir, `p${configs.indexOf(c)}`), profileSteady: o.profile } : {}),
+        },
+        { memoryLimit: Math.min(limit, availableMemory() + 0.5 * GB) },
+      );
+      c.peakRss = Math.max(c.peakRss ?? 0, out.peakRss ?? 0) || undefined;
+      if (!out.ok) {
+        c.status = out.killed ? 'skipped' : 'failed';
+        c.note = out.error;
+        log(`  ${label}: ${c.status} — ${out.error}`);
+        continue;
+      }
+      const r = out.result as UnetJobResult;
+      c.samplesMs.push(...r.samplesMs);
+      if (first) {
+        c.loadMs = r.loadMs;
+        c.warmupMs = r.warmupMs;
+        c.flops = r.flops;
+        if (r.profile) c.profile = r.profile;
+      }
+      log(`  ${label}: ${r.samplesMs.map((ms) => (ms / 1000).toFixed(2)).join(', ')} s/call, peak ${fmtGB(out.peakRss)} GB (round ${round + 1}/${plan.length})`);
+    }
+  }
+  for (const c of configs) {
+    c.medianMs = median(c.samplesMs);
+    if (c.flops && report.matmul && c.medianMs) {
+      c.floorMs = (c.flops / (report.matmul.gflops * 1e9)) * 1000;
+      c.efficiency = c.floorMs / c.medianMs;
+    }
+    if (c.status === 'ok' && c.peakRss && c.peakRss > 0) {
+      const v = prepared.get(c);
+      if (v) c.note = `${v.tomeBlocks} ToMe blocks, ${v.fused} fused`;
+    }
+  }
+  deriveRatios(configs);
+
+  // --- one whole image
+  if (o.imageSize > 0) {
+    const img: ImageResult = { size: o.imageSize, steps: o.imageSteps, ratio: IMAGE_RATIO, attention: IMAGE_ATTENTION, status: 'ok' };
+    if (!model.folder) {
+      img.status = 'skipped';
+      img.note = '--model is a UNet file, not a pipeline folder';
+    } else {
+      log(`Timing one whole image (${o.imageSize}², ${o.imageSteps} steps, ToMe ${IMAGE_RATIO}, ${IMAGE_ATTENTION} attention) …`);
+      const out = await runInChild(
+        { kind: 'image', modelDir: model.folder, size: o.imageSize, steps: o.imageSteps, ratio: IMAGE_RATIO, attention: IMAGE_ATTENTION, threads, cacheDir },
+        { memoryLimit: Math.min(limit, availableMemory() + 0.5 * GB) },
+      );
+      img.peakRss = out.peakRss;
+      if (out.ok && out.result.kind === 'image') {
+        const r = out.result;
+        Object.assign(img, { loadMs: r.loadMs, textEncoderMs: r.textEncoderMs, unetMs: r.unetMs, vaeMs: r.vaeMs, pngMs: r.pngMs, totalMs: r.totalMs });
+        const outside = r.totalMs - r.unetMs;
+        log(`  total ${(r.totalMs / 1000).toFixed(1)} s: UNet ${(r.unetMs / 1000).toFixed(1)} s, text ${(r.textEncoderMs / 1000).toFixed(2)} s, VAE ${(r.vaeMs / 1000).toFixed(1)} s, PNG ${(r.pngMs / 1000).toFixed(2)} s (outside UNet ${((outside / r.totalMs) * 100).toFixed(1)}%)`);
+      } else if (!out.ok) {
+        img.status = out.killed ? 'skipped' : 'failed';
+        img.note = out.error;
+        log(`  ${img.status}: ${out.error}`);
+      }
+    }
+    report.image = img;
+  }
+
+  report.finished = new Date().toISOString();
+  const outDir = path.resolve(o.out);
+  await mkdir(outDir, { recursive: true });
+  const stamp = started.toISOString().replace(/[:.]/g, '-');
+  const md = renderMarkdown(report);
+  const files = [path.join(outDir, `bench-${stamp}.json`), path.join(outDir, `bench-${stamp}.md`)];
+  report.files = files;
+  await writeFile(files[0]!, JSON.stringify(report, null, 2));
+  await writeFile(files[1]!, md);
+  log('');
+  log(md);
+  log(`Results: ${files.join(', ')}`);
+  return report;
+}

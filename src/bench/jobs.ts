@@ -1,0 +1,83 @@
+/** Messages between the benchmark parent (./child.ts) and its worker processes (./worker.ts). */
+import type { MatMulRate } from './matmul-rate.js';
+import type { ProfileSummary } from './profile.js';
+import type { BenchAttention } from './types.js';
+
+export type WorkerJob =
+  | {
+      kind: 'unet';
+      modelPath: string;
+      size: number;
+      batch: number;
+      seqLen: number;
+      calls: number;
+      threads: number;
+      memArena?: boolean;
+      memPattern?: boolean;
+      /** profile the warm-up call (FLOPs) — file prefix for onnxruntime's trace */
+      profilePrefix?: string;
+      /** also profile one steady-state call (per-op breakdown) */
+      profileSteady?: boolean;
+    }
+  | { kind: 'matmul'; n: number; calls: number; threads: number }
+  | {
+      kind: 'load';
+      modelPath: string;
+      threads: number;
+      /** load through the optimized-graph cache in this directory */
+      cacheDir?: string;
+      variant?: string;
+      memArena?: boolean;
+      memPattern?: boolean;
+      /** run one call at this size after loading (first-call time) */
+      runSize?: number;
+    }
+  | {
+      kind: 'image';
+      modelDir: string;
+      size: number;
+      steps: number;
+      ratio: number;
+      attention: BenchAttention;
+      threads: number;
+      cacheDir: string;
+    };
+
+export interface UnetJobResult {
+  kind: 'unet';
+  loadMs: number;
+  warmupMs: number;
+  samplesMs: number[];
+  flops?: number;
+  profile?: ProfileSummary;
+  maxRss: number;
+}
+
+export interface LoadJobResult {
+  kind: 'load';
+  loadMs: number;
+  cached: boolean;
+  firstRunMs?: number;
+  maxRss: number;
+}
+
+export interface ImageJobResult {
+  kind: 'image';
+  loadMs: number;
+  textEncoderMs: number;
+  unetMs: number;
+  vaeMs: number;
+  pngMs: number;
+  totalMs: number;
+  maxRss: number;
+}
+
+export interface MatMulJobResult {
+  kind: 'matmul';
+  rate: MatMulRate;
+  maxRss: number;
+}
+
+export type JobResult = UnetJobResult | LoadJobResult | ImageJobResult | MatMulJobResult;
+
+export type WorkerReply = { ok: true; result: JobResult } | { ok: false; error: string; maxRss: number };

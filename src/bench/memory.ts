@@ -1,0 +1,64 @@
+/**
+ * Memory: what a configuration is predicted to need (so one that cannot fit is skipped rather
+ * than taking the machine down), what the machine has available, and a process's RSS.
+ *
+ * The estimate is calibrated on the SD 1.5 UNet on the CPU provider (docs/performance.md):
+ * peak ≈ weights × 1.25 + activations (≈ 40 tensors of [B, N, 320] float32 at full
+ * resolution) + for the decomposed attention ≈ 5.5 live score tensors [B·heads, N', N'] of
+ * the full-resolution self-attention, N' the token count after ToMe. The fused attention never
+ * materializes the scores.
+ */
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+
+export interface PeakEstimateInput {
+  weightsBytes: number;
+  size: number;
+  batch: number;
+  ratio: number;
+  attention: 'standard' | 'fused';
+  /** heads of the full-resolution attention (SD 1.5: 8) */
+  heads?: number;
+  /** channels at full resolution (SD 1.5: 320) */
+  channels?: number;
+  /** latent downscale (8) */
+  vaeScale?: number;
+}
+
+export const WEIGHT_FACTOR = 1.25;
+export const SCORE_TENSORS = 5.5;
+export const ACTIVATION_TENSORS = 40;
+
+export function predictPeakBytes(e: PeakEstimateInput): number {
+  const heads = e.heads ?? 8;
+  const ch = e.channels ?? 320;
+  const n = Math.ceil(e.size / (e.vaeScale ?? 8)) ** 2;
+  const merged = n - Math.floor(n * e.ratio);
+  const acts = ACTIVATION_TENSORS * e.batch * n * ch * 4;
+  const scores = e.attention === 'standard' ? SCORE_TENSORS * e.batch * heads * merged * merged * 4 : 0;
+  return WEIGHT_FACTOR * e.weightsBytes + acts + scores;
+}
+
+/** MemAvailable from /proc/meminfo (bytes), else os.freemem(). */
+export function availableMemory(): number {
+  try {
+    const m = /^MemAvailable:\s+(\d+)\s+kB/m.exec(readFileSync('/proc/meminfo', 'utf8'));
+    if (m) return Number(m[1]) * 1024;
+  } catch {
+    // not Linux
+  }
+  return os.freemem();
+}
+
+/** Resident set size of a process (bytes) from /proc/<pid>/status; undefined when unreadable. */
+export function processRss(pid: number): number | undefined {
+  try {
+    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export const GB = 1024 ** 3;
+export const fmtGB = (b: number | undefined): string => (b === undefined ? '–' : (b / GB).toFixed(2));

@@ -1,0 +1,117 @@
+/**
+ * The UNet variants a benchmark runs: the exported graph rewritten with ToMe (ratio r, sx = sy
+ * = 2, max downsample 1, no rand: A1111's defaults) and/or fused attention. A variant's graph
+ * is small; its weights stay in the source's external data file, which the variant's folder
+ * links to (hard link, else symbolic link, else copy), so variants cost no disk.
+ */
+import { createHash } from 'node:crypto';
+import { copyFile, link, mkdir, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { loadModel, modelFileIdentity } from '../onnx/model-io.js';
+import { encodeModel } from '../onnx/proto.js';
+import type { ModelProto } from '../onnx/types.js';
+import { fuseAttention } from '../optimize/fuse-attention.js';
+import { applyToMe } from '../tome/index.js';
+import { DEFAULT_TOME, type ToMeOptions } from '../tome/types.js';
+import { SDGEN_VERSION } from '../version.js';
+import type { BenchAttention } from './types.js';
+
+export interface Variant {
+  ratio: number;
+  attention: BenchAttention;
+}
+
+export interface PreparedVariant extends Variant {
+  path: string;
+  /** attentions fused (fused variants) */
+  fused: number;
+  /** transformer blocks ToMe patched (0 when ratio 0) */
+  tomeBlocks: number;
+  /** weights bytes (external data + inline) */
+  weightsBytes: number;
+}
+
+export const benchToMe = (ratio: number): ToMeOptions => ({ ...DEFAULT_TOME, ratio, sx: 2, sy: 2, maxDownsample: 1, useRand: false });
+
+export const variantLabel = (v: Variant): string => `r${v.ratio}-${v.attention}`;
+
+function externalLocations(model: ModelProto): Set<string> {
+  const out = new Set<string>();
+  for (const t of model.graph?.initializer ?? []) {
+    for (const e of t.externalData ?? []) if (e.key === 'location') out.add(e.value);
+  }
+  return out;
+}
+
+async function linkOrCopy(src: string, dst: string): Promise<void> {
+  try {
+    await link(src, dst);
+    return;
+  } catch {
+    // other filesystem
+  }
+  try {
+    await symlink(path.resolve(src), dst);
+    return;
+  } catch {
+    // no symlinks either
+  }
+  await copyFile(src, dst);
+}
+
+/** Bytes of a model's weights: its file plus its external data files. */
+export async function modelBytes(modelPath: string): Promise<number> {
+  const m = await loadModel(modelPath, { externalData: 'lazy' });
+  let total = (await stat(modelPath)).size;
+  for (const loc of externalLocations(m)) total += (await stat(path.join(path.dirname(modelPath), loc))).size;
+  return total;
+}
+
+/**
+ * Writes (or reuses) the variant of `unetPath` under `cacheDir/bench-variants/`. Ratio 0 with
+ * standard attention is the source model itself.
+ */
+export async function prepareVariant(unetPath: string, v: Variant, cacheDir: string, log: (l: string) => void): Promise<PreparedVariant> {
+  const weightsBytes = await modelBytes(unetPath);
+  if (v.ratio === 0 && v.attention === 'standard') return { ...v, path: unetPath, fused: 0, tomeBlocks: 0, weightsBytes };
+  const id = createHash('sha256')
+    .update(`${await modelFileIdentity(unetPath)}|${SDGEN_VERSION}|${variantLabel(v)}`)
+    .digest('hex')
+    .slice(0, 20);
+  const dir = path.join(cacheDir, 'bench-variants', `${id}-${variantLabel(v)}`);
+  const file = path.join(dir, 'model.onnx');
+  const metaFile = path.join(dir, 'variant.json');
+  if (existsSync(file) && existsSync(metaFile)) {
+    const meta = JSON.parse(await readFile(metaFile, 'utf8')) as { fused: number; tomeBlocks: number };
+    return { ...v, path: file, fused: meta.fused, tomeBlocks: meta.tomeBlocks, weightsBytes };
+  }
+  const t0 = performance.now();
+  const model = await loadModel(unetPath, { externalData: 'lazy' });
+  let tomeBlocks = 0;
+  if (v.ratio > 0) {
+    const r = applyToMe(model, benchToMe(v.ratio));
+    if (!r.patched) throw new Error(`ToMe could not patch ${unetPath}: ${r.reason ?? 'unknown reason'}`);
+    tomeBlocks = r.blocks.filter((b) => b.merged.attn || b.merged.crossattn || b.merged.mlp).length;
+  }
+  let fused = 0;
+  if (v.attention === 'fused') {
+    const r = fuseAttention(model);
+    fused = r.count;
+    if (fused === 0) throw new Error(`no attention could be fused in ${unetPath}: ${r.skipped[0] ?? 'no Softmax found'}`);
+  }
+  const tmp = `${dir}.tmp-${process.pid}`;
+  await rm(tmp, { recursive: true, force: true });
+  await mkdir(tmp, { recursive: true });
+  await writeFile(path.join(tmp, 'model.onnx'), encodeModel(model));
+  for (const loc of externalLocations(model)) {
+    const target = path.join(tmp, loc);
+    await mkdir(path.dirname(target), { recursive: true });
+    await linkOrCopy(path.join(path.dirname(unetPath), loc), target);
+  }
+  await writeFile(path.join(tmp, 'variant.json'), JSON.stringify({ source: path.resolve(unetPath), ...v, fused, tomeBlocks }, null, 2));
+  await rm(dir, { recursive: true, force: true });
+  await rename(tmp, dir);
+  log(`  variant ${variantLabel(v)}: ${tomeBlocks} ToMe blocks, ${fused} fused attentions (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  return { ...v, path: file, fused, tomeBlocks, weightsBytes };
+}
