@@ -501,3 +501,79 @@ test('DPM-Solver++(2M) converges at second order; UniPC (bh2, P+C) at third orde
   // and they are much more accurate than first-order Euler-type stepping of the same ODE
   assert.ok(u[2]! < d[2]!);
 });
+
+/** A RandomSource that counts draws and returns zeros. */
+class Counting implements RandomSource {
+  draws = 0;
+  randn(shape: readonly number[]): Float32Array {
+    this.draws++;
+    return new Float32Array(shape.reduce((a, b) => a * b, 1));
+  }
+}
+
+test('noise draws per run follow diffusers: one per step (euler_a, euler, dpmpp_2m_sde), n−1 (lcm), 2n−2 (dpmpp_sde), none for ODE samplers', () => {
+  const n = 6;
+  const expected: Record<string, number> = {
+    euler_a: n, euler: n, dpmpp_2m_sde: n, lcm: n - 1, dpmpp_sde: 2 * n - 2,
+    ddim: 0, dpmpp_2m: 0, dpmpp_2m_karras: 0, pndm: 0, lms: 0, heun: 0, unipc: 0,
+  };
+  for (const { name } of SAMPLERS) {
+    const s = createScheduler(name, folderConfig);
+    s.setTimesteps(n);
+    const gen = new Counting();
+    let x = new TorchGenerator(1).randn([32]);
+    for (const tv of s.timesteps) {
+      const t = Number(tv);
+      const mi = s.scaleModelInput(x, t);
+      x = s.step(mi.map((v) => 0.1 * v), t, x, expected[name] ? gen : undefined);
+    }
+    assert.equal(gen.draws, expected[name], name);
+    assert.ok(x.every(Number.isFinite), `${name} finite`);
+  }
+});
+
+test('DPM++ 2M SDE first step: x = (σ_t/σ_s)e^{−h}·x + α_t(1−e^{−2h})·x0 + σ_t√(1−e^{−2h})·z (VP α, σ; h = λ_t − λ_s)', () => {
+  const s = createScheduler('dpmpp_2m_sde', sd15) as unknown as Scheduler & { sigmas: number[] };
+  s.setTimesteps(10);
+  const x = new TorchGenerator(41).randn([64]);
+  const eps = new TorchGenerator(42).randn([64]);
+  const z = new TorchGenerator(43).randn([64]);
+  const got = s.step(eps, Number(s.timesteps[0]), x, new Replay([z]));
+  const vp = (sig: number) => [1 / Math.sqrt(sig * sig + 1), sig / Math.sqrt(sig * sig + 1)] as const;
+  const [aS, sS] = vp(s.sigmas[0]!);
+  const [aT, sT] = vp(s.sigmas[1]!);
+  const h = Math.log(aT / sT) - Math.log(aS / sS);
+  const exp = Array.from(x, (xv, k) => {
+    const x0 = (xv - sS * eps[k]!) / aS;
+    return (sT / sS) * Math.exp(-h) * xv + aT * (1 - Math.exp(-2 * h)) * x0 + sT * Math.sqrt(1 - Math.exp(-2 * h)) * z[k]!;
+  });
+  assertClose(got, exp, 'sde step', 2e-5);
+});
+
+test('DPM++ SDE: the corrector noise is the Brownian increment over the whole step built from both draws', () => {
+  // With x0 = 0 (ε = x/σ_in) and a zero start, each call's result is just σ_up times its noise,
+  // so the predictor and corrector noise can be compared with the Brownian combination by hand.
+  const s = createScheduler('dpmpp_sde', sd15) as unknown as Scheduler & { sigmas: number[] };
+  s.setTimesteps(5);
+  const z1 = new TorchGenerator(51).randn([64]);
+  const z2 = new TorchGenerator(52).randn([64]);
+  const x = new Float32Array(64);
+  const t0 = Number(s.timesteps[0]);
+  const sigma = s.sigmas[0]!;
+  const sigmaNext = s.sigmas[1]!;
+  const gen = new Replay([z1, z2]);
+  // predictor at x = 0 with zero model output: prev = σ_up·z1
+  const p = s.step(new Float32Array(64), t0, x, gen);
+  const tMid = -Math.log(sigma) + (Math.log(sigma) - Math.log(sigmaNext)) * 0.5;
+  const sMid = Math.exp(-tMid);
+  const up1 = Math.min(sMid, Math.sqrt((sMid ** 2 * (sigma ** 2 - sMid ** 2)) / sigma ** 2));
+  assertClose(p, Array.from(z1, (v) => v * up1), 'predictor noise', 1e-5);
+  // corrector from the saved x = 0, model output p/σ_mid (so x0 = 0): prev = σ_up·Z with Z the
+  // combined increment
+  const c = s.step(p.map((v) => v / sMid), Number(s.timesteps[1]), p, gen);
+  const up2 = Math.min(sigmaNext, Math.sqrt((sigmaNext ** 2 * (sigma ** 2 - sigmaNext ** 2)) / sigma ** 2));
+  const w1 = Math.sqrt(sigma - sMid);
+  const w2 = Math.sqrt(sMid - sigmaNext);
+  const norm = Math.sqrt(sigma - sigmaNext);
+  assertClose(c, Array.from(z1, (v, k) => ((w1 * v + w2 * z2[k]!) / norm) * up2), 'corrector noise', 1e-5);
+});
