@@ -577,3 +577,45 @@ test('DPM++ SDE: the corrector noise is the Brownian increment over the whole st
   const norm = Math.sqrt(sigma - sigmaNext);
   assertClose(c, Array.from(z1, (v, k) => ((w1 * v + w2 * z2[k]!) / norm) * up2), 'corrector noise', 1e-5);
 });
+
+/**
+ * The same ODE in the k-diffusion (VE) form: x(σ) = x_T·√((1+σ²)/(1+σ_T²)). With an odd step
+ * count n the step (n−1)/2 of a linspace schedule is t = 499.5 for every n; the error there
+ * shrinks 2× per doubling for Euler, 4× for Heun and ~8× for LMS (order 4 after a lower-order
+ * start). σ at each call is read back from the scheduler's input scaling.
+ */
+function halfwayErrorVe(name: string, n: number): number {
+  const s = createScheduler(name, sd15) as unknown as Scheduler & { sigmas: number[] };
+  s.setTimesteps(n);
+  const z = new TorchGenerator(3).randn([64]);
+  const sT = s.sigmas[0]!;
+  let x: Float32Array = z.map((v) => v * sT);
+  const k = (n - 1) / 2;
+  const calls = name === 'heun' ? 2 * k : k;
+  for (let i = 0; i < calls; i++) {
+    const t = Number(s.timesteps[i]);
+    const mi = s.scaleModelInput(x, t);
+    let kk = 0;
+    for (let j = 1; j < x.length; j++) if (Math.abs(x[j]!) > Math.abs(x[kk]!)) kk = j;
+    const r = x[kk]! / mi[kk]!;
+    const sg = Math.sqrt(Math.max(r * r - 1, 0));
+    const sv = sg / Math.sqrt(1 + sg * sg);
+    x = s.step(mi.map((v) => sv * v), t, x);
+  }
+  assert.equal(Number(s.timesteps[calls]), 499.5);
+  const sig = s.sigmas[calls]!;
+  return maxAbsDiff(x, z.map((v) => v * sT * Math.sqrt((1 + sig * sig) / (1 + sT * sT))));
+}
+
+test('Euler converges at first order, Heun at second, LMS at third-to-fourth (VE form of the Gaussian ODE)', () => {
+  const ratios = (name: string) => {
+    const e = [17, 33, 65].map((n) => halfwayErrorVe(name, n));
+    return [e[0]! / e[1]!, e[1]! / e[2]!];
+  };
+  const eu = ratios('euler');
+  assert.ok(eu.every((r) => r > 1.8 && r < 2.3), `euler ${eu}`);
+  const he = ratios('heun');
+  assert.ok(he.every((r) => r > 3.5 && r < 5), `heun ${he}`);
+  const lm = ratios('lms');
+  assert.ok(lm.every((r) => r > 6), `lms ${lm}`);
+});

@@ -79,7 +79,9 @@ export class EulerScheduler implements Scheduler {
     const sigma = this.sigmas[i]!;
     const { sChurn, sTmin, sTmax, sNoise } = this.opts;
     const gamma = sTmin <= sigma && sigma <= sTmax ? Math.min(sChurn / (this.sigmas.length - 1), 2 ** 0.5 - 1) : 0;
-    const noise = drawNoise(generator, (this.noise = ensure(this.noise, x.length)), this.name);
+    // diffusers draws this tensor even when churn is off (it is then unused); draw it whenever a
+    // generator is given so the generator's stream stays aligned with diffusers.
+    const noise = generator || gamma > 0 ? drawNoise(generator, (this.noise = ensure(this.noise, x.length)), this.name) : null;
     const sigmaHat = f32(sigma * f32(gamma + 1));
     const churn = gamma > 0 ? f32(Math.sqrt(f32(f32(sigmaHat * sigmaHat) - f32(sigma * sigma)))) : 0;
     const pt = this.config.prediction_type;
@@ -88,7 +90,7 @@ export class EulerScheduler implements Scheduler {
     const dt = f32(this.sigmas[i + 1]! - sigmaHat);
     for (let k = 0; k < x.length; k++) {
       let s = x[k]!;
-      if (gamma > 0) s = f32(s + f32(f32(noise[k]! * sNoise) * churn));
+      if (gamma > 0) s = f32(s + f32(f32(noise![k]! * sNoise) * churn));
       const m = modelOutput[k]!;
       let x0: number;
       if (pt === 'epsilon') x0 = f32(s - f32(sigmaHat * m));
