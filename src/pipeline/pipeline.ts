@@ -67,6 +67,9 @@ export function validateGenerationParams(p: GenerationParams, folder?: ModelFold
   if (!Number.isInteger(p.seed) || p.seed < -1) throw new UsageError(`seed must be an integer ≥ 0, or -1 for random (got ${p.seed})`);
   if (!Number.isInteger(p.clipSkip) || p.clipSkip < 1) throw new UsageError(`clip skip must be an integer ≥ 1 (got ${p.clipSkip})`);
   if (!Number.isFinite(p.eta) || p.eta < 0) throw new UsageError(`eta must be ≥ 0 (got ${p.eta})`);
+  if (p.longPrompt !== undefined && p.longPrompt !== 'chunk' && p.longPrompt !== 'truncate') {
+    throw new UsageError(`long prompt mode must be 'chunk' or 'truncate' (got ${String(p.longPrompt)})`);
+  }
 }
 
 /**
@@ -239,7 +242,7 @@ export class StableDiffusionPipeline {
       params.prompt,
       params.negativePrompt,
       guided,
-      { emphasis: params.emphasis, clipSkip: params.clipSkip },
+      { emphasis: params.emphasis, clipSkip: params.clipSkip, longPrompt: params.longPrompt ?? 'chunk' },
       cache,
     );
     const textMs = performance.now() - t0;

@@ -10,17 +10,23 @@
  * (`padding="max_length"` with the tokenizer's pad token: `<|endoftext|>` for SD 1.x, `!` for
  * SD 2.x), and no weights are applied when every weight is 1, so the embeddings are
  * diffusers' to the bit. A1111 pads the same way (end token, then its pad id).
+ *
+ * Longer prompts: A1111 chunking by default; `longPrompt: 'truncate'` keeps diffusers'
+ * behaviour (start + the first 75 tokens + end), which is what a diffusers reference image of a
+ * long prompt was made with.
  */
 import ort from 'onnxruntime-node';
 import { SdgenError } from '../errors.js';
 import type { ClipTokenizer } from '../text/clip-tokenizer.js';
-import { applyEmphasis, padChunks, tokenizeChunks } from '../text/chunks.js';
+import { applyEmphasis, padChunks, tokenizeChunks, type ChunkedPrompt } from '../text/chunks.js';
 import type { ModelSession } from '../models/session.js';
 import { textEncoderIO, type TextEncoderIO } from '../models/io.js';
 import { toFloat32 } from './tensors.js';
 
 export interface TextEncodeOptions {
   emphasis: boolean;
+  /** 'chunk' (A1111, default) or 'truncate' (diffusers: first 75 tokens only) */
+  longPrompt?: 'chunk' | 'truncate';
   /** 1 = last layer (default); N > 1 uses the N-th hidden state from the end */
   clipSkip: number;
 }
@@ -140,13 +146,20 @@ export class TextEncoder {
     opts: TextEncodeOptions,
     cache?: Map<string, PromptEmbedding>,
   ): Promise<EncodedPrompts> {
-    const tc = tokenizeChunks(this.tokenizer, prompt, { emphasis: opts.emphasis });
-    const tu = withUncond ? tokenizeChunks(this.tokenizer, negative, { emphasis: opts.emphasis }) : null;
+    const truncate = opts.longPrompt === 'truncate';
+    const split = (text: string): ChunkedPrompt => {
+      if (!truncate) return tokenizeChunks(this.tokenizer, text, { emphasis: opts.emphasis });
+      // diffusers: start + the first 75 tokens + end (no comma backtrack, later chunks dropped)
+      const r = tokenizeChunks(this.tokenizer, text, { emphasis: opts.emphasis, commaBacktrack: 0 });
+      return { ...r, chunks: r.chunks.slice(0, 1) };
+    };
+    const tc = split(prompt);
+    const tu = withUncond ? split(negative) : null;
     const n = Math.max(tc.chunks.length, tu?.chunks.length ?? 0);
     const pc = tc.chunks.length < n ? padChunks(tc, n) : tc;
     const pu = tu && tu.chunks.length < n ? padChunks(tu, n) : tu;
-    const key = (text: string, chunks: number) => `${opts.emphasis ? 1 : 0}|${opts.clipSkip}|${chunks}|${text}`;
-    const get = async (text: string, r: { chunks: Chunk[]; tokenCount: number }): Promise<PromptEmbedding> => {
+    const key = (text: string, chunks: number) => `${opts.emphasis ? 1 : 0}|${opts.clipSkip}|${truncate ? 't' : 'c'}|${chunks}|${text}`;
+    const get = async (text: string, r: ChunkedPrompt): Promise<PromptEmbedding> => {
       const k = key(text, r.chunks.length);
       const hit = cache?.get(k);
       if (hit) return hit;

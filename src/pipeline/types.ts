@@ -28,6 +28,12 @@ export interface GenerationParams {
   emphasis: boolean;
   tome: ToMeOptions;
   attention: AttentionMode;
+  /**
+   * Prompts over 75 tokens: 'chunk' (default when absent; A1111: 75-token chunks encoded one by
+   * one and concatenated, BREAK starts a chunk) or 'truncate' (diffusers: only the first 75
+   * tokens, the same ids diffusers' StableDiffusionPipeline feeds). Identical for ≤ 75 tokens.
+   */
+  longPrompt?: 'chunk' | 'truncate';
 }
 
 export interface RuntimeOptions {
@@ -64,6 +70,7 @@ export interface GeneratedImage {
 
 export interface ProgressEvents {
   onLoad?(stage: string, done: number, total: number): void;
+  /** step 1…total within batch 1…batches (total = UNet calls of the scheduler's timesteps) */
   onStep?(step: number, total: number, batch: number, batches: number): void;
   /** one-line notices (provider fallback, ToMe skipped, ...) */
   onNotice?(message: string): void;
