@@ -36,6 +36,12 @@ test('fmaf rounds once (differs from two roundings where it must)', () => {
   // a*a = 1 + 2^-11 + 2^-24; minus 1 - 2^-11: exact result 2^-24 survives only when fused.
   assert.equal(fmaf(a, a, -Math.fround(1 + 2 ** -11)), 2 ** -24);
   assert.equal(Math.fround(Math.fround(a * a) - Math.fround(1 + 2 ** -11)), 0);
+  // a*a = 1 + 2^-11 + 2^-24 is exactly halfway between two float32 values; a tiny addend that a
+  // float64 sum loses must still break the tie (up for +2^-80, down for −2^-80).
+  assert.equal(fmaf(a, a, 2 ** -80), 1 + 2 ** -11 + 2 ** -23);
+  assert.equal(fmaf(a, a, -(2 ** -80)), 1 + 2 ** -11);
+  assert.equal(fmaf(a, a, 0), 1 + 2 ** -11); // exact tie: to even
+  assert.equal(fmaf(-a, a, -(2 ** -80)), -(1 + 2 ** -11 + 2 ** -23));
 });
 
 const rngDir = new URL('rng/', FIXTURES);

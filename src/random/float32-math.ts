@@ -14,34 +14,23 @@ export function fmaf(a: number, b: number, c: number): number {
   const e = (p - (s - bv)) + (c - bv);
   const r = f(s);
   if (e === 0 || r === s) return r;
-  // s is a float64; only when s is exactly halfway between two float32 values can e change
-  // the result. Detect that case by checking whether the rounding discarded exactly half an ulp.
-  const lo = r < s ? r : prevFloat32(r);
-  const hi = r < s ? nextFloat32(r) : r;
-  const mid = (lo + hi) / 2; // exact in float64
-  if (s !== mid) return r;
-  return e > 0 ? hi : lo;
+  // s is a float64; only when it lies exactly halfway between two float32 values can e change
+  // the result. Then the other neighbour is r + 2(s − r) (exact), itself a float32; otherwise
+  // r + 2(s − r) falls strictly between r and its neighbour.
+  const other = r + 2 * (s - r);
+  if (f(other) !== other) return r;
+  return e > 0 === other > r ? other : r;
 }
 
-const cvtBuf = new DataView(new ArrayBuffer(4));
-function nextFloat32(x: number): number {
-  cvtBuf.setFloat32(0, x, true);
-  let bits = cvtBuf.getUint32(0, true);
-  bits = x >= 0 ? bits + 1 : bits - 1;
-  if (x === 0) bits = 1;
-  cvtBuf.setUint32(0, bits >>> 0, true);
-  return cvtBuf.getFloat32(0, true);
-}
-function prevFloat32(x: number): number {
-  return -nextFloat32(-x);
-}
+const cvtF = new Float32Array(1);
+const cvtU = new Uint32Array(cvtF.buffer);
 function bitsOf(x: number): number {
-  cvtBuf.setFloat32(0, x, true);
-  return cvtBuf.getUint32(0, true);
+  cvtF[0] = x;
+  return cvtU[0]!;
 }
 function fromBits(b: number): number {
-  cvtBuf.setUint32(0, b >>> 0, true);
-  return cvtBuf.getFloat32(0, true);
+  cvtU[0] = b >>> 0;
+  return cvtF[0]!;
 }
 
 // Cephes logf coefficients (float32).
