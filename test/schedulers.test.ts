@@ -619,3 +619,24 @@ test('Euler converges at first order, Heun at second, LMS at third-to-fourth (VE
   const lm = ratios('lms');
   assert.ok(lm.every((r) => r > 6), `lms ${lm}`);
 });
+
+test('setTimesteps resets all state: a reused instance reproduces a fresh one (every sampler)', () => {
+  const run = (s: Scheduler, steps: number) => {
+    s.setTimesteps(steps);
+    const gen = new TorchGenerator(8);
+    let x = new TorchGenerator(9).randn([48]).map((v) => v * s.initNoiseSigma);
+    for (const tv of s.timesteps) {
+      const t = Number(tv);
+      const mi = s.scaleModelInput(x, t);
+      x = s.step(mi.map((v) => Math.fround(0.1 * v * Math.cos(t / 100))), t, x, gen);
+    }
+    return x;
+  };
+  for (const { name } of SAMPLERS) {
+    const reused = createScheduler(name, folderConfig);
+    run(reused, 7);
+    const again = run(reused, 9);
+    const fresh = run(createScheduler(name, folderConfig), 9);
+    assert.deepEqual(again, fresh, name);
+  }
+});

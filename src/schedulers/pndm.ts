@@ -37,7 +37,6 @@ export class PndmScheduler implements Scheduler {
   private counter = 0;
   /** Ring of the last (up to 4) model outputs, oldest first. */
   private ets: Float32Array[] = [];
-  private etsCount = 0;
   private spare: Float32Array[] = [];
   private curSample: Float32Array | null = null;
   private hasCurSample = false;
@@ -86,7 +85,8 @@ export class PndmScheduler implements Scheduler {
     }
     this.timesteps = [...this.prkTimesteps, ...plms];
     this.counter = 0;
-    this.etsCount = 0;
+    this.spare.push(...this.ets);
+    this.ets = [];
     this.hasCurSample = false;
     this.curModelOutput?.fill(0);
   }
@@ -104,7 +104,6 @@ export class PndmScheduler implements Scheduler {
     this.curSample = new Float32Array(len);
     this.curModelOutput = new Float32Array(len);
     this.combined = new Float32Array(len);
-    this.etsCount = 0;
   }
 
   /** Append a copy of `m` to ets, keeping the last 4 (the evicted buffer is reused). */
@@ -114,7 +113,6 @@ export class PndmScheduler implements Scheduler {
     else buf = this.spare.pop() ?? new Float32Array(m.length);
     buf.set(m);
     this.ets.push(buf);
-    this.etsCount = this.ets.length;
   }
 
   step(modelOutput: Float32Array, t: number, x: Float32Array, _generator?: RandomSource, out?: Float32Array): Float32Array {
