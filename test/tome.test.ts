@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NameAllocator, checkGraph, GraphIndex } from '../src/onnx/graph.js';
 import { decodeModel, encodeModel } from '../src/onnx/proto.js';
-import type { ModelProto } from '../src/onnx/types.js';
+import type { ModelProto, NodeProto } from '../src/onnx/types.js';
 import { buildMergeModel } from '../src/tome/merge-graph.js';
 import {
   applyToMe, blockMergeParams, DEFAULT_TOME, describeBlocks, findTransformerBlocks, tomeApplies, tomeRandShape,
@@ -528,4 +528,157 @@ describe('patched model files', () => {
   });
 
   test.after?.(() => rmSync(tmp, { recursive: true, force: true }));
+});
+
+// -------------------------------------------------------------------------------------------
+// Other export variants.
+
+/** Rewrites the decomposed LayerNorms of an opset-14 export into LayerNormalization (opset 17). */
+function toOpset17(m: ModelProto): number {
+  const g = m.graph!;
+  const idx = new GraphIndex(g);
+  const remove = new Set<object>();
+  const added: Array<{ at: object; node: NodeProto }> = [];
+  let count = 0;
+  const constVal = (name: string): number => {
+    const p = idx.producer(name);
+    const t = p?.attribute[0]?.t ?? idx.initializer(name);
+    return new Float32Array(new Uint8Array(t!.rawData!).buffer)[0]!;
+  };
+  for (const rm of idx.nodesByOp('ReduceMean')) {
+    const x = rm.input[0]!;
+    const sub = idx.consumers(rm.output[0]!).find((c) => c.opType === 'Sub' && c.input[0] === x);
+    if (!sub) continue;
+    const pow = idx.consumers(sub.output[0]!).find((c) => c.opType === 'Pow')!;
+    const div = idx.consumers(sub.output[0]!).find((c) => c.opType === 'Div')!;
+    const rm2 = idx.consumers(pow.output[0]!)[0]!;
+    const addEps = idx.consumers(rm2.output[0]!)[0]!;
+    const sqrt = idx.consumers(addEps.output[0]!)[0]!;
+    const mul = idx.consumers(div.output[0]!)[0]!;
+    const add = idx.consumers(mul.output[0]!)[0]!;
+    const eps = constVal(addEps.input[1]!);
+    const gamma = mul.input.find((i) => i !== div.output[0])!;
+    const beta = add.input.find((i) => i !== mul.output[0])!;
+    for (const n of [rm, sub, pow, rm2, addEps, sqrt, div, mul, add]) remove.add(n);
+    added.push({ at: rm, node: { name: `ln${count++}`, opType: 'LayerNormalization', domain: '', input: [x, gamma, beta], output: [add.output[0]!], attribute: [{ name: 'axis', type: 2, i: -1 }, { name: 'epsilon', type: 1, f: eps }] } });
+  }
+  const out: typeof g.node = [];
+  for (const n of g.node) {
+    const a = added.find((x) => x.at === n);
+    if (a) out.push(a.node);
+    if (!remove.has(n)) out.push(n);
+  }
+  g.node = out;
+  m.opsetImport = [{ domain: '', version: 17 }];
+  m.irVersion = 8;
+  return count;
+}
+
+/** Makes `timestep` an int64 input (older exports), cast to float inside. */
+function toInt64Timestep(m: ModelProto): void {
+  const g = m.graph!;
+  const ts = g.input.find((i) => i.name === 'timestep')!;
+  ts.type!.tensorType!.elemType = 7;
+  for (const n of g.node) n.input = n.input.map((i) => (i === 'timestep' ? 'timestep_f' : i));
+  g.node.unshift({ name: 'ts_cast', opType: 'Cast', domain: '', input: ['timestep'], output: ['timestep_f'], attribute: [{ name: 'to', type: 2, i: 1 }] });
+}
+
+describe('export variants', () => {
+  const dir = new URL('tome-unet/', FIX);
+  const man = JSON.parse(readFileSync(new URL('manifest.json', dir), 'utf8')) as { inputs: Record<string, { tensors: Record<string, TensorMeta> }>; cases: UnetCase[] };
+  const c = man.cases.find((x) => x.name === 'h32_w32_b2_tome_r50_md1_sx2sy2_a1c0m0')!;
+  const t = man.inputs[c.inputs]!.tensors;
+  const feeds: Record<string, ort.Tensor> = {};
+  for (const k of ['sample', 'timestep', 'encoder_hidden_states']) feeds[k] = f32(readTensor(new URL('inputs.bin', dir), t[k]!));
+  const ref = readTensor(new URL('outputs.bin', dir), c.tensors.out_sample!).data as Float32Array;
+  const o = toOpts(c.tome_args!);
+
+  test('opset 17 (LayerNormalization) export reproduces tomesd', async () => {
+    const m = loadTiny();
+    assert.equal(toOpset17(m), 18);
+    const r = applyToMe(m, o);
+    assert.equal(r.patched, true);
+    assert.equal(r.blocks.length, 6);
+    assert.equal(Number(m.opsetImport[0]!.version), 17);
+    assert.deepEqual(checkGraph(m), []);
+    assert.ok(maxAbsDiff(await runModel(m, feeds), ref) < 1e-4);
+  });
+
+  test('int64-timestep export reproduces tomesd', async () => {
+    const m = loadTiny();
+    toInt64Timestep(m);
+    assert.equal(applyToMe(m, o).patched, true);
+    const ts = feeds.timestep!.data as Float32Array;
+    const f = { ...feeds, timestep: new ort.Tensor('int64', BigInt64Array.from(ts, (v) => BigInt(Math.round(v))), [ts.length]) };
+    assert.ok(maxAbsDiff(await runModel(m, f), ref) < 1e-4);
+  });
+
+  // Synthetic UNets from src/synth (seeded random weights; no torch reference for them).
+  const synthUnet = async (v: { opset?: 14 | 17; fp16?: boolean; style?: 'sd1' | 'sd2'; timestepType?: 'int64' }): Promise<Uint8Array> => {
+    const out = mkdtempSync(join(tmpdir(), 'sdgen-tome-synth-'));
+    try {
+      await synthesize({ arch: 'tiny', outDir: out, ...v });
+      return readFileSync(join(out, 'unet', 'model.onnx'));
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
+  };
+  const B = 2, H = 16, W = 16;
+  const sample = noise(B * 4 * H * W, 31);
+  const ehs = noise(B * 77 * 32, 32);
+  const f32Feeds = (): Record<string, ort.Tensor> => ({
+    sample: new ort.Tensor('float32', sample, [B, 4, H, W]),
+    timestep: new ort.Tensor('float32', Float32Array.from([500, 500]), [B]),
+    encoder_hidden_states: new ort.Tensor('float32', ehs, [B, 77, 32]),
+  });
+  const meanAbs = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
+    let s = 0;
+    for (let i = 0; i < a.length; i++) s += Math.abs(a[i]! - b[i]!);
+    return s / a.length;
+  };
+  const all = { ...DEFAULT_TOME, ratio: 0.5, maxDownsample: 2, mergeCrossattn: true, mergeMlp: true };
+
+  test('synthetic SD2-style UNet (linear proj_in) and opset-17 / int64-timestep synth UNets patch and run', async () => {
+    for (const v of [{ style: 'sd2' as const }, { opset: 17 as const }, { timestepType: 'int64' as const }]) {
+      const bytes = await synthUnet(v);
+      const blocks = findTransformerBlocks(decodeModel(bytes));
+      assert.ok('blocks' in blocks);
+      assert.deepEqual(blocks.blocks.map((b) => b.level), [1, 1, 2, 1, 1, 1]);
+      const feeds = f32Feeds();
+      if (v.timestepType) feeds.timestep = new ort.Tensor('int64', BigInt64Array.from([500n, 500n]), [B]);
+      const base = await runModel(bytes, feeds);
+      const outs: number[] = [];
+      for (const ratio of [0.01, 0.5]) {
+        const m = decodeModel(bytes);
+        assert.equal(applyToMe(m, { ...all, ratio }).patched, true);
+        assert.deepEqual(checkGraph(m), []);
+        const got = await runModel(m, feeds);
+        assert.ok(got.every(Number.isFinite));
+        outs.push(meanAbs(got, base));
+      }
+      // ratio 0.01 merges a handful of tokens: close to the unpatched output; 0.5 much less so.
+      assert.ok(outs[0]! < 0.01 && outs[1]! > 2 * outs[0]!, `${JSON.stringify(v)}: ${outs}`);
+    }
+  });
+
+  test('fp16 UNet: merges computed around float32 ScatterND, close to the fp32 patched model', async () => {
+    const [b16, b32] = [await synthUnet({ fp16: true }), await synthUnet({})];
+    const m16 = decodeModel(b16), m32 = decodeModel(b32);
+    const r16 = applyToMe(m16, all);
+    assert.equal(r16.patched, true);
+    assert.ok(r16.blocks.every((b) => b.elemType === 'float16'));
+    applyToMe(m32, all);
+    const { float32ToFloat16, float16ToFloat32 } = await import('../src/onnx/tensor.js');
+    const f = f32Feeds();
+    const f16: Record<string, ort.Tensor> = {};
+    for (const [k, v] of Object.entries(f)) f16[k] = new ort.Tensor('float16', float32ToFloat16(v.data as Float32Array), v.dims);
+    const s = await ort.InferenceSession.create(encodeModel(m16));
+    const out = (await s.run(f16))[s.outputNames[0]!]!;
+    await s.release();
+    assert.equal(out.type, 'float16');
+    const got = float16ToFloat32(out.data as Uint16Array);
+    assert.ok(got.every(Number.isFinite));
+    const want = await runModel(m32, f);
+    assert.ok(meanAbs(got, want) < 0.03, `mean abs ${meanAbs(got, want)}`);
+  });
 });
