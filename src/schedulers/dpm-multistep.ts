@@ -71,7 +71,7 @@ export class DpmMultistepScheduler implements Scheduler {
     this.alphasCumprod = computeAlphasCumprod(computeBetas(c));
     if (c.rescale_betas_zero_snr) this.alphasCumprod[this.alphasCumprod.length - 1] = 2 ** -24;
     this.trainSigma = trainSigmas(this.alphasCumprod);
-    this.logSigmas = Float64Array.from(this.trainSigma, Math.log);
+    this.logSigmas = Float64Array.from(this.trainSigma, (s) => Math.fround(Math.log(s)));
     this.lambdaT = Float32Array.from(this.alphasCumprod, (a) => lambdaOf(f32(Math.sqrt(a)), f32(Math.sqrt(f32(1 - a)))));
   }
 

@@ -39,7 +39,7 @@ export class TrainingSchedule {
     if (cfg.rescale_betas_zero_snr && zeroSnrFloor) ac[ac.length - 1] = 2 ** -24;
     this.alphasCumprod = ac;
     this.sigmas = trainSigmas(ac);
-    this.logSigmas = Float64Array.from(this.sigmas, Math.log);
+    this.logSigmas = Float64Array.from(this.sigmas, (s) => Math.fround(Math.log(s)));
   }
 
   get maxSigma(): number {

@@ -84,7 +84,7 @@ export class UniPcScheduler implements Scheduler {
     const ac = computeAlphasCumprod(computeBetas(c));
     if (c.rescale_betas_zero_snr) ac[ac.length - 1] = 2 ** -24;
     this.trainSigma = trainSigmas(ac);
-    this.logSigmas = Float64Array.from(this.trainSigma, Math.log);
+    this.logSigmas = Float64Array.from(this.trainSigma, (s) => Math.fround(Math.log(s)));
   }
 
   setTimesteps(steps: number): void {
