@@ -116,7 +116,10 @@ for (const run of manifest.runs) {
     const xOut = new Float32Array(x.length);
     const torchGen = new TorchGenerator(1234);
     assert.equal(run.steps.length, sched.timesteps.length, 'number of steps');
-    for (const st of run.steps) {
+    // DPM++ SDE's noise comes from torchsde's Brownian tree in diffusers, which sdgen replaces by
+    // generator draws (documented): only its schedule and first model input can match.
+    const brownian = run.class === 'DPMSolverSDEScheduler';
+    for (const st of brownian ? run.steps.slice(0, 1) : run.steps) {
       const tStep = Number(sched.timesteps[st.i]);
       assert.ok(Math.abs(tStep - st.t) <= 1e-3, `t at step ${st.i}: ${tStep} vs ${st.t}`);
       const noises = ((st.noise ?? []) as TensorRef[]).map((t) => read(t) as Float32Array);
@@ -125,6 +128,7 @@ for (const run of manifest.runs) {
       const replay = new Replay(noises);
       const mi = sched.scaleModelInput(x, tStep, xIn);
       assertClose(mi, read(st.model_input) as Float32Array, `model_input at step ${st.i}`);
+      if (brownian) break;
       const prev = sched.step(read(st.eps) as Float32Array, tStep, x, replay, xOut);
       assert.equal(replay.used, noises.length, `noise draws at step ${st.i}`);
       const expPrev = read(st.prev_sample) as Float32Array;
@@ -133,7 +137,7 @@ for (const run of manifest.runs) {
     }
   });
 
-  test(`${run.name} (${name}): a full run driven by the fake model and TorchGenerator(1234) ends at diffusers' final sample`, () => {
+  test(`${run.name} (${name}): a full run driven by the fake model and TorchGenerator(1234) ends at diffusers' final sample`, { skip: run.class === 'DPMSolverSDEScheduler' ? 'Brownian-tree noise is not reproduced' : false }, () => {
     const read = reader(readFileSync(new URL(run.file, schedDir)));
     const sched = createScheduler(name, { ...sd15, ...overrides }, { eta: (run.step_kwargs?.eta as number | undefined) ?? 0 });
     sched.setTimesteps(run.num_inference_steps);
