@@ -141,7 +141,7 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
 
   // --- the machine's MatMul rate
   log('Measuring the MatMul rate …');
-  const mm = await runInChild({ kind: 'matmul', n: 2048, calls: 8, threads }, { memoryLimit: limit });
+  const mm = await runInChild({ kind: 'matmul', n: o.matmulSize ?? 2048, calls: 8, threads }, { memoryLimit: limit });
   if (mm.ok && mm.result.kind === 'matmul') {
     report.matmul = mm.result.rate;
     log(`  ${mm.result.rate.gflops.toFixed(0)} GFLOP/s median (best ${mm.result.rate.bestGflops.toFixed(0)})`);

@@ -1,0 +1,104 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { nodeFlops, summarizeProfile, type ProfileEvent } from '../src/bench/profile.js';
+import { predictPeakBytes } from '../src/bench/memory.js';
+import { deriveRatios, median, renderMarkdown } from '../src/bench/report.js';
+import { callsPerRound, runBench } from '../src/bench/index.js';
+import type { ConfigResult } from '../src/bench/types.js';
+
+const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
+
+test('FLOPs of profile node events', () => {
+  // MatMul [2, 4096, 320] × [320, 320] (weight prepacked: not listed)
+  assert.equal(nodeFlops('MatMul', { input_type_shape: [{ float: [2, 4096, 320] }], output_type_shape: [{ float: [2, 4096, 320] }] }), 2 * 2 * 4096 * 320 * 320);
+  // FusedMatMul with transposed B: [16, 64, 4] × [16, 64, 4]ᵀ → [16, 64, 64]
+  assert.equal(nodeFlops('FusedMatMul', { input_type_shape: [{ float: [16, 64, 4] }, { float: [16, 64, 4] }], output_type_shape: [{ float: [16, 64, 64] }] }), 2 * 16 * 64 * 64 * 4);
+  // Gemm [2, 320] × W → [2, 1280]
+  assert.equal(nodeFlops('Gemm', { input_type_shape: [{ float: [2, 320] }, { float: [1280] }], output_type_shape: [{ float: [2, 1280] }] }), 2 * 2 * 1280 * 320);
+  // Conv with its weight listed, and with only parameter_size
+  const conv = 2 * (2 * 32 * 8 * 8) * (4 * 3 * 3);
+  assert.equal(nodeFlops('Conv', { input_type_shape: [{ float: [2, 4, 8, 8] }, { float: [32, 4, 3, 3] }, { float: [32] }], output_type_shape: [{ float: [2, 32, 8, 8] }] }), conv);
+  assert.equal(nodeFlops('Conv', { input_type_shape: [{ float: [2, 4, 8, 8] }], output_type_shape: [{ float: [2, 32, 8, 8] }], parameter_size: String((32 * 4 * 9 + 32) * 4) }), conv);
+  // MultiHeadAttention: q [2, 4096, 320], k/v [2, 77, 320]
+  assert.equal(nodeFlops('MultiHeadAttention', { input_type_shape: [{ float: [2, 4096, 320] }, { float: [2, 77, 320] }, { float: [2, 77, 320] }], output_type_shape: [{ float: [2, 4096, 320] }] }), 2 * 2 * 4096 * 77 * 640);
+  assert.equal(nodeFlops('Add', { input_type_shape: [{ float: [2, 3] }], output_type_shape: [{ float: [2, 3] }] }), 0);
+});
+
+test('summarizeProfile takes the chosen model_run and groups per op type', () => {
+  const node = (ts: number, op: string, dur: number): ProfileEvent => ({
+    cat: 'Node', name: `n${ts}_kernel_time`, ts, dur,
+    args: { op_name: op, input_type_shape: [{ float: [4, 8] }], output_type_shape: [{ float: [4, 16] }] },
+  });
+  const events: ProfileEvent[] = [
+    { cat: 'Session', name: 'model_run', ts: 0, dur: 100 },
+    node(10, 'MatMul', 50),
+    { cat: 'Session', name: 'model_run', ts: 200, dur: 100 },
+    node(210, 'MatMul', 20),
+    node(240, 'MatMul', 20),
+    node(260, 'Softmax', 10),
+  ];
+  const last = summarizeProfile(events);
+  assert.equal(last.flops, 2 * 2 * 4 * 16 * 8);
+  assert.equal(last.runMs, 0.1);
+  assert.deepEqual(last.byOp.map((o) => [o.op, o.count]), [['MatMul', 2], ['Softmax', 1]]);
+  const first = summarizeProfile(events, 0);
+  assert.equal(first.byOp[0]!.count, 1);
+});
+
+test('helpers: calls per round, median, memory estimate, ratios', () => {
+  assert.deepEqual(callsPerRound(3, 2), [2, 1]);
+  assert.deepEqual(callsPerRound(1, 2), [1]);
+  assert.deepEqual(callsPerRound(4, 4), [1, 1, 1, 1]);
+  assert.equal(median([3, 1, 2]), 2);
+  assert.equal(median([4, 1, 2, 3]), 2.5);
+  const base = { weightsBytes: 3.44e9, size: 768, batch: 1, ratio: 0 };
+  const std = predictPeakBytes({ ...base, attention: 'standard' });
+  assert.ok(Math.abs(std / 1e9 - 20) < 2.5, `768² batch 1 standard ≈ 19.4 GB measured, predicted ${std / 1e9}`);
+  assert.ok(predictPeakBytes({ ...base, attention: 'fused' }) < std / 2);
+  assert.ok(predictPeakBytes({ ...base, ratio: 0.5, attention: 'standard' }) < std);
+  const cfg = (ratio: number, attention: 'standard' | 'fused', ms: number, rss: number): ConfigResult => ({
+    size: 512, batch: 2, ratio, attention, status: 'ok', samplesMs: [ms], medianMs: ms, peakRss: rss, predictedPeak: 0,
+  });
+  const cs = [cfg(0, 'standard', 1000, 8), cfg(0.5, 'standard', 800, 4), cfg(0, 'fused', 500, 2), cfg(0.5, 'fused', 400, 2)];
+  deriveRatios(cs);
+  assert.equal(cs[1]!.speedup, 1.25);
+  assert.equal(cs[1]!.memRatio, 0.5);
+  assert.equal(cs[3]!.speedup, 1.25);
+  assert.equal(cs[3]!.speedupVsBaseline, 2.5);
+});
+
+test('runBench on the tiny pipeline writes JSON and Markdown', async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-bench-'));
+  try {
+    const lines: string[] = [];
+    const report = await runBench({
+      model: new URL('tiny-sd1', FIXTURES).pathname,
+      sizes: [64],
+      ratios: [0, 0.5],
+      attention: ['fused'],
+      steps: 2,
+      imageSize: 0,
+      matmulSize: 256,
+      out: path.join(dir, 'results'),
+      cacheDir: path.join(dir, 'cache'),
+      log: (l) => lines.push(l),
+    });
+    assert.equal(report.configs.length, 2);
+    for (const c of report.configs) {
+      assert.equal(c.status, 'ok', c.note);
+      assert.equal(c.samplesMs.length, 2);
+      assert.ok(c.flops! > 0 && c.peakRss! > 0 && c.efficiency! > 0);
+    }
+    assert.ok(report.configs[1]!.flops! < report.configs[0]!.flops!, 'ToMe reduces the counted FLOPs');
+    assert.equal(report.files.length, 2);
+    for (const f of report.files) assert.ok(existsSync(f));
+    const md = readFileSync(report.files[1]!, 'utf8');
+    assert.match(md, /\| 64² \| 2 \| 0\.5 \| fused \|/);
+    assert.equal(renderMarkdown(report), md);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
