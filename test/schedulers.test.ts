@@ -630,7 +630,7 @@ test('setTimesteps resets all state: a reused instance reproduces a fresh one (e
   const run = (s: Scheduler, steps: number) => {
     s.setTimesteps(steps);
     const gen = new TorchGenerator(8);
-    let x = new TorchGenerator(9).randn([48]).map((v) => v * s.initNoiseSigma);
+    let x: Float32Array = new TorchGenerator(9).randn([48]).map((v) => v * s.initNoiseSigma);
     for (const tv of s.timesteps) {
       const t = Number(tv);
       const mi = s.scaleModelInput(x, t);
