@@ -15,6 +15,7 @@ import {
 } from '../src/tome/index.js';
 import { getPatchedUnet, patchModelFile } from '../src/models/tome-cache.js';
 import { synthesize } from '../src/synth/index.js';
+import { fuseAttention } from '../src/optimize/index.js';
 
 const FIX = new URL('../../shared/fixtures/', import.meta.url);
 
@@ -574,6 +575,31 @@ function toOpset17(m: ModelProto): number {
   return count;
 }
 
+/**
+ * Fuses each residual Add feeding a LayerNormalization into a com.microsoft
+ * SkipLayerNormalization (as onnxruntime's transformer optimizer does). Returns the count.
+ */
+function toSkipLayerNorm(m: ModelProto): number {
+  const g = m.graph!;
+  const idx = new GraphIndex(g);
+  const remove = new Set<NodeProto>();
+  const replace = new Map<NodeProto, NodeProto>();
+  for (const ln of idx.nodesByOp('LayerNormalization')) {
+    const add = idx.producer(ln.input[0]!);
+    if (!add || add.opType !== 'Add' || add.input.some((i) => idx.initializer(i) || idx.producer(i)?.opType === 'Constant')) continue;
+    const eps = ln.attribute.find((a) => a.name === 'epsilon')!;
+    replace.set(ln, {
+      name: `sln_${replace.size}`, opType: 'SkipLayerNormalization', domain: 'com.microsoft',
+      input: [add.input[0]!, add.input[1]!, ln.input[1]!, ln.input[2]!], output: [ln.output[0]!, '', '', add.output[0]!],
+      attribute: [eps],
+    });
+    remove.add(add);
+  }
+  g.node = g.node.filter((n) => !remove.has(n)).map((n) => replace.get(n) ?? n);
+  m.opsetImport.push({ domain: 'com.microsoft', version: 1 });
+  return replace.size;
+}
+
 /** Makes `timestep` an int64 input (older exports), cast to float inside. */
 function toInt64Timestep(m: ModelProto): void {
   const g = m.graph!;
@@ -602,6 +628,33 @@ describe('export variants', () => {
     assert.equal(Number(m.opsetImport[0]!.version), 17);
     assert.deepEqual(checkGraph(m), []);
     assert.ok(maxAbsDiff(await runModel(m, feeds), ref) < 1e-4);
+  });
+
+  test('composes with fused attention (either order) and with an optimizer-style graph (MultiHeadAttention + SkipLayerNormalization)', async () => {
+    for (const order of ['fuse-then-tome', 'tome-then-fuse', 'optimized'] as const) {
+      const m = loadTiny();
+      if (order === 'tome-then-fuse') {
+        assert.equal(applyToMe(m, o).patched, true);
+        assert.equal(fuseAttention(m).count, 12);
+      } else {
+        if (order === 'optimized') toOpset17(m);
+        assert.equal(fuseAttention(m).count, 12);
+        if (order === 'optimized') assert.equal(toSkipLayerNorm(m), 12);
+        const cross = order === 'optimized';
+        const r = applyToMe(m, { ...o, mergeCrossattn: cross });
+        assert.equal(r.patched, true, r.reason);
+        assert.equal(r.blocks.filter((b) => b.merged.attn && b.merged.crossattn === cross).length, 5);
+        assert.equal(m.graph!.node.filter((n) => n.opType === 'Softmax').length, 0);
+      }
+      assert.deepEqual(checkGraph(m), []);
+      if (order !== 'optimized') {
+        assert.ok(maxAbsDiff(await runModel(m, feeds), ref) < 1e-4, order);
+      } else {
+        const plain = loadTiny();
+        applyToMe(plain, { ...o, mergeCrossattn: true });
+        assert.ok(maxAbsDiff(await runModel(m, feeds), await runModel(plain, feeds)) < 1e-4, order);
+      }
+    }
   });
 
   test('int64-timestep export reproduces tomesd', async () => {
