@@ -735,3 +735,22 @@ describe('export variants', () => {
     assert.ok(meanAbs(got, want) < 0.03, `mean abs ${meanAbs(got, want)}`);
   });
 });
+
+describe('full-size SD 1.5 graph (synthetic, no weights)', () => {
+  test('16 transformer blocks at levels 1, 2, 4, 8; all patched with max downsample 8', async () => {
+    const { buildComponents, resolveArch } = await import('../src/synth/index.js');
+    const built = buildComponents(resolveArch('sd15')).unet;
+    const m = built.ctx.b.build();
+    const r = findTransformerBlocks(m);
+    assert.ok('blocks' in r);
+    assert.deepEqual(r.blocks.map((b) => b.level), [1, 1, 2, 2, 4, 4, 8, 4, 4, 4, 2, 2, 2, 1, 1, 1]);
+    const res = applyToMe(m, { ...DEFAULT_TOME, ratio: 0.5, maxDownsample: 8, useRand: true, mergeMlp: true });
+    assert.equal(res.patched, true);
+    assert.equal(res.randInputs.length, 16);
+    assert.ok(res.blocks.every((b) => b.merged.attn && b.merged.mlp && !b.merged.crossattn));
+    assert.deepEqual(checkGraph(m), []);
+    // 512×512 image: latent 64×64; the level-1 blocks see 4096 tokens, 32×32 destinations.
+    assert.deepEqual(tomeRandShape(res.blocks[0]!, 64, 64, { ...DEFAULT_TOME, ratio: 0.5, maxDownsample: 8 }), [32, 32, 1]);
+    assert.deepEqual(tomeRandShape(res.blocks[6]!, 64, 64, { ...DEFAULT_TOME, ratio: 0.5, maxDownsample: 8 }), [4, 4, 1]);
+  });
+});
