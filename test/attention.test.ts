@@ -389,3 +389,28 @@ test('ToMe then fuse matches ToMe alone; fuse then ToMe too', { skip: haveToMe ?
     assert.ok(d2 <= 1e-4, `fuse→ToMe B${c.b} ${c.h}×${c.w}: ${d2}`);
   }
 });
+
+test('getFusedModel writes a cached fused UNet that links the source weights and matches', async () => {
+  const { mkdtempSync, rmSync, readdirSync, statSync } = await import('node:fs');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const { getFusedModel } = await import('../src/optimize/index.js');
+  const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-fused-'));
+  try {
+    const src = fx('tiny-sd1/unet/model.onnx');
+    const a = await getFusedModel(src, { cacheDir });
+    assert.ok(a.fused && !a.cached && a.count === 12);
+    const b = await getFusedModel(src, { cacheDir });
+    assert.ok(b.fused && b.cached && b.path === (a.fused ? a.path : ''));
+    const dir = path.dirname(b.fused ? b.path : '');
+    assert.deepEqual(readdirSync(dir).sort(), ['meta.json', 'model.onnx', 'weights.pb']);
+    assert.equal(statSync(path.join(dir, 'weights.pb')).size, statSync(fx('tiny-sd1/unet/weights.pb')).size);
+    const s0 = await ort.InferenceSession.create(src);
+    const s1 = await ort.InferenceSession.create(b.fused ? b.path : '');
+    const feeds = unetFeeds(1, 8, 8, 77, 9);
+    const d = maxAbsDiff(await runFirst(s0, feeds), await runFirst(s1, feeds));
+    assert.ok(d <= 1e-4, `max abs ${d}`);
+  } finally {
+    rmSync(cacheDir, { recursive: true, force: true });
+  }
+});

@@ -5,13 +5,12 @@
  * links to (hard link, else symbolic link, else copy), so variants cost no disk.
  */
 import { createHash } from 'node:crypto';
-import { copyFile, link, mkdir, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { loadModel, modelFileIdentity } from '../onnx/model-io.js';
-import { encodeModel } from '../onnx/proto.js';
-import type { ModelProto } from '../onnx/types.js';
 import { fuseAttention } from '../optimize/fuse-attention.js';
+import { externalLocations, writeModelLinkingWeights } from '../optimize/fused-model.js';
 import { applyToMe } from '../tome/index.js';
 import { DEFAULT_TOME, type ToMeOptions } from '../tome/types.js';
 import { SDGEN_VERSION } from '../version.js';
@@ -35,30 +34,6 @@ export interface PreparedVariant extends Variant {
 export const benchToMe = (ratio: number): ToMeOptions => ({ ...DEFAULT_TOME, ratio, sx: 2, sy: 2, maxDownsample: 1, useRand: false });
 
 export const variantLabel = (v: Variant): string => `r${v.ratio}-${v.attention}`;
-
-function externalLocations(model: ModelProto): Set<string> {
-  const out = new Set<string>();
-  for (const t of model.graph?.initializer ?? []) {
-    for (const e of t.externalData ?? []) if (e.key === 'location') out.add(e.value);
-  }
-  return out;
-}
-
-async function linkOrCopy(src: string, dst: string): Promise<void> {
-  try {
-    await link(src, dst);
-    return;
-  } catch {
-    // other filesystem
-  }
-  try {
-    await symlink(path.resolve(src), dst);
-    return;
-  } catch {
-    // no symlinks either
-  }
-  await copyFile(src, dst);
-}
 
 /** Bytes of a model's weights: its file plus its external data files. */
 export async function modelBytes(modelPath: string): Promise<number> {
@@ -102,13 +77,7 @@ export async function prepareVariant(unetPath: string, v: Variant, cacheDir: str
   }
   const tmp = `${dir}.tmp-${process.pid}`;
   await rm(tmp, { recursive: true, force: true });
-  await mkdir(tmp, { recursive: true });
-  await writeFile(path.join(tmp, 'model.onnx'), encodeModel(model));
-  for (const loc of externalLocations(model)) {
-    const target = path.join(tmp, loc);
-    await mkdir(path.dirname(target), { recursive: true });
-    await linkOrCopy(path.join(path.dirname(unetPath), loc), target);
-  }
+  await writeModelLinkingWeights(model, unetPath, tmp);
   await writeFile(path.join(tmp, 'variant.json'), JSON.stringify({ source: path.resolve(unetPath), ...v, fused, tomeBlocks }, null, 2));
   await rm(dir, { recursive: true, force: true });
   await rename(tmp, dir);

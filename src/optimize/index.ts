@@ -15,3 +15,5 @@ export {
   OPTIMIZED_WEIGHTS_FILE,
 } from './session-cache.js';
 export type { OptimizedCacheOptions, OptimizedModelPlan, CachedSession, OptimizationLevel } from './session-cache.js';
+export { getFusedModel, fusedModelKey, writeModelLinkingWeights, externalLocations, linkOrCopy } from './fused-model.js';
+export type { FusedModel, FusedModelOptions } from './fused-model.js';
