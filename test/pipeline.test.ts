@@ -27,6 +27,11 @@ import { loadModel, saveModel } from '../src/onnx/model-io.js';
 import { valueInfo } from '../src/onnx/builder.js';
 import { DataType } from '../src/onnx/types.js';
 import { synthesize } from '../src/synth/index.js';
+import { denoiseBatch, initialLatents } from '../src/pipeline/denoise.js';
+import { TorchGenerator } from '../src/random/torch-generator.js';
+import { createScheduler } from '../src/schedulers/index.js';
+import { guidanceScaleEmbedding } from '../src/schedulers/lcm.js';
+import type { UnetIO } from '../src/models/io.js';
 
 const FIXTURES = fileURLToPath(new URL('../../shared/fixtures/', import.meta.url));
 const TINY = path.join(FIXTURES, 'tiny-sd1');
@@ -594,5 +599,133 @@ describe('exports with other timestep / element types', () => {
     for (let i = 0; i < f32.rgb.length; i++) sum += Math.abs(f32.rgb[i]! - fp16.rgb[i]!);
     assert.ok(sum / f32.rgb.length < 2, `fp16 mean diff ${sum / f32.rgb.length}`);
     assert.equal(scalar.rgb.length, 64 * 64 * 3);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The loop's feeds, checked with a fake UNet session
+
+describe('denoise loop feeds (fake UNet)', () => {
+  const sched = JSON.parse(readFileSync(path.join(TINY, 'scheduler', 'scheduler_config.json'), 'utf8'));
+  const emb = (v: number, seqLen = 2, dim = 3): PromptEmbedding => ({
+    data: new Float32Array(seqLen * dim).fill(v), seqLen, dim, ids: [], chunks: 1, tokenCount: 0,
+  });
+  /** A session whose eps is 0.01·(row + 1)·sample; records every feed. */
+  function fakeSession(outName = 'out_sample') {
+    const calls: Record<string, { type: string; dims: readonly number[]; data: unknown[] }>[] = [];
+    const session = {
+      async run(feeds: Record<string, ort.Tensor>, fetches: Record<string, ort.Tensor>) {
+        const rec: (typeof calls)[number] = {};
+        for (const [k, t] of Object.entries(feeds)) rec[k] = { type: t.type, dims: [...t.dims], data: Array.from(t.data as ArrayLike<unknown>) };
+        calls.push(rec);
+        const sample = feeds['sample']!;
+        const out = fetches[outName]!;
+        const x = sample.data as Float32Array;
+        const o = out.data as Float32Array;
+        const per = x.length / sample.dims[0]!;
+        for (let i = 0; i < x.length; i++) o[i] = Math.fround(0.01 * (Math.floor(i / per) + 1) * x[i]!);
+        return { [outName]: out };
+      },
+    } as unknown as ort.InferenceSession;
+    return { session, calls };
+  }
+  const io = (over: Partial<UnetIO> = {}): UnetIO => ({
+    sample: { name: 'sample', type: 'float32' },
+    timestep: { name: 'timestep', type: 'float32', rank: 1, length: null },
+    encoderHiddenStates: { name: 'encoder_hidden_states', type: 'float32', dim: null },
+    timestepCond: null,
+    tomeRand: [],
+    output: { name: 'out_sample', type: 'float32' },
+    ...over,
+  });
+  const setup = (seeds: number[], steps = 2) => {
+    const generators = seeds.map((s) => new TorchGenerator(s));
+    const schedulers = seeds.map(() => {
+      const s = createScheduler('euler_a', sched);
+      s.setTimesteps(steps);
+      return s;
+    });
+    const latents = generators.map((g, i) => initialLatents(g, schedulers[i]!, 2, 2));
+    return { generators, schedulers, latents };
+  };
+
+  test('CFG batch layout, timestep kinds and the guidance combination', async () => {
+    for (const [ts, type, dims, values] of [
+      [{ type: 'float32', rank: 1, length: null }, 'float32', [4], (t: number) => [t, t, t, t]],
+      [{ type: 'float32', rank: 0, length: null }, 'float32', [], (t: number) => [t]],
+      [{ type: 'int64', rank: 1, length: 1 }, 'int64', [1], (t: number) => [BigInt(Math.trunc(t))]],
+    ] as const) {
+      const { session, calls } = fakeSession();
+      const s = setup([10, 11]);
+      const ref = setup([10, 11]);
+      const timesteps = Array.from(s.schedulers[0]!.timesteps, Number);
+      await denoiseBatch({
+        session, io: io({ timestep: { name: 'timestep', ...ts } }), ...s, latentHeight: 2, latentWidth: 2,
+        cond: emb(1), uncond: emb(-1), cfg: 7.5, timestepCond: null, tomeRand: null,
+      });
+      assert.equal(calls.length, 2);
+      const c0 = calls[0]!;
+      assert.equal(c0['timestep']!.type, type);
+      assert.deepEqual(c0['timestep']!.dims, dims);
+      assert.deepEqual(c0['timestep']!.data, values(timesteps[0]!));
+      assert.deepEqual(c0['sample']!.dims, [4, 4, 2, 2]);
+      // rows: [uncond img0, uncond img1, cond img0, cond img1]
+      assert.deepEqual(c0['encoder_hidden_states']!.data, [...Array(12).fill(-1), ...Array(12).fill(1)]);
+      const x = c0['sample']!.data as number[];
+      assert.deepEqual(x.slice(0, 16), x.slice(32, 48));
+      assert.deepEqual(x.slice(16, 32), x.slice(48, 64));
+      // replay by hand: eps_u = 0.01·(b+1)·x, eps_c = 0.01·(2+b+1)·x, eps = u + 7.5·(c − u)
+      for (let i = 0; i < 2; i++) {
+        const t = timesteps[i]!;
+        const xin = calls[i]!['sample']!.data as number[];
+        for (let b = 0; b < 2; b++) {
+          const eps = new Float32Array(16);
+          for (let j = 0; j < 16; j++) {
+            const u = Math.fround(0.01 * (b + 1) * xin[b * 16 + j]!);
+            const c = Math.fround(0.01 * (b + 3) * xin[(2 + b) * 16 + j]!);
+            eps[j] = Math.fround(u + Math.fround(7.5 * Math.fround(c - u)));
+          }
+          ref.latents[b] = ref.schedulers[b]!.step(eps, t, ref.latents[b]!, ref.generators[b]);
+        }
+      }
+      assert.deepEqual(s.latents, ref.latents);
+    }
+  });
+
+  test('no CFG: one row per image; LCM timestep_cond; ToMe rand inputs from the image seed', async () => {
+    const { session, calls } = fakeSession();
+    const s = setup([3]);
+    const w = guidanceScaleEmbedding(8.5 - 1, 4);
+    await denoiseBatch({
+      session,
+      io: io({ timestepCond: { name: 'timestep_cond', type: 'float32', dim: 4 } }),
+      ...s, latentHeight: 2, latentWidth: 2, cond: emb(1), uncond: null, cfg: 8.5,
+      timestepCond: Float32Array.from(w), tomeRand: null,
+    });
+    assert.deepEqual(calls[0]!['sample']!.dims, [1, 4, 2, 2]);
+    assert.deepEqual(calls[0]!['timestep_cond']!.dims, [1, 4]);
+    assert.deepEqual(calls[0]!['timestep_cond']!.data, Array.from(w));
+
+    // ToMe random destinations: even batch (CFG) → randint(sx·sy) per input per step from the seed
+    const rio = io({ tomeRand: [{ name: 'tome_rand_0', type: 'int64' }, { name: 'tome_rand_1', type: 'int64' }] });
+    const shapes = [[1, 1, 1], [2, 1, 1]];
+    const run = async (uncond: PromptEmbedding | null) => {
+      const f = fakeSession();
+      await denoiseBatch({
+        session: f.session, io: rio, ...setup([42], 3), latentHeight: 2, latentWidth: 2, cond: emb(1), uncond, cfg: 5,
+        timestepCond: null,
+        tomeRand: { inputs: shapes.map((shape, k) => ({ name: `tome_rand_${k}`, type: 'int64' as const, shape })), high: 4, generators: [new TorchGenerator(42)] },
+      });
+      return f.calls;
+    };
+    const even = await run(emb(-1));
+    const g = new TorchGenerator(42);
+    for (const call of even) {
+      assert.deepEqual(call['tome_rand_0']!.data, Array.from(g.randint(4, shapes[0]!)));
+      assert.deepEqual(call['tome_rand_1']!.data, Array.from(g.randint(4, shapes[1]!)));
+      assert.deepEqual(call['tome_rand_1']!.dims, [2, 1, 1]);
+    }
+    const odd = await run(null);
+    for (const call of odd) assert.deepEqual(call['tome_rand_1']!.data, [0n, 0n]);
   });
 });
