@@ -176,24 +176,27 @@ export async function runGenerate(positional: string | undefined, explicit: Part
     specs.push({ prompt: basePrompt, options: base });
   }
 
+  // Every value is checked before any model is read (the model only supplies defaults), so
+  // --strict reports all bad lines and stops before touching a model.
+  const ctx = await makeContext(new Map());
+  for (const e of buildJobs(specs, ctx).errors) lineErrors.push(formatLineError(e));
+  lineErrors.sort((a, b) => lineNo(a) - lineNo(b));
+  for (const l of lineErrors) process.stderr.write(err.red(l) + '\n');
+  if (lineErrors.length > 0 && flags.strict) {
+    throw new UsageError(`${lineErrors.length} bad line${lineErrors.length === 1 ? '' : 's'} in ${flags.prompts}; nothing generated (--strict)`);
+  }
+
   const models = new Set(specs.map((s) => s.options.model).filter((m): m is string => m !== undefined));
   if (!flags.dryRun && specs.some((s) => s.options.model === undefined)) {
     const hint = fromModel ? ` (the image was made with model "${fromModel}")` : '';
     throw new UsageError(`no model: pass --model DIR or set "model" in .sdgenrc${hint}`);
   }
   const defaults = await loadModelDefaults(models);
-  const ctx = await makeContext(defaults);
+  const modelCtx: JobContext = { ...ctx, modelDefaults: (m) => (m === undefined ? undefined : defaults.get(m)) };
 
   const outDir = path.resolve(base.out);
   const state = flags.resume ? readResumeState(outDir) : null;
-  const built = buildJobs(specs, ctx, state?.seeds);
-  for (const e of built.errors) lineErrors.push(formatLineError(e));
-  // report bad lines in file order
-  lineErrors.sort((a, b) => lineNo(a) - lineNo(b));
-  for (const l of lineErrors) process.stderr.write(err.red(l) + '\n');
-  if (lineErrors.length > 0 && flags.strict) {
-    throw new UsageError(`${lineErrors.length} bad line${lineErrors.length === 1 ? '' : 's'} in ${flags.prompts}; nothing generated (--strict)`);
-  }
+  const built = buildJobs(specs, modelCtx, state?.seeds);
   if (built.jobs.length === 0) throw new UsageError(flags.prompts !== undefined ? `${flags.prompts}: no valid prompt line` : 'nothing to generate');
 
   if (flags.resume && state && state.planHash !== built.planHash) {

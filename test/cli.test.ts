@@ -1,0 +1,320 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, existsSync, mkdirSync, statSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import sharp from 'sharp';
+
+const ROOT = fileURLToPath(new URL('../', import.meta.url));
+const MAIN = path.join(ROOT, 'src/cli/main.ts');
+// tsx resolved from the project, so the CLI can run with any working directory
+const TSX = import.meta.resolve('tsx');
+
+/** Is every src .ts file older than its compiled dist .js file? */
+function distIsFresh(): boolean {
+  const walk = (dir: string): string[] =>
+    readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(path.join(dir, e.name)) : e.name.endsWith('.ts') ? [path.join(dir, e.name)] : []));
+  try {
+    for (const src of walk(path.join(ROOT, 'src'))) {
+      const js = path.join(ROOT, 'dist', path.relative(path.join(ROOT, 'src'), src).replace(/\.ts$/, '.js'));
+      if (!existsSync(js) || statSync(js).mtimeMs < statSync(src).mtimeMs) return false;
+    }
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The CLI as a child process: the built bin (bin/sdgen.js → dist/, what `npm ci` builds) when
+ * dist/ is up to date with src/, else the TypeScript sources through tsx (3× slower to start).
+ */
+const CLI: string[] = distIsFresh() ? [path.join(ROOT, 'bin', 'sdgen.js')] : ['--import', TSX, MAIN];
+process.stderr.write(`# cli.test: running ${CLI.length === 1 ? 'the built bin/sdgen.js' : 'src/cli/main.ts through tsx'}\n`);
+
+let tmp = '';
+let home = '';
+before(() => {
+  tmp = mkdtempSync(path.join(os.tmpdir(), 'sdgen-cli-'));
+  home = path.join(tmp, 'home');
+  mkdirSync(home);
+});
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
+/** Runs the CLI in `cwd` with an isolated HOME / XDG config (no user presets or rc). */
+function sdgen(args: string[], opts: { cwd?: string; input?: string } = {}): SpawnSyncReturns<string> {
+  return spawnSync(process.execPath, [...CLI, ...args], {
+    cwd: opts.cwd ?? tmp,
+    input: opts.input,
+    encoding: 'utf8',
+    maxBuffer: 64 << 20,
+    env: { ...process.env, HOME: home, XDG_CONFIG_HOME: path.join(home, '.config'), NO_COLOR: '1' },
+    timeout: 120_000,
+  });
+}
+
+interface Ran {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Like sdgen() but asynchronous, so independent runs overlap. */
+function run(args: string[], opts: { cwd?: string } = {}): Promise<Ran> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [...CLI, ...args], {
+      cwd: opts.cwd ?? tmp,
+      env: { ...process.env, HOME: home, XDG_CONFIG_HOME: path.join(home, '.config'), NO_COLOR: '1' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
+}
+
+function oneErrorLine(r: Ran, code: number, re: RegExp): void {
+  assert.equal(r.status, code, `exit ${r.status}, stderr: ${r.stderr}`);
+  const lines = r.stderr.trimEnd().split('\n');
+  assert.equal(lines.length, 1, `one line expected, got: ${r.stderr}`);
+  assert.match(lines[0]!, re);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  assert.equal(r.stdout, '');
+}
+
+test('bad flag values exit 2 with one line and no stack', async () => {
+  const cases: Array<[string[], RegExp]> = [
+    [['a fox', '--steps', 'abc', '--dry-run'], /--steps: expected an integer from 1 to 1000, got "abc"/],
+    [['a fox', '--width', '500', '--dry-run'], /--width: .*multiple of 8/],
+    [['a fox', '--device', 'tpu', '--dry-run'], /--device: expected one of auto, cpu/],
+    [['a fox', '--tome', '0.9', '--dry-run'], /ToMe ratio must satisfy/],
+    [['a fox', '--max-downsample', '3', '--dry-run'], /--max-downsample: expected one of 1, 2, 4, 8/],
+    [['a fox', '--cfg', '-1', '--dry-run'], /--cfg/],
+    [['a fox', '--bogus'], /unknown option '--bogus'/],
+    [['a fox', '--name', '{nope}', '--dry-run'], /--name: unknown field \{nope\}/],
+    [['a fox', '--scheduler', 'warp', '--dry-run'], /unknown sampler "warp"/],
+    [['a fox', '--preset', 'nope', '--dry-run'], /unknown preset "nope"/],
+    [['--dry-run'], /no prompt/],
+    [['synth', '--arch', 'huge', '--out', 'x'], /--arch/],
+  ];
+  const results = await Promise.all(cases.map(([args]) => run(args)));
+  results.forEach((r, i) => oneErrorLine(r, 2, cases[i]![1]));
+});
+
+test('runtime errors exit 1 with one line', async () => {
+  writeFileSync(path.join(tmp, 'not.png'), 'hello');
+  const [a, b, c, v] = await Promise.all([
+    run(['a fox', '--model', path.join(tmp, 'no-such-model'), '--steps', '2']),
+    run(['metadata', path.join(tmp, 'missing.png')]),
+    run(['metadata', path.join(tmp, 'not.png')]),
+    run(['a fox', '--model', path.join(tmp, 'no-such-model'), '--verbose']),
+  ]);
+  oneErrorLine(a, 1, /no-such-model/);
+  oneErrorLine(b, 1, /missing\.png: no such file/);
+  oneErrorLine(c, 1, /not a PNG/);
+  assert.equal(v.status, 1);
+  assert.match(v.stderr, /\n\s+at /, '--verbose prints the stack');
+});
+
+test('.sdgenrc unknown key is an error naming the key and the file; rc < preset < flags', async () => {
+  const bad = path.join(tmp, 'rc-bad');
+  const good = path.join(tmp, 'rc-good');
+  mkdirSync(bad);
+  mkdirSync(good);
+  writeFileSync(path.join(bad, '.sdgenrc'), 'steps: 5\nsampler: ddim\n');
+  writeFileSync(path.join(good, '.sdgenrc'), 'steps: 5\nscheduler: ddim\npresets:\n  night:\n    steps: 44\n');
+  const [e, r, p, f] = await Promise.all([
+    run(['a fox', '--dry-run'], { cwd: bad }),
+    run(['a fox', '--dry-run', '--seed', '1'], { cwd: good }),
+    run(['a fox', '--dry-run', '--seed', '1', '--preset', 'night'], { cwd: good }),
+    run(['a fox', '--dry-run', '--seed', '1', '--preset', 'night', '--steps', '9'], { cwd: good }),
+  ]);
+  oneErrorLine(e, 2, new RegExp(`${path.join(bad, '.sdgenrc').replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: unknown key "sampler"`));
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /seed 1 {2}512x512 {2}ddim {2}5 steps/);
+  assert.match(p.stdout, /44 steps/);
+  assert.match(f.stdout, /9 steps/);
+});
+
+test('samplers and presets', async () => {
+  const userDir = path.join(home, '.config', 'sdgen', 'presets');
+  mkdirSync(userDir, { recursive: true });
+  writeFileSync(path.join(userDir, 'mine.json'), JSON.stringify({ steps: 3, description: 'user one' }));
+  try {
+    const [s, sj, p, pj] = await Promise.all([run(['samplers']), run(['samplers', '--json']), run(['presets']), run(['presets', '--json'])]);
+    assert.equal(s.status, 0, s.stderr);
+    assert.match(s.stdout, /euler_a\s+Euler a\s+EulerAncestralDiscreteScheduler/);
+    const rows = sj.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    assert.ok(rows.some((r) => r.name === 'dpmpp_2m' && r.a1111 === 'DPM++ 2M'));
+    assert.equal(p.status, 0, p.stderr);
+    for (const n of ['fast', 'quality', 'tome', 'tome-hires', 'mine']) assert.match(p.stdout, new RegExp(`^${n} `, 'm'));
+    assert.match(p.stdout, /tome=0.5 .*tomeMinWidth=768 tomeMinHeight=768/);
+    const presets = pj.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    assert.deepEqual(presets.find((x) => x.name === 'mine'), { name: 'mine', kind: 'user', source: path.join(userDir, 'mine.json'), description: 'user one', options: { steps: 3 } });
+  } finally {
+    rmSync(userDir, { recursive: true, force: true });
+  }
+});
+
+test('--dry-run of a 10,000-line prompt file prints the whole plan', () => {
+  const lines: string[] = ['# ten thousand jobs'];
+  for (let i = 0; i < 10000; i++) {
+    if (i % 3 === 0) lines.push(`prompt number ${i}`);
+    else if (i % 3 === 1) lines.push(`--prompt "castle ${i}" --seed ${i} --steps 12 --sampler_name "Euler a" --width 640 --height 384`);
+    else lines.push(JSON.stringify({ prompt: `json ${i}`, seed: i, tome: 0.5, tomeMinWidth: 768 }));
+  }
+  const file = path.join(tmp, 'big.txt');
+  writeFileSync(file, lines.join('\n') + '\n');
+  const t0 = performance.now();
+  const r = sdgen(['--prompts', file, '--dry-run', '--seed', '5', '--out', path.join(tmp, 'plan-out')]);
+  const ms = performance.now() - t0;
+  assert.equal(r.status, 0, r.stderr);
+  const out = r.stdout.trimEnd().split('\n');
+  assert.equal(out.length, 10001);
+  assert.match(out[0]!, /^dry run: 10000 jobs, 10000 images → /);
+  assert.match(out[1]!, /^ {4}1 {2}00001-5\.png {2}seed 5 {2}512x512 {2}model default {2}20 steps {2}cfg 7 {2}ToMe off {2}"prompt number 0"$/);
+  assert.match(out[2]!, /^ {4}2 {2}00002-1\.png {2}seed 1 {2}640x384 {2}euler_a {2}12 steps .*ToMe off {2}"castle 1"$/);
+  assert.match(out[3]!, /^ {4}3 {2}00003-2\.png {2}seed 2 {2}512x512 .*ToMe skipped \(.*\) {2}"json 2"$/);
+  assert.match(out[10000]!, /^10000 {2}10000-5\.png/);
+  assert.equal(existsSync(path.join(tmp, 'plan-out')), false, 'a dry run writes nothing');
+  process.stderr.write(`# dry run of 10,000 lines: ${(ms / 1000).toFixed(2)} s wall (child process, startup included)\n`);
+});
+
+test('--prompts: bad lines reported with FILE:LINE, --strict stops before generating', () => {
+  const file = path.join(tmp, 'some.txt');
+  writeFileSync(file, 'good one\n--prompt "x" --steps zero\n\n--prompt "y" --sampler_name "Nope"\nanother\n');
+  const r = sdgen(['--prompts', file, '--dry-run', '--seed', '1']);
+  assert.equal(r.status, 1);
+  assert.deepEqual(r.stderr.trimEnd().split('\n'), [`${file}:2: --steps: expected an integer from 1 to 1000, got "zero"`, `${file}:4: unknown sampler "Nope" (see: sdgen samplers)`]);
+  assert.match(r.stdout, /dry run: 2 jobs/);
+  const s = sdgen(['--prompts', file, '--strict', '--model', path.join(tmp, 'whatever'), '--out', path.join(tmp, 'strict-out')]);
+  assert.equal(s.status, 2);
+  assert.match(s.stderr, /some\.txt:2: .*\n.*some\.txt:4: .*\n.*2 bad lines in .*nothing generated \(--strict\)/);
+  assert.equal(existsSync(path.join(tmp, 'strict-out')), false);
+  const stdin = sdgen(['--prompts', '-', '--dry-run', '--seed', '3', '--json'], { input: 'from stdin\n{"prompt": "j", "steps": 4}\n' });
+  assert.equal(stdin.status, 0, stdin.stderr);
+  const jobs = stdin.stdout.trim().split('\n').map((l) => JSON.parse(l));
+  assert.deepEqual(jobs.map((j) => [j.prompt, j.steps, j.seed]), [['from stdin', 20, 3], ['j', 4, 3]]);
+});
+
+// ------------------------------------------------------------------ end to end on a synthetic tiny model
+
+let model = '';
+async function ensureModel(): Promise<string> {
+  if (model) return model;
+  const dir = path.join(tmp, 'tiny');
+  const r = await run(['synth', '--arch', 'tiny', '--out', dir, '--seed', '1']);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /parameters: unet [\d,]+, text encoder [\d,]+, vae decoder [\d,]+/);
+  model = dir;
+  return model;
+}
+
+const pngs = (d: string) => readdirSync(d).filter((f) => f.endsWith('.png')).sort();
+const pixels = (f: string) => sharp(f).raw().toBuffer();
+
+test('end to end: --json lines, same command twice → identical image under a new name, metadata, --from', async () => {
+  const m = await ensureModel();
+  const out = path.join(tmp, 'e2e');
+  const args = ['a red fox', '--model', m, '--steps', '3', '--seed', '42', '-W', '64', '-H', '64', '--out', out, '--device', 'cpu'];
+  const r1 = await run([...args, '--batch-size', '2', '--scheduler', 'euler_a', '--json']);
+  assert.equal(r1.status, 0, r1.stderr);
+  const lines = r1.stdout.trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(lines.length, 2);
+  for (const [i, l] of lines.entries()) {
+    assert.deepEqual(Object.keys(l).slice(0, 4), ['path', 'seed', 'parameters', 'timings']);
+    assert.equal(l.seed, 42 + i);
+    assert.equal(l.parameters.scheduler, 'euler_a');
+    assert.equal(typeof l.timings.totalMs, 'number');
+    assert.ok(existsSync(l.path));
+  }
+  assert.notDeepEqual(await pixels(lines[0].path), await pixels(lines[1].path), 'batch images differ');
+  const r2 = await run([...args, '--quiet']);
+  const r3 = await run([...args, '--quiet']);
+  assert.equal(r2.status, 0, r2.stderr);
+  assert.equal(r3.status, 0, r3.stderr);
+  assert.equal(r2.stdout + r3.stdout + r2.stderr + r3.stderr, '', '--quiet prints nothing');
+  assert.deepEqual(pngs(out), ['00001-42.png', '00002-43.png', '00003-42.png', '00004-42.png']);
+  assert.deepEqual(readFileSync(path.join(out, '00003-42.png')), readFileSync(path.join(out, '00004-42.png')), 'byte-identical');
+  assert.equal(readFileSync(path.join(out, 'sdgen-run.jsonl'), 'utf8').trim().split('\n').length, 4);
+
+  const fromOut = path.join(tmp, 'e2e-from');
+  const [meta, rf, plan] = await Promise.all([
+    run(['metadata', path.join(out, '00003-42.png'), '--json']),
+    run(['--from', path.join(out, '00003-42.png'), '--model', m, '--out', fromOut, '--quiet', '--device', 'cpu']),
+    run(['--from', path.join(out, '00001-42.png'), '--seed', '7', '--dry-run']),
+  ]);
+  assert.equal(meta.status, 0, meta.stderr);
+  const mj = JSON.parse(meta.stdout);
+  assert.match(mj.parameters, /^a red fox\nSteps: 3, Sampler: \S.*, CFG scale: 7, Seed: 42, Size: 64x64, Model: tiny, Version: sdgen /);
+  assert.equal(mj.sdgen.params.seed, 42);
+  assert.equal(rf.status, 0, rf.stderr);
+  assert.deepEqual(readFileSync(path.join(fromOut, '00001-42.png')), readFileSync(path.join(out, '00003-42.png')), '--from regenerates the same image');
+  assert.equal(plan.status, 0, plan.stderr);
+  assert.match(plan.stdout, /seed 7 {2}64x64 {2}euler_a {2}3 steps {2}cfg 7 {2}ToMe off {2}"a red fox"/, 'explicit flags override --from');
+});
+
+test('end to end: ToMe recorded when applied, skipped below the thresholds', async () => {
+  const m = await ensureModel();
+  const base = (out: string) => ['a red fox', '--model', m, '--steps', '2', '--seed', '5', '-W', '64', '-H', '64', '--out', path.join(tmp, out), '--device', 'cpu'];
+  const [on, skipped, off] = await Promise.all([
+    run([...base('tome-on'), '--tome', '0.5']),
+    run([...base('tome-skip'), '--tome', '0.5', '--tome-min-width', '512']),
+    run([...base('tome-off'), '--tome', '0']),
+  ]);
+  for (const r of [on, skipped, off]) assert.equal(r.status, 0, r.stderr);
+  const { readImageMetadata } = await import('../src/image/metadata.js');
+  const text = async (d: string) => (await readImageMetadata(path.join(tmp, d, '00001-5.png'))).parameters!;
+  assert.match(await text('tome-on'), /Token merging ratio: 0.5, ToMe sx: 2, ToMe sy: 2, ToMe max downsample: 1, ToMe rand: False, ToMe merged: attn/);
+  assert.doesNotMatch(await text('tome-skip'), /Token merging/);
+  assert.doesNotMatch(await text('tome-off'), /Token merging/);
+  assert.deepEqual(await pixels(path.join(tmp, 'tome-skip', '00001-5.png')), await pixels(path.join(tmp, 'tome-off', '00001-5.png')), 'ToMe skipped = ToMe off');
+  assert.match(skipped.stderr, /ToMe/, 'says why ToMe was skipped');
+});
+
+test('end to end: SIGINT then --resume ends with the same files as an uninterrupted run', async () => {
+  const m = await ensureModel();
+  const file = path.join(tmp, 'resume.txt');
+  const jobs = Array.from({ length: 6 }, (_, i) => `--prompt "job ${i}" --seed ${100 + i * 10}${i === 2 ? ' --batch_size 2' : ''}`);
+  writeFileSync(file, jobs.join('\n') + '\n');
+  const args = (out: string) => ['--prompts', file, '--model', m, '--steps', '4', '-W', '64', '-H', '64', '--out', out, '--device', 'cpu'];
+  const full = path.join(tmp, 'resume-full');
+  const part = path.join(tmp, 'resume-part');
+  const fullRun = run(args(full));
+
+  const child = spawn(process.execPath, [...CLI, ...args(part)], {
+    cwd: tmp,
+    env: { ...process.env, HOME: home, XDG_CONFIG_HOME: path.join(home, '.config'), NO_COLOR: '1' },
+  });
+  let stderr = '';
+  let signalled = false;
+  child.stderr.on('data', (d: Buffer) => {
+    stderr += d.toString();
+    if (!signalled && /\[2\/7\]/.test(stderr)) {
+      signalled = true;
+      child.kill('SIGINT');
+    }
+  });
+  const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+  assert.ok(signalled, `never saw the second image: ${stderr}`);
+  assert.equal(code, 130, stderr);
+  assert.match(stderr, /interrupted: wrote \d+ images?.*--resume/);
+  const partial = pngs(part);
+  assert.ok(partial.length >= 2 && partial.length < 7, `interrupted run wrote ${partial.length}`);
+  assert.ok(readdirSync(part).every((f) => !f.endsWith('.tmp')), 'no temporary files left');
+
+  const rr = await run([...args(part), '--resume']);
+  assert.equal(rr.status, 0, rr.stderr);
+  assert.match(rr.stderr, new RegExp(`resuming: ${partial.length} of 7 images already written`));
+  const rf = await fullRun;
+  assert.equal(rf.status, 0, rf.stderr);
+  assert.equal(pngs(full).length, 7);
+  assert.deepEqual(pngs(part), pngs(full));
+  for (const f of pngs(full)) assert.deepEqual(readFileSync(path.join(part, f)), readFileSync(path.join(full, f)), f);
+  const recorded = readFileSync(path.join(part, 'sdgen-run.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).file).sort();
+  assert.deepEqual(recorded, pngs(full), 'one manifest line per image');
+});
