@@ -226,6 +226,7 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
         c.warmupMs = r.warmupMs;
         c.flops = r.flops;
         if (r.profile) c.profile = r.profile;
+        if (r.warmupProfile) c.warmupProfile = { ...r.warmupProfile, byOp: r.warmupProfile.byOp.slice(0, 24) };
       }
       log(`  ${label}: ${r.samplesMs.map((ms) => (ms / 1000).toFixed(2)).join(', ')} s/call, peak ${fmtGB(out.peakRss)} GB (round ${round + 1}/${plan.length})`);
     }

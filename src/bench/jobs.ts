@@ -50,6 +50,7 @@ export interface UnetJobResult {
   samplesMs: number[];
   flops?: number;
   profile?: ProfileSummary;
+  warmupProfile?: ProfileSummary;
   maxRss: number;
 }
 

@@ -75,7 +75,10 @@ export interface ConfigResult {
   memRatio?: number;
   /** vs standard attention at ratio 0 */
   speedupVsBaseline?: number;
+  /** per op type summary of one steady-state call (--profile) */
   profile?: ProfileSummary;
+  /** per op type summary of the warm-up call (always; first call, so one-time costs included) */
+  warmupProfile?: ProfileSummary;
 }
 
 export interface ImageResult {

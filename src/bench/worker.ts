@@ -126,7 +126,7 @@ async function runUnet(job: Extract<WorkerJob, { kind: 'unet' }>): Promise<UnetJ
     samplesMs.push(performance.now() - t);
   }
   await session.release();
-  return { kind: 'unet', loadMs, warmupMs, samplesMs, flops: flopsProfile?.flops, profile: steadyProfile, maxRss: maxRssBytes() };
+  return { kind: 'unet', loadMs, warmupMs, samplesMs, flops: flopsProfile?.flops, profile: steadyProfile, warmupProfile: flopsProfile, maxRss: maxRssBytes() };
 }
 
 async function runLoad(job: Extract<WorkerJob, { kind: 'load' }>): Promise<LoadJobResult> {
