@@ -210,7 +210,7 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
           threads,
           ...(first ? { profilePrefix: path.join(profileDir, `p${configs.indexOf(c)}`), profileSteady: o.profile } : {}),
         },
-        { memoryLimit: Math.min(limit, availableMemory() + 0.5 * GB) },
+        { memoryLimit: Math.min(limit, availableMemory() + 0.5 * GB), ...(o.configTimeout ? { timeoutMs: o.configTimeout * 1000 } : {}) },
       );
       c.peakRss = Math.max(c.peakRss ?? 0, out.peakRss ?? 0) || undefined;
       if (!out.ok) {

@@ -35,6 +35,8 @@ export interface BenchOptions {
   imageSize: number;
   /** denoising steps of the whole-image run; default 20 */
   imageSteps: number;
+  /** give up on a configuration's process after this many seconds (0 = no limit; default 0) */
+  configTimeout?: number;
   /** side of the square float32 MatMul that measures the machine's rate; default 2048 */
   matmulSize?: number;
   /** memory available to one configuration (bytes); default: MemAvailable now, less a margin */
