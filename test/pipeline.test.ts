@@ -466,6 +466,24 @@ describe('text encoding', () => {
     await model.release();
   });
 
+  test('emphasis weights multiply the hidden states with the mean restored; off = literal text', async () => {
+    const folder = await loadModelFolder(TINY);
+    const model = await sessions.open(folder.paths.textEncoder, 'text encoder');
+    const te = new TextEncoder(model, folder.tokenizer);
+    const plain = (await te.encodePair('a photo of a cat', '', false, { emphasis: true, clipSkip: 1 })).cond;
+    const weighted = (await te.encodePair('a photo of a (cat:1.5)', '', false, { emphasis: true, clipSkip: 1 })).cond;
+    assert.deepEqual(weighted.ids, plain.ids);
+    const expected = plain.data.slice();
+    const w = new Array(77).fill(1);
+    w[5] = 1.5; // start, a, photo, of, a, cat
+    applyEmphasisRef(expected, 77, 32, w);
+    assert.ok(maxAbsDiff(weighted.data, expected) <= 1e-5);
+    assert.ok(maxAbsDiff(weighted.data, plain.data) > 1e-3);
+    const literal = (await te.encodePair('a photo of a (cat:1.5)', '', false, { emphasis: false, clipSkip: 1 })).cond;
+    assert.notDeepEqual(literal.ids, plain.ids);
+    await model.release();
+  });
+
   test('clip skip: needs per-layer hidden states; uses the final layer norm of the graph', async () => {
     const folder = await loadModelFolder(TINY);
     const plain = await sessions.open(folder.paths.textEncoder, 'text encoder');
@@ -728,4 +746,32 @@ describe('denoise loop feeds (fake UNet)', () => {
     const odd = await run(null);
     for (const call of odd) assert.deepEqual(call['tome_rand_1']!.data, [0n, 0n]);
   });
+
+  test('a UNet with a fixed batch or size that does not fit is named before running', async () => {
+    const { session, calls } = fakeSession();
+    await assert.rejects(
+      denoiseBatch({
+        session, io: io({ sample: { name: 'sample', type: 'float32', dims: [2, 4, 64, 64] } }), ...setup([1]),
+        latentHeight: 2, latentWidth: 2, cond: emb(1), uncond: emb(0), cfg: 7, timestepCond: null, tomeRand: null,
+      }),
+      (e: unknown) => e instanceof SdgenError && /input "sample" has a fixed height of 64; this run needs 2/.test(e.message),
+    );
+    await assert.rejects(
+      denoiseBatch({
+        session, io: io({ sample: { name: 'sample', type: 'float32', dims: [2, 4, null, null] } }), ...setup([1]),
+        latentHeight: 2, latentWidth: 2, cond: emb(1), uncond: null, cfg: 1, timestepCond: null, tomeRand: null,
+      }),
+      /fixed batch of 2; this run needs 1/,
+    );
+    assert.equal(calls.length, 0);
+  });
 });
+
+/** A1111's "Original" emphasis, written out for the test: scale rows, then restore the mean. */
+function applyEmphasisRef(h: Float32Array, seq: number, dim: number, w: number[]): void {
+  let before = 0;
+  for (const v of h) before += v;
+  let after = 0;
+  for (let s = 0; s < seq; s++) for (let j = 0; j < dim; j++) after += h[s * dim + j]! * w[s]!;
+  for (let s = 0; s < seq; s++) for (let j = 0; j < dim; j++) h[s * dim + j] = h[s * dim + j]! * w[s]! * (before / after);
+}

@@ -23,7 +23,8 @@ export interface TextEncoderIO {
 export type TimestepKind = 'float-vector' | 'float-scalar' | 'int-vector' | 'int-scalar';
 
 export interface UnetIO {
-  sample: { name: string; type: FloatType };
+  /** `dims`: [B, C, H, W], a number where the export fixed it, else null */
+  sample: { name: string; type: FloatType; dims?: (number | null)[] };
   timestep: {
     name: string;
     type: 'float32' | 'float16' | 'int64' | 'int32';
@@ -128,7 +129,7 @@ export function unetIO(info: SessionInfo, what = 'unet'): UnetIO {
   if (!out) throw new SdgenError(`${what}: no outputs`);
   if (cond && cond.shape.length !== 2) throw new SdgenError(`${what}: input "timestep_cond" has rank ${cond.shape.length}; expected 2 [B, dim]`);
   return {
-    sample: { name: sample.name, type: floatType(sample, what) },
+    sample: { name: sample.name, type: floatType(sample, what), dims: sample.shape.map(fixedDim) },
     timestep: {
       name: ts.name,
       type: tsType,

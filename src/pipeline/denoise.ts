@@ -153,6 +153,21 @@ export async function denoiseBatch(args: DenoiseArgs): Promise<DenoiseResult> {
     throw new SdgenError(`unet: input "${io.encoderHiddenStates.name}" takes width ${io.encoderHiddenStates.dim}, the text encoder gives ${D}`);
   }
 
+  const fixed = io.sample.dims;
+  if (fixed) {
+    const want = [rows, 4, h, w];
+    const names = ['batch', 'channels', 'height', 'width'];
+    for (let d = 0; d < 4; d++) {
+      const f = fixed[d];
+      if (f !== null && f !== undefined && f !== want[d]) {
+        throw new SdgenError(
+          `unet: input "${io.sample.name}" has a fixed ${names[d]} of ${f}; this run needs ${want[d]}` +
+            (d === 0 ? ' (images per batch, ×2 with guidance)' : d >= 2 ? ' (latent size = image size / VAE scale factor)' : ''),
+        );
+      }
+    }
+  }
+
   // Inputs, allocated once for the batch.
   const sample = new FloatInput(io.sample.type, [rows, 4, h, w]);
   const ehs = new FloatInput(io.encoderHiddenStates.type, [rows, S, D]);
