@@ -145,6 +145,9 @@ export class SessionManager {
       (path, options) => ort.InferenceSession.create(path, options),
   ) {
     this.selector = new ProviderSelector(runtime.device, onNotice);
+    // onnxruntime's process-wide logger prints provider-load failures (and warnings) itself, at
+    // its first session; sdgen reports them as one-line notices instead, unless --verbose.
+    ort.env.logLevel = runtime.verbose ? 'warning' : 'fatal';
   }
 
   async open(path: string, what: string): Promise<ModelSession> {
