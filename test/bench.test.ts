@@ -102,3 +102,19 @@ test('runBench on the tiny pipeline writes JSON and Markdown', async () => {
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('parseBenchOptions takes the CLI strings', async () => {
+  const { parseBenchOptions } = await import('../src/bench/index.js');
+  const o = parseBenchOptions({ sizes: '512,768x768', ratios: '0,0.5', attention: 'standard,fused', steps: '3', threads: '2', profile: true, out: 'x.json', device: 'cpu' });
+  assert.deepEqual(o.sizes, [512, 768]);
+  assert.deepEqual(o.ratios, [0, 0.5]);
+  assert.deepEqual(o.attention, ['standard', 'fused']);
+  assert.equal(o.steps, 3);
+  assert.equal(o.threads, 2);
+  assert.equal(o.profile, true);
+  assert.equal(o.out, 'x.json');
+  assert.deepEqual(parseBenchOptions({ attention: 'auto' }).attention, ['standard', 'fused']);
+  assert.throws(() => parseBenchOptions({ sizes: '512x768' }), /square/);
+  assert.throws(() => parseBenchOptions({ steps: 'two' }), /integer/);
+  assert.throws(() => parseBenchOptions({ device: 'cuda' }), /CPU/);
+});

@@ -17,6 +17,7 @@ import { SDGEN_VERSION } from '../version.js';
 import { runInChild } from './child.js';
 import type { UnetJobResult } from './jobs.js';
 import { GB, availableMemory, fmtGB, predictPeakBytes } from './memory.js';
+import { parseBenchOptions } from './options.js';
 import { deriveRatios, median, renderMarkdown } from './report.js';
 import type { BenchAttention, BenchOptions, BenchReport, ConfigResult, ImageResult, MachineInfo } from './types.js';
 import { prepareVariant, variantLabel, type PreparedVariant } from './variants.js';
@@ -24,6 +25,7 @@ import { prepareVariant, variantLabel, type PreparedVariant } from './variants.j
 export type { BenchOptions, BenchReport, ConfigResult, ImageResult, BenchAttention } from './types.js';
 export { summarizeProfile, nodeFlops } from './profile.js';
 export { predictPeakBytes } from './memory.js';
+export { parseBenchOptions } from './options.js';
 
 export const DEFAULT_BENCH_OPTIONS: Readonly<Omit<BenchOptions, 'log' | 'model' | 'cacheDir' | 'threads' | 'memoryLimit'>> = Object.freeze({
   sizes: [512, 768, 1024],
@@ -115,11 +117,17 @@ export function callsPerRound(steps: number, rounds: number): number[] {
   return Array.from({ length: r }, (_, i) => Math.floor(steps / r) + (i < steps % r ? 1 : 0));
 }
 
-export async function runBench(partial: Partial<BenchOptions> = {}): Promise<BenchReport> {
+/**
+ * Runs the benchmark. Accepts typed options or the raw `sdgen bench` flags (strings such as
+ * `sizes: '512,768'`, see ./options.ts). With `json: true` the report is printed as JSON on
+ * stdout and progress goes to stderr.
+ */
+export async function runBench(input: Partial<BenchOptions> | Record<string, unknown> = {}): Promise<BenchReport> {
+  const { json, ...partial } = parseBenchOptions(input as Record<string, unknown>);
   const o: BenchOptions = { ...DEFAULT_BENCH_OPTIONS, ...partial } as BenchOptions;
   if (partial.rounds === undefined) o.rounds = o.steps > 1 ? DEFAULT_BENCH_OPTIONS.rounds : 1;
   validate(o);
-  const log = o.log ?? ((l: string) => console.log(l));
+  const log = o.log ?? (json ? (l: string) => process.stderr.write(`${l}\n`) : (l: string) => console.log(l));
   const cacheDir = o.cacheDir ?? defaultCacheDir();
   const threads = o.threads ?? defaultThreadCount();
   const started = new Date();
@@ -272,16 +280,20 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
   }
 
   report.finished = new Date().toISOString();
-  const outDir = path.resolve(o.out);
-  await mkdir(outDir, { recursive: true });
+  // --out: a directory, or a .json/.md file name (the other format beside it)
+  const outAbs = path.resolve(o.out);
+  const ext = path.extname(outAbs).toLowerCase();
   const stamp = started.toISOString().replace(/[:.]/g, '-');
+  const base = ext === '.json' || ext === '.md' ? outAbs.slice(0, -ext.length) : path.join(outAbs, `bench-${stamp}`);
+  await mkdir(path.dirname(base), { recursive: true });
   const md = renderMarkdown(report);
-  const files = [path.join(outDir, `bench-${stamp}.json`), path.join(outDir, `bench-${stamp}.md`)];
+  const files = [`${base}.json`, `${base}.md`];
   report.files = files;
   await writeFile(files[0]!, JSON.stringify(report, null, 2));
   await writeFile(files[1]!, md);
   log('');
-  log(md);
+  if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+  else log(md);
   log(`Results: ${files.join(', ')}`);
   return report;
 }
