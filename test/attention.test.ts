@@ -414,3 +414,36 @@ test('getFusedModel writes a cached fused UNet that links the source weights and
     rmSync(cacheDir, { recursive: true, force: true });
   }
 });
+
+test('synthetic tiny UNets (SD2 style with upcast softmax and linear proj_in, opset 17): fused matches standard', async () => {
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const { synthesize } = await import('../src/synth/index.js');
+  const root = mkdtempSync(path.join(os.tmpdir(), 'sdgen-attn-synth-'));
+  try {
+    for (const style of ['sd2', 'sd1'] as const) {
+      const dir = path.join(root, style);
+      await synthesize({ arch: 'tiny', outDir: dir, style, opset: 17, seed: 3 });
+      const file = path.join(dir, 'unet', 'model.onnx');
+      const m = await loadModel(file);
+      const ref = encodeModel(m);
+      const r = fuseAttention(m);
+      assert.equal(r.count, countOp(decodeModel(ref), 'Softmax'), `${style}: ${r.skipped.join('; ')}`);
+      assert.deepEqual(checkGraph(m), []);
+      const s0 = await session(ref);
+      const s1 = await session(m);
+      const d = s0.inputMetadata.find((x) => x.name === 'encoder_hidden_states')!;
+      const width = d.isTensor && typeof d.shape[2] === 'number' ? d.shape[2] : 32;
+      const feeds = {
+        sample: new ort.Tensor('float32', rand(2 * 4 * 8 * 12, 4), [2, 4, 8, 12]),
+        timestep: new ort.Tensor('float32', Float32Array.from([900, 100]), [2]),
+        encoder_hidden_states: new ort.Tensor('float32', rand(2 * 77 * width, 5), [2, 77, width]),
+      };
+      const diff = maxAbsDiff(await runFirst(s0, feeds), await runFirst(s1, feeds));
+      assert.ok(diff <= 1e-4, `${style}: max abs ${diff}`);
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
