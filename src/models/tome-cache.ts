@@ -7,10 +7,12 @@
  * written atomically (temp files renamed into place; the entry's meta.json last).
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { link, mkdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { dirname, isAbsolute, join, normalize, resolve, sep } from 'node:path';
 import { SdgenError } from '../errors.js';
 import { loadedWithExternalData, loadModel, modelFileIdentity, saveModel } from '../onnx/model-io.js';
+import { encodeModel } from '../onnx/proto.js';
+import { DataLocation, type ModelProto } from '../onnx/types.js';
 import { applyToMe, type ApplyResult } from '../tome/rewrite.js';
 import type { PatchedBlockInfo, ToMeOptions } from '../tome/types.js';
 import { SDGEN_VERSION } from '../version.js';
@@ -49,16 +51,65 @@ export function tomeCacheKey(identity: string, o: ToMeOptions, version = SDGEN_V
  * Throws SdgenError when the graph cannot be patched under `o`.
  */
 export async function patchModelFile(inPath: string, outPath: string, o: ToMeOptions, onProgress?: PatchProgress): Promise<ApplyResult> {
+  return patchTo(inPath, outPath, o, onProgress, false);
+}
+
+async function patchTo(inPath: string, outPath: string, o: ToMeOptions, onProgress: PatchProgress | undefined, linkWeights: boolean): Promise<ApplyResult> {
   onProgress?.('load', 0, 1);
   const model = await loadModel(inPath, { externalData: 'lazy' });
   onProgress?.('load', 1, 1);
   const res = applyToMe(model, o);
   if (!res.patched) throw new SdgenError(`cannot apply ToMe to ${inPath}: ${res.reason ?? 'nothing to patch'}`);
+  if (linkWeights && (await writeWithLinkedWeights(model, inPath, outPath))) {
+    onProgress?.('write', 1, 1);
+    return res;
+  }
   await saveModel(model, outPath, {
     externalData: loadedWithExternalData(model) ? true : 'auto',
     onProgress: onProgress ? (done, total) => onProgress('write', done, total) : undefined,
   });
   return res;
+}
+
+/**
+ * Cache fast path: the rewrite adds no initializers, so the patched graph can keep reading the
+ * source's external data files unchanged. They are hard-linked beside the patched model (no copy,
+ * no extra disk space) and only the graph is written. False (nothing left behind) when the model
+ * has no external data or a file cannot be linked (other filesystem, no permission): the caller
+ * then writes a full copy.
+ */
+async function writeWithLinkedWeights(model: ModelProto, inPath: string, outPath: string): Promise<boolean> {
+  const locations = new Set<string>();
+  for (const t of model.graph!.initializer) {
+    if (t.dataLocation !== DataLocation.EXTERNAL) continue;
+    if (t.rawData) return false;
+    const loc = t.externalData?.find((e) => e.key === 'location')?.value;
+    if (!loc) return false;
+    const norm = normalize(loc);
+    if (isAbsolute(loc) || norm === '..' || norm.startsWith(`..${sep}`) || norm.startsWith('../')) return false;
+    locations.add(norm);
+  }
+  if (locations.size === 0) return false;
+  const srcDir = dirname(resolve(inPath));
+  const outDir = dirname(resolve(outPath));
+  const tag = `.${process.pid}.${Date.now()}.tmp`;
+  const linked: string[] = [];
+  try {
+    for (const loc of locations) {
+      const dst = join(outDir, loc);
+      if (resolve(dst) === resolve(outPath)) return false;
+      await mkdir(dirname(dst), { recursive: true });
+      await link(join(srcDir, loc), dst + tag);
+      linked.push(dst);
+    }
+    for (const dst of linked) await rename(dst + tag, dst);
+    await writeFile(outPath + tag, encodeModel(model));
+    await rename(outPath + tag, outPath);
+    return true;
+  } catch {
+    for (const dst of linked) await unlink(dst + tag).catch(() => undefined);
+    return false;
+  }
 }
 
 interface Meta {
@@ -110,7 +161,7 @@ export async function getPatchedUnet(
   let res: ApplyResult;
   let patched = true;
   try {
-    res = await patchModelFile(unetPath, modelPath, o, opts.onProgress);
+    res = await patchTo(unetPath, modelPath, o, opts.onProgress, true);
   } catch (e) {
     if (!(e instanceof SdgenError) || !/^cannot apply ToMe/.test(e.message)) throw e;
     patched = false;
