@@ -40,7 +40,7 @@ export const DEFAULT_BENCH_OPTIONS: Readonly<Omit<BenchOptions, 'log' | 'model' 
   imageSteps: 20,
 });
 
-/** Ratio and attention of the whole-image run: the configuration sdgen recommends. */
+/** Default ratio and attention of the whole-image run: the configuration sdgen recommends. */
 export const IMAGE_RATIO = 0.5;
 export const IMAGE_ATTENTION: BenchAttention = 'fused';
 
@@ -254,14 +254,16 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
 
   // --- one whole image
   if (o.imageSize > 0) {
-    const img: ImageResult = { size: o.imageSize, steps: o.imageSteps, ratio: IMAGE_RATIO, attention: IMAGE_ATTENTION, status: 'ok' };
+    const ratio = o.imageRatio ?? IMAGE_RATIO;
+    const attention = o.imageAttention ?? IMAGE_ATTENTION;
+    const img: ImageResult = { size: o.imageSize, steps: o.imageSteps, ratio, attention, status: 'ok' };
     if (!model.folder) {
       img.status = 'skipped';
       img.note = '--model is a UNet file, not a pipeline folder';
     } else {
-      log(`Timing one whole image (${o.imageSize}², ${o.imageSteps} steps, ToMe ${IMAGE_RATIO}, ${IMAGE_ATTENTION} attention) …`);
+      log(`Timing one whole image (${o.imageSize}², ${o.imageSteps} steps, ToMe ${ratio}, ${attention} attention) …`);
       const out = await runInChild(
-        { kind: 'image', modelDir: model.folder, size: o.imageSize, steps: o.imageSteps, ratio: IMAGE_RATIO, attention: IMAGE_ATTENTION, threads, cacheDir },
+        { kind: 'image', modelDir: model.folder, size: o.imageSize, steps: o.imageSteps, ratio, attention, threads, cacheDir },
         { memoryLimit: Math.min(limit, availableMemory() + 0.5 * GB) },
       );
       img.peakRss = out.peakRss;

@@ -61,6 +61,13 @@ export function parseBenchOptions(raw: Record<string, unknown>): Partial<BenchOp
     const v = num(raw[key] ?? raw[flag], flag, true);
     if (v !== undefined) (o as Record<string, unknown>)[key] = v;
   }
+  const ir = num(raw['imageRatio'] ?? raw['image-ratio'], 'image-ratio', false);
+  if (ir !== undefined) o.imageRatio = ir;
+  const ia = raw['imageAttention'] ?? raw['image-attention'];
+  if (ia !== undefined) {
+    if (ia !== 'standard' && ia !== 'fused') throw new UsageError(`--image-attention: ${String(ia)} is not standard or fused`);
+    o.imageAttention = ia;
+  }
   const mem = num(raw['memoryLimit'], 'memory-limit', false);
   if (mem !== undefined) o.memoryLimit = mem;
   if (raw['profile'] !== undefined) o.profile = raw['profile'] === true || raw['profile'] === 'true';

@@ -35,6 +35,10 @@ export interface BenchOptions {
   imageSize: number;
   /** denoising steps of the whole-image run; default 20 */
   imageSteps: number;
+  /** ToMe ratio of the whole-image run; default 0.5 */
+  imageRatio?: number;
+  /** attention of the whole-image run; default fused */
+  imageAttention?: BenchAttention;
   /** give up on a configuration's process after this many seconds (0 = no limit; default 0) */
   configTimeout?: number;
   /** side of the square float32 MatMul that measures the machine's rate; default 2048 */
