@@ -38,8 +38,8 @@ function headToBatch(c: SynthContext, x: string, heads: number): string {
   const cat = c.b.op('Concat', [u0, u1, hc, u2], { axis: int(0) });
   const r = reshape(c, x, cat);
   const t = transpose(c, r, [0, 2, 1, 3]);
-  const hs = c.b.constInt64(heads);
-  const bh = c.b.op('Mul', [b, hs]);
+  // torch's peephole pass drops a multiplication by 1 (single-head attention)
+  const bh = heads === 1 ? b : c.b.op('Mul', [b, c.b.constInt64(heads)]);
   const cat1 = c.b.op('Concat', [unsq0(c, bh), unsq0(c, s), unsq0(c, hd)], { axis: int(0) });
   return reshape(c, t, cat1);
 }
@@ -57,8 +57,7 @@ function batchToHead(c: SynthContext, x: string, heads: number): string {
   const cat = c.b.op('Concat', [u0, hc, u1, u2], { axis: int(0) });
   const r = reshape(c, x, cat);
   const t = transpose(c, r, [0, 2, 1, 3]);
-  const hs = c.b.constInt64(heads);
-  const hd = c.b.op('Mul', [d, hs]);
+  const hd = heads === 1 ? d : c.b.op('Mul', [d, c.b.constInt64(heads)]);
   const cat1 = c.b.op('Concat', [unsq0(c, b), unsq0(c, s), unsq0(c, hd)], { axis: int(0) });
   return reshape(c, t, cat1);
 }

@@ -22,7 +22,11 @@ export interface ParamEntry {
   rule: InitRule;
   /** counts as a model parameter (false for buffers such as position_ids) */
   trainable: boolean;
-  /** dims of the torch parameter it comes from when it is a derived view (same element count) */
+  /**
+   * Name its values are seeded from: the state-dict key of the torch parameter it comes from
+   * (for derived `onnx::…` initializers), so weights do not depend on graph numbering.
+   */
+  seedKey?: string;
 }
 
 export class SynthContext {
@@ -72,9 +76,10 @@ export class SynthContext {
    * An initializer torch derives from a parameter during export (transposed Linear weight,
    * unsqueezed norm affine): named `onnx::<Op>_<n>`, placed after the named parameters.
    */
-  derivedParam(consumerOp: string, dims: number[], rule: InitRule): string {
+  derivedParam(consumerOp: string, dims: number[], rule: InitRule, sourceLeaf: string): string {
     const name = this.b.derivedName(consumerOp);
-    this.derived.push({ name, dataType: this.ft, dims, rule, trainable: true });
+    const seedKey = [...this.path, sourceLeaf].join('.');
+    this.derived.push({ name, dataType: this.ft, dims, rule, trainable: true, seedKey });
     return name;
   }
 

@@ -77,7 +77,7 @@ export function conv2d(
 /** Linear on ≥3-D input: MatMul with the transposed weight (`onnx::MatMul_n`) then Add(bias, ·). */
 export function linear(c: SynthContext, name: string, x: string, fin: number, fout: number, bias = true): string {
   return c.mod(name, () => {
-    const w = c.derivedParam('MatMul', [fin, fout], fanInUniform(fin));
+    const w = c.derivedParam('MatMul', [fin, fout], fanInUniform(fin), 'weight');
     const mm = c.b.op('MatMul', [x, w]);
     if (!bias) return mm;
     const b = c.param('bias', [fout], fanInUniform(fin));
@@ -142,9 +142,9 @@ export function groupNorm(
     const s = c.b.op('Shape', [x]);
     const back = reshape(c, inorm, s);
     const affineDims = rank === 4 ? [channels, 1, 1] : [channels, 1];
-    const w = c.derivedParam('Mul', affineDims, ONE);
+    const w = c.derivedParam('Mul', affineDims, ONE, 'weight');
     const m = c.b.op('Mul', [back, w]);
-    const b = c.derivedParam('Add', affineDims, ZERO);
+    const b = c.derivedParam('Add', affineDims, ZERO, 'bias');
     return c.b.op('Add', [m, b], undefined, outputName ? { outputs: [outputName] } : undefined);
   });
 }

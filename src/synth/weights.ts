@@ -102,7 +102,7 @@ export const CHUNK_ELEMENTS = 1 << 22;
  */
 export function* generateChunks(seed: number, p: ParamEntry, chunkElements = CHUNK_ELEMENTS): Generator<Uint8Array> {
   const n = countOf(p.dims);
-  const rng = new Xoshiro128(tensorSeed(seed, p.name));
+  const rng = new Xoshiro128(tensorSeed(seed, p.seedKey ?? p.name));
   const rule: InitRule = p.rule;
   if (p.dataType === DataType.INT64) {
     if (rule.kind !== 'arange' && rule.kind !== 'fill') throw new Error(`int64 parameter ${p.name} needs arange/fill`);

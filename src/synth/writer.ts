@@ -25,6 +25,11 @@ export interface WriteOptions {
   salt?: string;
 }
 
+/** The parameter with its seed key prefixed by the model's salt. */
+function salted(p: ParamEntry, salt: string | undefined): ParamEntry {
+  return salt ? { ...p, seedKey: `${salt}/${p.seedKey ?? p.name}` } : p;
+}
+
 export function totalBytes(params: readonly ParamEntry[]): number {
   return params.reduce((a, p) => a + paramBytes(p), 0);
 }
@@ -48,7 +53,7 @@ export function writeModel(built: BuiltModel, dir: string, opts: WriteOptions): 
     }
     for (const param of built.params) {
       const t = byName.get(param.name);
-      const p = opts.salt ? { ...param, name: `${opts.salt}/${param.name}` } : param;
+      const p = salted(param, opts.salt);
       if (!t) throw new Error(`writeModel: initializer ${param.name} missing from the graph`);
       const size = paramBytes(p);
       if (fd !== undefined && size >= threshold) {
@@ -84,7 +89,7 @@ export function modelBytes(built: BuiltModel, seed: number, salt?: string): Uint
   const model = built.ctx.b.build();
   const byName = new Map(model.graph!.initializer.map((t) => [t.name!, t]));
   for (const p of built.params) {
-    byName.get(p.name)!.rawData = generateParam(seed, salt ? { ...p, name: `${salt}/${p.name}` } : p);
+    byName.get(p.name)!.rawData = generateParam(seed, salted(p, salt));
   }
   return encodeModel(model);
 }
