@@ -16,6 +16,7 @@ import { floatTensor, int64Tensor } from '../src/onnx/tensor.js';
 import type { ModelProto, NodeProto, TensorProto } from '../src/onnx/types.js';
 import { fuseAttention } from '../src/optimize/fuse-attention.js';
 import { defaultThreadCount } from '../src/models/session.js';
+import { maxRssBytes } from '../src/bench/memory.js';
 
 const C = 320;
 const H = 8;
@@ -78,7 +79,7 @@ async function child(): Promise<void> {
       await s.run({ x });
       ms.push(performance.now() - t);
     }
-    process.send!({ ms, rss: process.resourceUsage().maxRSS * 1024 }, () => process.exit(0));
+    process.send!({ ms, rss: maxRssBytes() }, () => process.exit(0));
   });
 }
 

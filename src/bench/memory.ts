@@ -60,5 +60,20 @@ export function processRss(pid: number): number | undefined {
   }
 }
 
+/**
+ * This process's peak RSS (bytes). On Linux, VmHWM of /proc/self/status:
+ * `process.resourceUsage().maxRSS` (getrusage) keeps the high-water mark from before exec — the
+ * parent's RSS at spawn time — so it over-reports a small child by the parent's size.
+ */
+export function maxRssBytes(): number {
+  try {
+    const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    if (m) return Number(m[1]) * 1024;
+  } catch {
+    // not Linux
+  }
+  return process.resourceUsage().maxRSS * 1024;
+}
+
 export const GB = 1024 ** 3;
 export const fmtGB = (b: number | undefined): string => (b === undefined ? '–' : (b / GB).toFixed(2));

@@ -7,12 +7,9 @@ import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import ort from 'onnxruntime-node';
 import { measureMatMulRate } from './matmul-rate.js';
+import { maxRssBytes } from './memory.js';
 import { summarizeProfile, type ProfileEvent, type ProfileSummary } from './profile.js';
 import type { WorkerJob, WorkerReply, UnetJobResult, ImageJobResult, LoadJobResult } from './jobs.js';
-
-function maxRssBytes(): number {
-  return process.resourceUsage().maxRSS * 1024;
-}
 
 function fill(n: number, seed: number): Float32Array {
   const a = new Float32Array(n);
