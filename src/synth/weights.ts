@@ -60,10 +60,26 @@ export class Xoshiro128 {
     return result;
   }
 
-  /** Fills `out` with uniform values in [-bound, bound). */
+  /** Fills `out` with uniform values in [-bound, bound) (same stream as nextU32, state in locals). */
   fillUniform(out: Float32Array, bound: number): void {
     const scale = (2 * bound) / 16777216;
-    for (let i = 0; i < out.length; i++) out[i] = (this.nextU32() >>> 8) * scale - bound;
+    let a = this.a, b = this.b, c = this.c, d = this.d;
+    for (let i = 0; i < out.length; i++) {
+      const x = Math.imul(b, 5);
+      const r = Math.imul((x << 7) | (x >>> 25), 9);
+      const t = b << 9;
+      c ^= a;
+      d ^= b;
+      b ^= c;
+      a ^= d;
+      c ^= t;
+      d = (d << 11) | (d >>> 21);
+      out[i] = (r >>> 8) * scale - bound;
+    }
+    this.a = a >>> 0;
+    this.b = b >>> 0;
+    this.c = c >>> 0;
+    this.d = d >>> 0;
   }
 }
 
