@@ -124,11 +124,10 @@ export async function loadModelFolder(dirIn: string): Promise<ModelFolder> {
     throw new SdgenError(`model folder ${dirIn}: ${pipelineClass} is not supported (sdgen runs SD 1.x/2.x pipelines)`);
   }
 
-  const [textEncoder, unet, vaeDecoder] = await Promise.all([
-    requireModel(dir, 'text_encoder'),
-    requireModel(dir, 'unet'),
-    requireModel(dir, 'vae_decoder'),
-  ]);
+  // One after the other, so the first missing part is always the one reported.
+  const textEncoder = await requireModel(dir, 'text_encoder');
+  const unet = await requireModel(dir, 'unet');
+  const vaeDecoder = await requireModel(dir, 'vae_decoder');
   const vaeEncoderPath = path.join(dir, 'vae_encoder', 'model.onnx');
   const vaeEncoder = (await exists(vaeEncoderPath)) ? vaeEncoderPath : null;
 
