@@ -459,6 +459,42 @@ describe('rewritten tiny UNet vs torch + tomesd', () => {
     assert.deepEqual(encodeModel(m), tinyBytes.length ? encodeModel(loadTiny()) : new Uint8Array());
   });
 
+  test('an already patched model is not patched again', () => {
+    const m = loadTiny();
+    assert.equal(applyToMe(m, { ...DEFAULT_TOME, ratio: 0.5 }).patched, true);
+    const before = encodeModel(m);
+    const again = applyToMe(m, { ...DEFAULT_TOME, ratio: 0.3 });
+    assert.equal(again.patched, false);
+    assert.match(again.reason!, /already ToMe-patched/);
+    assert.deepEqual(encodeModel(m), before);
+  });
+
+  test('residual adds fused as com.microsoft BiasAdd(y, bias, x) are followed', () => {
+    const m = loadTiny();
+    const g = m.graph!;
+    const idx = new GraphIndex(g);
+    let fused = 0;
+    // ff.net.2: Add(bias, MatMul) → Add(·, x2)  ⇒  BiasAdd(MatMul, bias, x2)
+    for (const n of [...g.node]) {
+      if (n.opType !== 'Add') continue;
+      const users = idx.consumers(n.output[0]!);
+      const biasIn = n.input.find((i) => idx.initializer(i));
+      const mm = n.input.find((i) => idx.producer(i)?.opType === 'MatMul');
+      if (!biasIn || !mm || users.length !== 1 || users[0]!.opType !== 'Add') continue;
+      const res = users[0]!;
+      const other = res.input.find((i) => i !== n.output[0])!;
+      if (!idx.producer(other) || idx.producer(other)!.opType !== 'Add') continue; // the residual stream x2
+      if (!/ff\/net\.2/.test(n.name ?? '')) continue;
+      Object.assign(res, { opType: 'BiasAdd', domain: 'com.microsoft', input: [mm, biasIn, other] });
+      g.node.splice(g.node.indexOf(n), 1);
+      fused++;
+    }
+    assert.equal(fused, 6);
+    const r = findTransformerBlocks(m);
+    assert.ok('blocks' in r, 'error' in r ? r.error : '');
+    assert.deepEqual(r.blocks.map((b) => b.level), [1, 1, 2, 1, 1, 1]);
+  });
+
   test('a graph without transformer blocks is reported in one line and left alone', () => {
     const m = loadTiny();
     const g = m.graph!;

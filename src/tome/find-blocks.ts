@@ -121,7 +121,11 @@ const REGION_LIMIT = 4000;
 
 /** The sub-layer hanging off a norm, or null when the structure is not a residual sub-layer. */
 function matchSubLayer(idx: GraphIndex, norm: NormMatch): Omit<SubLayer, 'kind'> & { attention: NodeProto | null } | null {
-  const streamUsers = new Set(idx.consumers(norm.stream).filter((c) => isOp(c, 'Add') || isOp(c, 'SkipLayerNormalization', 'ms')));
+  // Residual nodes: Add(y, x); SkipLayerNormalization(y, x, …) (residual add fused with the next
+  // norm); BiasAdd(y, bias, x) (com.microsoft).
+  const isResidualOp = (c: NodeProto): boolean =>
+    isOp(c, 'Add') || isOp(c, 'SkipLayerNormalization', 'ms') || (isOp(c, 'BiasAdd', 'ms') && c.input[2] === norm.stream);
+  const streamUsers = new Set(idx.consumers(norm.stream).filter(isResidualOp));
   if (isOp(norm.last, 'SkipLayerNormalization', 'ms')) streamUsers.delete(norm.last);
   const region: NodeProto[] = [];
   const seen = new Set<NodeProto>();
@@ -149,12 +153,15 @@ function matchSubLayer(idx: GraphIndex, norm: NormMatch): Omit<SubLayer, 'kind'>
     }
   }
   if (!residual) return null;
-  if (region.some((n) => idx.isGraphOutput(n.output[0] ?? ''))) return null;
   const slots = residual.input.map((i, k) => (produced.has(i) && i !== norm.stream ? k : -1)).filter((k) => k >= 0);
-  if (slots.length !== 1 || !residual.input.slice(0, 2).includes(norm.stream)) return null;
+  if (slots.length !== 1) return null;
   const slot = slots[0]!;
-  if (slot > 1) return null;
-  const next = isOp(residual, 'Add') ? residual.output[0]! : residual.output[3] ?? '';
+  if (isOp(residual, 'BiasAdd', 'ms')) {
+    if (slot !== 0) return null;
+  } else if (slot > 1 || !residual.input.slice(0, 2).includes(norm.stream)) {
+    return null;
+  }
+  const next = isOp(residual, 'SkipLayerNormalization', 'ms') ? residual.output[3] ?? '' : residual.output[0]!;
   const attns = region.filter(isAttentionNode);
   if (attns.length > 1) return null;
   // The region must feed nothing but the residual node (else merging would leak shapes).

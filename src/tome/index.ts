@@ -10,7 +10,7 @@ import type { BlockInfo, ToMeOptions } from './types.js';
 export { DEFAULT_TOME } from './types.js';
 export type { BlockInfo, PatchedBlockInfo, ToMeOptions } from './types.js';
 export { validateToMeOptions, tomeApplies, tomeRandShape, blockMergeParams } from './options.js';
-export { applyToMe, TOME_MIN_OPSET, type ApplyResult } from './rewrite.js';
+export { applyToMe, TOME_METADATA_KEY, TOME_MIN_OPSET, type ApplyResult } from './rewrite.js';
 export { buildMergeModel } from './merge-graph.js';
 
 /** The transformer blocks of a UNet graph, in run order, or a one-line reason. */

@@ -12,6 +12,9 @@ import { emitBlockPlan, emitLatentGrid, emitMerge, emitUnmerge } from './merge-g
 import { validateToMeOptions } from './options.js';
 import type { BlockInfo, PatchedBlockInfo, ToMeOptions } from './types.js';
 
+/** Metadata key recording the options a graph was patched with (and that it was). */
+export const TOME_METADATA_KEY = 'sdgen.tome';
+
 /** ScatterND / ScatterElements with reduction='add' need opset 16. */
 export const TOME_MIN_OPSET = 16;
 
@@ -48,6 +51,9 @@ export function mergedSublayers(b: BlockInfo, o: ToMeOptions, selected: boolean)
 export function applyToMe(model: ModelProto, o: ToMeOptions): ApplyResult {
   const bad = validateToMeOptions(o);
   if (bad) return { patched: false, reason: bad, blocks: [], randInputs: [] };
+  if (model.metadataProps?.some((e) => e.key === TOME_METADATA_KEY)) {
+    return { patched: false, reason: 'the model is already ToMe-patched', blocks: [], randInputs: [] };
+  }
   const found = findBlocks(model);
   if ('error' in found) return { patched: false, reason: found.error, blocks: [], randInputs: [] };
   const selected = new Set(selectedBlocks(found.blocks, o));
@@ -115,6 +121,10 @@ export function applyToMe(model: ModelProto, o: ToMeOptions): ApplyResult {
   // Shapes recorded for tensors inside merged sub-layers no longer hold (fewer tokens).
   graph.valueInfo = graph.valueInfo.filter((v) => !dropValueInfo.has(v.name));
   topologicalSort(graph);
+  model.metadataProps = [
+    ...(model.metadataProps ?? []),
+    { key: TOME_METADATA_KEY, value: JSON.stringify({ ratio: o.ratio, sx: o.sx, sy: o.sy, maxDownsample: o.maxDownsample, useRand: o.useRand, mergeAttn: o.mergeAttn, mergeCrossattn: o.mergeCrossattn, mergeMlp: o.mergeMlp }) },
+  ];
   const problems = checkGraph(model);
   if (problems.length > 0) throw new Error(`ToMe rewrite produced an invalid graph: ${problems[0]}`);
   return { patched: true, blocks: infos, randInputs };
