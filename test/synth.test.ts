@@ -11,7 +11,7 @@ import { float16ToFloat32, float32ToFloat16 } from '../src/onnx/tensor.js';
 import { generateTinyVocab } from '../src/text/tiny-vocab.js';
 import { archSpec } from '../src/synth/archs.js';
 import { buildComponents, countParams, resolveArch, synthesize } from '../src/synth/index.js';
-import { buildUNet, type UNetConfig } from '../src/synth/unet.js';
+import { buildUNet, unetConfigFromDiffusers, type UNetConfig } from '../src/synth/unet.js';
 import { buildTextEncoder } from '../src/synth/text-encoder.js';
 import { buildVaeDecoder } from '../src/synth/vae-decoder.js';
 import { modelBytes, writeModel } from '../src/synth/writer.js';
@@ -69,10 +69,9 @@ test('constTensor encodes little-endian raw data per type', () => {
 // ---------------------------------------------------------------------------------------------
 // structure against the real exports
 
-const FIXTURE_UNET: UNetConfig = {
-  ...archSpec('tiny').unet,
-  sampleSize: 32,
-};
+const FIXTURE_UNET: UNetConfig = unetConfigFromDiffusers(
+  JSON.parse(readFileSync(new URL('tiny-unet/config.json', FIX), 'utf8')) as Record<string, unknown>,
+);
 
 function scopedNames(m: ModelProto, filter: (n: string) => boolean): string[] {
   return m.graph!.node.map((n) => n.name ?? '').filter((n) => n.startsWith('/') && filter(n));
@@ -124,10 +123,28 @@ test('tiny UNet (fixture config, opset 14) matches the torch export of diffusers
 });
 
 test('tiny text encoder and VAE decoder match the diffusers-script exports of tiny-sd1', () => {
-  const spec = archSpec('tiny', 49408);
+  const cfg = (p: string) => JSON.parse(readFileSync(new URL(`tiny-sd1/${p}/config.json`, FIX), 'utf8'));
+  const te = cfg('text_encoder');
+  const vae = cfg('vae_decoder');
+  const teCfg = {
+    ...archSpec('tiny').textEncoder,
+    vocabSize: te.vocab_size,
+    hiddenSize: te.hidden_size,
+    intermediateSize: te.intermediate_size,
+    numLayers: te.num_hidden_layers,
+    numHeads: te.num_attention_heads,
+    maxPositions: te.max_position_embeddings,
+    hiddenAct: te.hidden_act,
+  };
+  const vaeCfg = {
+    ...archSpec('tiny').vae,
+    blockOutChannels: vae.block_out_channels,
+    layersPerBlock: vae.layers_per_block,
+    normNumGroups: vae.norm_num_groups,
+  };
   for (const [name, built] of [
-    ['text_encoder', buildTextEncoder(spec.textEncoder, { opset: 14, fp16: false })],
-    ['vae_decoder', buildVaeDecoder(spec.vae, { opset: 14, fp16: false })],
+    ['text_encoder', buildTextEncoder(teCfg, { opset: 14, fp16: false })],
+    ['vae_decoder', buildVaeDecoder(vaeCfg, { opset: 14, fp16: false })],
   ] as const) {
     const ref = fixture(`tiny-sd1/${name}/model.onnx`);
     const ours = built.ctx.b.build();

@@ -50,7 +50,10 @@ export function archSpec(arch: Arch, tinyVocabSize = 49408): ArchSpec {
           upBlockTypes: ['UpBlock2D', 'CrossAttnUpBlock2D'],
           layersPerBlock: 2,
           crossAttentionDim: 32,
-          attentionHeadDim: 8,
+          // 2 heads, not the tiny fixture's 8: at 64×64 latents 8 heads materialise 1 GiB score
+          // tensors (6–9 GB RSS, 15–25 s per UNet call on 2 cores); 2 heads keep the multi-head
+          // export pattern at a few seconds per call.
+          attentionHeadDim: 2,
           normNumGroups: 32,
           normEps: 1e-5,
           useLinearProjection: false,
@@ -92,7 +95,6 @@ export function archSpec(arch: Arch, tinyVocabSize = 49408): ArchSpec {
           inChannels: 4,
           outChannels: 4,
           blockOutChannels: [320, 640, 1280, 1280],
-          ...SD_BLOCKS,
           downBlockTypes: [...SD_BLOCKS.downBlockTypes],
           upBlockTypes: [...SD_BLOCKS.upBlockTypes],
           layersPerBlock: 2,

@@ -329,6 +329,35 @@ export function buildUNet(cfg: UNetConfig, opts: UNetBuildOptions): BuiltModel {
   return { ctx: c, params: c.finish() };
 }
 
+/** A UNetConfig from a diffusers UNet2DConditionModel config.json (the fields SD 1.x/2.x use). */
+export function unetConfigFromDiffusers(json: Record<string, unknown>): UNetConfig {
+  const get = <T>(key: string, fallback?: T): T => {
+    const v = json[key];
+    if (v === undefined || v === null) {
+      if (fallback === undefined) throw new Error(`UNet config: missing ${key}`);
+      return fallback;
+    }
+    return v as T;
+  };
+  return {
+    sampleSize: get<number>('sample_size', 64),
+    inChannels: get<number>('in_channels', 4),
+    outChannels: get<number>('out_channels', 4),
+    blockOutChannels: get<number[]>('block_out_channels'),
+    downBlockTypes: get<DownBlockType[]>('down_block_types'),
+    upBlockTypes: get<UpBlockType[]>('up_block_types'),
+    layersPerBlock: get<number>('layers_per_block', 2),
+    crossAttentionDim: get<number>('cross_attention_dim'),
+    attentionHeadDim: get<number | number[]>('attention_head_dim', 8),
+    normNumGroups: get<number>('norm_num_groups', 32),
+    normEps: get<number>('norm_eps', 1e-5),
+    useLinearProjection: get<boolean>('use_linear_projection', false),
+    upcastAttention: get<boolean>('upcast_attention', false),
+    flipSinToCos: get<boolean>('flip_sin_to_cos', true),
+    freqShift: get<number>('freq_shift', 0),
+  };
+}
+
 /** The diffusers config.json for a UNet built from `cfg`. */
 export function unetConfigJson(cfg: UNetConfig): Record<string, unknown> {
   return {

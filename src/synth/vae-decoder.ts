@@ -5,7 +5,6 @@
  * except the last) → conv_norm_out/SiLU/conv_out → `sample`. The 1/0.18215 latent scaling is not
  * part of the graph. Pure logic, no I/O.
  */
-import { DataType } from '../onnx/types.js';
 import { int } from '../onnx/builder.js';
 import { SynthContext } from './context.js';
 import { attentionCore } from './attention.js';
