@@ -143,6 +143,8 @@ interface MiniOptions {
   probsOutput?: boolean;
   /** wrong merge: reshape to [B, S·H, d]-like nonsense */
   badReshape?: boolean;
+  /** SDPA style with K's sqrt-scale applied before its transpose */
+  kScaleFirst?: boolean;
 }
 
 const C = 16;
@@ -206,7 +208,9 @@ function miniAttention(o: MiniOptions = {}): ModelProto {
   let probs: string;
   if (o.sdpa) {
     const qh = one(node('Mul', [split(q, [0, 2, 1, 3]), cf('sq1', sq)]));
-    const khT = one(node('Mul', [one(node('Transpose', [split(kk, [0, 2, 1, 3])], [attrInts('perm', [0, 1, 3, 2])])), cf('sq2', sq)]));
+    const khT = o.kScaleFirst
+      ? one(node('Transpose', [one(node('Mul', [split(kk, [0, 2, 1, 3]), cf('sq2', sq)]))], [attrInts('perm', [0, 1, 3, 2])]))
+      : one(node('Mul', [one(node('Transpose', [split(kk, [0, 2, 1, 3])], [attrInts('perm', [0, 1, 3, 2])])), cf('sq2', sq)]));
     scores = one(node('MatMul', [qh, khT]));
   } else {
     // 3-D heads: [B·H, S, d]
@@ -266,8 +270,8 @@ function f16(x: number): number {
 }
 
 test('hand-built attentions (3-D heads with Div scale; SDPA-style 4-D heads with sqrt-scales on Q and Kᵀ) fuse and match', async () => {
-  for (const sdpa of [false, true]) {
-    const ref = miniAttention({ sdpa });
+  for (const [sdpa, kScaleFirst] of [[false, false], [true, false], [true, true]] as const) {
+    const ref = miniAttention({ sdpa, kScaleFirst });
     const bytes = encodeModel(ref);
     const m = decodeModel(bytes);
     const r = fuseAttention(m);

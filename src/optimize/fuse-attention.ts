@@ -211,8 +211,8 @@ class AttentionMatcher {
     return this.split4(x, [0, 2, 1, 3], nodes);
   }
 
-  /** Kᵀ: transposed K heads, in either layout. */
-  private keyHeadsT(x: string, layout: Layout, nodes: NodeProto[]): HeadSplit {
+  /** Kᵀ: transposed K heads, in either layout; `factor` collects a scale met between the two. */
+  private keyHeadsT(x: string, layout: Layout, nodes: NodeProto[], factor: { v: number }): HeadSplit {
     const tr = this.producer(x, 'Transpose');
     const pm = perm(tr);
     if (layout === '3d') {
@@ -226,9 +226,8 @@ class AttentionMatcher {
     if (!samePerm(pm, [0, 1, 3, 2])) fail(`K transpose ${tr.name ?? ''} has perm [${pm?.join(',')}]`);
     nodes.push(tr);
     const inner = this.stripScale(tr.input[0]!, nodes);
-    if (inner.factor !== 1) fail('scale between K heads and their transpose');
-    const h = this.split4(inner.t, [0, 2, 1, 3], nodes);
-    return h;
+    factor.v *= inner.factor;
+    return this.split4(inner.t, [0, 2, 1, 3], nodes);
   }
 
   /** The decomposed attention whose probabilities come from `softmax`, or throws NoMatch. */
@@ -269,7 +268,9 @@ class AttentionMatcher {
     const ks = this.stripScale(qk.input[1]!, core);
     scale *= qs.factor * ks.factor;
     const qh = this.heads(qs.t, core);
-    const kh = this.keyHeadsT(ks.t, qh.layout, core);
+    const kFactor = { v: 1 };
+    const kh = this.keyHeadsT(ks.t, qh.layout, core, kFactor);
+    scale *= kFactor.v;
     const rank = qh.layout === '3d' ? 3 : 4;
     const axis = Number(getAttr(softmax, 'axis')?.i ?? Number.NaN);
     if (!(axis === -1 || axis === rank - 1)) fail(`Softmax axis ${Number.isNaN(axis) ? '(default)' : axis} is not the last`);
