@@ -420,6 +420,14 @@ describe('end to end vs diffusers (tiny-sd1)', () => {
       (e: unknown) => e instanceof Error && e.name === 'AbortError',
     );
     assert.equal(got.length, 0);
+    // the pipeline is usable again after an abort; one generate at a time
+    const small = params({ prompt: 'x', width: 64, height: 64, steps: 1, nIter: 2 });
+    const a = pipe.generate(small);
+    const first = a.next();
+    await assert.rejects(pipe.generate(small).next(), /already generating/);
+    assert.equal((await first).done, false);
+    await a.return(undefined); // leaving early frees the pipeline
+    assert.equal((await collect(pipe.generate({ ...small, nIter: 1 }))).length, 1);
   });
 });
 

@@ -95,6 +95,7 @@ export class StableDiffusionPipeline {
   /** ToMe graph keys whose rewrite is not possible for this UNet, with the reason */
   private readonly unpatchable = new Map<string, string>();
   private disposed = false;
+  private busy = false;
 
   private constructor(
     readonly folder: ModelFolder,
@@ -220,6 +221,21 @@ export class StableDiffusionPipeline {
     signal?: AbortSignal,
   ): AsyncGenerator<GeneratedImage> {
     if (this.disposed) throw new SdgenError('pipeline already disposed');
+    // Sessions (and the cached ToMe session) are shared: one generate at a time per pipeline.
+    if (this.busy) throw new SdgenError('this pipeline is already generating; run generate calls one after another');
+    this.busy = true;
+    try {
+      yield* this.run(params, events, signal);
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private async *run(
+    params: GenerationParams,
+    events: (ProgressEvents & GenerationInspector) | undefined,
+    signal: AbortSignal | undefined,
+  ): AsyncGenerator<GeneratedImage> {
     const ev = events ?? this.loadEvents;
     const folder = this.folder;
     validateGenerationParams(params, folder);
