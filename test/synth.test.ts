@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { decodeModel } from '../src/onnx/proto.js';
+import { UsageError } from '../src/errors.js';
 import { DataType, type ModelProto, type NodeProto } from '../src/onnx/types.js';
 import { GraphBuilder, constTensor, int, ints } from '../src/onnx/builder.js';
 import { float16ToFloat32, float32ToFloat16 } from '../src/onnx/tensor.js';
@@ -430,6 +431,23 @@ test('synthesize(tiny) writes a complete diffusers ONNX folder; same seed → by
   }
 });
 
+test('bad options are usage errors', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'sdgen-synth-'));
+  try {
+    const bad = [
+      { arch: 'sd3' },
+      { arch: 'sd15', style: 'sd2' },
+      { arch: 'tiny', opset: 13 },
+      { arch: 'tiny', timestepType: 'float64' },
+    ];
+    for (const o of bad) {
+      await assert.rejects(synthesize({ outDir: root, ...o } as never), (e: Error) => e instanceof UsageError, JSON.stringify(o));
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
 test('sd21-style tiny folder: v_prediction DDIM config, "!" padding, linear projections', async () => {
   const root = mkdtempSync(join(tmpdir(), 'sdgen-synth-'));
   try {
@@ -451,7 +469,7 @@ test('external data: weights.pb streaming gives the same model as inline weights
     const built = buildComponents(resolveArch('tiny')).unet;
     const inline = modelBytes(built, 5, 'unet');
     const fresh = buildComponents(resolveArch('tiny')).unet;
-    const files = writeModel(fresh, root, { seed: 5, salt: 'unet', externalFile: 'weights.pb' });
+    const files = await writeModel(fresh, root, { seed: 5, salt: 'unet', externalFile: 'weights.pb' });
     assert.deepEqual(files.map((f) => relative(root, f)), ['model.onnx', 'weights.pb']);
     const m = decodeModel(readFileSync(join(root, 'model.onnx')));
     const ext = m.graph!.initializer.filter((t) => t.externalData?.length);

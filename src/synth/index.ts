@@ -7,7 +7,8 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { generateTinyVocab } from '../text/tiny-vocab.js';
-import { archSpec, type Arch, type ArchSpec } from './archs.js';
+import { UsageError } from '../errors.js';
+import { ARCHS, archSpec, type Arch, type ArchSpec } from './archs.js';
 import { countOf, type ParamEntry } from './context.js';
 import {
   jsonText,
@@ -62,8 +63,12 @@ function tinySd2(spec: ArchSpec): ArchSpec {
 
 /** The resolved architecture (tiny's vocabulary size comes from the generated tokenizer). */
 export function resolveArch(arch: Arch, style: 'sd1' | 'sd2' = 'sd1'): ArchSpec {
+  if (!ARCHS.includes(arch)) {
+    throw new UsageError(`unknown architecture '${String(arch)}' (expected ${ARCHS.join(', ')})`);
+  }
+  if (style !== 'sd1' && style !== 'sd2') throw new UsageError(`unknown style '${String(style)}' (expected sd1, sd2)`);
   if (arch !== 'tiny') {
-    if (style !== 'sd1') throw new Error(`style '${style}' applies only to the tiny architecture`);
+    if (style !== 'sd1') throw new UsageError(`style '${style}' applies only to the tiny architecture`);
     return archSpec(arch);
   }
   const size = Object.keys(generateTinyVocab().vocab).length;
@@ -82,16 +87,21 @@ export function buildComponents(
 ): { textEncoder: BuiltModel; unet: BuiltModel; vaeDecoder: BuiltModel } {
   const opset = opts.opset ?? 14;
   const fp16 = opts.fp16 ?? false;
+  if (opset !== 14 && opset !== 17) throw new UsageError(`unsupported opset ${String(opset)} (expected 14 or 17)`);
+  const tt = opts.timestepType ?? 'float32';
+  if (!['float32', 'int64', 'float32-scalar'].includes(tt)) {
+    throw new UsageError(`unknown timestep type '${String(tt)}' (expected float32, int64, float32-scalar)`);
+  }
   return {
     textEncoder: buildTextEncoder(spec.textEncoder, { opset, fp16 }),
-    unet: buildUNet(spec.unet, { opset, fp16, timestepType: opts.timestepType ?? 'float32' }),
+    unet: buildUNet(spec.unet, { opset, fp16, timestepType: tt }),
     vaeDecoder: buildVaeDecoder(spec.vae, { opset, fp16 }),
   };
 }
 
 /** Parameter counts (torch's `sum(p.numel())`) of an architecture's three models. */
 export function countParams(arch: Arch, style: 'sd1' | 'sd2' = 'sd1'): SynthesizeResult['params'] {
-  const spec = arch === 'tiny' ? resolveArch(arch, style) : archSpec(arch);
+  const spec = resolveArch(arch, style);
   const m = buildComponents(spec);
   return {
     unet: trainable(m.unet.params),
@@ -130,15 +140,13 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
   ];
   for (const [stage, built, config, external] of stages) {
     write(`${stage}/config.json`, jsonText(config));
-    const paths = writeModel(built, join(out, stage), {
+    const paths = await writeModel(built, join(out, stage), {
       seed,
       salt: stage,
       ...(external ? { externalFile: 'weights.pb' } : {}),
       onProgress: (done, total) => opts.onProgress?.(stage, done, total),
     });
     files.push(...paths);
-    // let the event loop breathe between the big writes (progress bars redraw)
-    await new Promise((r) => setImmediate(r));
   }
   return {
     params: {

@@ -34,8 +34,13 @@ export function totalBytes(params: readonly ParamEntry[]): number {
   return params.reduce((a, p) => a + paramBytes(p), 0);
 }
 
-/** Writes `<dir>/model.onnx` (and the external file if asked); returns the paths written. */
-export function writeModel(built: BuiltModel, dir: string, opts: WriteOptions): string[] {
+const YIELD_BYTES = 64 << 20;
+
+/**
+ * Writes `<dir>/model.onnx` (and the external file if asked); returns the paths written. Yields
+ * to the event loop every 64 MiB so progress output can redraw during multi-GB writes.
+ */
+export async function writeModel(built: BuiltModel, dir: string, opts: WriteOptions): Promise<string[]> {
   const model = built.ctx.b.build();
   const inits = model.graph!.initializer;
   const byName = new Map(inits.map((t) => [t.name!, t]));
@@ -45,6 +50,7 @@ export function writeModel(built: BuiltModel, dir: string, opts: WriteOptions): 
   const threshold = opts.threshold ?? 1024;
   let fd: number | undefined;
   let offset = 0;
+  let sinceYield = 0;
   try {
     if (opts.externalFile !== undefined) {
       const extPath = join(dir, opts.externalFile);
@@ -74,6 +80,11 @@ export function writeModel(built: BuiltModel, dir: string, opts: WriteOptions): 
       }
       done += size;
       opts.onProgress?.(done, total);
+      sinceYield += size;
+      if (sinceYield >= YIELD_BYTES) {
+        sinceYield = 0;
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
     }
   } finally {
     if (fd !== undefined) closeSync(fd);
