@@ -35,7 +35,12 @@ export function buildProgram(): Command {
     .version(SDGEN_VERSION, '-V, --version')
     .showSuggestionAfterError(true)
     .exitOverride()
-    .configureOutput({ outputError: (str, write) => write(str.trimEnd().split('\n')[0]! + '\n') });
+    .configureOutput({ outputError: (str, write) => write(str.trimEnd().split('\n')[0]! + '\n') })
+    .addHelpText(
+      'after',
+      '\nGenerating is the default command: sdgen "a red fox" --model DIR [flags]\n' +
+        'Every generation flag: sdgen generate --help   ·   Flags of a command: sdgen help COMMAND',
+    );
 
   const gen = new Command('generate')
     .description('generate images (the default command)')
@@ -160,16 +165,22 @@ export function buildProgram(): Command {
   program.addCommand(patch);
 
   const bench = new Command('bench')
-    .description('benchmark UNet speed with and without ToMe across sizes and ratios')
-    .option('--model <dir>', 'model folder (default: a synthetic model)')
-    .option('--sizes <list>', 'image sizes, e.g. 512,768 or 512x768')
-    .option('--ratios <list>', 'ToMe ratios, e.g. 0,0.3,0.5')
-    .option('--attention <list>', 'attention modes, e.g. standard,fused')
-    .option('--steps <n>', 'UNet steps per measurement')
-    .option('--profile', 'write an onnxruntime profile')
-    .option('--out <file>', 'results file')
-    .option('--device <name>', 'execution provider')
-    .option('--threads <n>', 'CPU threads')
+    .description('benchmark UNet speed with and without ToMe across sizes, ratios and attention kernels (CPU)')
+    .option('--model <dir>', 'model folder or UNet .onnx (default: a synthetic SD 1.5 model, made once in the cache)')
+    .option('--sizes <list>', 'square image sizes, e.g. 512,768,1024')
+    .option('--ratios <list>', 'ToMe ratios, e.g. 0,0.3,0.5,0.6')
+    .option('--attention <list>', 'attention modes: standard,fused')
+    .option('--steps <n>', 'timed UNet calls per configuration (median reported)')
+    .option('--rounds <n>', 'rounds the timed calls are split over')
+    .option('--batch <n>', 'UNet batch (2 = with classifier-free guidance)')
+    .option('--image-size <n>', 'also time one whole image at this size (0 = skip)')
+    .option('--image-steps <n>', 'denoising steps of the whole-image run')
+    .option('--config-timeout <s>', 'give up on a configuration after this many seconds')
+    .option('--profile', "summarize onnxruntime's profile per op type")
+    .option('--out <path>', 'results directory or .json file (default: bench/results)')
+    .option('--cache-dir <dir>', 'cache directory for the synthetic model and variants')
+    .option('--device <name>', 'execution provider (the benchmark measures cpu)')
+    .option('--threads <n>', 'intra-op threads')
     .exitOverride();
   addCommon(bench);
   bench.action(async (_o: unknown, cmd: Command) => {

@@ -99,16 +99,8 @@ export async function cmdTomePatch(input: string, output: string, explicit: Part
   out.write(`wrote ${output} (${n} block${n === 1 ? '' : 's'} patched${rand}) in ${secs.toFixed(1)} s\n`);
 }
 
-/** `sdgen bench`: forwards its flags to the benchmark module (src/bench). */
+/** `sdgen bench`: forwards its flags to the benchmark module (src/bench parses and checks them). */
 export async function cmdBench(opts: Record<string, unknown>, flags: CommonFlags): Promise<void> {
-  const spec = '../bench/index.js';
-  let mod: { runBench?: (o: Record<string, unknown>) => Promise<unknown> };
-  try {
-    mod = (await import(spec)) as typeof mod;
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ERR_MODULE_NOT_FOUND') throw new SdgenError('bench: the benchmark module is not part of this build');
-    throw e;
-  }
-  if (typeof mod.runBench !== 'function') throw new SdgenError('bench: the benchmark module has no runBench');
-  await mod.runBench({ ...opts, json: flags.json, color: flags.color, verbose: flags.verbose });
+  const { runBench } = await import('../bench/index.js');
+  await runBench({ ...opts, json: flags.json });
 }
