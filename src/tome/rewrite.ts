@@ -70,10 +70,12 @@ export function applyToMe(model: ModelProto, o: ToMeOptions): ApplyResult {
 
   const graph = model.graph!;
   const current = opsetVersion(model, '') ?? 1;
-  const unsupported = graph.node.find((n) => (n.domain ?? '') === '' && n.opType === 'RoiAlign' && current < 16);
-  if (unsupported && !getAttr(unsupported, 'coordinate_transformation_mode')) {
-    // RoiAlign's default coordinate mode changed in opset 16: keep the old meaning explicitly.
-    setAttr(unsupported, attrString('coordinate_transformation_mode', 'output_half_pixel'));
+  // Raising the opset to 16 changes no op used by SD UNets; the one default that changed
+  // (RoiAlign's coordinate mode) is pinned to its old meaning.
+  for (const n of graph.node) {
+    if ((n.domain ?? '') === '' && n.opType === 'RoiAlign' && current < 16 && !getAttr(n, 'coordinate_transformation_mode')) {
+      setAttr(n, attrString('coordinate_transformation_mode', 'output_half_pixel'));
+    }
   }
   const opset = ensureOpset(model, '', Math.max(current, TOME_MIN_OPSET));
   if (model.irVersion === undefined || Number(model.irVersion) < 8) model.irVersion = 8;
