@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { decodeModel } from '../src/onnx/proto.js';
+import { attrInt } from '../src/onnx/attributes.js';
 import { UsageError } from '../src/errors.js';
 import { DataType, type ModelProto, type NodeProto } from '../src/onnx/types.js';
 import { GraphBuilder, constTensor, int, ints } from '../src/onnx/builder.js';
@@ -56,7 +57,13 @@ test('GraphBuilder names nodes and outputs like torch.onnx.export', () => {
   const attr = m.graph!.node[0]!.attribute[0]!;
   assert.deepEqual([attr.name, attr.ints], ['perm', [1, 0]]);
   assert.throws(() => b.node('Relu', [x], undefined, { name: '/down_blocks.0/attn1/Transpose' }), /duplicate/);
-  assert.equal(int(3).hasOwnProperty('int'), true);
+  // ready AttributeProtos and TensorProtos are accepted as well
+  const r = b.op('Softmax', [x], [attrInt('axis', -1)]);
+  assert.equal(Number(b.build().graph!.node.at(-1)!.attribute[0]!.i), -1);
+  assert.equal(r, '/Softmax_output_0');
+  b.addInitializer(constTensor(DataType.FLOAT, [1], [2], 'w'));
+  assert.throws(() => b.initializer('w', DataType.FLOAT, [1]), /duplicate initializer/);
+  assert.deepEqual(int(3), { int: 3 });
 });
 
 test('constTensor encodes little-endian raw data per type', () => {

@@ -172,8 +172,11 @@ export class GraphBuilder {
     }
   }
 
-  /** Adds a node; returns its output names. */
-  node(opType: string, inputs: readonly string[], attrs?: Attrs, options?: NodeOptions): string[] {
+  /**
+   * Adds a node; returns its output names. Attributes: a record of typed values
+   * (`{ axis: int(0) }`) or ready AttributeProtos (e.g. from ./attributes.ts).
+   */
+  node(opType: string, inputs: readonly string[], attrs?: Attrs | AttributeProto[], options?: NodeOptions): string[] {
     const name = options?.name ?? this.nextName(opType);
     if (this.usedNodeNames.has(name)) throw new Error(`GraphBuilder: duplicate node name ${name}`);
     this.usedNodeNames.add(name);
@@ -182,7 +185,11 @@ export class GraphBuilder {
       typeof outSpec === 'number'
         ? Array.from({ length: outSpec }, (_, i) => `${name}_output_${i}`)
         : [...outSpec];
-    const attribute = attrs ? Object.entries(attrs).map(([k, v]) => toAttributeProto(k, v)) : [];
+    const attribute = !attrs
+      ? []
+      : Array.isArray(attrs)
+        ? [...attrs]
+        : Object.entries(attrs).map(([k, v]) => toAttributeProto(k, v));
     const n: NodeProto = { input: [...inputs], output, name, opType, attribute };
     if (options?.domain) n.domain = options.domain;
     this.nodes.push(n);
@@ -191,7 +198,7 @@ export class GraphBuilder {
   }
 
   /** Single-output convenience form of `node`. */
-  op(opType: string, inputs: readonly string[], attrs?: Attrs, options?: NodeOptions): string {
+  op(opType: string, inputs: readonly string[], attrs?: Attrs | AttributeProto[], options?: NodeOptions): string {
     return this.node(opType, inputs, attrs, options)[0]!;
   }
 
@@ -237,6 +244,16 @@ export class GraphBuilder {
     this.initNames.add(name);
     const t: TensorProto = { name, dims: [...dims], dataType };
     if (data !== undefined) t.rawData = data;
+    this.inits.push(t);
+    return name;
+  }
+
+  /** Adds a ready TensorProto (it must carry a unique name) as an initializer. */
+  addInitializer(t: TensorProto): string {
+    const name = t.name;
+    if (!name) throw new Error('GraphBuilder: initializer without a name');
+    if (this.initNames.has(name)) throw new Error(`GraphBuilder: duplicate initializer ${name}`);
+    this.initNames.add(name);
     this.inits.push(t);
     return name;
   }
