@@ -1,7 +1,7 @@
 /**
  * Session load time with and without the optimized-graph cache (src/optimize/session-cache.ts),
  * each load in a fresh process:
- *   node --import tsx bench/session-load.ts [model.onnx] [--runs N] [--run-size PX]
+ *   node --import tsx bench/session-load.ts [model.onnx] [--runs N] [--run-size PX] [--prepacked]
  * Default model: the tiny-sd1 UNet fixture. Prints: plain load (optimizations at 'all'),
  * first load through the cache (optimizes + writes the entry), cached loads.
  */
@@ -20,6 +20,7 @@ const opt = (name: string, d: number): number => {
 const model = args.find((a) => a.endsWith('.onnx')) ?? new URL('../../shared/fixtures/tiny-sd1/unet/model.onnx', import.meta.url).pathname;
 const runs = opt('--runs', 3);
 const runSize = opt('--run-size', 0);
+const savePrepacked = args.includes('--prepacked');
 const threads = defaultThreadCount();
 const limit = availableMemory() - 1e9;
 const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-load-'));
@@ -38,8 +39,8 @@ try {
   const cached: number[] = [];
   const base = { kind: 'load' as const, modelPath: model, threads, ...(runSize ? { runSize } : {}) };
   for (let i = 0; i < runs; i++) plain.push(await one(`plain load #${i + 1}`, base));
-  const firstCache = await one('first load via cache', { ...base, cacheDir });
-  for (let i = 0; i < runs; i++) cached.push(await one(`cached load #${i + 1}`, { ...base, cacheDir }));
+  const firstCache = await one('first load via cache', { ...base, cacheDir, savePrepacked });
+  for (let i = 0; i < runs; i++) cached.push(await one(`cached load #${i + 1}`, { ...base, cacheDir, savePrepacked }));
   const med = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
   console.log(
     `median plain ${(med(plain) / 1000).toFixed(2)} s, first via cache ${(firstCache / 1000).toFixed(2)} s, ` +

@@ -27,6 +27,8 @@ export type WorkerJob =
       /** load through the optimized-graph cache in this directory */
       cacheDir?: string;
       variant?: string;
+      /** store prepacked weights in the cache entry */
+      savePrepacked?: boolean;
       memArena?: boolean;
       memPattern?: boolean;
       /** run one call at this size after loading (first-call time) */

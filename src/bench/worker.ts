@@ -133,7 +133,7 @@ async function runLoad(job: Extract<WorkerJob, { kind: 'load' }>): Promise<LoadJ
   let session: ort.InferenceSession;
   if (job.cacheDir) {
     const { createCachedSession } = await import('../optimize/session-cache.js');
-    const r = await createCachedSession(job.modelPath, base, { cacheDir: job.cacheDir, provider: 'cpu', variant: job.variant ?? '' });
+    const r = await createCachedSession(job.modelPath, base, { cacheDir: job.cacheDir, provider: 'cpu', variant: job.variant ?? '', savePrepacked: !!job.savePrepacked });
     session = r.session;
     cached = r.cached;
   } else {

@@ -30,6 +30,8 @@ export interface OptimizedCacheOptions {
   level?: OptimizationLevel;
   /** anything else that changed the model or its session (ToMe options, attention mode, ...) */
   variant?: string;
+  /** also store onnxruntime's prepacked weights (skips prepacking on load; ~2× the disk) */
+  savePrepacked?: boolean;
 }
 
 export const OPTIMIZED_MODEL_FILE = 'model.onnx';
@@ -70,6 +72,7 @@ export async function optimizedModelKey(modelPath: string, opts: OptimizedCacheO
     provider: opts.provider.toLowerCase(),
     level: opts.level ?? 'all',
     variant: opts.variant ?? '',
+    prepacked: !!opts.savePrepacked,
     sdgen: SDGEN_VERSION,
     ort: ortVersion(),
     // layouts chosen at 'all' depend on the CPU even for GPU sessions (CPU fallback nodes)
@@ -128,6 +131,8 @@ export async function planOptimizedModel(modelPath: string, opts: OptimizedCache
           // weights go to one external file beside the optimized graph (models > 2 GB need it)
           optimized_model_external_initializers_file_name: OPTIMIZED_WEIGHTS_FILE,
           optimized_model_external_initializers_min_size_in_bytes: '1024',
+          // prepacked MatMul weights stored too: no prepacking on load, but twice the disk
+          ...(opts.savePrepacked ? { save_external_prepacked_constant_initializers: '1' } : {}),
         },
       },
     },
