@@ -204,6 +204,46 @@ test('countParams gives the real Stable Diffusion parameter counts', () => {
   assert.equal(tiny.textEncoder, 3 * 8544 + 64 + vocab * 32 + 77 * 32);
 });
 
+test('sd15 / sd21 graphs have the real layer layout (no weights built)', () => {
+  for (const arch of ['sd15', 'sd21'] as const) {
+    const m = buildComponents(resolveArch(arch));
+    const unet = m.unet.ctx.b.build();
+    const shapes = new Map(m.unet.params.map((p) => [p.name, p.dims]));
+    const blocks = new Set(
+      unet.graph!.node.map((n) => /^(.*\/transformer_blocks\.0)\//.exec(n.name ?? '')?.[1]).filter(Boolean),
+    );
+    assert.equal(blocks.size, 16, arch); // 6 down + 1 mid + 9 up
+    assert.deepEqual(shapes.get('conv_in.weight'), [320, 4, 3, 3]);
+    assert.deepEqual(shapes.get('time_embedding.linear_1.weight'), [1280, 320]);
+    assert.deepEqual(shapes.get('up_blocks.3.resnets.2.conv1.weight'), [320, 640, 3, 3]);
+    const heads = (scope: string) => {
+      const n = unet.graph!.node.find((x) => x.name === `${scope}/transformer_blocks.0/attn1/Constant_4`)!;
+      return Number(new BigInt64Array(n.attribute[0]!.t!.rawData!.slice().buffer)[0]);
+    };
+    const te = new Map(m.textEncoder.params.map((p) => [p.name, p.dims]));
+    if (arch === 'sd15') {
+      assert.deepEqual(shapes.get('down_blocks.0.attentions.0.proj_in.weight'), [320, 320, 1, 1]);
+      assert.equal(heads('/down_blocks.0/attentions.0'), 8);
+      assert.equal(heads('/mid_block/attentions.0'), 8);
+      assert.deepEqual(te.get('text_model.embeddings.token_embedding.weight'), [49408, 768]);
+      assert.ok(te.has('text_model.encoder.layers.11.mlp.fc2.bias') && !te.has('text_model.encoder.layers.12.mlp.fc2.bias'));
+    } else {
+      assert.ok(!shapes.has('down_blocks.0.attentions.0.proj_in.weight')); // linear: transposed onnx::MatMul
+      assert.deepEqual(shapes.get('down_blocks.0.attentions.0.proj_in.bias'), [320]);
+      assert.equal(heads('/down_blocks.0/attentions.0'), 5); // head dim 64 everywhere
+      assert.equal(heads('/mid_block/attentions.0'), 20);
+      assert.equal(heads('/up_blocks.3/attentions.2'), 5);
+      assert.deepEqual(shapes.get('down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out.0.bias'), [320]);
+      assert.deepEqual(te.get('text_model.embeddings.token_embedding.weight'), [49408, 1024]);
+      assert.ok(te.has('text_model.encoder.layers.22.mlp.fc2.bias') && !te.has('text_model.encoder.layers.23.mlp.fc2.bias'));
+    }
+    const vae = new Map(m.vaeDecoder.params.map((p) => [p.name, p.dims]));
+    assert.deepEqual(vae.get('decoder.conv_in.weight'), [512, 4, 3, 3]);
+    assert.deepEqual(vae.get('decoder.up_blocks.3.resnets.2.conv2.weight'), [128, 128, 3, 3]);
+    assert.deepEqual(vae.get('post_quant_conv.weight'), [4, 4, 1, 1]);
+  }
+});
+
 // ---------------------------------------------------------------------------------------------
 // weights
 
