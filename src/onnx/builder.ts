@@ -272,14 +272,6 @@ export class GraphBuilder {
     return name;
   }
 
-  /** Renames the value `from` (an output of the last node that produced it) to `to`. */
-  renameValue(from: string, to: string): void {
-    for (const n of this.nodes) {
-      n.output = n.output.map((o) => (o === from ? to : o));
-      n.input = n.input.map((i) => (i === from ? to : i));
-    }
-  }
-
   get nodeCount(): number {
     return this.nodes.length;
   }
