@@ -196,6 +196,15 @@ export function buildProgram(): Command {
 export async function main(argv: string[] = process.argv): Promise<number> {
   const verbose = argv.includes('--verbose');
   exitCode = 0;
+  // `sdgen … | head`: a closed pipe ends the output quietly.
+  for (const stream of [process.stdout, process.stderr]) {
+    if (stream.listenerCount('error') === 0) {
+      stream.on('error', (e: NodeJS.ErrnoException) => {
+        if (e.code === 'EPIPE') process.exit(exitCode);
+        throw e;
+      });
+    }
+  }
   const program = buildProgram();
   try {
     await program.parseAsync(argv);
