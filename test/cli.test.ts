@@ -9,6 +9,7 @@ import sharp from 'sharp';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const MAIN = path.join(ROOT, 'src/cli/main.ts');
+const FIXTURES = fileURLToPath(new URL('../../shared/fixtures/', import.meta.url));
 // tsx resolved from the project, so the CLI can run with any working directory
 const TSX = import.meta.resolve('tsx');
 
@@ -201,6 +202,30 @@ test('--prompts: bad lines reported with FILE:LINE, --strict stops before genera
   assert.deepEqual(jobs.map((j) => [j.prompt, j.steps, j.seed]), [['from stdin', 20, 3], ['j', 4, 3]]);
 });
 
+test('tokens --json on the real CLIP tokenizer of the tiny-sd1 fixture', async () => {
+  const fixture = JSON.parse(readFileSync(path.join(FIXTURES, 'clip', 'tokens.json'), 'utf8')) as {
+    prompts: Array<{ prompt: string; ids: number[]; input_ids_77_pad_eot: number[] }>;
+  };
+  const cases = fixture.prompts.filter((p) => p.ids.length <= 75).slice(0, 3);
+  const long = 'a castle on a hill, ' + 'golden light, '.repeat(30);
+  const results = await Promise.all([
+    ...cases.map((c) => run(['tokens', c.prompt, '--model', path.join(FIXTURES, 'tiny-sd1'), '--json'])),
+    run(['tokens', long, '--model', path.join(FIXTURES, 'tiny-sd1'), '--json']),
+    run(['tokens', 'a red fox', '--model', path.join(FIXTURES, 'tiny-sd1')]),
+    run(['tokens', 'x']),
+  ]);
+  cases.forEach((c, i) => {
+    const r = results[i]!;
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), { ids: c.ids, input_ids: c.input_ids_77_pad_eot, count: c.ids.length });
+  });
+  const lj = JSON.parse(results[cases.length]!.stdout);
+  assert.ok(lj.count > 75 && lj.input_ids.length === 77);
+  assert.ok(lj.chunks.length >= 2 && lj.chunks.every((ch: { ids: number[] }) => ch.ids.length === 77), 'long prompts show their chunks');
+  assert.match(results[cases.length + 1]!.stdout, /^count: 3\nids: \d+ \d+ \d+\n/);
+  oneErrorLine(results[cases.length + 2]!, 2, /--model DIR is required/);
+});
+
 // ------------------------------------------------------------------ end to end on a synthetic tiny model
 
 let model = '';
@@ -274,6 +299,26 @@ test('end to end: ToMe recorded when applied, skipped below the thresholds', asy
   assert.doesNotMatch(await text('tome-off'), /Token merging/);
   assert.deepEqual(await pixels(path.join(tmp, 'tome-skip', '00001-5.png')), await pixels(path.join(tmp, 'tome-off', '00001-5.png')), 'ToMe skipped = ToMe off');
   assert.match(skipped.stderr, /ToMe/, 'says why ToMe was skipped');
+});
+
+test('info and tome-patch on the synthetic tiny model', async () => {
+  const m = await ensureModel();
+  const out = path.join(tmp, 'patched.onnx');
+  const [info, patch, noRatio, badRatio] = await Promise.all([
+    run(['info', '--model', m, '--tome', '0.5', '-W', '512', '-H', '512']),
+    run(['tome-patch', path.join(m, 'unet', 'model.onnx'), out, '--tome', '0.5', '--merge-mlp']),
+    run(['tome-patch', path.join(m, 'unet', 'model.onnx'), out]),
+    run(['info', '--model', m, '--tome', '0.8']),
+  ]);
+  assert.equal(info.status, 0, info.stderr);
+  assert.match(info.stdout, /\d+ transformer blocks? \(levels 1/);
+  assert.match(info.stdout, /block +0 +level 1 .*merge: attn/);
+  assert.match(info.stdout, /ToMe ratio 0.5 at 512x512: applied/);
+  assert.equal(patch.status, 0, patch.stderr);
+  assert.match(patch.stdout, /wrote .*patched\.onnx \(\d+ blocks? patched\)/);
+  assert.ok(existsSync(out));
+  oneErrorLine(noRatio, 2, /give a ratio with --tome R/);
+  oneErrorLine(badRatio, 2, /ToMe ratio must satisfy/);
 });
 
 test('end to end: SIGINT then --resume ends with the same files as an uninterrupted run', async () => {

@@ -118,7 +118,17 @@ export class BarReporter implements RunReporter {
   private lastStepAt = 0;
   private rate = '';
   private done = 0;
+  private total = 0;
+  private firstDone = 0;
+  private startedAt = 0;
   private readonly c: ChalkInstance;
+  /** ETA from this run's own pace (images written since start); '--' until one is written. */
+  private eta(): string {
+    const made = this.done - this.firstDone;
+    if (made <= 0) return '--';
+    const s = Math.round(((performance.now() - this.startedAt) / 1000 / made) * (this.total - this.done));
+    return s >= 3600 ? `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m` : s >= 60 ? `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s` : `${s}s`;
+  }
   constructor(
     private readonly cliProgress: typeof import('cli-progress'),
     private readonly ui: UiOptions,
@@ -136,9 +146,12 @@ export class BarReporter implements RunReporter {
       this.cliProgress.Presets.shades_classic,
     );
     this.runBar = this.multibar.create(total, alreadyDone, {}, {
-      format: `images {bar} {value}/{total} | ETA {eta_formatted} | {status}`,
+      format: `images {bar} {value}/{total} | ETA {etaText} | {status}`,
     });
-    this.runBar.update(alreadyDone, { status: alreadyDone ? `resumed, ${alreadyDone} done` : 'starting' });
+    this.total = total;
+    this.firstDone = alreadyDone;
+    this.startedAt = performance.now();
+    this.runBar.update(alreadyDone, { status: alreadyDone ? `resumed, ${alreadyDone} done` : 'starting', etaText: '--' });
     if (alreadyDone > 0) this.log(`resuming: ${alreadyDone} of ${total} images already written`);
   }
   loadingModel(model: string): void {
@@ -170,7 +183,7 @@ export class BarReporter implements RunReporter {
   }
   imageWritten(_img: PlannedImage, _job: Job, file: string): void {
     this.done++;
-    this.runBar?.update(this.done, { status: `wrote ${path.basename(file)}` });
+    this.runBar?.update(this.done, { status: `wrote ${path.basename(file)}`, etaText: this.eta() });
   }
   imageSkipped(): void {}
   jobFailed(job: Job, error: unknown, images: number): void {

@@ -168,9 +168,22 @@ export function writeFileAtomic(file: string, data: Uint8Array | string): void {
   }
 }
 
-/** Removes temporary files a killed run may have left (`.NAME.PID.N.tmp`). */
+function processAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Removes temporary files a killed run left (`.NAME.PID.N.tmp` of a process that is gone). */
 export function removeStaleTemps(dir: string): void {
-  for (const f of listDir(dir)) if (/^\..+\.\d+\.\d+\.tmp$/.test(f)) rmSync(path.join(dir, f), { force: true });
+  for (const f of listDir(dir)) {
+    const m = /^\..+\.(\d+)\.\d+\.tmp$/.exec(f);
+    if (m && !processAlive(Number(m[1]))) rmSync(path.join(dir, f), { force: true });
+  }
 }
 
 /** One manifest line per image written. */

@@ -179,7 +179,6 @@ export async function runJobs(plan: RunPlan, deps: RunDeps): Promise<RunSummary>
               summary.written++;
               reporter.imageWritten(img, job, file, rec);
             }
-            if (out.index + 1 < unit.length) reporter.imageStart?.(unit[out.index + 1]!, job);
           }
           summary.elapsedMs += performance.now() - started;
         } catch (e) {
