@@ -301,6 +301,59 @@ test('end to end: ToMe recorded when applied, skipped below the thresholds', asy
   assert.match(skipped.stderr, /ToMe/, 'says why ToMe was skipped');
 });
 
+test('end to end: a 20-line mixed prompt file writes exactly the valid jobs, one manifest line each', async () => {
+  const m = await ensureModel();
+  const lines = [
+    '# mixed batch',
+    'a red fox',
+    '--prompt "a castle, on a hill" --negative_prompt "blurry" --seed 7',
+    '{"prompt": "json job", "seed": 3, "cfg": 5}',
+    '--prompt "bad steps" --steps lots',
+    '--prompt "euler" --sampler_name "Euler" --seed 11',
+    '',
+    '--prompt "wide" --width 128 --height 64 --seed 12',
+    'plain: with a colon, and commas',
+    '--prompt "two images" --batch_size 2 --seed 20',
+    '--prompt "iter" --n_iter 2 --seed 30',
+    '--prompt "tome" --tome 0.5 --seed 40',
+    '--prompt "unknown" --colour red',
+    '{"prompt": "ddim", "sampler_name": "DDIM", "seed": 50}',
+    'another plain prompt',
+    '# comment',
+    '--prompt "cfg one" --cfg_scale 1 --seed 60',
+    '--prompt "neg" --negative-prompt "ugly, dull"',
+    'last prompt',
+    '--prompt "steps3" --steps 3 --seed 70',
+  ];
+  assert.equal(lines.length, 20);
+  const file = path.join(tmp, 'mixed.txt');
+  writeFileSync(file, lines.join('\n') + '\n');
+  const out = path.join(tmp, 'mixed-out');
+  const r = await run(['--prompts', file, '--model', m, '--steps', '2', '-W', '64', '-H', '64', '--seed', '1', '--out', out, '--device', 'cpu', '--json']);
+  assert.equal(r.status, 1, 'bad lines skipped: exit 1 at the end');
+  const errs = r.stderr.split('\n').filter((l) => l.startsWith(file));
+  assert.deepEqual(errs.map((l) => Number(l.slice(file.length + 1).split(':')[0])), [5, 13]);
+  const written = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+  // 15 valid jobs; "two images" and "iter" make 2 each
+  assert.equal(written.length, 17);
+  assert.equal(pngs(out).length, 17);
+  const manifest = readFileSync(path.join(out, 'sdgen-run.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.deepEqual(manifest.map((x) => x.file).sort(), pngs(out));
+  const byPrompt = (p: string) => manifest.filter((x) => x.params.prompt === p);
+  assert.deepEqual(byPrompt('two images').map((x) => x.seed).sort(), [20, 21]);
+  assert.deepEqual(byPrompt('iter').map((x) => x.seed).sort(), [30, 31]);
+  assert.deepEqual([byPrompt('wide')[0].params.width, byPrompt('wide')[0].params.height], [128, 64]);
+  assert.equal(byPrompt('euler')[0].params.scheduler, 'euler');
+  assert.equal(byPrompt('ddim')[0].params.scheduler, 'ddim');
+  assert.equal(byPrompt('json job')[0].params.cfg, 5);
+  assert.equal(byPrompt('a castle, on a hill')[0].params.negativePrompt, 'blurry');
+  assert.equal(byPrompt('steps3')[0].params.steps, 3);
+  assert.equal(byPrompt('neg')[0].params.negativePrompt, 'ugly, dull');
+  assert.equal(byPrompt('tome')[0].tomeApplied, true);
+  assert.equal(byPrompt('a red fox')[0].seed, 1, 'command-line seed for plain lines');
+  assert.deepEqual(byPrompt('a red fox')[0].source, `${file}:2`);
+});
+
 test('info and tome-patch on the synthetic tiny model', async () => {
   const m = await ensureModel();
   const out = path.join(tmp, 'patched.onnx');
