@@ -57,11 +57,12 @@ test('loadRc: .sdgenrc YAML found from a subdirectory, up to the stop directory'
   try {
     const sub = path.join(root, 'a', 'b');
     mkdirSync(sub, { recursive: true });
-    writeFileSync(path.join(root, '.sdgenrc'), 'steps: 12\nnegativePrompt: "blurry, low quality"\npresets:\n  mine:\n    cfg: 4\n    description: my preset\n');
+    writeFileSync(path.join(root, '.sdgenrc'), 'steps: 12\nnegativePrompt: "blurry, low quality"\nmodel: ./models/sd15\nout: /abs/out\npresets:\n  mine:\n    cfg: 4\n    model: m2\n    description: my preset\n');
     const rc = await loadRc({ cwd: sub, stopDir: root });
     assert.equal(rc.file, path.join(root, '.sdgenrc'));
-    assert.deepEqual(rc.options, { steps: 12, negativePrompt: 'blurry, low quality' });
-    assert.deepEqual(rc.presets['mine']?.options, { cfg: 4 });
+    // paths in a config file are relative to the file's folder
+    assert.deepEqual(rc.options, { steps: 12, negativePrompt: 'blurry, low quality', model: path.join(root, 'models', 'sd15'), out: '/abs/out' });
+    assert.deepEqual(rc.presets['mine']?.options, { cfg: 4, model: path.join(root, 'm2') });
     assert.equal(rc.presets['mine']?.description, 'my preset');
     // a nearer file wins
     writeFileSync(path.join(root, 'a', '.sdgenrc.json'), JSON.stringify({ steps: 8 }));

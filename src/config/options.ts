@@ -3,6 +3,7 @@
  * files. Config keys are the long flag names in camelCase (`--negative-prompt` → negativePrompt,
  * `--no-emphasis` → `emphasis: false`). Pure: no I/O.
  */
+import path from 'node:path';
 import { UsageError } from '../errors.js';
 import type { AttentionMode, DeviceName } from '../pipeline/types.js';
 
@@ -189,7 +190,12 @@ export function coerceOption(spec: OptionSpec, raw: unknown, where: string): unk
  * Validates an object of config keys (rc file, preset): every key must be a known option
  * (camelCase long flag name); throws naming the key and the file.
  */
-export function validateConfigObject(obj: unknown, source: string, allowed?: (key: string) => boolean): PartialOptions {
+export function validateConfigObject(
+  obj: unknown,
+  source: string,
+  allowed?: (key: string) => boolean,
+  baseDir?: string,
+): PartialOptions {
   if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) {
     throw new UsageError(`${source}: expected an object of options`);
   }
@@ -198,10 +204,17 @@ export function validateConfigObject(obj: unknown, source: string, allowed?: (ke
     if (allowed && allowed(k)) continue;
     const spec = SPEC_BY_KEY.get(k);
     if (!spec) throw new UsageError(`${source}: unknown key "${k}"${suggest(k)}`);
-    out[k] = coerceOption(spec, v, `${source}: ${k}`);
+    let value = coerceOption(spec, v, `${source}: ${k}`);
+    // Paths in a config file are relative to the file's directory.
+    if (baseDir !== undefined && PATH_KEYS.has(k) && typeof value === 'string' && value !== '') value = path.resolve(baseDir, value);
+    out[k] = value;
   }
   return out as PartialOptions;
 }
+
+/** Option keys holding a path. */
+export const PATH_KEYS: ReadonlySet<string> = new Set(['model', 'out', 'cacheDir']);
+
 
 function suggest(k: string): string {
   const norm = normalizeKey(k);

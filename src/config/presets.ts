@@ -38,7 +38,7 @@ function readPresetDir(dir: string, kind: 'builtin' | 'user'): NamedPreset[] {
     } catch (e) {
       throw new UsageError(`${file}: ${(e as Error).message.split('\n')[0]}`);
     }
-    return { ...presetFromObject(raw, file, file), name: f.slice(0, -'.json'.length), kind };
+    return { ...presetFromObject(raw, file, file, dir), name: f.slice(0, -'.json'.length), kind };
   });
 }
 

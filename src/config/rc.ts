@@ -37,22 +37,23 @@ export function rcFromObject(raw: unknown, file: string): RcConfig {
   if (raw === null || raw === undefined) return { file, options: {}, presets: {} };
   if (typeof raw !== 'object' || Array.isArray(raw)) throw new UsageError(`${where}: expected an object of options`);
   const obj = raw as Record<string, unknown>;
-  const options = validateConfigObject(obj, where, (k) => k === 'presets');
+  const dir = path.dirname(path.resolve(file));
+  const options = validateConfigObject(obj, where, (k) => k === 'presets', dir);
   const presets: Record<string, PresetDefinition> = {};
   if (obj.presets !== undefined) {
     if (obj.presets === null || typeof obj.presets !== 'object' || Array.isArray(obj.presets)) {
       throw new UsageError(`${where}: presets: expected an object of name → options`);
     }
     for (const [name, def] of Object.entries(obj.presets as Record<string, unknown>)) {
-      presets[name] = presetFromObject(def, `${where}: presets.${name}`, where);
+      presets[name] = presetFromObject(def, `${where}: presets.${name}`, where, dir);
     }
   }
   return { file, options, presets };
 }
 
-/** A preset object: option keys plus an optional `description`. */
-export function presetFromObject(raw: unknown, where: string, source: string): PresetDefinition {
-  const options = validateConfigObject(raw, where, (k) => k === 'description');
+/** A preset object: option keys plus an optional `description`; paths relative to `baseDir`. */
+export function presetFromObject(raw: unknown, where: string, source: string, baseDir?: string): PresetDefinition {
+  const options = validateConfigObject(raw, where, (k) => k === 'description', baseDir);
   const desc = (raw as Record<string, unknown>).description;
   if (desc !== undefined && typeof desc !== 'string') throw new UsageError(`${where}: description: expected a string`);
   return { options, description: desc as string | undefined, source };
