@@ -354,6 +354,22 @@ test('end to end: a 20-line mixed prompt file writes exactly the valid jobs, one
   assert.deepEqual(byPrompt('a red fox')[0].source, `${file}:2`);
 });
 
+test('--resume reuses the random seeds of the recorded run', async () => {
+  const m = await ensureModel();
+  const out = path.join(tmp, 'random-seeds');
+  const args = ['a fox', '--model', m, '--steps', '1', '-W', '64', '-H', '64', '--n-iter', '2', '--out', out, '--device', 'cpu'];
+  const first = await run([...args, '--json']);
+  assert.equal(first.status, 0, first.stderr);
+  const seeds = first.stdout.trim().split('\n').map((l) => JSON.parse(l).seed as number);
+  assert.equal(seeds[1], seeds[0]! + 1);
+  const [plan, other] = await Promise.all([run([...args, '--resume', '--dry-run', '--json']), run([...args, '--resume', '--name', '{seed}', '--dry-run'])]);
+  assert.equal(plan.status, 0, plan.stderr);
+  const job = JSON.parse(plan.stdout.trim());
+  assert.equal(job.seed, seeds[0]);
+  assert.deepEqual(job.files, [`00001-${seeds[0]}.png`, `00002-${seeds[1]}.png`]);
+  oneErrorLine(other, 2, /--resume: the job list or --name differs/);
+});
+
 test('info and tome-patch on the synthetic tiny model', async () => {
   const m = await ensureModel();
   const out = path.join(tmp, 'patched.onnx');

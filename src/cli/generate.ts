@@ -199,8 +199,10 @@ export async function runGenerate(positional: string | undefined, explicit: Part
   const built = buildJobs(specs, modelCtx, state?.seeds);
   if (built.jobs.length === 0) throw new UsageError(flags.prompts !== undefined ? `${flags.prompts}: no valid prompt line` : 'nothing to generate');
 
-  if (flags.resume && state && state.planHash !== built.planHash) {
-    throw new UsageError(`--resume: the job list differs from the run recorded in ${outDir}; run without --resume to start a new run`);
+  // The plan is the job list and the name template (names come from it).
+  const planHash = `${built.planHash}:${base.name}`;
+  if (flags.resume && state && state.planHash !== planHash) {
+    throw new UsageError(`--resume: the job list or --name differs from the run recorded in ${outDir}; run without --resume to start a new run`);
   }
   let images: PlannedImage[];
   const totalImages = built.jobs.reduce((n, j) => n + j.imageCount, 0);
@@ -230,7 +232,7 @@ export async function runGenerate(positional: string | undefined, explicit: Part
     throw new SdgenError(`${outDir}: cannot create the output directory (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   if (!state) {
-    writeResumeState(outDir, { version: 1, planHash: built.planHash, seeds: built.jobs.map((j) => j.params.seed), names: images.map((i) => i.file) });
+    writeResumeState(outDir, { version: 1, planHash, seeds: built.jobs.map((j) => j.params.seed), names: images.map((i) => i.file) });
   }
   const done = flags.resume ? finishedFiles(outDir) : new Set<string>();
 
