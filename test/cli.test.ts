@@ -87,6 +87,20 @@ function oneErrorLine(r: Ran, code: number, re: RegExp): void {
   assert.equal(r.stdout, '');
 }
 
+test('colour only on a TTY, never with NO_COLOR or --no-color', async () => {
+  const { colorEnabled } = await import('../src/cli/ui.js');
+  const tty = { isTTY: true } as NodeJS.WriteStream;
+  const pipe = { isTTY: false } as NodeJS.WriteStream;
+  assert.equal(colorEnabled(tty, true, {}), true);
+  assert.equal(colorEnabled(pipe, true, {}), false);
+  assert.equal(colorEnabled(tty, false, {}), false, '--no-color');
+  assert.equal(colorEnabled(tty, true, { NO_COLOR: '1' }), false);
+  assert.equal(colorEnabled(tty, true, { NO_COLOR: '' }), true, 'an empty NO_COLOR does not count');
+  // a child with stderr on a pipe writes no escape codes
+  const r = await run(['a fox', '--steps', 'x', '--dry-run']);
+  assert.doesNotMatch(r.stderr, /\x1b\[/);
+});
+
 test('bad flag values exit 2 with one line and no stack', async () => {
   const cases: Array<[string[], RegExp]> = [
     [['a fox', '--steps', 'abc', '--dry-run'], /--steps: expected an integer from 1 to 1000, got "abc"/],

@@ -26,7 +26,9 @@ export interface NamedPreset extends PresetDefinition {
 function readPresetDir(dir: string, kind: 'builtin' | 'user'): NamedPreset[] {
   let names: string[];
   try {
-    names = readdirSync(dir).filter((f) => f.endsWith('.json')).sort();
+    names = readdirSync(dir)
+      .filter((f) => f.endsWith('.json'))
+      .sort((a, b) => (a.slice(0, -5) < b.slice(0, -5) ? -1 : a.slice(0, -5) > b.slice(0, -5) ? 1 : 0));
   } catch {
     return [];
   }
