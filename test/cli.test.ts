@@ -11,7 +11,13 @@ const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const MAIN = path.join(ROOT, 'src/cli/main.ts');
 const FIXTURES = fileURLToPath(new URL('../../shared/fixtures/', import.meta.url));
 // tsx resolved from the project, so the CLI can run with any working directory
-const TSX = import.meta.resolve('tsx');
+const TSX = (() => {
+  try {
+    return import.meta.resolve('tsx');
+  } catch {
+    return 'tsx';
+  }
+})();
 
 /** Is every src .ts file older than its compiled dist .js file? */
 function distIsFresh(): boolean {
