@@ -37,8 +37,10 @@ function distIsFresh(): boolean {
 /**
  * The CLI as a child process: the built bin (bin/sdgen.js → dist/, what `npm ci` builds) when
  * dist/ is up to date with src/, else the TypeScript sources through tsx (3× slower to start).
+ * SDGEN_TEST_CLI=tsx or =bin forces one.
  */
-const CLI: string[] = distIsFresh() ? [path.join(ROOT, 'bin', 'sdgen.js')] : ['--import', TSX, MAIN];
+const useBin = process.env.SDGEN_TEST_CLI === 'bin' || (process.env.SDGEN_TEST_CLI !== 'tsx' && distIsFresh());
+const CLI: string[] = useBin ? [path.join(ROOT, 'bin', 'sdgen.js')] : ['--import', TSX, MAIN];
 process.stderr.write(`# cli.test: running ${CLI.length === 1 ? 'the built bin/sdgen.js' : 'src/cli/main.ts through tsx'}\n`);
 
 let tmp = '';
