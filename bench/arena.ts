@@ -1,7 +1,7 @@
 /**
  * Effect of onnxruntime's CPU memory arena and memory-pattern planning on UNet call time and
  * peak RSS, each setting in its own process, settings interleaved over rounds:
- *   node --import tsx bench/arena.ts [model.onnx] [--size PX] [--batch N] [--calls N] [--rounds N]
+ *   node --import tsx bench/arena.ts [model.onnx] [--size PX] [--batch N] [--calls N] [--rounds N] [--settings on-on,on-off]
  * Default model: the tiny-sd1 UNet fixture at 256².
  */
 import { runInChild } from '../src/bench/child.js';
@@ -20,12 +20,15 @@ const batch = opt('--batch', 2);
 const calls = opt('--calls', 3);
 const rounds = opt('--rounds', 2);
 const threads = defaultThreadCount();
-const settings = [
+const all = [
   { memArena: true, memPattern: true },
   { memArena: true, memPattern: false },
   { memArena: false, memPattern: true },
   { memArena: false, memPattern: false },
 ];
+// --settings on-on,on-off,…  (arena-pattern) picks a subset
+const pick = args.includes('--settings') ? args[args.indexOf('--settings') + 1]!.split(',') : null;
+const settings = pick ? all.filter((s) => pick.includes(`${s.memArena ? 'on' : 'off'}-${s.memPattern ? 'on' : 'off'}`)) : all;
 const samples = settings.map(() => [] as number[]);
 const peaks = settings.map(() => 0);
 console.log(`model ${model}, ${size}² batch ${batch}, ${calls} calls × ${rounds} rounds, ${threads} threads`);
