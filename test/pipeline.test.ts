@@ -4,7 +4,7 @@
  */
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, mkdtempSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
+import { readFileSync, mkdtempSync, rmSync, mkdirSync, writeFileSync, readdirSync, cpSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,7 +14,7 @@ import { ProviderSelector, autoProviderFor, type ProviderName } from '../src/mod
 import { physicalCoreCount, type SessionInfo } from '../src/models/session.js';
 import { unetIO, textEncoderIO } from '../src/models/io.js';
 import { SdgenError, UsageError } from '../src/errors.js';
-import { StableDiffusionPipeline, type GenerationInspector } from '../src/pipeline/pipeline.js';
+import { StableDiffusionPipeline, resolveAttention, type GenerationInspector } from '../src/pipeline/pipeline.js';
 import { decodedToRgb, roundHalfEven } from '../src/pipeline/decode.js';
 import type { PromptEmbedding } from '../src/pipeline/text-encoding.js';
 import type { GeneratedImage, GenerationParams } from '../src/pipeline/types.js';
@@ -311,12 +311,15 @@ test('uint8 conversion is diffusers\' (clamp, ×255, round half to even)', () =>
 
 describe('end to end vs diffusers (tiny-sd1)', () => {
   let pipe: StableDiffusionPipeline;
+  let cacheDir: string;
   const notices: string[] = [];
   before(async () => {
-    pipe = await StableDiffusionPipeline.load(TINY, { device: 'cpu' }, { onNotice: (m) => notices.push(m) });
+    cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-e2e-'));
+    pipe = await StableDiffusionPipeline.load(TINY, { device: 'cpu', cacheDir }, { onNotice: (m) => notices.push(m) });
   });
   after(async () => {
     await pipe?.dispose();
+    rmSync(cacheDir, { recursive: true, force: true });
   });
 
   const manifest = JSON.parse(readFileSync(path.join(E2E, 'manifest.json'), 'utf8')) as { cases: E2ECase[] };
@@ -386,6 +389,10 @@ describe('end to end vs diffusers (tiny-sd1)', () => {
       t.diagnostic(`embeds ${maxAbsDiff(seen.cond!.data, T('prompt_embeds_cond') as Float32Array)}, final latents ${dFinal} (absmax ${absmax}), image ${dImg}/255`);
       assert.ok(dImg <= 2, `image max diff ${dImg}/255`);
       assert.ok(img.timings.unetMs > 0 && img.timings.vaeMs > 0 && img.timings.textEncoderMs > 0);
+      // 'auto' (these runs' mode) is fused attention on CPU float32: diffusers' reference above is
+      // standard attention, so the bounds above hold for the fused graph against it.
+      assert.deepEqual(pipe.openUnets, [{ variant: 'original', attention: 'fused' }]);
+      assert.deepEqual(notices.filter((m) => /attention/.test(m)), []);
     });
   }
 
@@ -582,6 +589,127 @@ describe('ToMe in the pipeline', () => {
 });
 
 // ---------------------------------------------------------------------------------------------
+// Fused attention through the pipeline (tiny-sd1, small size)
+
+describe('fused attention in the pipeline', () => {
+  test('attention mode per provider and float type: auto → fused on CPU float32; fallbacks carry a reason', () => {
+    assert.deepEqual(resolveAttention('auto', 'cpu', false), { attention: 'fused' });
+    assert.deepEqual(resolveAttention('fused', 'cpu', false), { attention: 'fused' });
+    assert.deepEqual(resolveAttention('standard', 'cpu', false), { attention: 'standard' });
+    assert.deepEqual(resolveAttention('auto', 'cuda', true), { attention: 'fused' });
+    const fp16 = resolveAttention('fused', 'cpu', true);
+    assert.equal(fp16.attention, 'standard');
+    assert.match(fp16.reason ?? '', /float32 only and this UNet is float16/);
+    assert.equal(resolveAttention('auto', 'cpu', true).attention, 'standard');
+    assert.equal(resolveAttention('auto', 'coreml', false).attention, 'standard');
+  });
+
+  let pipe: StableDiffusionPipeline;
+  let cacheDir: string;
+  const notices: string[] = [];
+  before(async () => {
+    cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-fused-'));
+    pipe = await StableDiffusionPipeline.load(TINY, { device: 'cpu', cacheDir }, { onNotice: (m) => notices.push(m) });
+  });
+  after(async () => {
+    await pipe?.dispose();
+    rmSync(cacheDir, { recursive: true, force: true });
+  });
+  const p = params({ prompt: 'a red fox', negativePrompt: 'blurry', width: 128, height: 128, steps: 3, seed: 11, scheduler: 'euler_a', cfg: 5 });
+  async function final(over: Partial<GenerationParams>): Promise<{ img: GeneratedImage; latents: Float32Array }> {
+    let latents: Float32Array | undefined;
+    const [img] = await collect(pipe.generate({ ...p, ...over }, { onFinalLatents: (_s, l) => (latents = l[0]) }));
+    return { img: img!, latents: latents! };
+  }
+
+  test('fused matches standard (final latents ≤ 1e-4); only the sessions of the mode in use stay open', async (t) => {
+    // load() opened the UNet in the mode 'auto' resolves to
+    assert.deepEqual(pipe.openUnets, [{ variant: 'original', attention: 'fused' }]);
+    const fused = await final({ attention: 'fused' });
+    const std = await final({ attention: 'standard' });
+    assert.deepEqual(pipe.openUnets, [{ variant: 'original', attention: 'standard' }]);
+    const auto = await final({ attention: 'auto' });
+    assert.deepEqual(pipe.openUnets, [{ variant: 'original', attention: 'fused' }]);
+    const d = maxAbsDiff(fused.latents, std.latents);
+    t.diagnostic(`fused vs standard: final latents ${d}, image ${maxAbsDiff(fused.img.rgb, std.img.rgb)}/255`);
+    assert.ok(d <= 1e-4, `fused vs standard final latents ${d}`);
+    assert.ok(maxAbsDiff(fused.img.rgb, std.img.rgb) <= 1);
+    assert.deepEqual(auto.latents, fused.latents);
+    assert.deepEqual(notices, []);
+  });
+
+  test('ToMe then fused: differs from ToMe-standard by ≤ 1e-3; the fused rewrite runs on the patched graph', async (t) => {
+    const tome = { ...DEFAULT_TOME, ratio: 0.5 };
+    const fused = await final({ tome, attention: 'fused' });
+    assert.deepEqual(pipe.openUnets, [
+      { variant: 'original', attention: 'fused' },
+      { variant: 'tome', attention: 'fused' },
+    ]);
+    // fused copies of the exported and of the ToMe-patched UNet
+    assert.equal(readdirSync(path.join(cacheDir, 'fused')).length, 2);
+    const std = await final({ tome, attention: 'standard' });
+    assert.deepEqual(pipe.openUnets, [{ variant: 'tome', attention: 'standard' }]);
+    assert.equal(fused.img.tomeApplied, true);
+    assert.equal(std.img.tomeApplied, true);
+    const d = maxAbsDiff(fused.latents, std.latents);
+    t.diagnostic(`ToMe fused vs ToMe standard: final latents ${d}`);
+    assert.ok(d <= 1e-3, `ToMe fused vs ToMe standard final latents ${d}`);
+    const plain = await final({ attention: 'fused' });
+    assert.ok(maxAbsDiff(plain.latents, fused.latents) > 1e-3, 'ToMe changes the result');
+    // random destinations (tome_rand inputs) survive the fused rewrite
+    const rand = { ...tome, useRand: true };
+    const randFused = await final({ tome: rand, attention: 'fused' });
+    const randStd = await final({ tome: rand, attention: 'standard' });
+    assert.ok(maxAbsDiff(randFused.latents, randStd.latents) <= 1e-3);
+    assert.deepEqual(notices, []);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// onnxruntime's optimized-graph cache through the pipeline
+
+describe('optimized-graph cache', () => {
+  let cacheDir: string;
+  before(() => {
+    cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-optcache-'));
+  });
+  after(() => rmSync(cacheDir, { recursive: true, force: true }));
+  const p = params({ prompt: 'a red fox', width: 64, height: 64, steps: 2, seed: 4, scheduler: 'euler_a', cfg: 5 });
+
+  async function once(): Promise<{ hits: StableDiffusionPipeline['optimizedCacheHits']; latents: Float32Array; rgb: Uint8Array }> {
+    const pipe = await StableDiffusionPipeline.load(TINY, { device: 'cpu', cacheDir });
+    try {
+      let latents: Float32Array | undefined;
+      const [img] = await collect(pipe.generate(p, { onFinalLatents: (_s, l) => (latents = l[0]) }));
+      return { hits: pipe.optimizedCacheHits, latents: latents!, rgb: img!.rgb };
+    } finally {
+      await pipe.dispose();
+    }
+  }
+
+  test('the second load reads every session from the cache and gives the same image', async () => {
+    const first = await once();
+    assert.deepEqual(first.hits, { textEncoder: false, unet: false, tomeUnet: null, vaeDecoder: false });
+    assert.equal(readdirSync(path.join(cacheDir, 'optimized')).length, 3);
+    const second = await once();
+    assert.deepEqual(second.hits, { textEncoder: true, unet: true, tomeUnet: null, vaeDecoder: true });
+    const d = maxAbsDiff(first.latents, second.latents);
+    assert.ok(d <= 1e-5, `cached vs optimized-now final latents ${d}`);
+    assert.ok(maxAbsDiff(first.rgb, second.rgb) <= 1);
+  });
+
+  test('a cache that cannot be written loads the model as it is', async () => {
+    const notDir = path.join(cacheDir, 'a-file');
+    writeFileSync(notDir, 'x');
+    const sessions = new SessionManager({ device: 'cpu' }, undefined, undefined, { cacheDir: notDir });
+    const m = await sessions.open(path.join(TINY, 'vae_decoder', 'model.onnx'), 'vae decoder');
+    assert.equal(m.fromOptimizedCache, false);
+    assert.equal(m.info.inputs.length, 1);
+    await m.release();
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
 // Timestep and element types from the metadata (synthetic tiny models)
 
 describe('exports with other timestep / element types', () => {
@@ -626,6 +754,43 @@ describe('exports with other timestep / element types', () => {
     for (let i = 0; i < f32.rgb.length; i++) sum += Math.abs(f32.rgb[i]! - fp16.rgb[i]!);
     assert.ok(sum / f32.rgb.length < 2, `fp16 mean diff ${sum / f32.rgb.length}`);
     assert.equal(scalar.rgb.length, 64 * 64 * 3);
+  });
+
+  test('float16 UNet on CPU: auto runs standard attention silently; an explicit fused falls back with one notice', async () => {
+    const fp16 = path.join(tmp, 'fp16-attn');
+    const f32 = path.join(tmp, 'f32-attn');
+    await synthesize({ arch: 'tiny', outDir: fp16, fp16: true });
+    await synthesize({ arch: 'tiny', outDir: f32 });
+    const cacheDir = path.join(tmp, 'cache');
+    const notices: string[] = [];
+    const pipe = await StableDiffusionPipeline.load(fp16, { device: 'cpu', cacheDir }, { onNotice: (m) => notices.push(m) });
+    try {
+      assert.deepEqual(pipe.openUnets, [{ variant: 'original', attention: 'standard' }]);
+      const [auto] = await collect(pipe.generate(p));
+      assert.deepEqual(notices, []);
+      const [fused] = await collect(pipe.generate({ ...p, attention: 'fused' }));
+      assert.deepEqual(notices, [
+        "fused attention not used: onnxruntime's CPU MultiHeadAttention is float32 only and this UNet is float16; using standard attention",
+      ]);
+      assert.deepEqual(fused!.rgb, auto!.rgb);
+    } finally {
+      await pipe.dispose();
+    }
+    // A float32 text encoder makes load() expect a float32 UNet: the fused rewrite of the
+    // float16 UNet fuses nothing (CPU), and the exported graph runs, silently.
+    rmSync(path.join(fp16, 'text_encoder'), { recursive: true });
+    cpSync(path.join(f32, 'text_encoder'), path.join(fp16, 'text_encoder'), { recursive: true });
+    notices.length = 0;
+    const mixed = await StableDiffusionPipeline.load(fp16, { device: 'cpu', cacheDir }, { onNotice: (m) => notices.push(m) });
+    try {
+      assert.deepEqual(mixed.openUnets, [{ variant: 'original', attention: 'standard' }]);
+      const [img] = await collect(mixed.generate(p));
+      assert.equal(img!.rgb.length, 64 * 64 * 3);
+      assert.deepEqual(notices, []);
+      assert.equal(existsSync(path.join(cacheDir, 'fused')), false, 'nothing fused, nothing cached');
+    } finally {
+      await mixed.dispose();
+    }
   });
 });
 

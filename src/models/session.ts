@@ -9,6 +9,7 @@ import ort from 'onnxruntime-node';
 import { SdgenError } from '../errors.js';
 import type { RuntimeOptions } from '../pipeline/types.js';
 import { ProviderSelector, type ProviderName, type SessionFactory } from './providers.js';
+import { createCachedSession, DEFAULT_MEMORY_OPTIONS } from '../optimize/index.js';
 
 /** Element types sdgen deals with (onnxruntime-common's names). */
 export type ElementType = ort.Tensor.Type;
@@ -116,6 +117,7 @@ export function sessionOptions(runtime: RuntimeOptions, providers: ProviderName[
     interOpNumThreads: 1,
     executionMode: 'sequential',
     graphOptimizationLevel: 'all',
+    ...DEFAULT_MEMORY_OPTIONS,
     // ort logs provider-load failures at error level; sdgen prints its own one-line notice instead.
     logSeverityLevel: quiet && !runtime.verbose ? 4 : runtime.verbose ? 2 : 3,
   };
@@ -128,12 +130,25 @@ export interface ModelSession {
   readonly session: ort.InferenceSession;
   readonly info: SessionInfo;
   readonly provider: ProviderName;
+  /** the session was loaded from onnxruntime's optimized graph cached by an earlier run */
+  readonly fromOptimizedCache: boolean;
   release(): Promise<void>;
+}
+
+/** Where SessionManager keeps onnxruntime's optimized graphs (see src/optimize/session-cache.ts). */
+export interface OptimizedGraphCache {
+  cacheDir: string;
 }
 
 /**
  * Opens sessions for one run: one ProviderSelector (so `auto` probes the accelerator once),
  * the run's threads, and an injectable factory for tests.
+ *
+ * With `optimizedCache`, CPU sessions go through onnxruntime's optimized-graph cache: the
+ * first load saves the graph onnxruntime built (optimization level 'all'), later loads read it
+ * back with optimizations off (SD 1.5 UNet: 17 s → 2.5 s, docs/performance.md). Other providers
+ * load the model as it is. A cache that cannot be written (read-only, disk full) or an entry
+ * that onnxruntime cannot save costs nothing but the attempt: the model is then loaded plainly.
  */
 export class SessionManager {
   readonly selector: ProviderSelector;
@@ -143,6 +158,7 @@ export class SessionManager {
     onNotice: (message: string) => void = () => {},
     private readonly createSession: (path: string, options: ort.InferenceSession.SessionOptions) => Promise<ort.InferenceSession> =
       (path, options) => ort.InferenceSession.create(path, options),
+    private readonly optimizedCache: OptimizedGraphCache | null = null,
   ) {
     this.selector = new ProviderSelector(runtime.device, onNotice);
     // onnxruntime's process-wide logger prints provider-load failures (and warnings) itself, at
@@ -153,10 +169,23 @@ export class SessionManager {
   async open(path: string, what: string): Promise<ModelSession> {
     await checkModelFile(path, what);
     let used: ProviderName = 'cpu';
+    let fromCache = false;
     const factory: SessionFactory<ort.InferenceSession> = async (providers) => {
       // While probing `auto`, keep ort's own error log quiet; the selector emits the notice.
       const quiet = this.runtime.device === 'auto' && providers[0] !== 'cpu';
-      const s = await this.createSession(path, sessionOptions(this.runtime, providers, quiet));
+      const options = sessionOptions(this.runtime, providers, quiet);
+      let s: ort.InferenceSession | null = null;
+      if (this.optimizedCache && providers[0] === 'cpu') {
+        try {
+          const r = await createCachedSession(path, options, { cacheDir: this.optimizedCache.cacheDir, provider: 'cpu' }, this.createSession);
+          s = r.session;
+          fromCache = r.cached;
+        } catch {
+          // unwritable cache, full disk, a graph onnxruntime cannot save: load the model as it is
+          // (a model that cannot load at all fails again below, with its own error)
+        }
+      }
+      s ??= await this.createSession(path, options);
       used = providers[0]!;
       return s;
     };
@@ -175,6 +204,7 @@ export class SessionManager {
       session,
       info,
       provider: used,
+      fromOptimizedCache: fromCache,
       async release() {
         if (released) return;
         released = true;

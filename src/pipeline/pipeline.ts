@@ -20,10 +20,12 @@
  * UNet call when random destinations are on, so that every image stays reproducible alone.
  */
 import { SdgenError, UsageError } from '../errors.js';
-import type { GeneratedImage, GenerationParams, ProgressEvents, RuntimeOptions } from './types.js';
+import type { AttentionMode, GeneratedImage, GenerationParams, ProgressEvents, RuntimeOptions } from './types.js';
 import type { ToMeOptions } from '../tome/types.js';
 import { loadModelFolder, type ModelFolder } from '../models/folder.js';
-import { SessionManager, type ModelSession } from '../models/session.js';
+import { SessionManager, checkModelFile, type ModelSession } from '../models/session.js';
+import { errorReason, type ProviderName } from '../models/providers.js';
+import { chooseAttention, getFusedModel, providerSupportsFusedAttention, type ResolvedAttention } from '../optimize/index.js';
 import { unetIO, vaeDecoderIO, type UnetIO } from '../models/io.js';
 import { TorchGenerator } from '../random/torch-generator.js';
 import { createScheduler, resolveSchedulerName } from '../schedulers/index.js';
@@ -36,15 +38,56 @@ import { VaeDecoder } from './decode.js';
 import { findFinalLayerNorm } from '../models/final-layer-norm.js';
 import { defaultCacheDir } from '../models/cache-dir.js';
 
+/** One UNet session: the exported or the ToMe-patched graph, in one attention mode. */
 interface UnetModel {
   model: ModelSession;
   io: UnetIO;
+  /** the UNet file before the attention rewrite (exported or ToMe-patched) */
+  file: string;
+  /** the attention mode this session was opened for (what the run asked for, resolved) */
+  mode: ResolvedAttention;
+  /** the attention the session actually runs ('standard' when the fused rewrite fell back) */
+  attention: ResolvedAttention;
+  /** why a 'fused' request runs standard attention */
+  fallback?: string;
 }
 
 interface PatchedUnet extends UnetModel {
   key: string;
   /** tome_rand inputs with their shapes per latent size */
   randShape: (k: number, latentH: number, latentW: number) => number[];
+}
+
+/** Options of StableDiffusionPipeline.load. */
+export interface PipelineLoadOptions {
+  /**
+   * The attention mode the first runs will ask for (default 'auto'), so that the UNet is opened
+   * in that mode right away; a run that asks for another mode reopens it.
+   */
+  attention?: AttentionMode;
+  /**
+   * Load CPU sessions through onnxruntime's optimized-graph cache in the cache directory
+   * (default: on, unless the environment sets SDGEN_OPTIMIZED_CACHE=0). Costs disk: the
+   * optimized graph holds its own copy of the weights (one per UNet variant used).
+   */
+  optimizedCache?: boolean;
+}
+
+/**
+ * The attention a UNet runs for a requested mode: chooseAttention, except that a provider or
+ * float type without a fused kernel falls back to standard attention (with the reason, which
+ * the pipeline prints for an explicit 'fused') instead of failing.
+ */
+export function resolveAttention(mode: AttentionMode, provider: string, isFp16: boolean): { attention: ResolvedAttention; reason?: string } {
+  if (mode === 'standard') return { attention: 'standard' };
+  if (!providerSupportsFusedAttention(provider, isFp16)) {
+    const reason =
+      provider.toLowerCase() === 'cpu' && isFp16
+        ? "onnxruntime's CPU MultiHeadAttention is float32 only and this UNet is float16"
+        : `the ${provider} provider has no MultiHeadAttention kernel sdgen relies on`;
+    return { attention: 'standard', reason };
+  }
+  return { attention: chooseAttention(mode, provider, isFp16) };
 }
 
 /** The ToMe options that change the rewritten graph (min sizes only gate it). */
@@ -91,9 +134,17 @@ export function randomSeed(): number {
 }
 
 export class StableDiffusionPipeline {
+  /** the exported UNet graph, opened in the attention mode in use (null: not open right now) */
+  private original: UnetModel | null;
+  /** the ToMe-patched UNet, in the attention mode in use */
   private patched: PatchedUnet | null = null;
   /** ToMe graph keys whose rewrite is not possible for this UNet, with the reason */
   private readonly unpatchable = new Map<string, string>();
+  /** UNet files (exported or ToMe-patched) whose attention cannot be fused, with the reason */
+  private readonly unfusable = new Map<string, string>();
+  /** the UNet's I/O and provider (the same for every variant: the rewrites keep the I/O) */
+  private readonly baseIO: UnetIO;
+  private readonly unetProvider: ProviderName;
   private disposed = false;
   private busy = false;
 
@@ -103,16 +154,30 @@ export class StableDiffusionPipeline {
     private readonly sessions: SessionManager,
     private readonly textEncoder: TextEncoder,
     private readonly textModel: ModelSession,
-    private readonly unet: UnetModel,
+    unet: UnetModel,
     private readonly vaeModel: ModelSession,
     private readonly vae: VaeDecoder,
     private readonly loadEvents: ProgressEvents | undefined,
-  ) {}
+  ) {
+    this.original = unet;
+    this.baseIO = unet.io;
+    this.unetProvider = unet.model.provider;
+  }
 
-  /** Open a model folder: reads its layout and creates the three sessions. */
-  static async load(modelDir: string, runtime: RuntimeOptions, events?: ProgressEvents): Promise<StableDiffusionPipeline> {
+  /**
+   * Open a model folder: reads its layout and creates the three sessions. The UNet is opened in
+   * the attention mode `options.attention` resolves to (default 'auto').
+   */
+  static async load(
+    modelDir: string,
+    runtime: RuntimeOptions,
+    events?: ProgressEvents,
+    options: PipelineLoadOptions = {},
+  ): Promise<StableDiffusionPipeline> {
     const folder = await loadModelFolder(modelDir);
-    const sessions = new SessionManager(runtime, (m) => events?.onNotice?.(m));
+    const cacheDir = runtime.cacheDir ?? defaultCacheDir();
+    const useOptimized = options.optimizedCache ?? process.env['SDGEN_OPTIMIZED_CACHE'] !== '0';
+    const sessions = new SessionManager(runtime, (m) => events?.onNotice?.(m), undefined, useOptimized ? { cacheDir } : null);
     const opened: ModelSession[] = [];
     try {
       const total = 3;
@@ -122,16 +187,29 @@ export class StableDiffusionPipeline {
       const lnorm = await findFinalLayerNorm(folder.paths.textEncoder, textModel.info).catch(() => null);
       const textEncoder = new TextEncoder(textModel, folder.tokenizer, lnorm);
       events?.onLoad?.('unet', 1, total);
-      const unetModel = await sessions.open(folder.paths.unet, 'unet');
-      opened.push(unetModel);
-      const unet = { model: unetModel, io: unetIO(unetModel.info, 'unet') };
+      // The UNet's float type is known once a UNet session exists; until then the text
+      // encoder's stands for it (exports convert every model). A wrong guess only costs a
+      // reopen at the first run (fp32 UNet) or a rewrite that fuses nothing (fp16 UNet on CPU).
+      const mode = options.attention ?? 'auto';
+      const guessFp16 = textEncoder.io.lastHiddenState.type === 'float16';
+      const { attention } = resolveAttention(mode, textModel.provider, guessFp16);
+      const unet = await openUnetVariant(sessions, folder.paths.unet, 'unet', attention, {
+        cacheDir,
+        isFp16: guessFp16,
+        unfusable: new Map(),
+        notice: (m) => events?.onNotice?.(m),
+        explicit: mode === 'fused',
+      });
+      opened.push(unet.model);
       if (unet.io.tomeRand.length > 0) throw new SdgenError(`unet: ${folder.paths.unet} is a ToMe-patched graph; use the original export`);
       events?.onLoad?.('vae_decoder', 2, total);
       const vaeModel = await sessions.open(folder.paths.vaeDecoder, 'vae decoder');
       opened.push(vaeModel);
       const vae = new VaeDecoder(vaeModel.session, vaeDecoderIO(vaeModel.info, 'vae decoder'), folder.vaeScalingFactor);
       events?.onLoad?.('done', total, total);
-      return new StableDiffusionPipeline(folder, runtime, sessions, textEncoder, textModel, unet, vaeModel, vae, events);
+      const pipe = new StableDiffusionPipeline(folder, runtime, sessions, textEncoder, textModel, unet, vaeModel, vae, events);
+      if (unet.fallback !== undefined) pipe.unfusable.set(folder.paths.unet, unet.fallback);
+      return pipe;
     } catch (err) {
       await Promise.all(opened.map((s) => s.release().catch(() => {})));
       throw err;
@@ -140,64 +218,120 @@ export class StableDiffusionPipeline {
 
   /** The execution provider the sessions run on ('cpu', 'cuda', …). */
   get provider(): string {
-    return this.unet.model.provider;
+    return this.unetProvider;
   }
 
   /** The UNet's I/O as its metadata reports it. */
   get unetIO(): UnetIO {
-    return this.unet.io;
+    return this.baseIO;
+  }
+
+  /** What the UNet sessions currently open are (for tests and --verbose): variant and attention. */
+  get openUnets(): { variant: 'original' | 'tome'; attention: ResolvedAttention }[] {
+    const out: { variant: 'original' | 'tome'; attention: ResolvedAttention }[] = [];
+    if (this.original) out.push({ variant: 'original', attention: this.original.attention });
+    if (this.patched) out.push({ variant: 'tome', attention: this.patched.attention });
+    return out;
+  }
+
+  /** Per model, whether its session was loaded from onnxruntime's cached optimized graph. */
+  get optimizedCacheHits(): { textEncoder: boolean; unet: boolean | null; tomeUnet: boolean | null; vaeDecoder: boolean } {
+    return {
+      textEncoder: this.textModel.fromOptimizedCache,
+      unet: this.original ? this.original.model.fromOptimizedCache : null,
+      tomeUnet: this.patched ? this.patched.model.fromOptimizedCache : null,
+      vaeDecoder: this.vaeModel.fromOptimizedCache,
+    };
+  }
+
+  private get cacheDir(): string {
+    return this.runtime.cacheDir ?? defaultCacheDir();
   }
 
   /**
-   * The UNet a run uses. Hook for the attention rewrite (params.attention): 'auto' and
-   * 'standard' use the exported graph for now; 'fused' will map to the perf work's
-   * fuseAttention graph here (composing with the ToMe rewrite).
+   * The UNet a run uses: the exported or the ToMe-patched graph (params.tome), with the
+   * attention params.attention resolves to for this provider and float type. Fused attention
+   * rewrites the graph the run would otherwise use (ToMe first, then fused: getFusedModel on
+   * the patched file). A rewrite that fuses nothing, or a provider / float type without a
+   * kernel, runs standard attention: one notice for an explicit 'fused', silently for 'auto'.
+   * Only the sessions of the mode in use are kept (exported and patched graph); the rest are
+   * released.
    */
-  private async unetFor(params: GenerationParams, events: ProgressEvents | undefined): Promise<{ unet: UnetModel | PatchedUnet; tome: boolean }> {
-    if (params.attention === 'fused') {
-      events?.onNotice?.('fused attention is not available yet; using standard attention');
+  private async unetFor(
+    params: GenerationParams,
+    events: ProgressEvents | undefined,
+  ): Promise<{ unet: UnetModel | PatchedUnet; tome: boolean; attention: ResolvedAttention }> {
+    const isFp16 = this.baseIO.sample.type === 'float16';
+    const resolved = resolveAttention(params.attention, this.provider, isFp16);
+    const mode = resolved.attention;
+    // Sessions of the other mode are not needed by this run (nor, usually, the next). A session
+    // that fell back to standard attention serves both modes.
+    const serves = (u: UnetModel): boolean =>
+      u.mode === mode || u.attention === mode || (mode === 'fused' && this.unfusable.has(u.file));
+    if (this.original && !serves(this.original)) {
+      const o = this.original;
+      this.original = null;
+      await o.model.release();
     }
-    if (!(params.tome.ratio > 0)) return { unet: this.unet, tome: false };
+    if (this.patched && !serves(this.patched)) {
+      const o = this.patched;
+      this.patched = null;
+      await o.model.release();
+    }
+    const done = (unet: UnetModel | PatchedUnet, tome: boolean) => {
+      if (params.attention === 'fused' && unet.attention !== 'fused') {
+        const why = resolved.reason ?? unet.fallback ?? this.unfusable.get(unet.file) ?? 'not applicable';
+        events?.onNotice?.(`fused attention not used: ${why}; using standard attention`);
+      }
+      return { unet, tome, attention: unet.attention };
+    };
+    const variantOpts = {
+      cacheDir: this.cacheDir,
+      isFp16,
+      unfusable: this.unfusable,
+      notice: (m: string) => events?.onNotice?.(m),
+      explicit: params.attention === 'fused',
+    };
+    const original = async (): Promise<UnetModel> => {
+      if (!this.original) this.original = await openUnetVariant(this.sessions, this.folder.paths.unet, 'unet', mode, variantOpts);
+      return this.original;
+    };
+
+    if (!(params.tome.ratio > 0)) return done(await original(), false);
     const decision = tomeApplies(params.tome, params.width, params.height);
     if (!decision.apply) {
       events?.onNotice?.(`ToMe skipped: ${decision.reason ?? 'not applicable'}`);
-      return { unet: this.unet, tome: false };
+      return done(await original(), false);
     }
     const key = tomeGraphKey(params.tome);
     const unpatchable = this.unpatchable.get(key);
     if (unpatchable !== undefined) {
       events?.onNotice?.(`ToMe skipped: ${unpatchable}`);
-      return { unet: this.unet, tome: false };
+      return done(await original(), false);
     }
     if (this.patched?.key !== key) {
       if (this.patched) {
-        await this.patched.model.release();
+        const o = this.patched;
         this.patched = null;
+        await o.model.release();
       }
       const res = await getPatchedUnet(this.folder.paths.unet, params.tome, {
-        cacheDir: this.runtime.cacheDir ?? defaultCacheDir(),
-        onProgress: (stage: string, done: number, total: number) => events?.onLoad?.(`tome: ${stage}`, done, total),
+        cacheDir: this.cacheDir,
+        onProgress: (stage: string, d: number, total: number) => events?.onLoad?.(`tome: ${stage}`, d, total),
       });
       if (!res.patched) {
         const why = res.reason ?? 'the UNet graph could not be patched';
         this.unpatchable.set(key, why);
         events?.onNotice?.(`ToMe skipped: ${why}`);
-        return { unet: this.unet, tome: false };
+        return done(await original(), false);
       }
-      const model = await this.sessions.open(res.path, 'ToMe unet');
-      let io: UnetIO;
-      try {
-        io = unetIO(model.info, 'ToMe unet');
-      } catch (err) {
-        await model.release();
-        throw err;
-      }
+      const v = await openUnetVariant(this.sessions, res.path, 'ToMe unet', mode, variantOpts);
+      const io = v.io;
       const opts = { ...params.tome };
       const blocks: readonly { randInput?: string; level: number | null }[] = res.blocks;
       this.patched = {
+        ...v,
         key,
-        model,
-        io,
         randShape: (k, lh, lw) => {
           const name = io.tomeRand[k]!.name;
           const block = blocks.find((b) => b.randInput === name);
@@ -207,7 +341,7 @@ export class StableDiffusionPipeline {
         },
       };
     }
-    return { unet: this.patched!, tome: true };
+    return done(this.patched!, true);
   }
 
   /**
@@ -353,8 +487,59 @@ export class StableDiffusionPipeline {
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    const all = [this.textModel, this.unet.model, this.vaeModel, ...(this.patched ? [this.patched.model] : [])];
+    const all = [this.textModel, this.vaeModel, ...[this.original, this.patched].flatMap((u) => (u ? [u.model] : []))];
+    this.original = null;
     this.patched = null;
     await Promise.all(all.map((m) => m.release().catch(() => {})));
   }
+}
+
+interface OpenUnetOptions {
+  cacheDir: string;
+  isFp16: boolean;
+  /** files whose fused rewrite is known not to work (read and updated) */
+  unfusable: Map<string, string>;
+  notice: (message: string) => void;
+  /** the user asked for 'fused' (the caller prints the fallback notice) */
+  explicit: boolean;
+}
+
+/**
+ * Opens one UNet file in an attention mode. 'fused': the file's fused copy (getFusedModel,
+ * cached on disk), or the file itself with standard attention when the rewrite fuses nothing
+ * (remembered in `unfusable`, silently) or fails (a notice unless the caller prints one).
+ */
+async function openUnetVariant(
+  sessions: SessionManager,
+  file: string,
+  what: string,
+  mode: ResolvedAttention,
+  o: OpenUnetOptions,
+): Promise<UnetModel> {
+  const open = async (p: string, w: string, attention: ResolvedAttention, fallback?: string): Promise<UnetModel> => {
+    const model = await sessions.open(p, w);
+    try {
+      return { model, io: unetIO(model.info, w), file, mode, attention, ...(fallback !== undefined ? { fallback } : {}) };
+    } catch (err) {
+      await model.release();
+      throw err;
+    }
+  };
+  if (mode === 'standard') return open(file, what, 'standard');
+  let reason = o.unfusable.get(file);
+  if (reason === undefined) {
+    await checkModelFile(file, what);
+    let failed = false;
+    try {
+      const r = await getFusedModel(file, { cacheDir: o.cacheDir, allowFloat16: o.isFp16 });
+      if (r.fused) return await open(r.path, `${what} (fused attention)`, 'fused');
+      reason = r.reason;
+    } catch (err) {
+      failed = true;
+      reason = `the fused ${what} failed (${errorReason(err)})`;
+    }
+    o.unfusable.set(file, reason);
+    if (failed && !o.explicit) o.notice(`${reason}; using standard attention`);
+  }
+  return open(file, what, 'standard', reason);
 }
