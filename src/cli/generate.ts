@@ -266,7 +266,7 @@ export async function runGenerate(positional: string | undefined, explicit: Part
       {
         loadPipeline: async (model, events): Promise<PipelineLike> => {
           if (!existsSync(model!)) throw new SdgenError(`model folder not found: ${model}`);
-          return StableDiffusionPipeline.load(model!, runtime, events);
+          return StableDiffusionPipeline.load(model!, runtime, events, { attention: built.jobs.find((j) => j.model === model)?.params.attention ?? base.attention });
         },
         encode: (out, extras) =>
           png.encodeImagePng(out.rgb, out.width, out.height, { sdgen: SDGEN_VERSION, params: out.params, model: out.modelName, tomeApplied: out.tomeApplied }, extras),
