@@ -7,12 +7,13 @@
  * written atomically (temp files renamed into place; the entry's meta.json last).
  */
 import { createHash } from 'node:crypto';
-import { link, mkdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
-import { dirname, isAbsolute, join, normalize, resolve, sep } from 'node:path';
+import { constants as fsConstants } from 'node:fs';
+import { copyFile, link, mkdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, normalize, resolve, sep } from 'node:path';
 import { SdgenError } from '../errors.js';
 import { loadedWithExternalData, loadModel, modelFileIdentity, saveModel } from '../onnx/model-io.js';
 import { encodeModel } from '../onnx/proto.js';
-import { DataLocation, type ModelProto } from '../onnx/types.js';
+import { DataLocation, type ModelProto, type StringStringEntryProto } from '../onnx/types.js';
 import { applyToMe, type ApplyResult } from '../tome/rewrite.js';
 import type { PatchedBlockInfo, ToMeOptions } from '../tome/types.js';
 import { SDGEN_VERSION } from '../version.js';
@@ -51,16 +52,16 @@ export function tomeCacheKey(identity: string, o: ToMeOptions, version = SDGEN_V
  * Throws SdgenError when the graph cannot be patched under `o`.
  */
 export async function patchModelFile(inPath: string, outPath: string, o: ToMeOptions, onProgress?: PatchProgress): Promise<ApplyResult> {
-  return patchTo(inPath, outPath, o, onProgress, false);
+  return patchTo(inPath, outPath, o, onProgress, 'copy');
 }
 
-async function patchTo(inPath: string, outPath: string, o: ToMeOptions, onProgress: PatchProgress | undefined, linkWeights: boolean): Promise<ApplyResult> {
+async function patchTo(inPath: string, outPath: string, o: ToMeOptions, onProgress: PatchProgress | undefined, weights: WeightsMode): Promise<ApplyResult> {
   onProgress?.('load', 0, 1);
   const model = await loadModel(inPath, { externalData: 'lazy' });
   onProgress?.('load', 1, 1);
   const res = applyToMe(model, o);
   if (!res.patched) throw new SdgenError(`cannot apply ToMe to ${inPath}: ${res.reason ?? 'nothing to patch'}`);
-  if (linkWeights && (await writeWithLinkedWeights(model, inPath, outPath))) {
+  if (await writeKeepingWeights(model, inPath, outPath, weights)) {
     onProgress?.('write', 1, 1);
     return res;
   }
@@ -71,43 +72,61 @@ async function patchTo(inPath: string, outPath: string, o: ToMeOptions, onProgre
   return res;
 }
 
+/** How the source's external data files reach the patched model: hard links (cache) or copies. */
+type WeightsMode = 'link' | 'copy';
+
 /**
- * Cache fast path: the rewrite adds no initializers, so the patched graph can keep reading the
- * source's external data files unchanged. They are hard-linked beside the patched model (no copy,
- * no extra disk space) and only the graph is written. False (nothing left behind) when the model
- * has no external data or a file cannot be linked (other filesystem, no permission): the caller
- * then writes a full copy.
+ * Fast path: the rewrite adds no initializers, so the patched graph can keep reading the source's
+ * external data files unchanged, byte for byte. They are hard-linked (cache: no copy, no extra
+ * disk space) or copied by the kernel (`tome-patch`: copy_file_range / reflink where the
+ * filesystem has it, far faster than re-serialising) beside the patched model, and only the graph
+ * is written; a file that already is the source's (output beside the input) is left as it is.
+ * False (nothing left behind) when the model has no external data or a file cannot be linked or
+ * copied: the caller then writes through the streaming writer.
  */
-async function writeWithLinkedWeights(model: ModelProto, inPath: string, outPath: string): Promise<boolean> {
-  const locations = new Set<string>();
+async function writeKeepingWeights(model: ModelProto, inPath: string, outPath: string, mode: WeightsMode): Promise<boolean> {
+  const entries: StringStringEntryProto[] = [];
+  const locations = new Map<string, string>(); // source location -> location beside the output
   for (const t of model.graph!.initializer) {
     if (t.dataLocation !== DataLocation.EXTERNAL) continue;
     if (t.rawData) return false;
-    const loc = t.externalData?.find((e) => e.key === 'location')?.value;
-    if (!loc) return false;
-    const norm = normalize(loc);
-    if (isAbsolute(loc) || norm === '..' || norm.startsWith(`..${sep}`) || norm.startsWith('../')) return false;
-    locations.add(norm);
+    const entry = t.externalData?.find((e) => e.key === 'location');
+    if (!entry) return false;
+    const norm = normalize(entry.value);
+    if (isAbsolute(entry.value) || norm === '..' || norm.startsWith(`..${sep}`) || norm.startsWith('../')) return false;
+    entries.push(entry);
+    if (!locations.has(norm)) {
+      // The cache keeps the source's names (one directory per entry); a user's output gets names
+      // of its own (<file>_data, <file>_data.1, ...) so it never replaces another model's weights.
+      const i = locations.size;
+      locations.set(norm, mode === 'link' ? norm : `${basename(outPath)}_data${i === 0 ? '' : `.${i}`}`);
+    }
   }
   if (locations.size === 0) return false;
   const srcDir = dirname(resolve(inPath));
   const outDir = dirname(resolve(outPath));
   const tag = `.${process.pid}.${Date.now()}.tmp`;
-  const linked: string[] = [];
+  const placed: string[] = [];
+  const original = entries.map((e) => e.value);
   try {
-    for (const loc of locations) {
-      const dst = join(outDir, loc);
+    for (const [loc, target] of locations) {
+      const src = join(srcDir, loc);
+      const dst = join(outDir, target);
       if (resolve(dst) === resolve(outPath)) return false;
+      if (resolve(dst) === resolve(src)) continue;
       await mkdir(dirname(dst), { recursive: true });
-      await link(join(srcDir, loc), dst + tag);
-      linked.push(dst);
+      if (mode === 'link') await link(src, dst + tag);
+      else await copyFile(src, dst + tag, fsConstants.COPYFILE_FICLONE);
+      placed.push(dst);
     }
-    for (const dst of linked) await rename(dst + tag, dst);
+    for (const e of entries) e.value = locations.get(normalize(e.value))!;
+    for (const dst of placed) await rename(dst + tag, dst);
     await writeFile(outPath + tag, encodeModel(model));
     await rename(outPath + tag, outPath);
     return true;
   } catch {
-    for (const dst of linked) await unlink(dst + tag).catch(() => undefined);
+    entries.forEach((e, i) => (e.value = original[i]!));
+    for (const dst of placed) await unlink(dst + tag).catch(() => undefined);
     return false;
   }
 }
@@ -161,7 +180,7 @@ export async function getPatchedUnet(
   let res: ApplyResult;
   let patched = true;
   try {
-    res = await patchTo(unetPath, modelPath, o, opts.onProgress, true);
+    res = await patchTo(unetPath, modelPath, o, opts.onProgress, 'link');
   } catch (e) {
     if (!(e instanceof SdgenError) || !/^cannot apply ToMe/.test(e.message)) throw e;
     patched = false;
