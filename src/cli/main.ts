@@ -154,13 +154,14 @@ export function buildProgram(): Command {
     .argument('<out>', 'output .onnx')
     .option('--config <file>', 'config file')
     .option('-q, --quiet', 'no progress')
+    .option('--copy-weights', 'copy the external weights file instead of hard-linking it (same filesystem only)')
     .exitOverride();
   addOptionFlags(patch, TOME_SPECS);
   addCommon(patch);
   patch.action(async (input: string, output: string, _o: unknown, cmd: Command) => {
     const explicit = explicitOptions(cmd, TOME_SPECS);
     const { cmdTomePatch } = await import('./tome-commands.js');
-    await cmdTomePatch(input, output, explicit, { ...common(cmd), config: cmd.opts().config });
+    await cmdTomePatch(input, output, explicit, { ...common(cmd), config: cmd.opts().config, copyWeights: cmd.opts().copyWeights === true });
   });
   program.addCommand(patch);
 

@@ -59,7 +59,7 @@ export async function cmdInfo(
   );
 }
 
-export async function cmdTomePatch(input: string, output: string, explicit: PartialOptions, flags: CommonFlags & { config?: string }, out: Out = process.stdout): Promise<void> {
+export async function cmdTomePatch(input: string, output: string, explicit: PartialOptions, flags: CommonFlags & { config?: string; copyWeights?: boolean }, out: Out = process.stdout): Promise<void> {
   const tome = await tomeOptionsFor(explicit, flags.config);
   if (!(tome.ratio > 0)) throw new UsageError('tome-patch: give a ratio with --tome R (R > 0)');
   if (!existsSync(input)) throw new SdgenError(`model not found: ${input}`);
@@ -81,7 +81,7 @@ export async function cmdTomePatch(input: string, output: string, explicit: Part
         bar.start(Math.max(total, 1), done, { stage });
         stageNow = stage;
       } else bar.update(done);
-    });
+    }, { copyWeights: flags.copyWeights });
   } finally {
     bar?.stop();
   }

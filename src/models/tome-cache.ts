@@ -51,8 +51,14 @@ export function tomeCacheKey(identity: string, o: ToMeOptions, version = SDGEN_V
  * (external data kept in one weights file `<out name>_data` when the source had external data).
  * Throws SdgenError when the graph cannot be patched under `o`.
  */
-export async function patchModelFile(inPath: string, outPath: string, o: ToMeOptions, onProgress?: PatchProgress): Promise<ApplyResult> {
-  return patchTo(inPath, outPath, o, onProgress, 'copy');
+export async function patchModelFile(
+  inPath: string,
+  outPath: string,
+  o: ToMeOptions,
+  onProgress?: PatchProgress,
+  opts: { copyWeights?: boolean } = {},
+): Promise<ApplyResult> {
+  return patchTo(inPath, outPath, o, onProgress, opts.copyWeights ? 'copy' : 'link-own-names');
 }
 
 async function patchTo(inPath: string, outPath: string, o: ToMeOptions, onProgress: PatchProgress | undefined, weights: WeightsMode): Promise<ApplyResult> {
@@ -72,15 +78,20 @@ async function patchTo(inPath: string, outPath: string, o: ToMeOptions, onProgre
   return res;
 }
 
-/** How the source's external data files reach the patched model: hard links (cache) or copies. */
-type WeightsMode = 'link' | 'copy';
+/**
+ * How the source's external data files reach the patched model: 'link' keeps their names and
+ * hard-links them (cache entries, one directory each); 'link-own-names' hard-links them under the
+ * output's own names (<file>_data, ...) and copies where linking is impossible (`tome-patch`);
+ * 'copy' always copies under the output's own names (`tome-patch --copy-weights`).
+ */
+type WeightsMode = 'link' | 'link-own-names' | 'copy';
 
 /**
  * Fast path: the rewrite adds no initializers, so the patched graph can keep reading the source's
- * external data files unchanged, byte for byte. They are hard-linked (cache: no copy, no extra
- * disk space) or copied by the kernel (`tome-patch`: copy_file_range / reflink where the
- * filesystem has it, far faster than re-serialising) beside the patched model, and only the graph
- * is written; a file that already is the source's (output beside the input) is left as it is.
+ * external data files unchanged, byte for byte. They are hard-linked (no copy, no extra disk
+ * space) or copied by the kernel (copy_file_range / reflink where the filesystem has it, far
+ * faster than re-serialising) beside the patched model, and only the graph is written; a file
+ * that already is the source's is left as it is.
  * False (nothing left behind) when the model has no external data or a file cannot be linked or
  * copied: the caller then writes through the streaming writer.
  */
@@ -115,8 +126,9 @@ async function writeKeepingWeights(model: ModelProto, inPath: string, outPath: s
       if (resolve(dst) === resolve(outPath)) return false;
       if (resolve(dst) === resolve(src)) continue;
       await mkdir(dirname(dst), { recursive: true });
-      if (mode === 'link') await link(src, dst + tag);
-      else await copyFile(src, dst + tag, fsConstants.COPYFILE_FICLONE);
+      if (mode === 'copy') await copyFile(src, dst + tag, fsConstants.COPYFILE_FICLONE);
+      else if (mode === 'link') await link(src, dst + tag);
+      else await link(src, dst + tag).catch(() => copyFile(src, dst + tag, fsConstants.COPYFILE_FICLONE));
       placed.push(dst);
     }
     for (const e of entries) e.value = locations.get(normalize(e.value))!;
