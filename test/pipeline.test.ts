@@ -131,7 +131,9 @@ describe('provider selection', () => {
     assert.equal(await sel.create(factory), 'session on cpu');
     assert.equal(await sel.create(factory), 'session on cpu');
     assert.deepEqual(calls, [['cuda', 'cpu'], ['cpu'], ['cpu']]);
-    assert.deepEqual(notices, ['cuda unavailable (OrtSessionOptionsAppendExecutionProvider_Cuda: Failed to load shared library); using CPU']);
+    assert.deepEqual(notices, [
+      'cuda unavailable (CUDA provider libraries not installed: OrtSessionOptionsAppendExecutionProvider_Cuda: Failed to load shared library; see README "GPU"); using CPU',
+    ]);
     assert.equal(sel.provider, 'cpu');
   });
 
@@ -162,7 +164,7 @@ describe('provider selection', () => {
       sel.create(async () => {
         throw new Error('Failed to load shared library libcudart.so');
       }),
-      (e: unknown) => e instanceof SdgenError && /execution provider "cuda" failed to load: Failed to load shared library/.test(e.message),
+      (e: unknown) => e instanceof SdgenError && /execution provider "cuda" failed to load: CUDA provider libraries not installed: Failed to load shared library libcudart\.so; see README "GPU"/.test(e.message),
     );
     assert.deepEqual(notices, []);
     const cpu = new ProviderSelector('cpu', undefined, 'linux');

@@ -46,6 +46,18 @@ export function errorReason(err: unknown): string {
   return line.trim().replace(/\s+/g, ' ').slice(0, 300);
 }
 
+/**
+ * The reason a provider failed, in the user's terms: a provider library that is not there at all
+ * (onnxruntime-node installs without the CUDA libraries by default) says how to get it.
+ */
+export function providerFailure(provider: string, err: unknown): string {
+  const reason = errorReason(err);
+  if (provider === 'cuda' && /failed to load shared library|cannot open shared object/i.test(reason)) {
+    return `CUDA provider libraries not installed: ${reason}; see README "GPU"`;
+  }
+  return reason;
+}
+
 /** True when an onnxruntime error is about the model file rather than the provider. */
 export function isModelLoadError(err: unknown): boolean {
   const msg = err instanceof Error ? err.message : String(err);
@@ -105,7 +117,7 @@ export class ProviderSelector {
       } catch (err) {
         // A broken model file fails on every provider: report it as such, not as a provider problem.
         if (isModelLoadError(err)) throw wrapLoadError(err, what);
-        this.onNotice(`${best} unavailable (${errorReason(err)}); using CPU`);
+        this.onNotice(`${best} unavailable (${providerFailure(best, err)}); using CPU`);
       }
     }
     const s = await this.createOn(factory, 'cpu', what);
@@ -119,7 +131,7 @@ export class ProviderSelector {
     } catch (err) {
       if (err instanceof SdgenError) throw err;
       if (provider !== 'cpu' && !isModelLoadError(err)) {
-        throw new SdgenError(`execution provider "${provider}" failed to load: ${errorReason(err)}`, { cause: err });
+        throw new SdgenError(`execution provider "${provider}" failed to load: ${providerFailure(provider, err)}`, { cause: err });
       }
       throw wrapLoadError(err, what);
     }
