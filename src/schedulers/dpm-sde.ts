@@ -12,9 +12,9 @@
  * Steps ending at σ = 0 draw nothing. Pure logic.
  */
 import type { RandomSource } from '../random/types.js';
-import type { Scheduler, SchedulerConfig } from './types.js';
-import { drawNoise, ensure, f32, indexForTimestep, outputFor, resolveConfig, scaleBySigma, sigmaInitNoise, sigmaToT } from './common.js';
-import { TrainingSchedule, sigmaGrid } from './sigma-base.js';
+import type { SchedulerConfig } from './types.js';
+import { drawNoise, ensure, f32, outputFor, resolveConfig, scaleBySigma, sigmaToT } from './common.js';
+import { SigmaScheduler, sigmaDenoiser, sigmaGrid } from './sigma-base.js';
 import { doubleAfterFirst } from './heun.js';
 
 export const DPM_SDE_DEFAULTS = {
@@ -33,13 +33,8 @@ export const DPM_SDE_DEFAULTS = {
 const tOf = (sigma: number): number => f32(-f32(Math.log(sigma)));
 const sigmaOf = (t: number): number => f32(Math.exp(-t));
 
-export class DpmSdeScheduler implements Scheduler {
+export class DpmSdeScheduler extends SigmaScheduler<typeof DPM_SDE_DEFAULTS> {
   readonly name = 'dpmpp_sde';
-  readonly config: typeof DPM_SDE_DEFAULTS;
-  private readonly train: TrainingSchedule;
-  timesteps: number[] = [];
-  sigmas: number[] = [];
-  private stepIndex: number | null = null;
   private savedSample: Float32Array | null = null;
   private inSecondOrder = false;
   private midPointSigma: number | null = null;
@@ -49,15 +44,8 @@ export class DpmSdeScheduler implements Scheduler {
   private readonly sNoise: number;
 
   constructor(config?: SchedulerConfig, sNoise = 1) {
-    this.config = resolveConfig(DPM_SDE_DEFAULTS, config);
-    this.train = new TrainingSchedule(this.config);
+    super(resolveConfig(DPM_SDE_DEFAULTS, config));
     this.sNoise = sNoise;
-  }
-
-  get initNoiseSigma(): number {
-    let max = 0;
-    for (const s of this.sigmas) if (s > max) max = s;
-    return sigmaInitNoise(max, this.config.timestep_spacing);
   }
 
   setTimesteps(steps: number): void {
@@ -78,12 +66,7 @@ export class DpmSdeScheduler implements Scheduler {
     this.midPointSigma = null;
   }
 
-  private index(t: number): number {
-    if (this.stepIndex === null) this.stepIndex = indexForTimestep(this.timesteps, t);
-    return this.stepIndex;
-  }
-
-  scaleModelInput(x: Float32Array, t: number, out?: Float32Array): Float32Array {
+  override scaleModelInput(x: Float32Array, t: number, out?: Float32Array): Float32Array {
     const sigma = this.sigmas[this.index(t)]!;
     return scaleBySigma(x, this.inSecondOrder ? this.midPointSigma! : sigma, out);
   }
@@ -95,20 +78,13 @@ export class DpmSdeScheduler implements Scheduler {
     const sigma = first ? this.sigmas[i]! : this.sigmas[i - 1]!;
     const sigmaNext = first ? this.sigmas[i + 1]! : this.sigmas[i]!;
     const o = outputFor(x, out);
-    const pt = this.config.prediction_type;
-    if (pt !== 'epsilon' && pt !== 'v_prediction') throw new Error(`DPM++ SDE: prediction_type '${pt}' is not supported`);
     const tCur = tOf(sigma);
     const tNextFull = sigmaNext > 0 ? tOf(sigmaNext) : Infinity;
     const tProposed = f32(tCur + f32(f32(tNextFull - tCur) * 0.5));
     const sigmaIn = first ? sigma : sigmaOf(tProposed);
+    const denoise = sigmaDenoiser(this.config.prediction_type, sigmaIn, 'DPM++ SDE');
     const x0 = (this.x0 = ensure(this.x0, len));
-    const vScale = f32(-sigmaIn / f32(Math.sqrt(f32(f32(sigmaIn * sigmaIn) + 1))));
-    const vDen = f32(f32(sigmaIn * sigmaIn) + 1);
-    for (let k = 0; k < len; k++) {
-      const s = x[k]!;
-      const m = modelOutput[k]!;
-      x0[k] = pt === 'epsilon' ? f32(s - f32(sigmaIn * m)) : f32(f32(m * vScale) + f32(s / vDen));
-    }
+    for (let k = 0; k < len; k++) x0[k] = denoise(x[k]!, modelOutput[k]!);
     if (sigmaNext === 0) {
       // Euler step to zero
       const dt = f32(sigmaNext - sigma);

@@ -4,9 +4,9 @@
  * when churn is off, so the generator's state stays in step with diffusers. Pure logic.
  */
 import type { RandomSource } from '../random/types.js';
-import type { Scheduler, SchedulerConfig } from './types.js';
-import { drawNoise, ensure, f32, indexForTimestep, outputFor, resolveConfig, scaleBySigma, sigmaInitNoise } from './common.js';
-import { TrainingSchedule, sigmaGrid } from './sigma-base.js';
+import type { SchedulerConfig } from './types.js';
+import { drawNoise, ensure, f32, outputFor, resolveConfig } from './common.js';
+import { SigmaScheduler, sigmaDenoiser, sigmaGrid } from './sigma-base.js';
 
 export const EULER_DEFAULTS = {
   num_train_timesteps: 1000,
@@ -32,26 +32,14 @@ export interface EulerOptions {
   sNoise?: number;
 }
 
-export class EulerScheduler implements Scheduler {
+export class EulerScheduler extends SigmaScheduler<typeof EULER_DEFAULTS> {
   readonly name: string = 'euler';
-  readonly config: typeof EULER_DEFAULTS;
-  private readonly train: TrainingSchedule;
   private readonly opts: Required<EulerOptions>;
-  timesteps: number[] = [];
-  sigmas: number[] = [];
-  private stepIndex: number | null = null;
   private noise: Float32Array | null = null;
 
   constructor(config?: SchedulerConfig, opts: EulerOptions = {}, overrides: Partial<typeof EULER_DEFAULTS> = {}) {
-    this.config = { ...resolveConfig(EULER_DEFAULTS, config), ...overrides };
-    this.train = new TrainingSchedule(this.config, true);
+    super({ ...resolveConfig(EULER_DEFAULTS, config), ...overrides });
     this.opts = { sChurn: opts.sChurn ?? 0, sTmin: opts.sTmin ?? 0, sTmax: opts.sTmax ?? Infinity, sNoise: opts.sNoise ?? 1 };
-  }
-
-  get initNoiseSigma(): number {
-    let max = 0;
-    for (const s of this.sigmas) if (s > max) max = s;
-    return sigmaInitNoise(max, this.config.timestep_spacing);
   }
 
   setTimesteps(steps: number): void {
@@ -62,15 +50,6 @@ export class EulerScheduler implements Scheduler {
         ? grid.sigmas.map((s) => f32(0.25 * f32(Math.log(s))))
         : grid.timesteps;
     this.stepIndex = null;
-  }
-
-  private index(t: number): number {
-    if (this.stepIndex === null) this.stepIndex = indexForTimestep(this.timesteps, t);
-    return this.stepIndex;
-  }
-
-  scaleModelInput(x: Float32Array, t: number, out?: Float32Array): Float32Array {
-    return scaleBySigma(x, this.sigmas[this.index(t)]!, out);
   }
 
   step(modelOutput: Float32Array, t: number, x: Float32Array, generator?: RandomSource, out?: Float32Array): Float32Array {
@@ -84,19 +63,12 @@ export class EulerScheduler implements Scheduler {
     const noise = generator || gamma > 0 ? drawNoise(generator, (this.noise = ensure(this.noise, x.length)), this.name) : null;
     const sigmaHat = f32(sigma * f32(gamma + 1));
     const churn = gamma > 0 ? f32(Math.sqrt(f32(f32(sigmaHat * sigmaHat) - f32(sigma * sigma)))) : 0;
-    const pt = this.config.prediction_type;
-    const vScale = f32(-sigma / f32(Math.sqrt(f32(f32(sigma * sigma) + 1))));
-    const vDen = f32(f32(sigma * sigma) + 1);
+    const denoise = sigmaDenoiser(this.config.prediction_type, sigma, 'Euler', ['sample', 'original_sample'], sigmaHat);
     const dt = f32(this.sigmas[i + 1]! - sigmaHat);
     for (let k = 0; k < x.length; k++) {
       let s = x[k]!;
       if (gamma > 0) s = f32(s + f32(f32(noise![k]! * sNoise) * churn));
-      const m = modelOutput[k]!;
-      let x0: number;
-      if (pt === 'epsilon') x0 = f32(s - f32(sigmaHat * m));
-      else if (pt === 'v_prediction') x0 = f32(f32(m * vScale) + f32(s / vDen));
-      else if (pt === 'sample' || pt === 'original_sample') x0 = m;
-      else throw new Error(`Euler: prediction_type '${pt}' is not supported`);
+      const x0 = denoise(s, modelOutput[k]!);
       const d = f32(f32(s - x0) / sigmaHat);
       o[k] = f32(s + f32(d * dt));
     }

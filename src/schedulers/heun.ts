@@ -5,9 +5,9 @@
  * two calls. The last step is a plain Euler step to σ = 0. Pure logic.
  */
 import type { RandomSource } from '../random/types.js';
-import type { Scheduler, SchedulerConfig } from './types.js';
-import { clampSample, f32, indexForTimestep, outputFor, resolveConfig, scaleBySigma, sigmaInitNoise } from './common.js';
-import { TrainingSchedule, sigmaGrid } from './sigma-base.js';
+import type { SchedulerConfig } from './types.js';
+import { clampSample, f32, outputFor, resolveConfig } from './common.js';
+import { SigmaScheduler, sigmaDenoiser, sigmaGrid } from './sigma-base.js';
 
 export const HEUN_DEFAULTS = {
   num_train_timesteps: 1000,
@@ -30,28 +30,15 @@ export function doubleAfterFirst(v: readonly number[]): number[] {
   return out;
 }
 
-export class HeunScheduler implements Scheduler {
+export class HeunScheduler extends SigmaScheduler<typeof HEUN_DEFAULTS> {
   readonly name = 'heun';
-  readonly config: typeof HEUN_DEFAULTS;
-  private readonly train: TrainingSchedule;
-  timesteps: number[] = [];
-  /** σ per call: [σ0, σ1, σ1, …, σ_{n−1}, σ_{n−1}, 0]. */
-  sigmas: number[] = [];
-  private stepIndex: number | null = null;
   private dt: number | null = null;
   private prevDerivative: Float32Array | null = null;
   private savedSample: Float32Array | null = null;
   private x0: Float32Array | null = null;
 
   constructor(config?: SchedulerConfig) {
-    this.config = resolveConfig(HEUN_DEFAULTS, config);
-    this.train = new TrainingSchedule(this.config);
-  }
-
-  get initNoiseSigma(): number {
-    let max = 0;
-    for (const s of this.sigmas) if (s > max) max = s;
-    return sigmaInitNoise(max, this.config.timestep_spacing);
+    super(resolveConfig(HEUN_DEFAULTS, config));
   }
 
   /** True when the next step call is a predictor (first-order) call. */
@@ -61,19 +48,11 @@ export class HeunScheduler implements Scheduler {
 
   setTimesteps(steps: number): void {
     const grid = sigmaGrid(this.train, this.config, steps);
+    // σ per call: [σ0, σ1, σ1, …, σ_{n−1}, σ_{n−1}, 0]
     this.sigmas = [...doubleAfterFirst(grid.sigmas), 0];
     this.timesteps = doubleAfterFirst(grid.timesteps);
     this.stepIndex = null;
     this.dt = null;
-  }
-
-  private index(t: number): number {
-    if (this.stepIndex === null) this.stepIndex = indexForTimestep(this.timesteps, t);
-    return this.stepIndex;
-  }
-
-  scaleModelInput(x: Float32Array, t: number, out?: Float32Array): Float32Array {
-    return scaleBySigma(x, this.sigmas[this.index(t)]!, out);
   }
 
   step(modelOutput: Float32Array, t: number, x: Float32Array, _generator?: RandomSource, out?: Float32Array): Float32Array {
@@ -84,16 +63,9 @@ export class HeunScheduler implements Scheduler {
     const sigmaNext = first ? this.sigmas[i + 1]! : this.sigmas[i]!;
     const sigmaHat = sigma; // gamma = 0
     const sigmaIn = first ? sigmaHat : sigmaNext;
-    const pt = this.config.prediction_type;
-    if (pt !== 'epsilon' && pt !== 'v_prediction' && pt !== 'sample') throw new Error(`Heun: prediction_type '${pt}' is not supported`);
+    const denoise = sigmaDenoiser(this.config.prediction_type, sigmaIn, 'Heun', ['sample']);
     const x0 = (this.x0 = this.x0 && this.x0.length === len ? this.x0 : new Float32Array(len));
-    const vScale = f32(-sigmaIn / f32(Math.sqrt(f32(f32(sigmaIn * sigmaIn) + 1))));
-    const vDen = f32(f32(sigmaIn * sigmaIn) + 1);
-    for (let k = 0; k < len; k++) {
-      const s = x[k]!;
-      const m = modelOutput[k]!;
-      x0[k] = pt === 'epsilon' ? f32(s - f32(sigmaIn * m)) : pt === 'v_prediction' ? f32(f32(m * vScale) + f32(s / vDen)) : m;
-    }
+    for (let k = 0; k < len; k++) x0[k] = denoise(x[k]!, modelOutput[k]!);
     if (this.config.clip_sample) clampSample(x0, this.config.clip_sample_range);
     const o = outputFor(x, out);
     if (first) {

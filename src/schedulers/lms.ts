@@ -6,9 +6,9 @@
  * Pure logic.
  */
 import type { RandomSource } from '../random/types.js';
-import type { Scheduler, SchedulerConfig } from './types.js';
-import { f32, indexForTimestep, outputFor, resolveConfig, scaleBySigma, sigmaInitNoise } from './common.js';
-import { TrainingSchedule, sigmaGrid } from './sigma-base.js';
+import type { SchedulerConfig } from './types.js';
+import { f32, outputFor, resolveConfig } from './common.js';
+import { SigmaScheduler, sigmaDenoiser, sigmaGrid } from './sigma-base.js';
 
 export const LMS_DEFAULTS = {
   num_train_timesteps: 1000,
@@ -56,29 +56,17 @@ export function lmsCoefficient(sigmas: ArrayLike<number>, order: number, t: numb
   return gaussLegendre(basis, sigmas[t]!, sigmas[t + 1]!);
 }
 
-export class LmsScheduler implements Scheduler {
+export class LmsScheduler extends SigmaScheduler<typeof LMS_DEFAULTS> {
   readonly name = 'lms';
-  readonly config: typeof LMS_DEFAULTS;
-  private readonly train: TrainingSchedule;
   readonly order: number;
-  timesteps: number[] = [];
-  sigmas: number[] = [];
-  private stepIndex: number | null = null;
   /** Derivative history, newest last (at most `order`). */
   private derivatives: Float32Array[] = [];
   private spare: Float32Array[] = [];
   private coeffs: number[] = [];
 
   constructor(config?: SchedulerConfig, order = 4) {
-    this.config = resolveConfig(LMS_DEFAULTS, config);
-    this.train = new TrainingSchedule(this.config);
+    super(resolveConfig(LMS_DEFAULTS, config));
     this.order = order;
-  }
-
-  get initNoiseSigma(): number {
-    let max = 0;
-    for (const s of this.sigmas) if (s > max) max = s;
-    return sigmaInitNoise(max, this.config.timestep_spacing);
   }
 
   setTimesteps(steps: number): void {
@@ -90,22 +78,12 @@ export class LmsScheduler implements Scheduler {
     this.derivatives = [];
   }
 
-  private index(t: number): number {
-    if (this.stepIndex === null) this.stepIndex = indexForTimestep(this.timesteps, t);
-    return this.stepIndex;
-  }
-
-  scaleModelInput(x: Float32Array, t: number, out?: Float32Array): Float32Array {
-    return scaleBySigma(x, this.sigmas[this.index(t)]!, out);
-  }
-
   step(modelOutput: Float32Array, t: number, x: Float32Array, _generator?: RandomSource, out?: Float32Array): Float32Array {
     const i = this.index(t);
     const len = x.length;
     const o = outputFor(x, out);
     const sigma = this.sigmas[i]!;
-    const pt = this.config.prediction_type;
-    if (pt !== 'epsilon' && pt !== 'v_prediction' && pt !== 'sample') throw new Error(`LMS: prediction_type '${pt}' is not supported`);
+    const denoise = sigmaDenoiser(this.config.prediction_type, sigma, 'LMS', ['sample']);
     // derivative buffer: reuse the oldest when the history is full
     let d: Float32Array;
     if (this.derivatives.length >= this.order) d = this.derivatives.shift()!;
@@ -113,12 +91,9 @@ export class LmsScheduler implements Scheduler {
       const s = this.spare.pop();
       d = s && s.length === len ? s : new Float32Array(len);
     }
-    const vScale = f32(-sigma / f32(Math.sqrt(f32(f32(sigma * sigma) + 1))));
-    const vDen = f32(f32(sigma * sigma) + 1);
     for (let k = 0; k < len; k++) {
       const s = x[k]!;
-      const m = modelOutput[k]!;
-      const x0 = pt === 'epsilon' ? f32(s - f32(sigma * m)) : pt === 'v_prediction' ? f32(f32(m * vScale) + f32(s / vDen)) : m;
+      const x0 = denoise(s, modelOutput[k]!);
       d[k] = f32(f32(s - x0) / sigma);
     }
     this.derivatives.push(d);

@@ -1,10 +1,14 @@
 /**
  * Shared set-up of the k-diffusion-style schedulers that diffusers implements on a sigma grid
  * (Euler, Euler a, LMS, Heun, DPM++ SDE): training sigmas, spaced timesteps, interpolated (or
- * Karras) sigmas. Pure logic.
+ * Karras) sigmas, and the base class with their common state (step index, init noise sigma,
+ * input scaling). Pure logic.
  */
+import type { RandomSource } from '../random/types.js';
+import type { Scheduler } from './types.js';
 import {
-  computeAlphasCumprod, computeBetas, interpIndex, karrasSigmas, sigmaSchedulerTimesteps, sigmaToT, trainSigmas,
+  computeAlphasCumprod, computeBetas, f32, indexForTimestep, interpIndex, karrasSigmas, scaleBySigma, sigmaInitNoise,
+  sigmaSchedulerTimesteps, sigmaToT, trainSigmas,
   type BetaConfig,
 } from './common.js';
 
@@ -72,4 +76,62 @@ export function sigmaGrid(train: TrainingSchedule, cfg: SigmaGridConfig, n: numb
     timesteps = sigmas.map((s) => Math.fround(sigmaToT(s, train.logSigmas)));
   }
   return { timesteps, sigmas: sigmas.map(Math.fround), sigmas64: sigmas };
+}
+
+/**
+ * State and methods the sigma-grid schedulers share: the training schedule, timesteps and sigmas
+ * (one per model call, then the final 0), the step index (diffusers' _init_step_index on the
+ * first call after set_timesteps), init_noise_sigma and scale_model_input at the current sigma.
+ */
+export abstract class SigmaScheduler<C extends SigmaGridConfig> implements Scheduler {
+  abstract readonly name: string;
+  readonly config: C;
+  protected readonly train: TrainingSchedule;
+  timesteps: number[] = [];
+  sigmas: number[] = [];
+  protected stepIndex: number | null = null;
+
+  constructor(config: C) {
+    this.config = config;
+    // The zero-SNR floor only applies to configs that take rescale_betas_zero_snr (Euler, Euler a).
+    this.train = new TrainingSchedule(config, true);
+  }
+
+  get initNoiseSigma(): number {
+    let max = 0;
+    for (const s of this.sigmas) if (s > max) max = s;
+    return sigmaInitNoise(max, this.config.timestep_spacing);
+  }
+
+  abstract setTimesteps(steps: number): void;
+
+  protected index(t: number): number {
+    if (this.stepIndex === null) this.stepIndex = indexForTimestep(this.timesteps, t);
+    return this.stepIndex;
+  }
+
+  scaleModelInput(x: Float32Array, t: number, out?: Float32Array): Float32Array {
+    return scaleBySigma(x, this.sigmas[this.index(t)]!, out);
+  }
+
+  abstract step(modelOutput: Float32Array, t: number, x: Float32Array, generator?: RandomSource, out?: Float32Array): Float32Array;
+}
+
+/**
+ * The denoised sample x0 = f(sample s, model output m) at noise level sigma, as the sigma-grid
+ * schedulers compute it (float32): epsilon s − σ·m (σ = `epsSigma`, Euler's σ̂), v_prediction
+ * m·(−σ/√(σ²+1)) + s/(σ²+1), and m itself for the "sample" types in `sampleTypes`. Any other
+ * prediction_type throws `${who}: prediction_type '…' is not supported`.
+ */
+export function sigmaDenoiser(
+  pt: string, sigma: number, who: string, sampleTypes: readonly string[] = [], epsSigma = sigma,
+): (s: number, m: number) => number {
+  if (pt === 'epsilon') return (s, m) => f32(s - f32(epsSigma * m));
+  if (pt === 'v_prediction') {
+    const vScale = f32(-sigma / f32(Math.sqrt(f32(f32(sigma * sigma) + 1))));
+    const vDen = f32(f32(sigma * sigma) + 1);
+    return (s, m) => f32(f32(m * vScale) + f32(s / vDen));
+  }
+  if (sampleTypes.includes(pt)) return (_s, m) => m;
+  throw new Error(`${who}: prediction_type '${pt}' is not supported`);
 }
