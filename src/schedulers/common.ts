@@ -278,6 +278,13 @@ export function ensure(buf: Float32Array | null, n: number): Float32Array {
   return buf && buf.length === n ? buf : new Float32Array(n);
 }
 
+/** scale_model_input of the schedulers that do not scale (DDIM, PNDM, LCM, DPM-Solver, UniPC): x itself, or copied into `out`. */
+export function unscaledInput(x: Float32Array, out?: Float32Array): Float32Array {
+  if (!out) return x;
+  if (out !== x) out.set(x);
+  return out;
+}
+
 /** Scale a sample by 1 / sqrt(sigma² + 1) (float32, as the k-diffusion-style schedulers do). */
 export function scaleBySigma(x: Float32Array, sigma: number, out?: Float32Array): Float32Array {
   const o = outputFor(x, out);

@@ -7,7 +7,7 @@ import type { RandomSource } from '../random/types.js';
 import type { Scheduler, SchedulerConfig } from './types.js';
 import {
   clampSample, computeAlphasCumprod, computeBetas, discreteTimesteps, drawNoise, ensure, f32, indexForTimestep,
-  outputFor, resolveConfig, thresholdSample,
+  outputFor, resolveConfig, thresholdSample, unscaledInput,
 } from './common.js';
 
 export const DDIM_DEFAULTS = {
@@ -65,9 +65,7 @@ export class DdimScheduler implements Scheduler {
   }
 
   scaleModelInput(x: Float32Array, _t: number, out?: Float32Array): Float32Array {
-    if (!out) return x;
-    if (out !== x) out.set(x);
-    return out;
+    return unscaledInput(x, out);
   }
 
   step(modelOutput: Float32Array, t: number, x: Float32Array, generator?: RandomSource, out?: Float32Array): Float32Array {

@@ -8,9 +8,10 @@
 import type { RandomSource } from '../random/types.js';
 import type { Scheduler, SchedulerConfig } from './types.js';
 import {
-  computeAlphasCumprod, computeBetas, drawNoise, ensure, f32, indexForTimestep, interpIndex, karrasSigmas, lambdaOf,
-  multistepTimesteps, outputFor, resolveConfig, roundHalfEven, sigmaToAlphaSigma, sigmaToT, thresholdSample, trainSigmas,
+  drawNoise, ensure, f32, indexForTimestep, lambdaOf, multistepTimesteps, outputFor, resolveConfig, sigmaToAlphaSigma,
+  thresholdSample, unscaledInput,
 } from './common.js';
+import { TrainingSchedule, convertModelOutput, multistepSigmas } from './sigma-base.js';
 
 export const DPM_MULTISTEP_DEFAULTS = {
   num_train_timesteps: 1000,
@@ -43,9 +44,7 @@ export class DpmMultistepScheduler implements Scheduler {
   readonly name: string;
   readonly config: DpmMultistepConfig;
   readonly initNoiseSigma = 1;
-  private readonly alphasCumprod: Float32Array;
-  private readonly trainSigma: Float32Array;
-  private readonly logSigmas: Float64Array;
+  private readonly train: TrainingSchedule;
   private readonly lambdaT: Float32Array;
   timesteps: number[] = [];
   sigmas: number[] = [];
@@ -68,11 +67,8 @@ export class DpmMultistepScheduler implements Scheduler {
       throw new Error(`DPM-Solver: final_sigmas_type 'zero' is not supported with algorithm_type '${c.algorithm_type}'; use 'sigma_min'`);
     }
     if (c.use_lu_lambdas) throw new Error('DPM-Solver: use_lu_lambdas is not supported');
-    this.alphasCumprod = computeAlphasCumprod(computeBetas(c));
-    if (c.rescale_betas_zero_snr) this.alphasCumprod[this.alphasCumprod.length - 1] = 2 ** -24;
-    this.trainSigma = trainSigmas(this.alphasCumprod);
-    this.logSigmas = Float64Array.from(this.trainSigma, (s) => Math.fround(Math.log(s)));
-    this.lambdaT = Float32Array.from(this.alphasCumprod, (a) => lambdaOf(f32(Math.sqrt(a)), f32(Math.sqrt(f32(1 - a)))));
+    this.train = new TrainingSchedule(c, true);
+    this.lambdaT = Float32Array.from(this.train.alphasCumprod, (a) => lambdaOf(f32(Math.sqrt(a)), f32(Math.sqrt(f32(1 - a)))));
   }
 
   setTimesteps(steps: number): void {
@@ -82,17 +78,10 @@ export class DpmMultistepScheduler implements Scheduler {
     let clipped = 0;
     for (let i = this.lambdaT.length - 1; i >= 0; i--) if (this.lambdaT[i]! < c.lambda_min_clipped) clipped++;
     const last = nTrain - clipped;
-    let timesteps = multistepTimesteps(c.timestep_spacing, nTrain, steps, c.steps_offset, last);
-    let sigmas: number[];
-    if (c.use_karras_sigmas) {
-      const ascending = this.trainSigma;
-      sigmas = karrasSigmas(ascending[0]!, ascending[ascending.length - 1]!, steps);
-      timesteps = sigmas.map((s) => roundHalfEven(sigmaToT(s, this.logSigmas)));
-    } else {
-      sigmas = timesteps.map((t) => interpIndex(t, this.trainSigma));
-    }
+    const spaced = multistepTimesteps(c.timestep_spacing, nTrain, steps, c.steps_offset, last);
+    const { timesteps, sigmas } = multistepSigmas(this.train, spaced, steps, c.use_karras_sigmas);
     let sigmaLast: number;
-    if (c.final_sigmas_type === 'sigma_min') sigmaLast = this.trainSigma[0]!;
+    if (c.final_sigmas_type === 'sigma_min') sigmaLast = this.train.sigmas[0]!;
     else if (c.final_sigmas_type === 'zero') sigmaLast = 0;
     else throw new Error(`DPM-Solver: final_sigmas_type '${c.final_sigmas_type}' must be 'zero' or 'sigma_min'`);
     this.sigmas = [...sigmas, sigmaLast].map(f32);
@@ -103,31 +92,14 @@ export class DpmMultistepScheduler implements Scheduler {
   }
 
   scaleModelInput(x: Float32Array, _t: number, out?: Float32Array): Float32Array {
-    if (!out) return x;
-    if (out !== x) out.set(x);
-    return out;
+    return unscaledInput(x, out);
   }
 
   /** diffusers' convert_model_output: x0 prediction (dpmsolver++) or eps prediction (dpmsolver). */
   private convert(modelOutput: Float32Array, x: Float32Array, dst: Float32Array): void {
     const c = this.config;
-    const [alpha, sigma] = sigmaToAlphaSigma(this.sigmas[this.stepIndex!]!);
-    const pt = c.prediction_type;
     const dataPred = c.algorithm_type === 'dpmsolver++' || c.algorithm_type === 'sde-dpmsolver++';
-    if (pt !== 'epsilon' && pt !== 'sample' && pt !== 'v_prediction') throw new Error(`DPM-Solver: prediction_type '${pt}' is not supported`);
-    for (let k = 0; k < x.length; k++) {
-      const s = x[k]!;
-      const m = modelOutput[k]!;
-      if (dataPred) {
-        if (pt === 'epsilon') dst[k] = f32(f32(s - f32(sigma * m)) / alpha);
-        else if (pt === 'sample') dst[k] = m;
-        else dst[k] = f32(f32(alpha * s) - f32(sigma * m));
-      } else {
-        if (pt === 'epsilon') dst[k] = m;
-        else if (pt === 'sample') dst[k] = f32(f32(s - f32(alpha * m)) / sigma);
-        else dst[k] = f32(f32(alpha * m) + f32(sigma * s));
-      }
-    }
+    convertModelOutput(modelOutput, x, dst, this.sigmas[this.stepIndex!]!, c.prediction_type, dataPred, 'DPM-Solver');
     if (dataPred && c.thresholding) {
       thresholdSample(dst, c.dynamic_thresholding_ratio, c.sample_max_value, (this.scratch = ensure(this.scratch, x.length)));
     }

@@ -8,7 +8,7 @@ import type { RandomSource } from '../random/types.js';
 import type { Scheduler, SchedulerConfig } from './types.js';
 import {
   clampSample, computeAlphasCumprod, computeBetas, drawNoise, ensure, f32, indexForTimestep, outputFor, resolveConfig,
-  thresholdSample,
+  thresholdSample, unscaledInput,
 } from './common.js';
 
 export const LCM_DEFAULTS = {
@@ -109,9 +109,7 @@ export class LcmScheduler implements Scheduler {
   }
 
   scaleModelInput(x: Float32Array, _t: number, out?: Float32Array): Float32Array {
-    if (!out) return x;
-    if (out !== x) out.set(x);
-    return out;
+    return unscaledInput(x, out);
   }
 
   /** The consistency model's denoised estimate from the last step (diffusers' `denoised`). */

@@ -7,7 +7,7 @@
  */
 import type { RandomSource } from '../random/types.js';
 import type { Scheduler, SchedulerConfig } from './types.js';
-import { computeAlphasCumprod, computeBetas, f32, outputFor, resolveConfig, roundHalfEven, npArange, npLinspace } from './common.js';
+import { computeAlphasCumprod, computeBetas, f32, outputFor, resolveConfig, roundHalfEven, npArange, npLinspace, unscaledInput } from './common.js';
 
 const SIXTH = f32(1 / 6);
 const THIRD = f32(1 / 3);
@@ -92,9 +92,7 @@ export class PndmScheduler implements Scheduler {
   }
 
   scaleModelInput(x: Float32Array, _t: number, out?: Float32Array): Float32Array {
-    if (!out) return x;
-    if (out !== x) out.set(x);
-    return out;
+    return unscaledInput(x, out);
   }
 
   private ensureBuffers(len: number): void {

@@ -8,9 +8,9 @@
 import type { RandomSource } from '../random/types.js';
 import type { Scheduler, SchedulerConfig } from './types.js';
 import {
-  computeAlphasCumprod, computeBetas, ensure, f32, interpIndex, karrasSigmas, lambdaOf, multistepTimesteps,
-  outputFor, resolveConfig, roundHalfEven, sigmaToAlphaSigma, sigmaToT, thresholdSample, trainSigmas,
+  ensure, f32, lambdaOf, multistepTimesteps, outputFor, resolveConfig, sigmaToAlphaSigma, thresholdSample, unscaledInput,
 } from './common.js';
+import { TrainingSchedule, convertModelOutput, multistepSigmas } from './sigma-base.js';
 
 export const UNIPC_DEFAULTS = {
   num_train_timesteps: 1000,
@@ -61,8 +61,7 @@ export class UniPcScheduler implements Scheduler {
   readonly name = 'unipc';
   readonly config: typeof UNIPC_DEFAULTS;
   readonly initNoiseSigma = 1;
-  private readonly trainSigma: Float32Array;
-  private readonly logSigmas: Float64Array;
+  private readonly train: TrainingSchedule;
   timesteps: number[] = [];
   sigmas: number[] = [];
   private stepIndex: number | null = null;
@@ -81,27 +80,16 @@ export class UniPcScheduler implements Scheduler {
     const c = this.config;
     if (c.solver_type !== 'bh1' && c.solver_type !== 'bh2') throw new Error(`UniPC: solver_type '${c.solver_type}' is not supported`);
     if (c.solver_p != null) throw new Error('UniPC: solver_p is not supported');
-    const ac = computeAlphasCumprod(computeBetas(c));
-    if (c.rescale_betas_zero_snr) ac[ac.length - 1] = 2 ** -24;
-    this.trainSigma = trainSigmas(ac);
-    this.logSigmas = Float64Array.from(this.trainSigma, (s) => Math.fround(Math.log(s)));
+    this.train = new TrainingSchedule(c, true);
   }
 
   setTimesteps(steps: number): void {
     const c = this.config;
-    let timesteps = multistepTimesteps(c.timestep_spacing, c.num_train_timesteps, steps, c.steps_offset);
-    let sigmas: number[];
-    let sigmaLast: number;
-    if (c.use_karras_sigmas) {
-      sigmas = karrasSigmas(this.trainSigma[0]!, this.trainSigma[this.trainSigma.length - 1]!, steps);
-      timesteps = sigmas.map((s) => roundHalfEven(sigmaToT(s, this.logSigmas)));
-      sigmaLast = sigmas[sigmas.length - 1]!;
-    } else {
-      sigmas = timesteps.map((t) => interpIndex(t, this.trainSigma));
-      sigmaLast = this.trainSigma[0]!;
-    }
+    const spaced = multistepTimesteps(c.timestep_spacing, c.num_train_timesteps, steps, c.steps_offset);
+    const { timesteps, sigmas } = multistepSigmas(this.train, spaced, steps, c.use_karras_sigmas);
+    let sigmaLast = c.use_karras_sigmas ? sigmas[sigmas.length - 1]! : this.train.sigmas[0]!;
     if (c.final_sigmas_type === 'zero') sigmaLast = 0;
-    else if (c.final_sigmas_type === 'sigma_min') sigmaLast = this.trainSigma[0]!;
+    else if (c.final_sigmas_type === 'sigma_min') sigmaLast = this.train.sigmas[0]!;
     else if (c.final_sigmas_type != null) throw new Error(`UniPC: final_sigmas_type '${c.final_sigmas_type}' must be 'zero' or 'sigma_min'`);
     this.sigmas = [...sigmas, sigmaLast].map(f32);
     this.timesteps = timesteps;
@@ -112,9 +100,7 @@ export class UniPcScheduler implements Scheduler {
   }
 
   scaleModelInput(x: Float32Array, _t: number, out?: Float32Array): Float32Array {
-    if (!out) return x;
-    if (out !== x) out.set(x);
-    return out;
+    return unscaledInput(x, out);
   }
 
   private initIndex(t: number): number {
@@ -126,22 +112,7 @@ export class UniPcScheduler implements Scheduler {
 
   private convert(modelOutput: Float32Array, x: Float32Array, dst: Float32Array): void {
     const c = this.config;
-    const [alpha, sigma] = sigmaToAlphaSigma(this.sigmas[this.stepIndex!]!);
-    const pt = c.prediction_type;
-    if (pt !== 'epsilon' && pt !== 'sample' && pt !== 'v_prediction') throw new Error(`UniPC: prediction_type '${pt}' is not supported`);
-    for (let k = 0; k < x.length; k++) {
-      const s = x[k]!;
-      const m = modelOutput[k]!;
-      if (c.predict_x0) {
-        if (pt === 'epsilon') dst[k] = f32(f32(s - f32(sigma * m)) / alpha);
-        else if (pt === 'sample') dst[k] = m;
-        else dst[k] = f32(f32(alpha * s) - f32(sigma * m));
-      } else {
-        if (pt === 'epsilon') dst[k] = m;
-        else if (pt === 'sample') dst[k] = f32(f32(s - f32(alpha * m)) / sigma);
-        else dst[k] = f32(f32(alpha * m) + f32(sigma * s));
-      }
-    }
+    convertModelOutput(modelOutput, x, dst, this.sigmas[this.stepIndex!]!, c.prediction_type, c.predict_x0, 'UniPC');
     if (c.predict_x0 && c.thresholding) {
       thresholdSample(dst, c.dynamic_thresholding_ratio, c.sample_max_value, (this.scratch = ensure(this.scratch, x.length)));
     }
