@@ -1,6 +1,7 @@
 /** `--from FILE.png`: generation options recorded in an image (sdgen JSON first, else A1111 infotext). */
 import type { PartialOptions } from '../config/options.js';
 import type { ImageMetadata } from '../image/metadata.js';
+import type { ToMeOptions } from '../tome/types.js';
 import { SdgenError } from '../errors.js';
 
 export interface FromImage {
@@ -8,6 +9,20 @@ export interface FromImage {
   options: PartialOptions;
   /** model name the image records (folder name), to help the user find --model */
   modelName?: string;
+}
+
+/** The ToMe command-line options of recorded ToMe settings (all but the minimum size). */
+function tomeOptions(t: Partial<ToMeOptions>): PartialOptions {
+  return {
+    tome: t.ratio,
+    sx: t.sx,
+    sy: t.sy,
+    maxDownsample: t.maxDownsample,
+    tomeRand: t.useRand,
+    mergeAttn: t.mergeAttn,
+    mergeCrossattn: t.mergeCrossattn,
+    mergeMlp: t.mergeMlp,
+  };
 }
 
 /** Options that regenerate the image alone (batch size 1, one batch). Pure. */
@@ -30,14 +45,7 @@ export function optionsFromMetadata(meta: ImageMetadata): FromImage {
       attention: p.attention,
       batchSize: 1,
       nIter: 1,
-      tome: t.ratio,
-      sx: t.sx,
-      sy: t.sy,
-      maxDownsample: t.maxDownsample,
-      tomeRand: t.useRand,
-      mergeAttn: t.mergeAttn,
-      mergeCrossattn: t.mergeCrossattn,
-      mergeMlp: t.mergeMlp,
+      ...tomeOptions(t),
       tomeMinWidth: t.minWidth,
       tomeMinHeight: t.minHeight,
     };
@@ -45,7 +53,6 @@ export function optionsFromMetadata(meta: ImageMetadata): FromImage {
   }
   const ip = meta.infotextParams;
   if (!ip) throw new SdgenError(`${meta.file}: no generation parameters in this PNG (no "sdgen" or "parameters" text chunk)`);
-  const t = ip.tome;
   const o: PartialOptions = {
     negativePrompt: ip.negativePrompt,
     width: ip.width,
@@ -59,14 +66,7 @@ export function optionsFromMetadata(meta: ImageMetadata): FromImage {
     emphasis: ip.emphasis,
     batchSize: 1,
     nIter: 1,
-    tome: t.ratio,
-    sx: t.sx,
-    sy: t.sy,
-    maxDownsample: t.maxDownsample,
-    tomeRand: t.useRand,
-    mergeAttn: t.mergeAttn,
-    mergeCrossattn: t.mergeCrossattn,
-    mergeMlp: t.mergeMlp,
+    ...tomeOptions(ip.tome),
   };
   return { prompt: ip.prompt, options: o, modelName: ip.modelName };
 }
