@@ -36,6 +36,49 @@ const SD_BLOCKS = {
   upBlockTypes: ['UpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D'],
 } as const;
 
+/** The UNet of the real SD 1.x / 2.x models; the fields that differ between them are given. */
+function sdUNet(
+  v: Pick<UNetConfig, 'sampleSize' | 'crossAttentionDim' | 'attentionHeadDim' | 'useLinearProjection' | 'upcastAttention'>,
+): UNetConfig {
+  return {
+    sampleSize: v.sampleSize,
+    inChannels: 4,
+    outChannels: 4,
+    blockOutChannels: [320, 640, 1280, 1280],
+    downBlockTypes: [...SD_BLOCKS.downBlockTypes],
+    upBlockTypes: [...SD_BLOCKS.upBlockTypes],
+    layersPerBlock: 2,
+    crossAttentionDim: v.crossAttentionDim,
+    attentionHeadDim: v.attentionHeadDim,
+    normNumGroups: 32,
+    normEps: 1e-5,
+    useLinearProjection: v.useLinearProjection,
+    upcastAttention: v.upcastAttention,
+    flipSinToCos: true,
+    freqShift: 0,
+  };
+}
+
+/** The CLIP text encoder of the real SD 1.x / 2.x models (49408-token vocabulary, 77 positions). */
+function clipTextEncoder(
+  v: Pick<TextEncoderConfig, 'hiddenSize' | 'intermediateSize' | 'numLayers' | 'numHeads' | 'hiddenAct' | 'projectionDim'>,
+): TextEncoderConfig {
+  return {
+    vocabSize: 49408,
+    hiddenSize: v.hiddenSize,
+    intermediateSize: v.intermediateSize,
+    numLayers: v.numLayers,
+    numHeads: v.numHeads,
+    maxPositions: 77,
+    hiddenAct: v.hiddenAct,
+    projectionDim: v.projectionDim,
+    layerNormEps: 1e-5,
+    bosTokenId: 0,
+    eosTokenId: 2,
+    padTokenId: 1,
+  };
+}
+
 /** The architecture's configuration; `tinyVocabSize` sets the tiny text encoder's vocabulary. */
 export function archSpec(arch: Arch, tinyVocabSize = 49408): ArchSpec {
   switch (arch) {
@@ -90,37 +133,8 @@ export function archSpec(arch: Arch, tinyVocabSize = 49408): ArchSpec {
       };
     case 'sd15':
       return {
-        unet: {
-          sampleSize: 64,
-          inChannels: 4,
-          outChannels: 4,
-          blockOutChannels: [320, 640, 1280, 1280],
-          downBlockTypes: [...SD_BLOCKS.downBlockTypes],
-          upBlockTypes: [...SD_BLOCKS.upBlockTypes],
-          layersPerBlock: 2,
-          crossAttentionDim: 768,
-          attentionHeadDim: 8,
-          normNumGroups: 32,
-          normEps: 1e-5,
-          useLinearProjection: false,
-          upcastAttention: false,
-          flipSinToCos: true,
-          freqShift: 0,
-        },
-        textEncoder: {
-          vocabSize: 49408,
-          hiddenSize: 768,
-          intermediateSize: 3072,
-          numLayers: 12,
-          numHeads: 12,
-          maxPositions: 77,
-          hiddenAct: 'quick_gelu',
-          projectionDim: 768,
-          layerNormEps: 1e-5,
-          bosTokenId: 0,
-          eosTokenId: 2,
-          padTokenId: 1,
-        },
+        unet: sdUNet({ sampleSize: 64, crossAttentionDim: 768, attentionHeadDim: 8, useLinearProjection: false, upcastAttention: false }),
+        textEncoder: clipTextEncoder({ hiddenSize: 768, intermediateSize: 3072, numLayers: 12, numHeads: 12, hiddenAct: 'quick_gelu', projectionDim: 768 }),
         vae: SD_VAE,
         predictionType: 'epsilon',
         padToken: '<|endoftext|>',
@@ -128,37 +142,8 @@ export function archSpec(arch: Arch, tinyVocabSize = 49408): ArchSpec {
       };
     case 'sd21':
       return {
-        unet: {
-          sampleSize: 96,
-          inChannels: 4,
-          outChannels: 4,
-          blockOutChannels: [320, 640, 1280, 1280],
-          downBlockTypes: [...SD_BLOCKS.downBlockTypes],
-          upBlockTypes: [...SD_BLOCKS.upBlockTypes],
-          layersPerBlock: 2,
-          crossAttentionDim: 1024,
-          attentionHeadDim: [5, 10, 20, 20],
-          normNumGroups: 32,
-          normEps: 1e-5,
-          useLinearProjection: true,
-          upcastAttention: true,
-          flipSinToCos: true,
-          freqShift: 0,
-        },
-        textEncoder: {
-          vocabSize: 49408,
-          hiddenSize: 1024,
-          intermediateSize: 4096,
-          numLayers: 23,
-          numHeads: 16,
-          maxPositions: 77,
-          hiddenAct: 'gelu',
-          projectionDim: 512,
-          layerNormEps: 1e-5,
-          bosTokenId: 0,
-          eosTokenId: 2,
-          padTokenId: 1,
-        },
+        unet: sdUNet({ sampleSize: 96, crossAttentionDim: 1024, attentionHeadDim: [5, 10, 20, 20], useLinearProjection: true, upcastAttention: true }),
+        textEncoder: clipTextEncoder({ hiddenSize: 1024, intermediateSize: 4096, numLayers: 23, numHeads: 16, hiddenAct: 'gelu', projectionDim: 512 }),
         vae: { ...SD_VAE, sampleSize: 768 },
         predictionType: 'v_prediction',
         padToken: '!',
