@@ -7,6 +7,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { SdgenError } from '../errors.js';
+import { exists } from './exists.js';
 import type { SchedulerConfig } from '../schedulers/types.js';
 import { defaultSchedulerFor } from '../schedulers/index.js';
 import { loadTokenizer } from '../text/load.js';
@@ -51,15 +52,6 @@ export interface ModelFolder {
   predictionType: string;
   /** UNet time_cond_proj_dim from its config (LCM), or null */
   timeCondProjDim: number | null;
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 async function readJson(file: string, what: string): Promise<JsonObject> {

@@ -8,7 +8,7 @@
  */
 import { createHash } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { copyFile, link, mkdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { copyFile, link, mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, normalize, resolve, sep } from 'node:path';
 import { SdgenError } from '../errors.js';
 import { loadedWithExternalData, loadModel, modelFileIdentity, saveModel } from '../onnx/model-io.js';
@@ -18,6 +18,7 @@ import { applyToMe, type ApplyResult } from '../tome/rewrite.js';
 import type { PatchedBlockInfo, ToMeOptions } from '../tome/types.js';
 import { SDGEN_VERSION } from '../version.js';
 import { defaultCacheDir } from './cache-dir.js';
+import { exists } from './exists.js';
 
 export type PatchProgress = (stage: string, done: number, total: number) => void;
 
@@ -151,15 +152,6 @@ interface Meta {
   reason?: string;
   blocks: PatchedBlockInfo[];
   randInputs: string[];
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /**
