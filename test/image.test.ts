@@ -9,26 +9,10 @@ import { metadataFromPng } from '../src/image/metadata.js';
 import { optionsFromMetadata } from '../src/cli/from.js';
 import { DEFAULT_TOME } from '../src/tome/types.js';
 import type { GenerationParams } from '../src/pipeline/types.js';
+import { generationParams } from './helpers.js';
 
 function params(over: Partial<GenerationParams> = {}): GenerationParams {
-  return {
-    prompt: 'a cat',
-    negativePrompt: '',
-    width: 512,
-    height: 512,
-    steps: 20,
-    cfg: 7,
-    seed: 965400086,
-    scheduler: 'euler_a',
-    batchSize: 1,
-    nIter: 1,
-    eta: 0,
-    clipSkip: 1,
-    emphasis: true,
-    tome: { ...DEFAULT_TOME },
-    attention: 'auto',
-    ...over,
-  };
+  return generationParams({ prompt: 'a cat', steps: 20, seed: 965400086, ...over });
 }
 
 test('infotext: A1111 layout, key order and defaults omitted', () => {

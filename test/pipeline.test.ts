@@ -19,6 +19,7 @@ import { decodedToRgb, roundHalfEven } from '../src/pipeline/decode.js';
 import type { PromptEmbedding } from '../src/pipeline/text-encoding.js';
 import type { GeneratedImage, GenerationParams } from '../src/pipeline/types.js';
 import { DEFAULT_TOME } from '../src/tome/types.js';
+import { generationParams as params } from './helpers.js';
 import { defaultSchedulerFor } from '../src/schedulers/index.js';
 import { SessionManager } from '../src/models/session.js';
 import { TextEncoder } from '../src/pipeline/text-encoding.js';
@@ -86,27 +87,6 @@ function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
     if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
   }
   return m;
-}
-
-function params(over: Partial<GenerationParams>): GenerationParams {
-  return {
-    prompt: '',
-    negativePrompt: '',
-    width: 512,
-    height: 512,
-    steps: 10,
-    cfg: 7,
-    seed: 0,
-    scheduler: 'euler_a',
-    batchSize: 1,
-    nIter: 1,
-    eta: 0,
-    clipSkip: 1,
-    emphasis: true,
-    tome: { ...DEFAULT_TOME },
-    attention: 'auto',
-    ...over,
-  };
 }
 
 async function collect(gen: AsyncGenerator<GeneratedImage>): Promise<GeneratedImage[]> {
