@@ -585,6 +585,16 @@ function isDefault(kind: Kind, v: unknown): boolean {
   return v === 0 || v === 0n;
 }
 
+/** Payload size of a packed repeated scalar field (no tag, no length prefix). */
+function packedSize(spec: MessageSpec, f: FieldSpec, arr: unknown[]): number {
+  const n = arr.length;
+  if (f.kind === K_FLOAT) return 4 * n;
+  if (f.kind === K_DOUBLE) return 8 * n;
+  let payload = 0;
+  for (let i = 0; i < n; i++) payload += scalarSize(f.kind, arr[i], spec, f);
+  return payload;
+}
+
 /**
  * Size pass: returns the encoded size of `obj` and records it (pre-order) in `sizes`, so that the
  * write pass can read each message's length without recomputing it.
@@ -607,10 +617,7 @@ function sizeMsg(spec: MessageSpec, obj: Record<string, unknown>, sizes: number[
           total += f.tagSize + varintSize(s) + s;
         }
       } else if (f.packed) {
-        let payload = 0;
-        if (f.kind === K_FLOAT) payload = 4 * n;
-        else if (f.kind === K_DOUBLE) payload = 8 * n;
-        else for (let i = 0; i < n; i++) payload += scalarSize(f.kind, arr[i], spec, f);
+        const payload = packedSize(spec, f, arr);
         total += f.tagSize + varintSize(payload) + payload;
       } else {
         for (let i = 0; i < n; i++) total += f.tagSize + scalarSize(f.kind, arr[i], spec, f);
@@ -721,11 +728,7 @@ class Writer {
           }
         } else if (f.packed) {
           this.varint(f.tag);
-          let payload = 0;
-          if (f.kind === K_FLOAT) payload = 4 * n;
-          else if (f.kind === K_DOUBLE) payload = 8 * n;
-          else for (let i = 0; i < n; i++) payload += scalarSize(f.kind, arr[i], spec, f);
-          this.varint(payload);
+          this.varint(packedSize(spec, f, arr));
           for (let i = 0; i < n; i++) this.scalar(f.kind, arr[i]);
         } else {
           for (let i = 0; i < n; i++) {
