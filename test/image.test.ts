@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as zlib from 'node:zlib';
 import sharp from 'sharp';
 import { formatInfotext, parseInfotext, infotextToParams, quoteValue, infotextFields } from '../src/image/infotext.js';
-import { crc32, crc32Fallback, insertPngText, pngTextMap, readPngChunks, readPngText } from '../src/image/png-text.js';
+import { crc32, crc32Fallback, insertPngText, makeChunk, pngTextMap, readPngChunks, readPngText } from '../src/image/png-text.js';
 import { addImageMetadata, encodeImagePng, encodeRgbPng, type SdgenImageRecord } from '../src/image/png.js';
 import { metadataFromPng } from '../src/image/metadata.js';
 import { optionsFromMetadata } from '../src/cli/from.js';
@@ -131,16 +131,8 @@ test('PNG: text chunks before the image data, valid CRCs, read back by sharp and
 
 test('PNG: zTXt and compressed iTXt are read', async () => {
   const png = await encodeRgbPng(rgb(4, 4), 4, 4);
-  const mk = (type: string, data: Buffer) => {
-    const out = Buffer.alloc(12 + data.length);
-    out.writeUInt32BE(data.length, 0);
-    out.write(type, 4, 'latin1');
-    data.copy(out, 8);
-    out.writeUInt32BE(crc32(out.subarray(4, 8 + data.length)), 8 + data.length);
-    return out;
-  };
-  const z = mk('zTXt', Buffer.concat([Buffer.from('Comment\0\0', 'latin1'), zlib.deflateSync(Buffer.from('zipped text', 'latin1'))]));
-  const i = mk('iTXt', Buffer.concat([Buffer.from('Title\0\x01\0en\0\0', 'latin1'), zlib.deflateSync(Buffer.from('über', 'utf8'))]));
+  const z = makeChunk('zTXt', Buffer.concat([Buffer.from('Comment\0\0', 'latin1'), zlib.deflateSync(Buffer.from('zipped text', 'latin1'))]));
+  const i = makeChunk('iTXt', Buffer.concat([Buffer.from('Title\0\x01\0en\0\0', 'latin1'), zlib.deflateSync(Buffer.from('über', 'utf8'))]));
   const iend = png.length - 12; // after the image data: readPngText reads text chunks anywhere
   const buf = Buffer.concat([png.subarray(0, iend), z, i, png.subarray(iend)]);
   assert.deepEqual(readPngText(buf).map((e) => [e.keyword, e.text, e.chunk]), [

@@ -67,7 +67,8 @@ export function readPngChunks(buf: Buffer): PngChunk[] {
   return chunks;
 }
 
-function makeChunk(type: string, data: Buffer): Buffer {
+/** One PNG chunk: length, type, data, CRC of type and data. */
+export function makeChunk(type: string, data: Buffer): Buffer {
   const out = Buffer.alloc(12 + data.length);
   out.writeUInt32BE(data.length, 0);
   out.write(type, 4, 'latin1');
