@@ -274,6 +274,18 @@ interface UnetCase {
   tensors: Record<string, TensorMeta>;
 }
 
+/** The tome-unet fixture case `name`: its manifest entry, UNet input feeds and reference out_sample. */
+function tomeUnetCase(name: string): { c: UnetCase; feeds: Record<string, ort.Tensor>; ref: Float32Array } {
+  const dir = new URL('tome-unet/', FIX);
+  const man = JSON.parse(readFileSync(new URL('manifest.json', dir), 'utf8')) as { inputs: Record<string, { tensors: Record<string, TensorMeta> }>; cases: UnetCase[] };
+  const c = man.cases.find((x) => x.name === name)!;
+  const t = man.inputs[c.inputs]!.tensors;
+  const feeds: Record<string, ort.Tensor> = {};
+  for (const k of ['sample', 'timestep', 'encoder_hidden_states']) feeds[k] = f32(readTensor(new URL('inputs.bin', dir), t[k]!));
+  return { c, feeds, ref: readTensor(new URL('outputs.bin', dir), c.tensors.out_sample!).data as Float32Array };
+}
+const R50_CASE = 'h32_w32_b2_tome_r50_md1_sx2sy2_a1c0m0';
+
 const TINY_UNET = new URL('tiny-unet/model.onnx', FIX);
 const tinyBytes = readFileSync(TINY_UNET);
 const loadTiny = (): ModelProto => decodeModel(tinyBytes);
@@ -532,15 +544,7 @@ describe('rewritten tiny UNet vs torch + tomesd', () => {
 describe('patched model files', () => {
   const tmp = mkdtempSync(join(tmpdir(), 'sdgen-tome-'));
   const o = { ...DEFAULT_TOME, ratio: 0.5 };
-  const caseFeeds = (): { feeds: Record<string, ort.Tensor>; ref: Float32Array } => {
-    const dir = new URL('tome-unet/', FIX);
-    const man = JSON.parse(readFileSync(new URL('manifest.json', dir), 'utf8')) as { inputs: Record<string, { tensors: Record<string, TensorMeta> }>; cases: UnetCase[] };
-    const c = man.cases.find((x) => x.name === 'h32_w32_b2_tome_r50_md1_sx2sy2_a1c0m0')!;
-    const t = man.inputs[c.inputs]!.tensors;
-    const feeds: Record<string, ort.Tensor> = {};
-    for (const k of ['sample', 'timestep', 'encoder_hidden_states']) feeds[k] = f32(readTensor(new URL('inputs.bin', dir), t[k]!));
-    return { feeds, ref: readTensor(new URL('outputs.bin', dir), c.tensors.out_sample!).data as Float32Array };
-  };
+  const caseFeeds = () => tomeUnetCase(R50_CASE);
 
   test('patchModelFile keeps external data and reproduces tomesd', async () => {
     const src = new URL('tiny-sd1/unet/model.onnx', FIX).pathname;
@@ -663,13 +667,7 @@ function toInt64Timestep(m: ModelProto): void {
 }
 
 describe('export variants', () => {
-  const dir = new URL('tome-unet/', FIX);
-  const man = JSON.parse(readFileSync(new URL('manifest.json', dir), 'utf8')) as { inputs: Record<string, { tensors: Record<string, TensorMeta> }>; cases: UnetCase[] };
-  const c = man.cases.find((x) => x.name === 'h32_w32_b2_tome_r50_md1_sx2sy2_a1c0m0')!;
-  const t = man.inputs[c.inputs]!.tensors;
-  const feeds: Record<string, ort.Tensor> = {};
-  for (const k of ['sample', 'timestep', 'encoder_hidden_states']) feeds[k] = f32(readTensor(new URL('inputs.bin', dir), t[k]!));
-  const ref = readTensor(new URL('outputs.bin', dir), c.tensors.out_sample!).data as Float32Array;
+  const { c, feeds, ref } = tomeUnetCase(R50_CASE);
   const o = toOpts(c.tome_args!);
 
   test('opset 17 (LayerNormalization) export reproduces tomesd', async () => {
