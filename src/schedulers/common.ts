@@ -18,6 +18,15 @@ export interface BetaConfig {
   trained_betas: number[] | null;
 }
 
+/** The training noise schedule most diffusers schedulers default to (linear betas 1e-4 … 0.02 over 1000 steps). */
+export const BETA_DEFAULTS = {
+  num_train_timesteps: 1000,
+  beta_start: 0.0001,
+  beta_end: 0.02,
+  beta_schedule: 'linear',
+  trained_betas: null as number[] | null,
+};
+
 /**
  * diffusers' `XScheduler.from_config(config)`: start from the class's own defaults and take every
  * key the class accepts from `config` (a key present with `null` passes `null`, like Python's None).

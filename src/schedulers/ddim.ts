@@ -6,16 +6,12 @@
 import type { RandomSource } from '../random/types.js';
 import type { Scheduler, SchedulerConfig } from './types.js';
 import {
-  clampSample, computeAlphasCumprod, computeBetas, discreteTimesteps, drawNoise, ensure, f32, indexForTimestep,
-  outputFor, resolveConfig, thresholdSample, unscaledInput,
+  BETA_DEFAULTS, clampSample, computeAlphasCumprod, computeBetas, discreteTimesteps, drawNoise, ensure, f32,
+  indexForTimestep, outputFor, resolveConfig, thresholdSample, unscaledInput,
 } from './common.js';
 
 export const DDIM_DEFAULTS = {
-  num_train_timesteps: 1000,
-  beta_start: 0.0001,
-  beta_end: 0.02,
-  beta_schedule: 'linear',
-  trained_betas: null as number[] | null,
+  ...BETA_DEFAULTS,
   clip_sample: true,
   set_alpha_to_one: true,
   steps_offset: 0,

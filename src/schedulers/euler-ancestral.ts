@@ -5,15 +5,11 @@
  */
 import type { RandomSource } from '../random/types.js';
 import type { SchedulerConfig } from './types.js';
-import { drawNoise, ensure, f32, outputFor, resolveConfig } from './common.js';
+import { BETA_DEFAULTS, drawNoise, ensure, f32, outputFor, resolveConfig } from './common.js';
 import { SigmaScheduler, sigmaDenoiser, sigmaGrid } from './sigma-base.js';
 
 export const EULER_ANCESTRAL_DEFAULTS = {
-  num_train_timesteps: 1000,
-  beta_start: 0.0001,
-  beta_end: 0.02,
-  beta_schedule: 'linear',
-  trained_betas: null as number[] | null,
+  ...BETA_DEFAULTS,
   prediction_type: 'epsilon',
   timestep_spacing: 'linspace',
   steps_offset: 0,

@@ -7,15 +7,11 @@
  */
 import type { RandomSource } from '../random/types.js';
 import type { SchedulerConfig } from './types.js';
-import { f32, outputFor, resolveConfig } from './common.js';
+import { BETA_DEFAULTS, f32, outputFor, resolveConfig } from './common.js';
 import { SigmaScheduler, sigmaDenoiser, sigmaGrid } from './sigma-base.js';
 
 export const LMS_DEFAULTS = {
-  num_train_timesteps: 1000,
-  beta_start: 0.0001,
-  beta_end: 0.02,
-  beta_schedule: 'linear',
-  trained_betas: null as number[] | null,
+  ...BETA_DEFAULTS,
   use_karras_sigmas: false,
   prediction_type: 'epsilon',
   timestep_spacing: 'linspace',

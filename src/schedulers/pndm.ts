@@ -7,17 +7,16 @@
  */
 import type { RandomSource } from '../random/types.js';
 import type { Scheduler, SchedulerConfig } from './types.js';
-import { computeAlphasCumprod, computeBetas, f32, outputFor, resolveConfig, roundHalfEven, npArange, npLinspace, unscaledInput } from './common.js';
+import {
+  BETA_DEFAULTS, computeAlphasCumprod, computeBetas, f32, outputFor, resolveConfig, roundHalfEven, npArange, npLinspace,
+  unscaledInput,
+} from './common.js';
 
 const SIXTH = f32(1 / 6);
 const THIRD = f32(1 / 3);
 
 export const PNDM_DEFAULTS = {
-  num_train_timesteps: 1000,
-  beta_start: 0.0001,
-  beta_end: 0.02,
-  beta_schedule: 'linear',
-  trained_betas: null as number[] | null,
+  ...BETA_DEFAULTS,
   skip_prk_steps: false,
   set_alpha_to_one: false,
   prediction_type: 'epsilon',

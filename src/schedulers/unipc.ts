@@ -8,16 +8,13 @@
 import type { RandomSource } from '../random/types.js';
 import type { Scheduler, SchedulerConfig } from './types.js';
 import {
-  ensure, f32, lambdaOf, multistepTimesteps, outputFor, resolveConfig, sigmaToAlphaSigma, thresholdSample, unscaledInput,
+  BETA_DEFAULTS, ensure, f32, lambdaOf, multistepTimesteps, outputFor, resolveConfig, sigmaToAlphaSigma, thresholdSample,
+  unscaledInput,
 } from './common.js';
 import { TrainingSchedule, convertModelOutput, multistepSigmas } from './sigma-base.js';
 
 export const UNIPC_DEFAULTS = {
-  num_train_timesteps: 1000,
-  beta_start: 0.0001,
-  beta_end: 0.02,
-  beta_schedule: 'linear',
-  trained_betas: null as number[] | null,
+  ...BETA_DEFAULTS,
   solver_order: 2,
   prediction_type: 'epsilon',
   thresholding: false,
