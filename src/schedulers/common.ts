@@ -27,6 +27,13 @@ export const BETA_DEFAULTS = {
   trained_betas: null as number[] | null,
 };
 
+/** Dynamic thresholding keys (off by default) of the schedulers that support it (see thresholdSample). */
+export const THRESHOLDING_DEFAULTS = {
+  thresholding: false,
+  dynamic_thresholding_ratio: 0.995,
+  sample_max_value: 1.0,
+};
+
 /**
  * diffusers' `XScheduler.from_config(config)`: start from the class's own defaults and take every
  * key the class accepts from `config` (a key present with `null` passes `null`, like Python's None).

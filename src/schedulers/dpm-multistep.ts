@@ -8,8 +8,8 @@
 import type { RandomSource } from '../random/types.js';
 import type { Scheduler, SchedulerConfig } from './types.js';
 import {
-  BETA_DEFAULTS, drawNoise, ensure, f32, indexForTimestep, lambdaOf, multistepTimesteps, outputFor, resolveConfig,
-  sigmaToAlphaSigma, thresholdSample, unscaledInput,
+  BETA_DEFAULTS, THRESHOLDING_DEFAULTS, drawNoise, ensure, f32, indexForTimestep, lambdaOf, multistepTimesteps,
+  outputFor, resolveConfig, sigmaToAlphaSigma, thresholdSample, unscaledInput,
 } from './common.js';
 import { TrainingSchedule, convertModelOutput, multistepSigmas } from './sigma-base.js';
 
@@ -17,9 +17,7 @@ export const DPM_MULTISTEP_DEFAULTS = {
   ...BETA_DEFAULTS,
   solver_order: 2,
   prediction_type: 'epsilon',
-  thresholding: false,
-  dynamic_thresholding_ratio: 0.995,
-  sample_max_value: 1.0,
+  ...THRESHOLDING_DEFAULTS,
   algorithm_type: 'dpmsolver++',
   solver_type: 'midpoint',
   lower_order_final: true,

@@ -13,16 +13,14 @@
  */
 import type { RandomSource } from '../random/types.js';
 import type { SchedulerConfig } from './types.js';
-import { drawNoise, ensure, f32, outputFor, resolveConfig, scaleBySigma, sigmaToT } from './common.js';
+import { BETA_DEFAULTS, drawNoise, ensure, f32, outputFor, resolveConfig, scaleBySigma, sigmaToT } from './common.js';
 import { SigmaScheduler, sigmaDenoiser, sigmaGrid } from './sigma-base.js';
 import { doubleAfterFirst } from './heun.js';
 
 export const DPM_SDE_DEFAULTS = {
-  num_train_timesteps: 1000,
+  ...BETA_DEFAULTS,
   beta_start: 0.00085,
   beta_end: 0.012,
-  beta_schedule: 'linear',
-  trained_betas: null as number[] | null,
   prediction_type: 'epsilon',
   use_karras_sigmas: false,
   noise_sampler_seed: null as number | null,

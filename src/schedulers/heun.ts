@@ -6,15 +6,13 @@
  */
 import type { RandomSource } from '../random/types.js';
 import type { SchedulerConfig } from './types.js';
-import { clampSample, f32, outputFor, resolveConfig } from './common.js';
+import { BETA_DEFAULTS, clampSample, f32, outputFor, resolveConfig } from './common.js';
 import { SigmaScheduler, sigmaDenoiser, sigmaGrid } from './sigma-base.js';
 
 export const HEUN_DEFAULTS = {
-  num_train_timesteps: 1000,
+  ...BETA_DEFAULTS,
   beta_start: 0.00085,
   beta_end: 0.012,
-  beta_schedule: 'linear',
-  trained_betas: null as number[] | null,
   prediction_type: 'epsilon',
   use_karras_sigmas: false,
   clip_sample: false,

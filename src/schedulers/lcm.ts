@@ -7,25 +7,22 @@
 import type { RandomSource } from '../random/types.js';
 import type { Scheduler, SchedulerConfig } from './types.js';
 import {
-  clampSample, computeAlphasCumprod, computeBetas, drawNoise, ensure, f32, indexForTimestep, outputFor, resolveConfig,
-  thresholdSample, unscaledInput,
+  BETA_DEFAULTS, THRESHOLDING_DEFAULTS, clampSample, computeAlphasCumprod, computeBetas, drawNoise, ensure, f32,
+  indexForTimestep, outputFor, resolveConfig, thresholdSample, unscaledInput,
 } from './common.js';
 
 export const LCM_DEFAULTS = {
-  num_train_timesteps: 1000,
+  ...BETA_DEFAULTS,
   beta_start: 0.00085,
   beta_end: 0.012,
   beta_schedule: 'scaled_linear',
-  trained_betas: null as number[] | null,
   original_inference_steps: 50,
   clip_sample: false,
   clip_sample_range: 1.0,
   set_alpha_to_one: true,
   steps_offset: 0,
   prediction_type: 'epsilon',
-  thresholding: false,
-  dynamic_thresholding_ratio: 0.995,
-  sample_max_value: 1.0,
+  ...THRESHOLDING_DEFAULTS,
   timestep_spacing: 'leading',
   timestep_scaling: 10.0,
   rescale_betas_zero_snr: false,
