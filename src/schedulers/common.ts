@@ -330,6 +330,32 @@ export function clampSample(x: Float32Array, range: number): void {
   for (let i = 0; i < x.length; i++) x[i] = Math.min(Math.max(x[i]!, -range), range);
 }
 
+/**
+ * diffusers' conversion of a model output into `dst` with alpha = √ᾱ and sigma = √(1 − ᾱ) of the
+ * current step: the data (x0) prediction when `predictX0`, else the noise prediction, from an
+ * epsilon, sample or v_prediction output (float32). DDIM and LCM take the x0 prediction;
+ * DPM-Solver and UniPC's convert_model_output either. Any other prediction_type throws
+ * `${who}: prediction_type '…' is not supported`.
+ */
+export function convertModelOutput(
+  modelOutput: Float32Array, x: Float32Array, dst: Float32Array, alpha: number, sigma: number, pt: string, predictX0: boolean, who: string,
+): void {
+  if (pt !== 'epsilon' && pt !== 'sample' && pt !== 'v_prediction') throw new Error(`${who}: prediction_type '${pt}' is not supported`);
+  for (let k = 0; k < x.length; k++) {
+    const s = x[k]!;
+    const m = modelOutput[k]!;
+    if (predictX0) {
+      if (pt === 'epsilon') dst[k] = f32(f32(s - f32(sigma * m)) / alpha);
+      else if (pt === 'sample') dst[k] = m;
+      else dst[k] = f32(f32(alpha * s) - f32(sigma * m));
+    } else {
+      if (pt === 'epsilon') dst[k] = m;
+      else if (pt === 'sample') dst[k] = f32(f32(s - f32(alpha * m)) / sigma);
+      else dst[k] = f32(f32(alpha * m) + f32(sigma * s));
+    }
+  }
+}
+
 /** alpha_t = 1/sqrt(σ²+1), sigma_t = σ·alpha_t (float32), as DPM-Solver/UniPC convert sigmas. */
 export function sigmaToAlphaSigma(sigma: number): [number, number] {
   const alpha = f32(1 / f32(Math.sqrt(f32(f32(sigma * sigma) + 1))));

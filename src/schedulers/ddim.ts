@@ -6,8 +6,8 @@
 import type { RandomSource } from '../random/types.js';
 import type { Scheduler, SchedulerConfig } from './types.js';
 import {
-  BETA_DEFAULTS, clampSample, computeAlphasCumprod, computeBetas, discreteTimesteps, drawNoise, ensure, f32,
-  indexForTimestep, outputFor, resolveConfig, thresholdSample, unscaledInput,
+  BETA_DEFAULTS, clampSample, computeAlphasCumprod, computeBetas, convertModelOutput, discreteTimesteps, drawNoise,
+  ensure, f32, indexForTimestep, outputFor, resolveConfig, thresholdSample, unscaledInput,
 } from './common.js';
 
 export const DDIM_DEFAULTS = {
@@ -78,19 +78,7 @@ export class DdimScheduler implements Scheduler {
     const x0 = (this.x0 = ensure(this.x0, len));
     const epsBuf = o; // predicted eps is kept in the output buffer until the final combine
     // 1. predicted x0 and eps
-    for (let k = 0; k < len; k++) {
-      const s = x[k]!;
-      const m = modelOutput[k]!;
-      if (pt === 'epsilon') {
-        x0[k] = f32(f32(s - f32(sqB * m)) / sqA);
-      } else if (pt === 'sample') {
-        x0[k] = m;
-      } else if (pt === 'v_prediction') {
-        x0[k] = f32(f32(sqA * s) - f32(sqB * m));
-      } else {
-        throw new Error(`DDIM: prediction_type '${pt}' is not supported`);
-      }
-    }
+    convertModelOutput(modelOutput, x, x0, sqA, sqB, pt, true, 'DDIM');
     // 2. clip / threshold
     if (this.config.thresholding) thresholdSample(x0, this.config.dynamic_thresholding_ratio, this.config.sample_max_value, (this.scratch = ensure(this.scratch, len)));
     else if (this.config.clip_sample) clampSample(x0, this.config.clip_sample_range);

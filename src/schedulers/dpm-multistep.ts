@@ -8,10 +8,10 @@
 import type { RandomSource } from '../random/types.js';
 import type { Scheduler, SchedulerConfig } from './types.js';
 import {
-  BETA_DEFAULTS, THRESHOLDING_DEFAULTS, drawNoise, ensure, f32, indexForTimestep, lambdaOf, multistepTimesteps,
+  BETA_DEFAULTS, THRESHOLDING_DEFAULTS, convertModelOutput, drawNoise, ensure, f32, indexForTimestep, lambdaOf, multistepTimesteps,
   outputFor, resolveConfig, sigmaToAlphaSigma, thresholdSample, unscaledInput,
 } from './common.js';
-import { TrainingSchedule, convertModelOutput, multistepSigmas } from './sigma-base.js';
+import { TrainingSchedule, multistepSigmas } from './sigma-base.js';
 
 export const DPM_MULTISTEP_DEFAULTS = {
   ...BETA_DEFAULTS,
@@ -93,7 +93,8 @@ export class DpmMultistepScheduler implements Scheduler {
   private convert(modelOutput: Float32Array, x: Float32Array, dst: Float32Array): void {
     const c = this.config;
     const dataPred = c.algorithm_type === 'dpmsolver++' || c.algorithm_type === 'sde-dpmsolver++';
-    convertModelOutput(modelOutput, x, dst, this.sigmas[this.stepIndex!]!, c.prediction_type, dataPred, 'DPM-Solver');
+    const [alpha, sigma] = sigmaToAlphaSigma(this.sigmas[this.stepIndex!]!);
+    convertModelOutput(modelOutput, x, dst, alpha, sigma, c.prediction_type, dataPred, 'DPM-Solver');
     if (dataPred && c.thresholding) {
       thresholdSample(dst, c.dynamic_thresholding_ratio, c.sample_max_value, (this.scratch = ensure(this.scratch, x.length)));
     }

@@ -7,8 +7,8 @@
 import type { RandomSource } from '../random/types.js';
 import type { Scheduler, SchedulerConfig } from './types.js';
 import {
-  BETA_DEFAULTS, THRESHOLDING_DEFAULTS, clampSample, computeAlphasCumprod, computeBetas, drawNoise, ensure, f32,
-  indexForTimestep, outputFor, resolveConfig, thresholdSample, unscaledInput,
+  BETA_DEFAULTS, THRESHOLDING_DEFAULTS, clampSample, convertModelOutput, computeAlphasCumprod, computeBetas, drawNoise,
+  ensure, f32, indexForTimestep, outputFor, resolveConfig, thresholdSample, unscaledInput,
 } from './common.js';
 
 export const LCM_DEFAULTS = {
@@ -127,14 +127,8 @@ export class LcmScheduler implements Scheduler {
     const [cSkip, cOut] = lcmBoundaryScalings(t, c.timestep_scaling);
     const sqA = f32(Math.sqrt(aT));
     const sqB = f32(Math.sqrt(bT));
-    const pt = c.prediction_type;
-    if (pt !== 'epsilon' && pt !== 'sample' && pt !== 'v_prediction') throw new Error(`LCM: prediction_type '${pt}' is not supported`);
     const den = (this.denoisedBuf = ensure(this.denoisedBuf, len));
-    for (let k = 0; k < len; k++) {
-      const s = x[k]!;
-      const m = modelOutput[k]!;
-      den[k] = pt === 'epsilon' ? f32(f32(s - f32(sqB * m)) / sqA) : pt === 'sample' ? m : f32(f32(sqA * s) - f32(sqB * m));
-    }
+    convertModelOutput(modelOutput, x, den, sqA, sqB, c.prediction_type, true, 'LCM');
     if (c.thresholding) thresholdSample(den, c.dynamic_thresholding_ratio, c.sample_max_value, (this.scratch = ensure(this.scratch, len)));
     else if (c.clip_sample) clampSample(den, c.clip_sample_range);
     for (let k = 0; k < len; k++) den[k] = f32(f32(cOut * den[k]!) + f32(cSkip * x[k]!));

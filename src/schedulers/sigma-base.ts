@@ -2,14 +2,14 @@
  * Shared set-up of the k-diffusion-style schedulers that diffusers implements on a sigma grid
  * (Euler, Euler a, LMS, Heun, DPM++ SDE): training sigmas, spaced timesteps, interpolated (or
  * Karras) sigmas, and the base class with their common state (step index, init noise sigma,
- * input scaling). The multistep solvers (DPM-Solver++, UniPC) take the training schedule, their
- * sigmas and their model-output conversion from here too. Pure logic.
+ * input scaling). The multistep solvers (DPM-Solver++, UniPC) take the training schedule and their
+ * sigmas from here too. Pure logic.
  */
 import type { RandomSource } from '../random/types.js';
 import type { Scheduler } from './types.js';
 import {
   computeAlphasCumprod, computeBetas, f32, indexForTimestep, interpIndex, karrasSigmas, roundHalfEven, scaleBySigma,
-  sigmaInitNoise, sigmaSchedulerTimesteps, sigmaToT, sigmaToAlphaSigma, trainSigmas,
+  sigmaInitNoise, sigmaSchedulerTimesteps, sigmaToT, trainSigmas,
   type BetaConfig,
 } from './common.js';
 
@@ -148,30 +148,4 @@ export function multistepSigmas(
   if (!useKarras) return { timesteps, sigmas: timesteps.map((t) => interpIndex(t, train.sigmas)) };
   const sigmas = karrasSigmas(train.sigmas[0]!, train.sigmas[train.sigmas.length - 1]!, steps);
   return { timesteps: sigmas.map((s) => roundHalfEven(sigmaToT(s, train.logSigmas))), sigmas };
-}
-
-/**
- * diffusers' convert_model_output of DPM-Solver / UniPC at noise level `sigma` into `dst`: the
- * data (x0) prediction when `predictX0`, else the noise prediction, from an epsilon, sample or
- * v_prediction model output (float32). Any other prediction_type throws
- * `${who}: prediction_type '…' is not supported`.
- */
-export function convertModelOutput(
-  modelOutput: Float32Array, x: Float32Array, dst: Float32Array, sigmaValue: number, pt: string, predictX0: boolean, who: string,
-): void {
-  const [alpha, sigma] = sigmaToAlphaSigma(sigmaValue);
-  if (pt !== 'epsilon' && pt !== 'sample' && pt !== 'v_prediction') throw new Error(`${who}: prediction_type '${pt}' is not supported`);
-  for (let k = 0; k < x.length; k++) {
-    const s = x[k]!;
-    const m = modelOutput[k]!;
-    if (predictX0) {
-      if (pt === 'epsilon') dst[k] = f32(f32(s - f32(sigma * m)) / alpha);
-      else if (pt === 'sample') dst[k] = m;
-      else dst[k] = f32(f32(alpha * s) - f32(sigma * m));
-    } else {
-      if (pt === 'epsilon') dst[k] = m;
-      else if (pt === 'sample') dst[k] = f32(f32(s - f32(alpha * m)) / sigma);
-      else dst[k] = f32(f32(alpha * m) + f32(sigma * s));
-    }
-  }
 }

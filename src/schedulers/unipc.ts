@@ -8,10 +8,10 @@
 import type { RandomSource } from '../random/types.js';
 import type { Scheduler, SchedulerConfig } from './types.js';
 import {
-  BETA_DEFAULTS, THRESHOLDING_DEFAULTS, ensure, f32, lambdaOf, multistepTimesteps, outputFor, resolveConfig,
+  BETA_DEFAULTS, THRESHOLDING_DEFAULTS, convertModelOutput, ensure, f32, lambdaOf, multistepTimesteps, outputFor, resolveConfig,
   sigmaToAlphaSigma, thresholdSample, unscaledInput,
 } from './common.js';
-import { TrainingSchedule, convertModelOutput, multistepSigmas } from './sigma-base.js';
+import { TrainingSchedule, multistepSigmas } from './sigma-base.js';
 
 export const UNIPC_DEFAULTS = {
   ...BETA_DEFAULTS,
@@ -107,7 +107,8 @@ export class UniPcScheduler implements Scheduler {
 
   private convert(modelOutput: Float32Array, x: Float32Array, dst: Float32Array): void {
     const c = this.config;
-    convertModelOutput(modelOutput, x, dst, this.sigmas[this.stepIndex!]!, c.prediction_type, c.predict_x0, 'UniPC');
+    const [alpha, sigma] = sigmaToAlphaSigma(this.sigmas[this.stepIndex!]!);
+    convertModelOutput(modelOutput, x, dst, alpha, sigma, c.prediction_type, c.predict_x0, 'UniPC');
     if (c.predict_x0 && c.thresholding) {
       thresholdSample(dst, c.dynamic_thresholding_ratio, c.sample_max_value, (this.scratch = ensure(this.scratch, x.length)));
     }
