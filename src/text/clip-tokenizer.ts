@@ -44,6 +44,21 @@ const PRE_TOKEN_RE = new RegExp(
 
 const CACHE_LIMIT = 50_000;
 
+/** Every occurrence of the symbol pair (a, b) merged into one symbol, left to right, without overlaps. */
+export function mergePair(symbols: readonly string[], a: string, b: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < symbols.length; ) {
+    if (i < symbols.length - 1 && symbols[i] === a && symbols[i + 1] === b) {
+      out.push(a + b);
+      i += 2;
+    } else {
+      out.push(symbols[i] as string);
+      i += 1;
+    }
+  }
+  return out;
+}
+
 export class ClipTokenizer implements Tokenizer {
   readonly bosId: number;
   readonly eosId: number;
@@ -119,7 +134,7 @@ export class ClipTokenizer implements Tokenizer {
     const cached = this.cache.get(byteWord);
     if (cached !== undefined) return cached;
 
-    const word = Array.from(byteWord);
+    let word = Array.from(byteWord);
     word[word.length - 1] += WORD_END;
     while (word.length > 1) {
       let best = -1;
@@ -132,21 +147,7 @@ export class ClipTokenizer implements Tokenizer {
         }
       }
       if (best < 0) break;
-      const first = word[best] as string;
-      const second = word[best + 1] as string;
-      // Merge every occurrence of the best pair, left to right, without overlaps.
-      const merged: string[] = [];
-      for (let i = 0; i < word.length; ) {
-        if (i < word.length - 1 && word[i] === first && word[i + 1] === second) {
-          merged.push(first + second);
-          i += 2;
-        } else {
-          merged.push(word[i] as string);
-          i += 1;
-        }
-      }
-      word.length = 0;
-      word.push(...merged);
+      word = mergePair(word, word[best] as string, word[best + 1] as string);
     }
     if (this.cache.size >= CACHE_LIMIT) this.cache.clear();
     this.cache.set(byteWord, word);

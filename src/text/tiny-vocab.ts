@@ -8,7 +8,7 @@
  * prompt words encode as whole words; anything else falls back to smaller pieces and bytes.
  */
 import { BYTE_TO_CHAR } from './byte-unicode.js';
-import { END_TOKEN, START_TOKEN } from './clip-tokenizer.js';
+import { END_TOKEN, START_TOKEN, mergePair } from './clip-tokenizer.js';
 
 const WORD_END = '</w>';
 
@@ -82,20 +82,7 @@ function trainMerges(words: readonly string[]): string[][] {
     if (best === undefined) return merges;
     const [a, b] = best.split(' ') as [string, string];
     merges.push([a, b]);
-    for (let w = 0; w < seqs.length; w++) {
-      const s = seqs[w] as string[];
-      const out: string[] = [];
-      for (let i = 0; i < s.length; ) {
-        if (i < s.length - 1 && s[i] === a && s[i + 1] === b) {
-          out.push(a + b);
-          i += 2;
-        } else {
-          out.push(s[i] as string);
-          i += 1;
-        }
-      }
-      seqs[w] = out;
-    }
+    for (let w = 0; w < seqs.length; w++) seqs[w] = mergePair(seqs[w] as string[], a, b);
   }
 }
 
