@@ -89,6 +89,23 @@ function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return m;
 }
 
+/**
+ * The tiny-sd1 pipeline on CPU for the enclosing describe, with a cache folder of its own
+ * (`prefix`…) and the notices it gives: loaded before its tests, disposed and removed after.
+ */
+function tinyPipeline(prefix: string): { pipe: StableDiffusionPipeline; cacheDir: string; notices: string[] } {
+  const fx = { pipe: undefined as unknown as StableDiffusionPipeline, cacheDir: undefined as unknown as string, notices: [] as string[] };
+  before(async () => {
+    fx.cacheDir = mkdtempSync(path.join(os.tmpdir(), prefix));
+    fx.pipe = await StableDiffusionPipeline.load(TINY, { device: 'cpu', cacheDir: fx.cacheDir }, { onNotice: (m) => fx.notices.push(m) });
+  });
+  after(async () => {
+    await fx.pipe?.dispose();
+    rmSync(fx.cacheDir, { recursive: true, force: true });
+  });
+  return fx;
+}
+
 async function collect(gen: AsyncGenerator<GeneratedImage>): Promise<GeneratedImage[]> {
   const out: GeneratedImage[] = [];
   for await (const img of gen) out.push(img);
@@ -292,17 +309,7 @@ test('uint8 conversion is diffusers\' (clamp, ×255, round half to even)', () =>
 // End to end against diffusers
 
 describe('end to end vs diffusers (tiny-sd1)', () => {
-  let pipe: StableDiffusionPipeline;
-  let cacheDir: string;
-  const notices: string[] = [];
-  before(async () => {
-    cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-e2e-'));
-    pipe = await StableDiffusionPipeline.load(TINY, { device: 'cpu', cacheDir }, { onNotice: (m) => notices.push(m) });
-  });
-  after(async () => {
-    await pipe?.dispose();
-    rmSync(cacheDir, { recursive: true, force: true });
-  });
+  const fx = tinyPipeline('sdgen-e2e-');
 
   const manifest = JSON.parse(readFileSync(path.join(E2E, 'manifest.json'), 'utf8')) as { cases: E2ECase[] };
   for (const c of manifest.cases) {
@@ -323,7 +330,7 @@ describe('end to end vs diffusers (tiny-sd1)', () => {
       };
       let steps = 0;
       const images = await collect(
-        pipe.generate(
+        fx.pipe.generate(
           params({
             prompt: c.args.prompt,
             negativePrompt: c.args.negative_prompt ?? '',
@@ -373,28 +380,28 @@ describe('end to end vs diffusers (tiny-sd1)', () => {
       assert.ok(img.timings.unetMs > 0 && img.timings.vaeMs > 0 && img.timings.textEncoderMs > 0);
       // 'auto' (these runs' mode) is fused attention on CPU float32: diffusers' reference above is
       // standard attention, so the bounds above hold for the fused graph against it.
-      assert.deepEqual(pipe.openUnets, [{ variant: 'original', attention: 'fused' }]);
-      assert.deepEqual(notices.filter((m) => /attention/.test(m)), []);
+      assert.deepEqual(fx.pipe.openUnets, [{ variant: 'original', attention: 'fused' }]);
+      assert.deepEqual(fx.notices.filter((m) => /attention/.test(m)), []);
     });
   }
 
   test('image i of a batch equals a single run with seed + i; sizes are validated', async () => {
     const p = params({ prompt: 'a red fox', negativePrompt: 'blurry', width: 128, height: 128, steps: 3, seed: 77, scheduler: 'euler_a', cfg: 5 });
-    const batch = await collect(pipe.generate({ ...p, batchSize: 2 }));
+    const batch = await collect(fx.pipe.generate({ ...p, batchSize: 2 }));
     assert.equal(batch.length, 2);
     assert.deepEqual(batch.map((b) => b.seed), [77, 78]);
     assert.deepEqual(batch.map((b) => b.index), [0, 1]);
-    const single = await collect(pipe.generate({ ...p, seed: 78 }));
+    const single = await collect(fx.pipe.generate({ ...p, seed: 78 }));
     assert.equal(single.length, 1);
     assert.equal(single[0]!.params.seed, 78);
     assert.deepEqual(batch[1]!.rgb, single[0]!.rgb, 'batch image 1 = seed+1 alone');
     assert.notDeepEqual(batch[0]!.rgb, batch[1]!.rgb);
     // nIter: a second batch continues the seeds
-    const iter = await collect(pipe.generate({ ...p, nIter: 2 }));
+    const iter = await collect(fx.pipe.generate({ ...p, nIter: 2 }));
     assert.deepEqual(iter.map((b) => b.seed), [77, 78]);
     assert.deepEqual(iter[1]!.rgb, single[0]!.rgb);
 
-    await assert.rejects(collect(pipe.generate({ ...p, width: 100 })), (e: unknown) => e instanceof UsageError && /multiple of 8/.test(e.message));
+    await assert.rejects(collect(fx.pipe.generate({ ...p, width: 100 })), (e: unknown) => e instanceof UsageError && /multiple of 8/.test(e.message));
   });
 
   test('abort between steps: no partial output', async () => {
@@ -402,7 +409,7 @@ describe('end to end vs diffusers (tiny-sd1)', () => {
     const got: GeneratedImage[] = [];
     await assert.rejects(
       (async () => {
-        for await (const img of pipe.generate(params({ prompt: 'x', width: 64, height: 64, steps: 4 }), { onStep: (s) => s === 2 && ac.abort() }, ac.signal)) {
+        for await (const img of fx.pipe.generate(params({ prompt: 'x', width: 64, height: 64, steps: 4 }), { onStep: (s) => s === 2 && ac.abort() }, ac.signal)) {
           got.push(img);
         }
       })(),
@@ -411,12 +418,12 @@ describe('end to end vs diffusers (tiny-sd1)', () => {
     assert.equal(got.length, 0);
     // the pipeline is usable again after an abort; one generate at a time
     const small = params({ prompt: 'x', width: 64, height: 64, steps: 1, nIter: 2 });
-    const a = pipe.generate(small);
+    const a = fx.pipe.generate(small);
     const first = a.next();
-    await assert.rejects(pipe.generate(small).next(), /already generating/);
+    await assert.rejects(fx.pipe.generate(small).next(), /already generating/);
     assert.equal((await first).done, false);
     await a.return(undefined); // leaving early frees the pipeline
-    assert.equal((await collect(pipe.generate({ ...small, nIter: 1 }))).length, 1);
+    assert.equal((await collect(fx.pipe.generate({ ...small, nIter: 1 }))).length, 1);
   });
 });
 
@@ -531,41 +538,31 @@ describe('text encoding', () => {
 // ToMe through the pipeline (tiny-sd1, small size)
 
 describe('ToMe in the pipeline', () => {
-  let pipe: StableDiffusionPipeline;
-  let cacheDir: string;
-  const notices: string[] = [];
-  before(async () => {
-    cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-tome-'));
-    pipe = await StableDiffusionPipeline.load(TINY, { device: 'cpu', cacheDir }, { onNotice: (m) => notices.push(m) });
-  });
-  after(async () => {
-    await pipe?.dispose();
-    rmSync(cacheDir, { recursive: true, force: true });
-  });
+  const fx = tinyPipeline('sdgen-tome-');
   const p = params({ prompt: 'a red fox', negativePrompt: 'blurry', width: 128, height: 128, steps: 2, seed: 5, scheduler: 'euler_a', cfg: 5 });
   const tome = (o: Partial<GenerationParams['tome']>) => ({ ...DEFAULT_TOME, ratio: 0.5, ...o });
 
   test('applied, skipped below the minimum size (bit-identical to no ToMe), random destinations reproducible per image', async () => {
-    const base = await collect(pipe.generate({ ...p, batchSize: 2 }));
-    const merged = await collect(pipe.generate({ ...p, batchSize: 2, tome: tome({}) }));
+    const base = await collect(fx.pipe.generate({ ...p, batchSize: 2 }));
+    const merged = await collect(fx.pipe.generate({ ...p, batchSize: 2, tome: tome({}) }));
     assert.deepEqual(merged.map((i) => i.tomeApplied), [true, true]);
     assert.ok(maxAbsDiff(merged[0]!.rgb, base[0]!.rgb) > 2, 'ToMe changes the image');
 
-    notices.length = 0;
-    const skipped = await collect(pipe.generate({ ...p, batchSize: 2, tome: tome({ minWidth: 256, minHeight: 256 }) }));
+    fx.notices.length = 0;
+    const skipped = await collect(fx.pipe.generate({ ...p, batchSize: 2, tome: tome({ minWidth: 256, minHeight: 256 }) }));
     assert.deepEqual(skipped.map((i) => i.tomeApplied), [false, false]);
     assert.deepEqual(skipped[1]!.rgb, base[1]!.rgb);
-    assert.deepEqual(notices, ['ToMe skipped: image 128x128 is below the ToMe minimum 256x256']);
+    assert.deepEqual(fx.notices, ['ToMe skipped: image 128x128 is below the ToMe minimum 256x256']);
 
-    const rand = await collect(pipe.generate({ ...p, batchSize: 2, tome: tome({ useRand: true }) }));
-    const alone = await collect(pipe.generate({ ...p, seed: 6, tome: tome({ useRand: true }) }));
+    const rand = await collect(fx.pipe.generate({ ...p, batchSize: 2, tome: tome({ useRand: true }) }));
+    const alone = await collect(fx.pipe.generate({ ...p, seed: 6, tome: tome({ useRand: true }) }));
     assert.deepEqual(rand[1]!.rgb, alone[0]!.rgb, 'image 1 of a batch = its seed alone');
     assert.ok(maxAbsDiff(rand[1]!.rgb, merged[1]!.rgb) > 0, 'random destinations change the merge');
 
     // Without CFG the UNet batch is odd: tomesd turns random destinations off (zeros), so the
     // rand-input graph gives exactly the no-rand result.
-    const oddRand = await collect(pipe.generate({ ...p, cfg: 1, tome: tome({ useRand: true }) }));
-    const oddPlain = await collect(pipe.generate({ ...p, cfg: 1, tome: tome({}) }));
+    const oddRand = await collect(fx.pipe.generate({ ...p, cfg: 1, tome: tome({ useRand: true }) }));
+    const oddPlain = await collect(fx.pipe.generate({ ...p, cfg: 1, tome: tome({}) }));
     assert.ok(maxAbsDiff(oddRand[0]!.rgb, oddPlain[0]!.rgb) <= 1);
   });
 });
@@ -586,51 +583,41 @@ describe('fused attention in the pipeline', () => {
     assert.equal(resolveAttention('auto', 'coreml', false).attention, 'standard');
   });
 
-  let pipe: StableDiffusionPipeline;
-  let cacheDir: string;
-  const notices: string[] = [];
-  before(async () => {
-    cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-fused-'));
-    pipe = await StableDiffusionPipeline.load(TINY, { device: 'cpu', cacheDir }, { onNotice: (m) => notices.push(m) });
-  });
-  after(async () => {
-    await pipe?.dispose();
-    rmSync(cacheDir, { recursive: true, force: true });
-  });
+  const fx = tinyPipeline('sdgen-fused-');
   const p = params({ prompt: 'a red fox', negativePrompt: 'blurry', width: 128, height: 128, steps: 3, seed: 11, scheduler: 'euler_a', cfg: 5 });
   async function final(over: Partial<GenerationParams>): Promise<{ img: GeneratedImage; latents: Float32Array }> {
     let latents: Float32Array | undefined;
-    const [img] = await collect(pipe.generate({ ...p, ...over }, { onFinalLatents: (_s, l) => (latents = l[0]) }));
+    const [img] = await collect(fx.pipe.generate({ ...p, ...over }, { onFinalLatents: (_s, l) => (latents = l[0]) }));
     return { img: img!, latents: latents! };
   }
 
   test('fused matches standard (final latents ≤ 1e-4); only the sessions of the mode in use stay open', async (t) => {
     // load() opened the UNet in the mode 'auto' resolves to
-    assert.deepEqual(pipe.openUnets, [{ variant: 'original', attention: 'fused' }]);
+    assert.deepEqual(fx.pipe.openUnets, [{ variant: 'original', attention: 'fused' }]);
     const fused = await final({ attention: 'fused' });
     const std = await final({ attention: 'standard' });
-    assert.deepEqual(pipe.openUnets, [{ variant: 'original', attention: 'standard' }]);
+    assert.deepEqual(fx.pipe.openUnets, [{ variant: 'original', attention: 'standard' }]);
     const auto = await final({ attention: 'auto' });
-    assert.deepEqual(pipe.openUnets, [{ variant: 'original', attention: 'fused' }]);
+    assert.deepEqual(fx.pipe.openUnets, [{ variant: 'original', attention: 'fused' }]);
     const d = maxAbsDiff(fused.latents, std.latents);
     t.diagnostic(`fused vs standard: final latents ${d}, image ${maxAbsDiff(fused.img.rgb, std.img.rgb)}/255`);
     assert.ok(d <= 1e-4, `fused vs standard final latents ${d}`);
     assert.ok(maxAbsDiff(fused.img.rgb, std.img.rgb) <= 1);
     assert.deepEqual(auto.latents, fused.latents);
-    assert.deepEqual(notices, []);
+    assert.deepEqual(fx.notices, []);
   });
 
   test('ToMe then fused: differs from ToMe-standard by ≤ 1e-3; the fused rewrite runs on the patched graph', async (t) => {
     const tome = { ...DEFAULT_TOME, ratio: 0.5 };
     const fused = await final({ tome, attention: 'fused' });
-    assert.deepEqual(pipe.openUnets, [
+    assert.deepEqual(fx.pipe.openUnets, [
       { variant: 'original', attention: 'fused' },
       { variant: 'tome', attention: 'fused' },
     ]);
     // fused copies of the exported and of the ToMe-patched UNet
-    assert.equal(readdirSync(path.join(cacheDir, 'fused')).length, 2);
+    assert.equal(readdirSync(path.join(fx.cacheDir, 'fused')).length, 2);
     const std = await final({ tome, attention: 'standard' });
-    assert.deepEqual(pipe.openUnets, [{ variant: 'tome', attention: 'standard' }]);
+    assert.deepEqual(fx.pipe.openUnets, [{ variant: 'tome', attention: 'standard' }]);
     assert.equal(fused.img.tomeApplied, true);
     assert.equal(std.img.tomeApplied, true);
     const d = maxAbsDiff(fused.latents, std.latents);
@@ -643,7 +630,7 @@ describe('fused attention in the pipeline', () => {
     const randFused = await final({ tome: rand, attention: 'fused' });
     const randStd = await final({ tome: rand, attention: 'standard' });
     assert.ok(maxAbsDiff(randFused.latents, randStd.latents) <= 1e-3);
-    assert.deepEqual(notices, []);
+    assert.deepEqual(fx.notices, []);
   });
 });
 
