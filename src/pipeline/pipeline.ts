@@ -203,10 +203,7 @@ export class StableDiffusionPipeline {
       opened.push(unet.model);
       if (unet.io.tomeRand.length > 0) throw new SdgenError(`unet: ${folder.paths.unet} is a ToMe-patched graph; use the original export`);
       events?.onLoad?.('vae_decoder', 2, total);
-      // The VAE's mid-block attention over every latent pixel is the decoder's largest
-      // intermediate; it gets the same attention kernel as the UNet.
-      const vaePath = attention === 'fused' ? await fusedCopyOr(folder.paths.vaeDecoder, cacheDir, guessFp16) : folder.paths.vaeDecoder;
-      const vaeModel = await sessions.open(vaePath, attention === 'fused' && vaePath !== folder.paths.vaeDecoder ? 'vae decoder (fused attention)' : 'vae decoder');
+      const vaeModel = await sessions.open(folder.paths.vaeDecoder, 'vae decoder');
       opened.push(vaeModel);
       const vae = new VaeDecoder(vaeModel.session, vaeDecoderIO(vaeModel.info, 'vae decoder'), folder.vaeScalingFactor);
       events?.onLoad?.('done', total, total);
@@ -505,17 +502,6 @@ interface OpenUnetOptions {
   notice: (message: string) => void;
   /** the user asked for 'fused' (the caller prints the fallback notice) */
   explicit: boolean;
-}
-
-/** The cached fused-attention copy of a model file, or the file itself when nothing fuses. */
-async function fusedCopyOr(file: string, cacheDir: string, isFp16: boolean): Promise<string> {
-  try {
-    await checkModelFile(file, 'vae decoder');
-    const r = await getFusedModel(file, { cacheDir, allowFloat16: isFp16 });
-    return r.fused ? r.path : file;
-  } catch {
-    return file;
-  }
 }
 
 /**
