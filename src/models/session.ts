@@ -146,7 +146,7 @@ export interface OptimizedGraphCache {
  *
  * With `optimizedCache`, CPU sessions go through onnxruntime's optimized-graph cache: the
  * first load saves the graph onnxruntime built (optimization level 'all'), later loads read it
- * back with optimizations off (SD 1.5 UNet: 17 s → 2.5 s, docs/performance.md). Other providers
+ * back with optimizations off (SD 1.5 UNet: 8.4 s → 2.1 s, docs/performance.md). Other providers
  * load the model as it is. A cache that cannot be written (read-only, disk full) or an entry
  * that onnxruntime cannot save costs nothing but the attempt: the model is then loaded plainly.
  */
