@@ -1,4 +1,5 @@
 import { test } from 'node:test';
+import { xorshiftFill } from '../src/bench/inputs.js';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import ort from 'onnxruntime-node';
@@ -13,20 +14,7 @@ import { chooseAttention, fuseAttention } from '../src/optimize/index.js';
 const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
 const fx = (p: string): string => new URL(p, FIXTURES).pathname;
 
-/** Deterministic values in [-1, 1). */
-function rand(n: number, seed: number): Float32Array {
-  const a = new Float32Array(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    a[i] = (x / 4294967296) * 2 - 1;
-  }
-  return a;
-}
+const rand = xorshiftFill;
 
 function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   assert.equal(a.length, b.length);

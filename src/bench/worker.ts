@@ -7,23 +7,10 @@ import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import ort from 'onnxruntime-node';
 import { measureMatMulRate } from './matmul-rate.js';
+import { xorshiftFill as fill } from './inputs.js';
 import { maxRssBytes } from './memory.js';
 import { summarizeProfile, type ProfileEvent, type ProfileSummary } from './profile.js';
 import type { WorkerJob, WorkerReply, UnetJobResult, ImageJobResult, LoadJobResult } from './jobs.js';
-
-function fill(n: number, seed: number): Float32Array {
-  const a = new Float32Array(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    a[i] = (x / 4294967296) * 2 - 1;
-  }
-  return a;
-}
 
 /** Inputs for one UNet call, shaped from the session's own metadata. */
 export function unetFeeds(session: ort.InferenceSession, batch: number, latentH: number, latentW: number, seqLen: number): Record<string, ort.Tensor> {
@@ -155,27 +142,21 @@ async function runLoad(job: Extract<WorkerJob, { kind: 'load' }>): Promise<LoadJ
 async function runImage(job: Extract<WorkerJob, { kind: 'image' }>): Promise<ImageJobResult> {
   const { StableDiffusionPipeline } = await import('../pipeline/pipeline.js');
   const { DEFAULT_TOME } = await import('../tome/types.js');
+  const { generationParams } = await import('../pipeline/params.js');
   const { encodeRgbPng } = await import('../image/png.js');
   const t0 = performance.now();
   const pipe = await StableDiffusionPipeline.load(job.modelDir, { device: 'cpu', threads: job.threads, cacheDir: job.cacheDir });
   const loadMs = performance.now() - t0;
-  const params = {
+  const params = generationParams({
     prompt: 'a photograph of an astronaut riding a horse',
-    negativePrompt: '',
     width: job.size,
     height: job.size,
     steps: job.steps,
     cfg: 7.5,
     seed: 1234,
-    scheduler: 'euler_a',
-    batchSize: 1,
-    nIter: 1,
-    eta: 0,
-    clipSkip: 1,
-    emphasis: true,
     tome: { ...DEFAULT_TOME, ratio: job.ratio },
     attention: job.attention,
-  };
+  });
   let img: { rgb: Uint8Array; width: number; height: number; timings: { textEncoderMs: number; unetMs: number; vaeMs: number; totalMs: number } } | undefined;
   for await (const image of pipe.generate(params)) img ??= image;
   await pipe.dispose?.();
