@@ -112,7 +112,7 @@ export async function cmdTokens(prompt: string, model: string | undefined, flags
 }
 
 export async function cmdSynth(
-  flags: CommonFlags & { arch?: string; out?: string; seed?: string; fp16?: boolean; opset?: string; style?: string },
+  flags: CommonFlags & { arch?: string; out?: string; seed?: string; fp16?: boolean; opset?: string; style?: string; timeCondProjDim?: string },
   out: Out = process.stdout,
 ): Promise<void> {
   const archs = ['tiny', 'sd15', 'sd21'];
@@ -134,7 +134,15 @@ export async function cmdSynth(
     if (flags.arch !== 'tiny') throw new UsageError('--style applies only to --arch tiny');
     style = flags.style;
   }
-  const { synthesize } = await import('../synth/index.js');
+  const { synthesize, MAX_TIME_COND_PROJ_DIM } = await import('../synth/index.js');
+  let timeCondProjDim: number | undefined;
+  if (flags.timeCondProjDim !== undefined) {
+    const v = flags.timeCondProjDim;
+    if (!/^\d+$/.test(v) || Number(v) < 4 || Number(v) > MAX_TIME_COND_PROJ_DIM) {
+      throw new UsageError(`--time-cond-proj-dim: expected an integer from 4 to ${MAX_TIME_COND_PROJ_DIM}, got ${JSON.stringify(v)}`);
+    }
+    timeCondProjDim = Number(v);
+  }
   const showBar = !flags.quiet && !flags.json && process.stderr.isTTY;
   let bar: import('cli-progress').SingleBar | null = null;
   let stageNow = '';
@@ -152,6 +160,7 @@ export async function cmdSynth(
       fp16: flags.fp16,
       opset,
       style,
+      timeCondProjDim,
       onProgress: (stage, done, total) => {
         if (!bar) {
           if (stage !== stageNow && !flags.quiet && !flags.json) process.stderr.write(`writing ${stage}\n`);

@@ -83,13 +83,14 @@ export function buildProgram(): Command {
     .option('--fp16', 'float16 weights and inputs')
     .option('--opset <n>', 'ONNX opset 14 or 17 (default: 14)')
     .option('--style <style>', 'tiny only: sd1 or sd2 (v-prediction, "!" padding)')
+    .option('--time-cond-proj-dim <n>', 'LCM-style UNet: timestep_cond input of width N (LCM models: 256) and an LCM scheduler')
     .option('-q, --quiet', 'no progress')
     .exitOverride();
   addCommon(synth);
   synth.action(async (_o: unknown, cmd: Command) => {
     const o = cmd.opts();
     const { cmdSynth } = await import('./commands.js');
-    await cmdSynth({ ...common(cmd), arch: o.arch, out: o.out, seed: o.seed, fp16: o.fp16, opset: o.opset, style: o.style });
+    await cmdSynth({ ...common(cmd), arch: o.arch, out: o.out, seed: o.seed, fp16: o.fp16, opset: o.opset, style: o.style, timeCondProjDim: o.timeCondProjDim });
   });
   program.addCommand(synth);
 

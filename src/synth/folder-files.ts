@@ -4,14 +4,21 @@
  */
 import type { ArchSpec } from './archs.js';
 
+/** An LCM-distilled model (its UNet takes `timestep_cond`). */
+function isLcm(spec: ArchSpec): boolean {
+  return spec.unet.timeCondProjDim != null;
+}
+
 export function modelIndexJson(spec: ArchSpec): Record<string, unknown> {
+  const scheduler = isLcm(spec) ? 'LCMScheduler' : spec.predictionType === 'v_prediction' ? 'DDIMScheduler' : 'PNDMScheduler';
   return {
-    _class_name: 'OnnxStableDiffusionPipeline',
+    // LCM checkpoints (SimianLuo/LCM_Dreamshaper_v7) name their diffusers pipeline class
+    _class_name: isLcm(spec) ? 'LatentConsistencyModelPipeline' : 'OnnxStableDiffusionPipeline',
     _diffusers_version: '0.27.2',
     feature_extractor: [null, null],
     requires_safety_checker: false,
     safety_checker: [null, null],
-    scheduler: ['diffusers', spec.predictionType === 'v_prediction' ? 'DDIMScheduler' : 'PNDMScheduler'],
+    scheduler: ['diffusers', scheduler],
     text_encoder: ['diffusers', 'OnnxRuntimeModel'],
     tokenizer: ['transformers', 'CLIPTokenizer'],
     unet: ['diffusers', 'OnnxRuntimeModel'],
@@ -20,8 +27,35 @@ export function modelIndexJson(spec: ArchSpec): Record<string, unknown> {
   };
 }
 
-/** SD 1.5's PNDM config; SD 2.1 ships a DDIM config with v_prediction. */
+/**
+ * SD 1.5's PNDM config; SD 2.1 ships a DDIM config with v_prediction; an LCM model (UNet with
+ * time_cond_proj_dim) diffusers' LCMScheduler config with that class's defaults, which are also
+ * sdgen's `lcm` defaults (original_inference_steps 50, set_alpha_to_one, timestep_scaling 10).
+ */
 export function schedulerConfigJson(spec: ArchSpec): Record<string, unknown> {
+  if (isLcm(spec)) {
+    return {
+      _class_name: 'LCMScheduler',
+      _diffusers_version: '0.27.2',
+      beta_end: 0.012,
+      beta_schedule: 'scaled_linear',
+      beta_start: 0.00085,
+      clip_sample: false,
+      clip_sample_range: 1.0,
+      dynamic_thresholding_ratio: 0.995,
+      num_train_timesteps: 1000,
+      original_inference_steps: 50,
+      prediction_type: spec.predictionType,
+      rescale_betas_zero_snr: false,
+      sample_max_value: 1.0,
+      set_alpha_to_one: true,
+      steps_offset: 0,
+      thresholding: false,
+      timestep_scaling: 10.0,
+      timestep_spacing: 'leading',
+      trained_betas: null,
+    };
+  }
   const common = {
     beta_end: 0.012,
     beta_schedule: 'scaled_linear',

@@ -42,6 +42,12 @@ export interface SynthesizeOptions {
    * upcast attention, gelu text MLP, v_prediction, "!" padding). Default 'sd1'.
    */
   style?: 'sd1' | 'sd2';
+  /**
+   * An LCM-distilled UNet (diffusers' `time_cond_proj_dim`, 256 in LCM_Dreamshaper_v7): the UNet
+   * gets the input `timestep_cond` [batch, D] through `time_embedding.cond_proj`, and the folder
+   * an LCMScheduler config. Default: none (a plain SD UNet).
+   */
+  timeCondProjDim?: number;
   /** stage: 'text_encoder' | 'unet' | 'vae_decoder'; done/total in bytes of weights */
   onProgress?: (stage: string, done: number, total: number) => void;
 }
@@ -61,8 +67,35 @@ function tinySd2(spec: ArchSpec): ArchSpec {
   };
 }
 
-/** The resolved architecture (tiny's vocabulary size comes from the generated tokenizer). */
-export function resolveArch(arch: Arch, style: 'sd1' | 'sd2' = 'sd1'): ArchSpec {
+/** Largest `timeCondProjDim` accepted (LCM UNets use 256). */
+export const MAX_TIME_COND_PROJ_DIM = 65536;
+
+/**
+ * Checks a `timeCondProjDim`: an integer from 4 (the guidance-scale embedding divides by
+ * D/2 − 1, so 2 and 3 would feed NaN) to MAX_TIME_COND_PROJ_DIM.
+ */
+export function checkTimeCondProjDim(v: unknown): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 4 || v > MAX_TIME_COND_PROJ_DIM) {
+    throw new UsageError(`timeCondProjDim: expected an integer from 4 to ${MAX_TIME_COND_PROJ_DIM}, got ${String(v)}`);
+  }
+  return v;
+}
+
+/** The spec with an LCM-style UNet (`time_cond_proj_dim` = dim); unchanged when dim is undefined. */
+export function withTimeCondProjDim(spec: ArchSpec, dim: number | undefined): ArchSpec {
+  if (dim === undefined) return spec;
+  return { ...spec, unet: { ...spec.unet, timeCondProjDim: checkTimeCondProjDim(dim) } };
+}
+
+/**
+ * The resolved architecture (tiny's vocabulary size comes from the generated tokenizer);
+ * `timeCondProjDim` makes its UNet LCM-style.
+ */
+export function resolveArch(arch: Arch, style: 'sd1' | 'sd2' = 'sd1', timeCondProjDim?: number): ArchSpec {
+  return withTimeCondProjDim(resolveBaseArch(arch, style), timeCondProjDim);
+}
+
+function resolveBaseArch(arch: Arch, style: 'sd1' | 'sd2'): ArchSpec {
   if (!ARCHS.includes(arch)) {
     throw new UsageError(`unknown architecture '${String(arch)}' (expected ${ARCHS.join(', ')})`);
   }
@@ -100,8 +133,8 @@ export function buildComponents(
 }
 
 /** Parameter counts (torch's `sum(p.numel())`) of an architecture's three models. */
-export function countParams(arch: Arch, style: 'sd1' | 'sd2' = 'sd1'): SynthesizeResult['params'] {
-  const spec = resolveArch(arch, style);
+export function countParams(arch: Arch, style: 'sd1' | 'sd2' = 'sd1', timeCondProjDim?: number): SynthesizeResult['params'] {
+  const spec = resolveArch(arch, style, timeCondProjDim);
   const m = buildComponents(spec);
   return {
     unet: trainable(m.unet.params),
@@ -112,7 +145,7 @@ export function countParams(arch: Arch, style: 'sd1' | 'sd2' = 'sd1'): Synthesiz
 
 export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeResult> {
   const seed = opts.seed ?? 0;
-  const spec = resolveArch(opts.arch, opts.style ?? 'sd1');
+  const spec = resolveArch(opts.arch, opts.style ?? 'sd1', opts.timeCondProjDim);
   const models = buildComponents(spec, opts);
   const out = opts.outDir;
   const files: string[] = [];

@@ -1,8 +1,10 @@
 /**
  * diffusers `UNet2DConditionModel` (SD 1.x / 2.x layout) as `torch.onnx.export` writes it:
- * timestep broadcast + sinusoidal projection, time_embedding, conv_in, down blocks (resnets,
- * Transformer2D attentions, downsamplers), mid block, up blocks with skip concatenation and
- * nearest upsampling, conv_norm_out/act/conv_out → `out_sample`. Pure logic, no I/O.
+ * timestep broadcast + sinusoidal projection, time_embedding (with `cond_proj` on the extra
+ * `timestep_cond` input when `time_cond_proj_dim` is set, as in LCM-distilled UNets), conv_in,
+ * down blocks (resnets, Transformer2D attentions, downsamplers), mid block, up blocks with skip
+ * concatenation and nearest upsampling, conv_norm_out/act/conv_out → `out_sample`. Pure logic,
+ * no I/O.
  */
 import { DataType } from '../onnx/types.js';
 import { constTensor, int, tensorAttr } from '../onnx/builder.js';
@@ -46,6 +48,12 @@ export interface UNetConfig {
   upcastAttention: boolean;
   flipSinToCos: boolean;
   freqShift: number;
+  /**
+   * diffusers' `time_cond_proj_dim` (LCM-distilled UNets, e.g. 256): adds the graph input
+   * `timestep_cond` [batch, D] and `time_embedding.cond_proj` (Linear D → blockOutChannels[0],
+   * no bias), whose output is added to the sinusoidal projection before `linear_1`. Unset: none.
+   */
+  timeCondProjDim?: number | null;
 }
 
 export interface UNetBuildOptions {
@@ -252,6 +260,9 @@ export function buildUNet(cfg: UNetConfig, opts: UNetBuildOptions): BuiltModel {
   const tsElem = opts.timestepType === 'int64' ? DataType.INT64 : ft;
   const timestep = b.input('timestep', tsElem, opts.timestepType === 'float32-scalar' ? [] : ['batch']);
   const ehs = b.input('encoder_hidden_states', ft, ['batch', 'sequence', cfg.crossAttentionDim]);
+  const condDim = cfg.timeCondProjDim ?? null;
+  // UNet2DConditionModel.forward(sample, timestep, encoder_hidden_states, class_labels, timestep_cond, …)
+  const timestepCond = condDim !== null ? b.input('timestep_cond', ft, ['batch', condDim]) : null;
 
   let ts = timestep;
   if (opts.timestepType === 'float32-scalar') ts = b.op('Unsqueeze', [ts, constVec(c, 0)]);
@@ -260,7 +271,14 @@ export function buildUNet(cfg: UNetConfig, opts: UNetBuildOptions): BuiltModel {
   const tcast = b.op('Cast', [tproj], { to: int(ft) });
   const tembDim = boc[0]! * 4;
   const temb = c.mod('time_embedding', () => {
-    const l1 = linearGemm(c, 'linear_1', tcast, boc[0]!, tembDim);
+    let x = tcast;
+    if (timestepCond !== null) {
+      // TimestepEmbedding: `sample = sample + self.cond_proj(condition)`. A bias-free Linear on a
+      // 2-D input exports as MatMul on the transposed weight (no Gemm: addmm needs the bias).
+      const proj = linear(c, 'cond_proj', timestepCond, condDim!, boc[0]!, false);
+      x = b.op('Add', [x, proj]);
+    }
+    const l1 = linearGemm(c, 'linear_1', x, boc[0]!, tembDim);
     const a = silu(c, 'act', l1);
     return linearGemm(c, 'linear_2', a, tembDim, tembDim);
   });
@@ -355,6 +373,7 @@ export function unetConfigFromDiffusers(json: Record<string, unknown>): UNetConf
     upcastAttention: get<boolean>('upcast_attention', false),
     flipSinToCos: get<boolean>('flip_sin_to_cos', true),
     freqShift: get<number>('freq_shift', 0),
+    timeCondProjDim: (json['time_cond_proj_dim'] as number | null | undefined) ?? null,
   };
 }
 
@@ -389,5 +408,7 @@ export function unetConfigJson(cfg: UNetConfig): Record<string, unknown> {
     up_block_types: cfg.upBlockTypes,
     upcast_attention: cfg.upcastAttention,
     use_linear_projection: cfg.useLinearProjection,
+    // written only when set, so that the configs of plain SD folders stay as they were
+    ...(cfg.timeCondProjDim != null ? { time_cond_proj_dim: cfg.timeCondProjDim } : {}),
   };
 }
