@@ -183,9 +183,12 @@ function checkSpacing(spacing: string): Spacing {
  * descending. linspace: np.linspace(0, N−1, n); leading: arange(n)·(N//n) + offset; trailing:
  * round(arange(N, 0, −N/n)) − 1.
  */
-export function sigmaSchedulerTimesteps(spacing: string, numTrain: number, n: number, stepsOffset: number): number[] {
+export function sigmaSchedulerTimesteps(
+  spacing: string, numTrain: number, n: number, stepsOffset: number, float64 = false,
+): number[] {
   const sp = checkSpacing(spacing);
-  if (sp === 'linspace') return npLinspace(0, numTrain - 1, n).map(f32).reverse();
+  // DPMSolverSDE builds its linspace in float64 (dtype=float); the others in float32
+  if (sp === 'linspace') return npLinspace(0, numTrain - 1, n).map(float64 ? (v: number) => v : f32).reverse();
   if (sp === 'leading') {
     const ratio = Math.floor(numTrain / n);
     const ts: number[] = [];

@@ -4,11 +4,11 @@
  * calls are evaluated at the midpoint (in −log σ) of each step.
  *
  * Noise: diffusers samples it from a torchsde BrownianTree (seeded from torch's global RNG when
- * no noise_sampler_seed is given), which cannot be reproduced without torchsde. Here the
- * Brownian increments come from the image's generator instead, with the same joint law: the
- * predictor call draws Z₁ for the interval [σ, σ_mid]; the corrector's noise for [σ, σ_next]
- * reuses Z₁ plus a fresh Z₂ for [σ_mid, σ_next]:
- *   Z = (√|σ_mid − σ|·Z₁ + √|σ_next − σ_mid|·Z₂) / √|σ_next − σ|.
+ * no noise_sampler_seed is given), which cannot be reproduced without torchsde. Here each call
+ * that adds noise (the predictor's, over [σ, σ_mid], and the corrector's, over [σ, σ_next]) takes
+ * one standard normal draw from the image's generator, in diffusers' call order, used as that
+ * call's normalised increment — so noise replayed from a diffusers run gives its numbers exactly.
+ * (The tree would correlate the two increments of a step; independent draws keep each one's law.)
  * Steps ending at σ = 0 draw nothing. Pure logic.
  */
 import type { RandomSource } from '../random/types.js';
@@ -37,8 +37,7 @@ export class DpmSdeScheduler extends SigmaScheduler<typeof DPM_SDE_DEFAULTS> {
   private inSecondOrder = false;
   private midPointSigma: number | null = null;
   private x0: Float32Array | null = null;
-  private z1: Float32Array | null = null;
-  private z2: Float32Array | null = null;
+  private z: Float32Array | null = null;
   private readonly sNoise: number;
 
   constructor(config?: SchedulerConfig, sNoise = 1) {
@@ -47,7 +46,7 @@ export class DpmSdeScheduler extends SigmaScheduler<typeof DPM_SDE_DEFAULTS> {
   }
 
   setTimesteps(steps: number): void {
-    const grid = sigmaGrid(this.train, this.config, steps);
+    const grid = sigmaGrid(this.train, this.config, steps, true);
     // midpoint timesteps: σ at the middle of each interval in t = −log σ, mapped back to a timestep
     const mids: number[] = [];
     for (let i = 0; i + 1 < grid.sigmas64.length; i++) {
@@ -102,7 +101,7 @@ export class DpmSdeScheduler extends SigmaScheduler<typeof DPM_SDE_DEFAULTS> {
       const ancestralT = tOf(sigmaDown);
       const a = f32(sigmaOf(ancestralT) / sigmaOf(tCur));
       const b = f32(Math.expm1(f32(tCur - ancestralT)));
-      const noise = this.brownianNoise(generator, len, first, sigma, sigmaNext);
+      const noise = drawNoise(generator, (this.z = ensure(this.z, len)), this.name);
       const nScale = f32(this.sNoise * sigmaUp);
       if (first) {
         const saved = (this.savedSample = ensure(this.savedSample, len));
@@ -122,20 +121,5 @@ export class DpmSdeScheduler extends SigmaScheduler<typeof DPM_SDE_DEFAULTS> {
     }
     this.stepIndex = i + 1;
     return o;
-  }
-
-  /** Normalised Brownian increment for this call (see the file comment). */
-  private brownianNoise(generator: RandomSource | undefined, len: number, first: boolean, sigma: number, sigmaNext: number): Float32Array {
-    if (first) {
-      return drawNoise(generator, (this.z1 = ensure(this.z1, len)), this.name);
-    }
-    const z1 = this.z1!;
-    const z2 = drawNoise(generator, (this.z2 = ensure(this.z2, len)), this.name);
-    const mid = this.midPointSigma!;
-    const w1 = Math.sqrt(Math.abs(mid - sigma));
-    const w2 = Math.sqrt(Math.abs(sigmaNext - mid));
-    const norm = Math.sqrt(Math.abs(sigmaNext - sigma));
-    for (let k = 0; k < len; k++) z2[k] = (w1 * z1[k]! + w2 * z2[k]!) / norm;
-    return z2;
   }
 }

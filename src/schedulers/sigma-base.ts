@@ -55,8 +55,8 @@ export class TrainingSchedule {
 }
 
 /** Timesteps and sigmas for n steps, as Euler/LMS/Heun/DPM-SDE's set_timesteps compute them. */
-export function sigmaGrid(train: TrainingSchedule, cfg: SigmaGridConfig, n: number): SigmaGrid {
-  let timesteps = sigmaSchedulerTimesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n, cfg.steps_offset);
+export function sigmaGrid(train: TrainingSchedule, cfg: SigmaGridConfig, n: number, float64Timesteps = false): SigmaGrid {
+  let timesteps = sigmaSchedulerTimesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n, cfg.steps_offset, float64Timesteps);
   let sigmas: number[];
   const interp = cfg.interpolation_type ?? 'linear';
   if (interp === 'linear') {
