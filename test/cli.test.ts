@@ -454,3 +454,22 @@ test('end to end: SIGINT then --resume ends with the same files as an uninterrup
   const recorded = readFileSync(path.join(part, 'sdgen-run.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).file).sort();
   assert.deepEqual(recorded, pngs(full), 'one manifest line per image');
 });
+
+test('a reader that closes the pipe early (`sdgen --dry-run … | head -1`) ends the CLI quietly, exit 0, through tsx and the built bin', async () => {
+  // a plan far larger than a pipe's buffer, so the CLI is still writing when the reader leaves
+  const file = path.join(tmp, 'pipe-plan.txt');
+  writeFileSync(file, Array.from({ length: 4000 }, (_, i) => `a prompt for the pipe test, number ${i}`).join('\n') + '\n');
+  const runs: string[][] = [['--import', TSX, MAIN]];
+  if (useBin) runs.push([path.join(ROOT, 'bin', 'sdgen.js')]);
+  for (const cli of runs) {
+    const child = spawn(process.execPath, [...cli, '--prompts', file, '--dry-run', '--out', path.join(tmp, 'pipe-out')], {
+      cwd: tmp, env: { ...process.env, HOME: home, XDG_CONFIG_HOME: path.join(home, '.config'), NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.stdout.once('data', () => child.stdout.destroy()); // like `head -1`
+    const code: number | null = await new Promise((resolve) => child.on('close', (c) => resolve(c)));
+    assert.equal(code, 0, `${cli.join(' ')}: exit ${code}, stderr: ${stderr}`);
+    assert.doesNotMatch(stderr, /EPIPE|Unhandled|\n\s+at /, `${cli.join(' ')}: ${stderr}`);
+  }
+});

@@ -194,18 +194,22 @@ export function buildProgram(): Command {
   return program;
 }
 
+const EPIPE_HOOK = Symbol.for('sdgen.epipe-hook');
+
 /** Runs the CLI; returns the exit code (never calls process.exit except on a second Ctrl-C). */
 export async function main(argv: string[] = process.argv): Promise<number> {
   const verbose = argv.includes('--verbose');
   exitCode = 0;
   // `sdgen … | head`: a closed pipe ends the output quietly.
-  for (const stream of [process.stdout, process.stderr]) {
-    if (stream.listenerCount('error') === 0) {
-      stream.on('error', (e: NodeJS.ErrnoException) => {
-        if (e.code === 'EPIPE') process.exit(exitCode);
-        throw e;
-      });
-    }
+  // Hooked once per stream (main may run several times in one process), whatever other listeners
+  // exist: a loader such as tsx pipes into stdout, and that pipe's listener re-emits the error.
+  for (const stream of [process.stdout, process.stderr] as Array<NodeJS.WriteStream & { [EPIPE_HOOK]?: true }>) {
+    if (stream[EPIPE_HOOK]) continue;
+    stream[EPIPE_HOOK] = true;
+    stream.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'EPIPE') process.exit(exitCode);
+      throw e;
+    });
   }
   const program = buildProgram();
   try {
