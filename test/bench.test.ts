@@ -7,6 +7,7 @@ import { nodeFlops, summarizeProfile, type ProfileEvent } from '../src/bench/pro
 import { predictPeakBytes } from '../src/bench/memory.js';
 import { deriveRatios, median, renderMarkdown } from '../src/bench/report.js';
 import { callsPerRound, runBench } from '../src/bench/index.js';
+import { WORK_EXPONENT, estimateCallMs, estimateImageMs, estimateProcessMs, fits, type TimedConfig } from '../src/bench/budget.js';
 import type { ConfigResult } from '../src/bench/types.js';
 
 const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
@@ -118,3 +119,69 @@ test('parseBenchOptions takes the CLI strings', async () => {
   assert.throws(() => parseBenchOptions({ steps: 'two' }), /integer/);
   assert.throws(() => parseBenchOptions({ device: 'cuda' }), /CPU/);
 });
+
+test('budget estimates: same variant scaled by work^1.15, else the slowest at that work; process = load + warm-up + calls', () => {
+  const done: TimedConfig[] = [
+    { size: 512, batch: 2, ratio: 0, attention: 'fused', perCallMs: 9000, loadMs: 3000 },
+    { size: 512, batch: 2, ratio: 0.5, attention: 'fused', perCallMs: 8000, loadMs: 2000 },
+    { size: 768, batch: 2, ratio: 0, attention: 'fused', perCallMs: 22000, loadMs: 3100 },
+  ];
+  const t = (size: number, ratio: number, attention = 'fused') => ({ size, batch: 2, ratio, attention });
+  assert.equal(estimateCallMs(t(512, 0), []), null);
+  // the same variant at the nearest size at or below: 768 from 768 (×1), 1024 from 768
+  assert.equal(estimateCallMs(t(768, 0), done), 22000);
+  assert.ok(Math.abs(estimateCallMs(t(1024, 0), done)! - 22000 * (1024 ** 2 / 768 ** 2) ** WORK_EXPONENT) < 1e-6);
+  assert.ok(Math.abs(estimateCallMs(t(1024, 0.5), done)! - 8000 * 4 ** WORK_EXPONENT) < 1e-6);
+  // only a larger size of the variant: scaled down from it
+  assert.ok(Math.abs(estimateCallMs(t(512, 0), done.slice(2))! - 22000 * (512 ** 2 / 768 ** 2) ** WORK_EXPONENT) < 1e-6);
+  // an unseen variant: the slowest call at the same work
+  assert.equal(estimateCallMs(t(512, 0.3, 'standard'), done), 9000);
+  // an unseen variant at an unseen size: the slowest of everything, scaled
+  assert.ok(Math.abs(estimateCallMs(t(640, 0.3, 'standard'), done)! - Math.max(9000 * (640 / 512) ** (2 * WORK_EXPONENT), 8000 * (640 / 512) ** (2 * WORK_EXPONENT), 22000 * (640 / 768) ** (2 * WORK_EXPONENT))) < 1e-6);
+  // process: the variant's load + (1 warm-up + calls) × call
+  assert.equal(estimateProcessMs(t(768, 0), 1, done), 3100 + 2 * 22000);
+  assert.equal(estimateProcessMs(t(512, 0.5), 3, done), 2000 + 4 * 8000);
+  assert.equal(estimateProcessMs(t(512, 0.3, 'standard'), 1, done), 3100 + 2 * 9000); // slowest load seen
+  // the whole image: steps + 2 more calls (text encoder, VAE, PNG) + warm-up
+  assert.equal(estimateImageMs(t(512, 0.5), 20, done), 2000 + 23 * 8000);
+  // fits: unknown work runs while the reserve fits; no deadline always fits
+  assert.equal(fits(0, null, 10, 11), true);
+  assert.equal(fits(0, null, 10, 10), false);
+  assert.equal(fits(0, 5, 5, 10), true);
+  assert.equal(fits(1, 5, 5, 10), false);
+  assert.equal(fits(1e12, 1e12, 1e12, Infinity), true);
+});
+
+test('runBench within a budget already spent: nothing is started, the table says why, the files are written', async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-bench-'));
+  try {
+    const lines: string[] = [];
+    const report = await runBench({
+      model: new URL('tiny-sd1', FIXTURES).pathname,
+      sizes: [64],
+      ratios: [0, 0.5],
+      attention: ['fused'],
+      steps: 2,
+      imageSize: 64,
+      imageSteps: 2,
+      matmulSize: 256,
+      budget: 1e-6,
+      out: path.join(dir, 'results'),
+      cacheDir: path.join(dir, 'cache'),
+      log: (l) => lines.push(l),
+    });
+    for (const c of report.configs) {
+      assert.equal(c.status, 'skipped');
+      assert.match(c.note!, /--budget/);
+      assert.equal(c.samplesMs.length, 0);
+    }
+    assert.equal(report.image?.status, 'skipped');
+    assert.match(report.image!.note!, /--budget/);
+    const md = readFileSync(report.files[1]!, 'utf8');
+    assert.match(md, /skipped: not run: over the 0\.000001-minute --budget/);
+    await assert.rejects(runBench({ budget: -1, sizes: [64], model: '/nonexistent', log: () => {} }), /--budget must be a number of minutes/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+

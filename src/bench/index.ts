@@ -13,6 +13,7 @@ import ort from 'onnxruntime-node';
 import { SdgenError, UsageError } from '../errors.js';
 import { defaultCacheDir } from '../models/cache-dir.js';
 import { defaultThreadCount } from '../models/session.js';
+import { estimateImageMs, estimateProcessMs, fits, type TimedConfig } from './budget.js';
 import { SDGEN_VERSION } from '../version.js';
 import { runInChild } from './child.js';
 import type { UnetJobResult } from './jobs.js';
@@ -38,6 +39,7 @@ export const DEFAULT_BENCH_OPTIONS: Readonly<Omit<BenchOptions, 'log' | 'model' 
   out: 'bench/results',
   imageSize: 512,
   imageSteps: 20,
+  budget: 30,
 });
 
 /** Default ratio and attention of the whole-image run: the configuration sdgen recommends. */
@@ -56,6 +58,7 @@ function validate(o: BenchOptions): void {
   }
   if (!Number.isInteger(o.steps) || o.steps < 1) throw new UsageError(`--steps must be a positive integer (got ${o.steps})`);
   if (!Number.isInteger(o.batch) || o.batch < 1) throw new UsageError(`--batch must be a positive integer (got ${o.batch})`);
+  if (!(o.budget >= 0)) throw new UsageError(`--budget must be a number of minutes, 0 for none (got ${o.budget})`);
 }
 
 /** The UNet file and (if any) the pipeline folder of `--model`, or of the synthetic sd15 model. */
@@ -131,6 +134,8 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
   const cacheDir = o.cacheDir ?? defaultCacheDir();
   const threads = o.threads ?? defaultThreadCount();
   const started = new Date();
+  // --budget: stop starting work that is not expected to end in time (0 = no limit)
+  const deadline = o.budget > 0 ? started.getTime() + o.budget * 60_000 : Infinity;
   const machine = machineInfo(threads);
   const limit = o.memoryLimit ?? Math.max(1 * GB, machine.availableMemAtStart - 1.5 * GB);
   log(`sdgen bench: ${machine.cpuModel}, ${threads} threads, ${fmtGB(machine.totalMem)} GB RAM, ${fmtGB(machine.availableMemAtStart)} GB available; memory limit per configuration ${fmtGB(limit)} GB`);
@@ -200,6 +205,11 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
   log(`Timing ${runnable.length} configurations (${configs.length - runnable.length} skipped), ${o.steps} calls each in ${plan.length} round(s) …`);
   const profileDir = path.join(os.tmpdir(), `sdgen-bench-prof-${process.pid}`);
   await mkdir(profileDir, { recursive: true });
+  const imageTarget = { size: o.imageSize, batch: 2, ratio: o.imageRatio ?? IMAGE_RATIO, attention: o.imageAttention ?? IMAGE_ATTENTION };
+  const timed = (): TimedConfig[] =>
+    configs.filter((c) => c.samplesMs.length > 0).map((c) => ({ ...c, perCallMs: median(c.samplesMs)!, loadMs: c.loadMs ?? 0 }));
+  const imageReserve = (): number => (o.imageSize > 0 ? estimateImageMs(imageTarget, o.imageSteps, timed()) ?? 0 : 0);
+  const roundsRun = new Map<ConfigResult, number>();
   for (let round = 0; round < plan.length; round++) {
     const order = round % 2 === 0 ? runnable : [...runnable].reverse();
     for (const c of order) {
@@ -207,6 +217,16 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
       const v = prepared.get(c)!;
       const first = round === 0;
       const label = `${c.size}² b${c.batch} r${c.ratio} ${c.attention}`;
+      const estimate = estimateProcessMs(c, plan[round]!, timed());
+      if (!fits(Date.now(), estimate, imageReserve(), deadline)) {
+        const why = `the ${o.budget}-minute --budget (estimated ${((estimate ?? 0) / 1000).toFixed(0)} s more)`;
+        if (first) {
+          c.status = 'skipped';
+          c.note = `not run: over ${why}`;
+        }
+        log(`  ${label}: round ${round + 1} not run, over ${why}`);
+        continue;
+      }
       const out = await runInChild(
         {
           kind: 'unet',
@@ -229,6 +249,7 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
       }
       const r = out.result as UnetJobResult;
       c.samplesMs.push(...r.samplesMs);
+      roundsRun.set(c, (roundsRun.get(c) ?? 0) + 1);
       if (first) {
         c.loadMs = r.loadMs;
         c.warmupMs = r.warmupMs;
@@ -248,6 +269,8 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
     if (c.status === 'ok' && c.peakRss && c.peakRss > 0) {
       const v = prepared.get(c);
       if (v) c.note = `${v.tomeBlocks} ToMe blocks, ${v.fused} fused`;
+      const ran = roundsRun.get(c) ?? 0;
+      if (ran < plan.length) c.note = `${c.note ? `${c.note}; ` : ''}${ran} of ${plan.length} rounds (--budget)`;
     }
   }
   deriveRatios(configs);
@@ -257,9 +280,14 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
     const ratio = o.imageRatio ?? IMAGE_RATIO;
     const attention = o.imageAttention ?? IMAGE_ATTENTION;
     const img: ImageResult = { size: o.imageSize, steps: o.imageSteps, ratio, attention, status: 'ok' };
+    const imageEstimate = estimateImageMs(imageTarget, o.imageSteps, timed());
     if (!model.folder) {
       img.status = 'skipped';
       img.note = '--model is a UNet file, not a pipeline folder';
+    } else if (!fits(Date.now(), imageEstimate, 0, deadline)) {
+      img.status = 'skipped';
+      img.note = `not run: over the ${o.budget}-minute --budget (estimated ${((imageEstimate ?? 0) / 1000).toFixed(0)} s)`;
+      log(`Whole image: ${img.note}`);
     } else {
       log(`Timing one whole image (${o.imageSize}², ${o.imageSteps} steps, ToMe ${ratio}, ${attention} attention) …`);
       const out = await runInChild(

@@ -2,7 +2,8 @@
  * Normalizes `sdgen bench` flags (strings from the command line, or typed values from code)
  * into BenchOptions: `--sizes 512,768`, `--ratios 0,0.5`, `--attention standard,fused`,
  * `--steps 3`, `--rounds 2`, `--batch 2`, `--threads 2`, `--profile`, `--model DIR|FILE`,
- * `--out DIR|FILE.json`, `--image-size 512`, `--image-steps 20`, `--device cpu|auto`.
+ * `--out DIR|FILE.json`, `--image-size 512`, `--image-steps 20`, `--budget 30` (minutes),
+ * `--device cpu|auto`.
  */
 import { UsageError } from '../errors.js';
 import type { BenchAttention, BenchOptions } from './types.js';
@@ -68,6 +69,8 @@ export function parseBenchOptions(raw: Record<string, unknown>): Partial<BenchOp
     if (ia !== 'standard' && ia !== 'fused') throw new UsageError(`--image-attention: ${String(ia)} is not standard or fused`);
     o.imageAttention = ia;
   }
+  const budget = num(raw['budget'], 'budget', false);
+  if (budget !== undefined) o.budget = budget;
   const mem = num(raw['memoryLimit'], 'memory-limit', false);
   if (mem !== undefined) o.memoryLimit = mem;
   if (raw['profile'] !== undefined) o.profile = raw['profile'] === true || raw['profile'] === 'true';

@@ -39,6 +39,11 @@ export interface BenchOptions {
   imageRatio?: number;
   /** attention of the whole-image run; default fused */
   imageAttention?: BenchAttention;
+  /**
+   * minutes the run may take (0 = no limit; default 30): work not expected to end in time is not
+   * started (see ./budget.ts) and the table says what was dropped
+   */
+  budget: number;
   /** give up on a configuration's process after this many seconds (0 = no limit; default 0) */
   configTimeout?: number;
   /** side of the square float32 MatMul that measures the machine's rate; default 2048 */

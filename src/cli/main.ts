@@ -178,6 +178,7 @@ export function buildProgram(): Command {
     .option('--image-size <n>', 'also time one whole image at this size (0 = skip)')
     .option('--image-steps <n>', 'denoising steps of the whole-image run')
     .option('--config-timeout <s>', 'give up on a configuration after this many seconds')
+    .option('--budget <minutes>', 'do not start work expected to end after this many minutes (0 = no limit; default 30)')
     .option('--profile', "summarize onnxruntime's profile per op type")
     .option('--out <path>', 'results directory or .json file (default: bench/results)')
     .option('--cache-dir <dir>', 'cache directory for the synthetic model and variants')

@@ -1,0 +1,78 @@
+/**
+ * The benchmark's time budget. A configuration's process costs a load, one warm-up call and its
+ * timed calls; once some configurations have been timed, the cost of the next one is estimated
+ * from them (same ToMe ratio and attention at another size, scaled by the work, else the
+ * slowest seen at its size). `runBench` runs a process only if it is expected to end within the
+ * budget, with time kept back for the whole-image run, so `npm run bench` finishes in time on a
+ * slow machine too: what does not fit is dropped (round 2 first, as round 1 runs every
+ * configuration before round 2 starts) and the table says so. Pure logic.
+ */
+
+/** A configuration already timed. */
+export interface TimedConfig {
+  size: number;
+  batch: number;
+  ratio: number;
+  attention: string;
+  /** median time of one steady-state call (ms) */
+  perCallMs: number;
+  /** session creation (ms) */
+  loadMs: number;
+}
+
+export interface CostTarget {
+  size: number;
+  batch: number;
+  ratio: number;
+  attention: string;
+}
+
+/**
+ * Growth of a call's time with its pixel count × batch. Convolutions grow linearly, attention
+ * faster (quadratically for the exported graph); 1.15 is an upper-middle estimate over the
+ * UNet's mix at 512–1024² (measured on SD 1.5, fused attention: 768²/512² batch 1 → ×2.4 time
+ * for ×2.25 pixels).
+ */
+export const WORK_EXPONENT = 1.15;
+
+const work = (c: CostTarget): number => c.size * c.size * c.batch;
+
+/** Estimated steady-state call time of `t` (ms), or null when nothing has been timed yet. */
+export function estimateCallMs(t: CostTarget, done: readonly TimedConfig[]): number | null {
+  const scaled = (d: TimedConfig): number => d.perCallMs * (work(t) / work(d)) ** WORK_EXPONENT;
+  const same = done.filter((d) => d.ratio === t.ratio && d.attention === t.attention);
+  if (same.length > 0) {
+    // the nearest size at or below the target's, else the smallest above
+    const below = same.filter((d) => work(d) <= work(t)).sort((a, b) => work(b) - work(a));
+    const above = same.filter((d) => work(d) > work(t)).sort((a, b) => work(a) - work(b));
+    return scaled((below[0] ?? above[0])!);
+  }
+  const sameWork = done.filter((d) => work(d) === work(t));
+  if (sameWork.length > 0) return Math.max(...sameWork.map((d) => d.perCallMs));
+  if (done.length > 0) return Math.max(...done.map(scaled));
+  return null;
+}
+
+/** Estimated cost of one process of `t` with `calls` timed calls: load + warm-up + calls (ms). */
+export function estimateProcessMs(t: CostTarget, calls: number, done: readonly TimedConfig[]): number | null {
+  const call = estimateCallMs(t, done);
+  if (call === null) return null;
+  const sameVariant = done.filter((d) => d.ratio === t.ratio && d.attention === t.attention);
+  const loads = (sameVariant.length > 0 ? sameVariant : done).map((d) => d.loadMs);
+  return Math.max(0, ...loads) + (1 + calls) * call;
+}
+
+/**
+ * Estimated cost of the whole-image run (ms): load, `steps` UNet calls, and the text encoder,
+ * VAE decoder and PNG, counted as three more calls (measured at 512²: VAE ≈ 2 UNet calls).
+ */
+export function estimateImageMs(t: CostTarget, steps: number, done: readonly TimedConfig[]): number | null {
+  return estimateProcessMs(t, steps + 2, done);
+}
+
+/** Does work estimated at `estimateMs` (null: unknown) fit before `deadline`, keeping `reserveMs`? */
+export function fits(nowMs: number, estimateMs: number | null, reserveMs: number, deadlineMs: number): boolean {
+  if (!Number.isFinite(deadlineMs)) return true;
+  if (estimateMs === null) return nowMs + reserveMs < deadlineMs;
+  return nowMs + estimateMs + reserveMs <= deadlineMs;
+}
