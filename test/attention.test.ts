@@ -10,18 +10,13 @@ import { attrFloat, attrInt, attrInts } from '../src/onnx/attributes.js';
 import { floatTensor, int64Tensor } from '../src/onnx/tensor.js';
 import { DataType, type ModelProto, type NodeProto, type TensorProto } from '../src/onnx/types.js';
 import { chooseAttention, fuseAttention } from '../src/optimize/index.js';
+import { maxAbsDiff } from './helpers.js';
 
 const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
 const fx = (p: string): string => new URL(p, FIXTURES).pathname;
 
 const rand = xorshiftFill;
 
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
 
 const countOp = (m: ModelProto, op: string): number => m.graph!.node.filter((n) => n.opType === op).length;
 

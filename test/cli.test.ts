@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
+import { spawnCli, type Ran } from './helpers.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const MAIN = path.join(ROOT, 'src/cli/main.ts');
@@ -64,27 +65,9 @@ function sdgen(args: string[], opts: { cwd?: string; input?: string } = {}): Spa
   });
 }
 
-interface Ran {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
 
 /** Like sdgen() but asynchronous, so independent runs overlap. */
-function run(args: string[], opts: { cwd?: string } = {}): Promise<Ran> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [...CLI, ...args], {
-      cwd: opts.cwd ?? tmp,
-      env: { ...process.env, HOME: home, XDG_CONFIG_HOME: path.join(home, '.config'), NO_COLOR: '1' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
-}
+const run = (args: string[], opts: { cwd?: string } = {}): Promise<Ran> => spawnCli(CLI, args, { cwd: opts.cwd ?? tmp, home });
 
 function oneErrorLine(r: Ran, code: number, re: RegExp): void {
   assert.equal(r.status, code, `exit ${r.status}, stderr: ${r.stderr}`);

@@ -1,2 +1,42 @@
 /** Helpers shared by the test files (not a test file itself). */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+
 export { generationParams } from '../src/pipeline/params.js';
+
+/** Largest |a[i] − b[i]| (Infinity when any difference is NaN); the lengths must agree. */
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length, 'length');
+  let m = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i]! - b[i]!);
+    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
+  }
+  return m;
+}
+
+export interface Ran {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs `node ...nodeArgs ...args` (the CLI: the built bin, or the sources through tsx) in `cwd`
+ * with an isolated HOME / XDG config and no colour; resolves when it exits.
+ */
+export function spawnCli(nodeArgs: string[], args: string[], opts: { cwd: string; home: string }): Promise<Ran> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [...nodeArgs, ...args], {
+      cwd: opts.cwd,
+      env: { ...process.env, HOME: opts.home, XDG_CONFIG_HOME: path.join(opts.home, '.config'), NO_COLOR: '1' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
+}

@@ -25,7 +25,7 @@ import type { PromptEmbedding } from '../src/pipeline/text-encoding.js';
 import { createScheduler } from '../src/schedulers/index.js';
 import { LCM_DEFAULTS, guidanceScaleEmbedding, type LcmScheduler } from '../src/schedulers/lcm.js';
 import { cmdSynth } from '../src/cli/commands.js';
-import { generationParams as params } from './helpers.js';
+import { generationParams as params, maxAbsDiff, spawnCli, type Ran } from './helpers.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const D = 256; // LCM_Dreamshaper_v7's time_cond_proj_dim
@@ -37,35 +37,14 @@ before(() => {
 });
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length, 'length');
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i]! - b[i]!);
-    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
-  }
-  return m;
-}
 
 const inputDims = (m: ModelProto, name: string): (string | number)[] =>
   m.graph!.input.find((v) => v.name === name)!.type!.tensorType!.shape!.dim.map((d) => d.dimParam ?? Number(d.dimValue));
 const inputType = (m: ModelProto, name: string): number => m.graph!.input.find((v) => v.name === name)!.type!.tensorType!.elemType!;
 
 /** The CLI as a child process through tsx (src/, whatever state dist/ is in). */
-function cli(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'src/cli/main.ts'), ...args], {
-      cwd: tmp,
-      env: { ...process.env, HOME: tmp, XDG_CONFIG_HOME: path.join(tmp, '.config'), NO_COLOR: '1' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
-}
+const cli = (args: string[]): Promise<Ran> =>
+  spawnCli(['--import', import.meta.resolve('tsx'), path.join(ROOT, 'src/cli/main.ts')], args, { cwd: tmp, home: tmp });
 
 // ---------------------------------------------------------------------------------------------
 // The folder `sdgen synth --time-cond-proj-dim` writes, and the pipeline on it

@@ -6,6 +6,7 @@ import type { Scheduler, SchedulerConfig } from '../src/schedulers/types.js';
 import { TorchGenerator } from '../src/random/torch-generator.js';
 import { createScheduler } from '../src/schedulers/index.js';
 import { computeAlphasCumprod, computeBetas } from '../src/schedulers/common.js';
+import { maxAbsDiff } from './helpers.js';
 
 const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
 const TOL = 1e-5;
@@ -29,15 +30,6 @@ function reader(buf: Buffer) {
   };
 }
 
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length, 'length');
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i]! - b[i]!);
-    if (!(d <= m)) m = d; // NaN-propagating
-  }
-  return m;
-}
 
 /** Element-wise |got − exp| ≤ tol · max(1, |exp|): absolute for values up to 1, relative above
  * (float32 holds a value of 60 to ±3.8e-6, so an absolute 1e-5 there is ~3 ulps). */

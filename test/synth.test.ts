@@ -18,6 +18,7 @@ import { buildTextEncoder } from '../src/synth/text-encoder.js';
 import { buildVaeDecoder } from '../src/synth/vae-decoder.js';
 import { modelBytes, writeModel } from '../src/synth/writer.js';
 import { Xoshiro128, generateParam, tensorSeed } from '../src/synth/weights.js';
+import { maxAbsDiff } from './helpers.js';
 
 const FIX = new URL('../../shared/fixtures/', import.meta.url);
 const fixture = (p: string): ModelProto => decodeModel(readFileSync(new URL(p, FIX)));
@@ -273,12 +274,6 @@ test('weights: seeded, per-tensor deterministic, fan-in bounded, norms 1/0', () 
 // onnxruntime: the synthetic pipelines run and produce real images
 
 /** Largest |a − b| (lengths must match); keeps failure messages short for big tensors. */
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return Number.isNaN(m) ? Infinity : m;
-}
 
 type Variant = { style: 'sd1' | 'sd2'; opset: 14 | 17; fp16: boolean };
 

@@ -16,6 +16,7 @@ import {
 import { getPatchedUnet, patchModelFile } from '../src/models/tome-cache.js';
 import { synthesize } from '../src/synth/index.js';
 import { fuseAttention } from '../src/optimize/index.js';
+import { maxAbsDiff } from './helpers.js';
 
 const FIX = new URL('../../shared/fixtures/', import.meta.url);
 
@@ -32,12 +33,6 @@ function readTensor(file: URL, m: TensorMeta): { data: Float32Array | BigInt64Ar
 const f32 = (t: { data: Float32Array | BigInt64Array; shape: number[] }): ort.Tensor => new ort.Tensor('float32', t.data as Float32Array, t.shape);
 const nums = (t: ort.Tensor | { data: unknown }): number[] => Array.from(t.data as ArrayLike<number | bigint>, Number);
 
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length, 'length');
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
 
 // -------------------------------------------------------------------------------------------
 // The merge/unmerge subgraph against tomesd's bipartite_soft_matching_random2d vectors.
