@@ -94,6 +94,10 @@ test('runBench on the tiny pipeline writes JSON and Markdown', async () => {
       assert.ok(c.flops! > 0 && c.peakRss! > 0 && c.efficiency! > 0);
     }
     assert.ok(report.configs[1]!.flops! < report.configs[0]!.flops!, 'ToMe reduces the counted FLOPs');
+    // the floor divides by the faster of the two measured dense rates
+    assert.ok(report.matmul!.gflops > 0 && report.conv!.gflops > 0);
+    assert.equal(report.floorGflops, Math.max(report.matmul!.gflops, report.conv!.gflops));
+    for (const c of report.configs) assert.ok(Math.abs(c.floorMs! - c.flops! / (report.floorGflops! * 1e6)) < 1e-9 * c.floorMs!);
     assert.equal(report.files.length, 2);
     for (const f of report.files) assert.ok(existsSync(f));
     const md = readFileSync(report.files[1]!, 'utf8');

@@ -1,5 +1,5 @@
 /** Messages between the benchmark parent (./child.ts) and its worker processes (./worker.ts). */
-import type { MatMulRate } from './matmul-rate.js';
+import type { ConvRate, MatMulRate } from './matmul-rate.js';
 import type { ProfileSummary } from './profile.js';
 import type { BenchAttention } from './types.js';
 
@@ -19,7 +19,7 @@ export type WorkerJob =
       /** also profile one steady-state call (per-op breakdown) */
       profileSteady?: boolean;
     }
-  | { kind: 'matmul'; n: number; calls: number; threads: number }
+  | { kind: 'matmul'; n: number; calls: number; threads: number; /** also measure the 3×3 convolution rate */ conv?: boolean }
   | {
       kind: 'load';
       modelPath: string;
@@ -78,6 +78,8 @@ export interface ImageJobResult {
 export interface MatMulJobResult {
   kind: 'matmul';
   rate: MatMulRate;
+  /** the 3×3 convolution rate, measured in the same process */
+  conv?: ConvRate;
   maxRss: number;
 }
 

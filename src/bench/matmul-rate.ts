@@ -1,6 +1,10 @@
 /**
- * The machine's float32 MatMul rate, measured with onnxruntime itself: one square MatMul
- * (activation × constant weight, like the UNet's projections) timed after a warm-up.
+ * The machine's float32 MatMul and 3×3 convolution rates, measured with onnxruntime itself. MatMul: a chain of square
+ * MatMuls (activation × constant weight, like the UNet's projections) timed after a warm-up.
+ * The chain keeps the intermediate results inside onnxruntime, so copying the input in and the
+ * output out of the session (tens of MB at n = 2048) is spread over `depth` MatMuls instead of
+ * lowering the rate of one; the weights keep the activations at unit scale (no overflow, no
+ * denormals).
  */
 import ort from 'onnxruntime-node';
 import { encodeModel } from '../onnx/proto.js';
@@ -10,7 +14,9 @@ import type { ModelProto } from '../onnx/types.js';
 export interface MatMulRate {
   /** matrix side */
   n: number;
-  /** FLOPs of one call (2·n³) */
+  /** MatMuls chained in one call */
+  depth: number;
+  /** FLOPs of one call (depth · 2·n³) */
   flops: number;
   /** median over the timed calls, GFLOP/s */
   gflops: number;
@@ -20,41 +26,77 @@ export interface MatMulRate {
   threads: number;
 }
 
-/** A model computing y = x · W for x [n, n] and a constant W [n, n]. */
-export function matmulModel(n: number): ModelProto {
-  const w = new Float32Array(n * n);
-  for (let i = 0; i < w.length; i++) w[i] = ((i * 2654435761) % 1000) / 1000 - 0.5;
+/** A model computing y = x · W₁ · … · W_depth for x [n, n] and constant W [n, n]. */
+export function matmulModel(n: number, depth = 1): ModelProto {
+  const scale = Math.sqrt(12 / n); // uniform weights of variance 1/n: each product keeps x's scale
   const vi = (name: string) => ({
     name,
     type: { tensorType: { elemType: 1, shape: { dim: [{ dimValue: n }, { dimValue: n }] } } },
   });
+  const node = [];
+  const initializer = [];
+  for (let k = 0; k < depth; k++) {
+    const w = new Float32Array(n * n);
+    for (let i = 0; i < w.length; i++) w[i] = ((((i + k * 7919) * 2654435761) % 1000) / 1000 - 0.5) * scale;
+    initializer.push(floatTensor(`w${k}`, w, [n, n]));
+    node.push({ name: `mm${k}`, opType: 'MatMul', input: [k === 0 ? 'x' : `h${k}`, `w${k}`], output: [k === depth - 1 ? 'y' : `h${k + 1}`], attribute: [] });
+  }
   return {
     irVersion: 8,
     opsetImport: [{ domain: '', version: 17 }],
     producerName: 'sdgen-bench',
-    graph: {
-      name: 'matmul',
-      node: [{ name: 'mm', opType: 'MatMul', input: ['x', 'w'], output: ['y'], attribute: [] }],
-      initializer: [floatTensor('w', w, [n, n])],
-      input: [vi('x')],
-      output: [vi('y')],
-      valueInfo: [],
-    },
+    graph: { name: 'matmul', node, initializer, input: [vi('x')], output: [vi('y')], valueInfo: [] },
   };
 }
 
-export async function measureMatMulRate(opts: { n?: number; calls?: number; threads: number }): Promise<MatMulRate> {
-  const n = opts.n ?? 2048;
-  const calls = opts.calls ?? 8;
-  const session = await ort.InferenceSession.create(encodeModel(matmulModel(n)), {
-    intraOpNumThreads: opts.threads,
+export interface ConvRate {
+  /** channels in and out */
+  channels: number;
+  /** spatial side */
+  size: number;
+  batch: number;
+  /** 3×3 convolutions chained in one call */
+  depth: number;
+  /** FLOPs of one call (depth · 2·B·C²·9·size²) */
+  flops: number;
+  gflops: number;
+  bestGflops: number;
+  calls: number;
+  threads: number;
+}
+
+/** y = conv(…conv(x)) with `depth` 3×3, padding-1 convolutions of constant weights [C, C, 3, 3]. */
+export function convModel(channels: number, size: number, batch: number, depth = 2): ModelProto {
+  const c = channels;
+  const scale = Math.sqrt(12 / (c * 9));
+  const w = new Float32Array(c * c * 9);
+  for (let i = 0; i < w.length; i++) w[i] = (((i * 2654435761) % 1000) / 1000 - 0.5) * scale;
+  const dims = [batch, c, size, size];
+  const vi = (name: string) => ({ name, type: { tensorType: { elemType: 1, shape: { dim: dims.map((d) => ({ dimValue: d })) } } } });
+  const node = [];
+  for (let k = 0; k < depth; k++) {
+    node.push({
+      name: `conv${k}`, opType: 'Conv', input: [k === 0 ? 'x' : `h${k}`, 'w'], output: [k === depth - 1 ? 'y' : `h${k + 1}`],
+      attribute: [{ name: 'pads', type: 7, ints: [1, 1, 1, 1] }],
+    });
+  }
+  return {
+    irVersion: 8,
+    opsetImport: [{ domain: '', version: 17 }],
+    producerName: 'sdgen-bench',
+    graph: { name: 'conv', node, initializer: [floatTensor('w', w, [c, c, 3, 3])], input: [vi('x')], output: [vi('y')], valueInfo: [] },
+  };
+}
+
+/** Median and best of `calls` timed runs after one warm-up (ms, sorted). */
+async function timeCalls(model: ModelProto, x: Float32Array, dims: number[], calls: number, threads: number): Promise<number[]> {
+  const session = await ort.InferenceSession.create(encodeModel(model), {
+    intraOpNumThreads: threads,
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
   });
   try {
-    const x = new Float32Array(n * n);
-    for (let i = 0; i < x.length; i++) x[i] = ((i * 40503) % 997) / 997 - 0.5;
-    const feeds = { x: new ort.Tensor('float32', x, [n, n]) };
+    const feeds = { x: new ort.Tensor('float32', x, dims) };
     await session.run(feeds);
     const ms: number[] = [];
     for (let i = 0; i < calls; i++) {
@@ -62,11 +104,42 @@ export async function measureMatMulRate(opts: { n?: number; calls?: number; thre
       await session.run(feeds);
       ms.push(performance.now() - t0);
     }
-    ms.sort((a, b) => a - b);
-    const flops = 2 * n * n * n;
-    const med = ms[Math.floor(ms.length / 2)]!;
-    return { n, flops, gflops: flops / (med * 1e6), bestGflops: flops / (ms[0]! * 1e6), calls, threads: opts.threads };
+    return ms.sort((a, b) => a - b);
   } finally {
     await session.release();
   }
+}
+
+const testInput = (n: number): Float32Array => {
+  const x = new Float32Array(n);
+  for (let i = 0; i < x.length; i++) x[i] = ((i * 40503) % 997) / 997 - 0.5;
+  return x;
+};
+
+/**
+ * The rate of onnxruntime's 3×3 convolution (its NCHWc kernels on x86), the op most of a UNet's
+ * FLOPs run in: by default 320 channels at 64², batch 2 (an SD 1.5 full-resolution ResNet conv
+ * at 512²).
+ */
+export async function measureConvRate(opts: { channels?: number; size?: number; batch?: number; depth?: number; calls?: number; threads: number }): Promise<ConvRate> {
+  const channels = opts.channels ?? 320;
+  const size = opts.size ?? 64;
+  const batch = opts.batch ?? 2;
+  const depth = opts.depth ?? 2;
+  const calls = opts.calls ?? 6;
+  const dims = [batch, channels, size, size];
+  const ms = await timeCalls(convModel(channels, size, batch, depth), testInput(batch * channels * size * size), dims, calls, opts.threads);
+  const flops = depth * 2 * batch * channels * channels * 9 * size * size;
+  const med = ms[Math.floor(ms.length / 2)]!;
+  return { channels, size, batch, depth, flops, gflops: flops / (med * 1e6), bestGflops: flops / (ms[0]! * 1e6), calls, threads: opts.threads };
+}
+
+export async function measureMatMulRate(opts: { n?: number; depth?: number; calls?: number; threads: number }): Promise<MatMulRate> {
+  const n = opts.n ?? 2048;
+  const depth = opts.depth ?? 4;
+  const calls = opts.calls ?? 8;
+  const ms = await timeCalls(matmulModel(n, depth), testInput(n * n), [n, n], calls, opts.threads);
+  const flops = depth * 2 * n * n * n;
+  const med = ms[Math.floor(ms.length / 2)]!;
+  return { n, depth, flops, gflops: flops / (med * 1e6), bestGflops: flops / (ms[0]! * 1e6), calls, threads: opts.threads };
 }

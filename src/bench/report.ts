@@ -76,11 +76,16 @@ export function renderMarkdown(r: BenchReport): string {
   );
   out.push(`Model: \`${r.model}\`. Options: sizes ${r.options.sizes.join(',')}, ratios ${r.options.ratios.join(',')}, attention ${r.options.attention.join(',')}, ${r.options.steps} timed calls in ${r.options.rounds} round(s), batch ${r.options.batch}.`);
   if (r.matmul) {
+    const mm = r.matmul;
+    const conv = r.conv;
     out.push(
-      `MatMul rate (onnxruntime, float32 ${r.matmul.n}×${r.matmul.n}·${r.matmul.n}×${r.matmul.n}, ${r.matmul.threads} threads): ` +
-        `median ${r.matmul.gflops.toFixed(0)} GFLOP/s, best ${r.matmul.bestGflops.toFixed(0)} GFLOP/s. Floor = counted FLOPs ÷ median rate.`,
+      `MatMul rate (onnxruntime, float32 ${mm.n}×${mm.n}·${mm.n}×${mm.n}${(mm.depth ?? 1) > 1 ? `, ${mm.depth} chained per call` : ''}, ${mm.threads} threads): ` +
+        `median ${mm.gflops.toFixed(0)} GFLOP/s, best ${mm.bestGflops.toFixed(0)} GFLOP/s.` +
+        (conv ? ` 3×3 convolution rate (${conv.channels} channels, ${conv.size}², batch ${conv.batch}): median ${conv.gflops.toFixed(0)} GFLOP/s, best ${conv.bestGflops.toFixed(0)} GFLOP/s.` : '') +
+        ` Floor = counted FLOPs ÷ ${conv ? 'the faster median rate' : 'median rate'}${r.floorGflops ? ` (${r.floorGflops.toFixed(0)} GFLOP/s)` : ''}.`,
     );
   }
+
   out.push('');
   out.push('## UNet calls');
   out.push('');

@@ -1,6 +1,6 @@
 /** Options and results of `sdgen bench` (runBench). */
 import type { ProfileSummary } from './profile.js';
-import type { MatMulRate } from './matmul-rate.js';
+import type { ConvRate, MatMulRate } from './matmul-rate.js';
 
 export type BenchAttention = 'standard' | 'fused';
 
@@ -128,6 +128,10 @@ export interface BenchReport {
   model: string;
   options: Omit<BenchOptions, 'log'>;
   matmul?: MatMulRate;
+  /** onnxruntime's 3×3 convolution rate on this machine */
+  conv?: ConvRate;
+  /** the rate the floor divides by: the faster of the MatMul and convolution rates (GFLOP/s) */
+  floorGflops?: number;
   configs: ConfigResult[];
   image?: ImageResult;
   /** files written */

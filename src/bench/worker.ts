@@ -6,7 +6,7 @@
 import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import ort from 'onnxruntime-node';
-import { measureMatMulRate } from './matmul-rate.js';
+import { measureConvRate, measureMatMulRate } from './matmul-rate.js';
 import { xorshiftFill as fill } from './inputs.js';
 import { maxRssBytes } from './memory.js';
 import { summarizeProfile, type ProfileEvent, type ProfileSummary } from './profile.js';
@@ -183,7 +183,10 @@ async function handle(job: WorkerJob): Promise<WorkerReply> {
       case 'unet':
         return { ok: true, result: await runUnet(job) };
       case 'matmul':
-        return { ok: true, result: { kind: 'matmul', rate: await measureMatMulRate(job), maxRss: maxRssBytes() } };
+        return {
+          ok: true,
+          result: { kind: 'matmul', rate: await measureMatMulRate(job), conv: job.conv ? await measureConvRate({ threads: job.threads }) : undefined, maxRss: maxRssBytes() },
+        };
       case 'load':
         return { ok: true, result: await runLoad(job) };
       case 'image':
