@@ -71,22 +71,27 @@ test('helpers: calls per round, median, memory estimate, ratios', () => {
   assert.equal(cs[3]!.speedupVsBaseline, 2.5);
 });
 
+/** runBench on the tiny fixture pipeline at 64², ToMe 0 and 0.5, fused attention, into `dir`. */
+function tinyBench(dir: string, extra: Record<string, unknown>) {
+  return runBench({
+    model: new URL('tiny-sd1', FIXTURES).pathname,
+    sizes: [64],
+    ratios: [0, 0.5],
+    attention: ['fused'],
+    steps: 2,
+    imageSize: 0,
+    matmulSize: 256,
+    out: path.join(dir, 'results'),
+    cacheDir: path.join(dir, 'cache'),
+    log: () => {},
+    ...extra,
+  });
+}
+
 test('runBench on the tiny pipeline writes JSON and Markdown', async () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-bench-'));
   try {
-    const lines: string[] = [];
-    const report = await runBench({
-      model: new URL('tiny-sd1', FIXTURES).pathname,
-      sizes: [64],
-      ratios: [0, 0.5],
-      attention: ['fused'],
-      steps: 2,
-      imageSize: 0,
-      matmulSize: 256,
-      out: path.join(dir, 'results'),
-      cacheDir: path.join(dir, 'cache'),
-      log: (l) => lines.push(l),
-    });
+    const report = await tinyBench(dir, {});
     assert.equal(report.configs.length, 2);
     for (const c of report.configs) {
       assert.equal(c.status, 'ok', c.note);
@@ -159,21 +164,7 @@ test('budget estimates: same variant scaled by work^1.15, else the slowest at th
 test('runBench within a budget already spent: nothing is started, the table says why, the files are written', async () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-bench-'));
   try {
-    const lines: string[] = [];
-    const report = await runBench({
-      model: new URL('tiny-sd1', FIXTURES).pathname,
-      sizes: [64],
-      ratios: [0, 0.5],
-      attention: ['fused'],
-      steps: 2,
-      imageSize: 64,
-      imageSteps: 2,
-      matmulSize: 256,
-      budget: 1e-6,
-      out: path.join(dir, 'results'),
-      cacheDir: path.join(dir, 'cache'),
-      log: (l) => lines.push(l),
-    });
+    const report = await tinyBench(dir, { imageSize: 64, imageSteps: 2, budget: 1e-6 });
     for (const c of report.configs) {
       assert.equal(c.status, 'skipped');
       assert.match(c.note!, /--budget/);

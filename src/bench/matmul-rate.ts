@@ -11,12 +11,11 @@ import { encodeModel } from '../onnx/proto.js';
 import { floatTensor } from '../onnx/tensor.js';
 import type { ModelProto } from '../onnx/types.js';
 
-export interface MatMulRate {
-  /** matrix side */
-  n: number;
-  /** MatMuls chained in one call */
+/** What a rate probe reports. */
+export interface KernelRate {
+  /** ops chained in one call */
   depth: number;
-  /** FLOPs of one call (depth · 2·n³) */
+  /** FLOPs of one call */
   flops: number;
   /** median over the timed calls, GFLOP/s */
   gflops: number;
@@ -24,6 +23,11 @@ export interface MatMulRate {
   bestGflops: number;
   calls: number;
   threads: number;
+}
+
+export interface MatMulRate extends KernelRate {
+  /** matrix side (one call: depth · 2·n³ FLOPs) */
+  n: number;
 }
 
 /** A model computing y = x · W₁ · … · W_depth for x [n, n] and constant W [n, n]. */
@@ -49,20 +53,12 @@ export function matmulModel(n: number, depth = 1): ModelProto {
   };
 }
 
-export interface ConvRate {
-  /** channels in and out */
+export interface ConvRate extends KernelRate {
+  /** channels in and out (one call: depth · 2·B·C²·9·size² FLOPs) */
   channels: number;
   /** spatial side */
   size: number;
   batch: number;
-  /** 3×3 convolutions chained in one call */
-  depth: number;
-  /** FLOPs of one call (depth · 2·B·C²·9·size²) */
-  flops: number;
-  gflops: number;
-  bestGflops: number;
-  calls: number;
-  threads: number;
 }
 
 /** y = conv(…conv(x)) with `depth` 3×3, padding-1 convolutions of constant weights [C, C, 3, 3]. */
@@ -110,6 +106,12 @@ async function timeCalls(model: ModelProto, x: Float32Array, dims: number[], cal
   }
 }
 
+/** Median and best rate of sorted call times. */
+function rateOf(flops: number, sortedMs: number[], depth: number, threads: number): KernelRate {
+  const med = sortedMs[Math.floor(sortedMs.length / 2)]!;
+  return { depth, flops, gflops: flops / (med * 1e6), bestGflops: flops / (sortedMs[0]! * 1e6), calls: sortedMs.length, threads };
+}
+
 const testInput = (n: number): Float32Array => {
   const x = new Float32Array(n);
   for (let i = 0; i < x.length; i++) x[i] = ((i * 40503) % 997) / 997 - 0.5;
@@ -129,9 +131,7 @@ export async function measureConvRate(opts: { channels?: number; size?: number; 
   const calls = opts.calls ?? 6;
   const dims = [batch, channels, size, size];
   const ms = await timeCalls(convModel(channels, size, batch, depth), testInput(batch * channels * size * size), dims, calls, opts.threads);
-  const flops = depth * 2 * batch * channels * channels * 9 * size * size;
-  const med = ms[Math.floor(ms.length / 2)]!;
-  return { channels, size, batch, depth, flops, gflops: flops / (med * 1e6), bestGflops: flops / (ms[0]! * 1e6), calls, threads: opts.threads };
+  return { channels, size, batch, ...rateOf(depth * 2 * batch * channels * channels * 9 * size * size, ms, depth, opts.threads) };
 }
 
 export async function measureMatMulRate(opts: { n?: number; depth?: number; calls?: number; threads: number }): Promise<MatMulRate> {
@@ -139,7 +139,5 @@ export async function measureMatMulRate(opts: { n?: number; depth?: number; call
   const depth = opts.depth ?? 4;
   const calls = opts.calls ?? 8;
   const ms = await timeCalls(matmulModel(n, depth), testInput(n * n), [n, n], calls, opts.threads);
-  const flops = depth * 2 * n * n * n;
-  const med = ms[Math.floor(ms.length / 2)]!;
-  return { n, depth, flops, gflops: flops / (med * 1e6), bestGflops: flops / (ms[0]! * 1e6), calls, threads: opts.threads };
+  return { n, ...rateOf(depth * 2 * n * n * n, ms, depth, opts.threads) };
 }
