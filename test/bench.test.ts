@@ -153,6 +153,16 @@ test('budget estimates: same variant scaled by work^1.15, else the slowest at th
   assert.equal(estimateProcessMs(t(512, 0.3, 'standard'), 1, done), 3100 + 2 * 9000); // slowest load seen
   // the whole image: steps + 2 more calls (text encoder, VAE, PNG) + warm-up
   assert.equal(estimateImageMs(t(512, 0.5), 20, done), 2000 + 23 * 8000);
+  // a measured warm-up: the largest warm-up/call ratio of the variant (else of all), at least 1
+  const warm: TimedConfig[] = [
+    { size: 512, batch: 2, ratio: 0.5, attention: 'fused', perCallMs: 8000, loadMs: 2000, warmupMs: 12000 },
+    { size: 768, batch: 2, ratio: 0.5, attention: 'fused', perCallMs: 20000, loadMs: 2500, warmupMs: 50000 },
+    { size: 512, batch: 2, ratio: 0, attention: 'fused', perCallMs: 9000, loadMs: 3000, warmupMs: 4000 },
+  ];
+  const c1024 = 20000 * (1024 ** 2 / 768 ** 2) ** WORK_EXPONENT;
+  assert.ok(Math.abs(estimateProcessMs(t(1024, 0.5), 1, warm)! - (2500 + (2.5 + 1) * c1024)) < 1e-6);
+  assert.equal(estimateProcessMs(t(512, 0), 1, warm), 3000 + 2 * 9000); // ratio 4/9 → at least 1
+  assert.equal(estimateProcessMs(t(512, 0.3), 1, warm), 3000 + (2.5 + 1) * 9000); // unseen variant: all configs
   // fits: unknown work runs while the reserve fits; no deadline always fits
   assert.equal(fits(0, null, 10, 11), true);
   assert.equal(fits(0, null, 10, 10), false);

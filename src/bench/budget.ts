@@ -18,6 +18,8 @@ export interface TimedConfig {
   perCallMs: number;
   /** session creation (ms) */
   loadMs: number;
+  /** the first (warm-up, profiled) call (ms), when known */
+  warmupMs?: number;
 }
 
 export interface CostTarget {
@@ -53,13 +55,18 @@ export function estimateCallMs(t: CostTarget, done: readonly TimedConfig[]): num
   return null;
 }
 
-/** Estimated cost of one process of `t` with `calls` timed calls: load + warm-up + calls (ms). */
+/**
+ * Estimated cost of one process of `t` with `calls` timed calls: load + warm-up + calls (ms). The
+ * warm-up (first call, profiled, arena growing) is the steady call times the largest warm-up /
+ * call ratio seen (same variant first; at least 1): at 1024² it is about twice a steady call.
+ */
 export function estimateProcessMs(t: CostTarget, calls: number, done: readonly TimedConfig[]): number | null {
   const call = estimateCallMs(t, done);
   if (call === null) return null;
   const sameVariant = done.filter((d) => d.ratio === t.ratio && d.attention === t.attention);
-  const loads = (sameVariant.length > 0 ? sameVariant : done).map((d) => d.loadMs);
-  return Math.max(0, ...loads) + (1 + calls) * call;
+  const pool = sameVariant.length > 0 ? sameVariant : done;
+  const warmFactor = Math.max(1, ...pool.map((d) => (d.warmupMs !== undefined && d.perCallMs > 0 ? d.warmupMs / d.perCallMs : 1)));
+  return Math.max(0, ...pool.map((d) => d.loadMs)) + (warmFactor + calls) * call;
 }
 
 /**

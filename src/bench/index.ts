@@ -210,7 +210,7 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
   await mkdir(profileDir, { recursive: true });
   const imageTarget = { size: o.imageSize, batch: 2, ratio: o.imageRatio ?? IMAGE_RATIO, attention: o.imageAttention ?? IMAGE_ATTENTION };
   const timed = (): TimedConfig[] =>
-    configs.filter((c) => c.samplesMs.length > 0).map((c) => ({ ...c, perCallMs: median(c.samplesMs)!, loadMs: c.loadMs ?? 0 }));
+    configs.filter((c) => c.samplesMs.length > 0).map((c) => ({ ...c, perCallMs: median(c.samplesMs)!, loadMs: c.loadMs ?? 0, warmupMs: c.warmupMs }));
   const imageReserve = (): number => (o.imageSize > 0 ? estimateImageMs(imageTarget, o.imageSteps, timed()) ?? 0 : 0);
   const roundsRun = new Map<ConfigResult, number>();
   for (let round = 0; round < plan.length; round++) {
