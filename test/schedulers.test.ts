@@ -664,3 +664,16 @@ test('setTimesteps resets all state: a reused instance reproduces a fresh one (e
     assert.deepEqual(again, fresh, name);
   }
 });
+
+test('createScheduler with a diffusers class name takes the variant from the config, like from_config', () => {
+  const make = (name: string, cfg: SchedulerConfig) => createScheduler(name, { ...sd15, ...cfg }) as unknown as { name: string; config: Record<string, unknown> };
+  assert.equal(make('DPMSolverMultistepScheduler', {}).name, 'dpmpp_2m');
+  assert.equal(make('DPMSolverMultistepScheduler', { use_karras_sigmas: true }).name, 'dpmpp_2m_karras');
+  assert.equal(make('DPMSolverMultistepScheduler', { use_karras_sigmas: true }).config['use_karras_sigmas'], true);
+  assert.equal(make('dpmsolvermultistepscheduler', { algorithm_type: 'sde-dpmsolver++' }).name, 'dpmpp_2m_sde');
+  assert.equal(make('EulerAncestralDiscreteScheduler', {}).name, 'euler_a');
+  assert.equal(make('PNDMScheduler', {}).name, 'pndm');
+  // sdgen and A1111 names fix the variant whatever the folder says
+  assert.equal(make('dpmpp_2m', { use_karras_sigmas: true }).config['use_karras_sigmas'], false);
+  assert.equal(make('DPM++ 2M Karras', {}).config['use_karras_sigmas'], true);
+});

@@ -120,7 +120,10 @@ export function defaultSchedulerFor(config: SchedulerConfig | undefined): string
 
 /** Build scheduler `name` (sdgen or A1111 name) from a folder's scheduler config. */
 export function createScheduler(name: string, config: SchedulerConfig, opts: CreateSchedulerOptions = {}): Scheduler {
-  const canonical = resolveSchedulerName(name);
+  // A diffusers class name ("DPMSolverMultistepScheduler") takes its variant from the config, as
+  // from_config does (use_karras_sigmas, algorithm_type); sdgen and A1111 names fix it.
+  const cls = SAMPLERS.find((s) => s.diffusersClass.toLowerCase() === name.trim().toLowerCase())?.diffusersClass;
+  const canonical = cls ? defaultSchedulerFor({ ...config, _class_name: cls }) : resolveSchedulerName(name);
   switch (canonical) {
     case 'euler_a':
       return new EulerAncestralScheduler(config);
