@@ -191,6 +191,13 @@ def main():
             runs.append((f"{name}_steps{steps}", cls, ov, steps, kw))
     # DDIM with eta, v-prediction (SD 2.x) and the other timestep spacings, at 20 steps
     runs.append(("ddim_eta1_steps20", "DDIMScheduler", {}, 20, {"eta": 1.0}))
+    # PNDM with its Runge-Kutta warm-up steps (skip_prk_steps false), DDIM with set_alpha_to_one
+    runs.append(("pndm_prk_steps20", "PNDMScheduler", {"skip_prk_steps": False}, 20, {}))
+    runs.append(("ddim_alpha_one_steps20", "DDIMScheduler", {"set_alpha_to_one": True}, 20, {}))
+    # SD-Turbo style: Euler a, trailing spacing, 1 and 4 steps; LCM at 4 steps
+    runs.append(("euler_a_trailing_steps1", "EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}, 1, {}))
+    runs.append(("euler_a_trailing_steps4", "EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}, 4, {}))
+    runs.append(("lcm_steps4", "LCMScheduler", {}, 4, {}))
     for name, cls, ov, kw in base:
         if name != "lcm":
             runs.append((f"{name}_vpred_steps20", cls, {**ov, "prediction_type": "v_prediction"}, 20, kw))
