@@ -212,7 +212,7 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
   const timed = (): TimedConfig[] =>
     configs.filter((c) => c.samplesMs.length > 0).map((c) => ({ ...c, perCallMs: median(c.samplesMs)!, loadMs: c.loadMs ?? 0, warmupMs: c.warmupMs }));
   const imageReserve = (): number => (o.imageSize > 0 ? estimateImageMs(imageTarget, o.imageSteps, timed()) ?? 0 : 0);
-  const roundsRun = new Map<ConfigResult, number>();
+  const droppedRounds = new Map<ConfigResult, number>(); // later rounds the budget did not allow
   for (let round = 0; round < plan.length; round++) {
     const order = round % 2 === 0 ? runnable : [...runnable].reverse();
     for (const c of order) {
@@ -226,7 +226,7 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
         if (first) {
           c.status = 'skipped';
           c.note = `not run: over ${why}`;
-        }
+        } else droppedRounds.set(c, (droppedRounds.get(c) ?? 0) + 1);
         log(`  ${label}: round ${round + 1} not run, over ${why}`);
         continue;
       }
@@ -252,7 +252,6 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
       }
       const r = out.result as UnetJobResult;
       c.samplesMs.push(...r.samplesMs);
-      roundsRun.set(c, (roundsRun.get(c) ?? 0) + 1);
       if (first) {
         c.loadMs = r.loadMs;
         c.warmupMs = r.warmupMs;
@@ -272,16 +271,15 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
     if (c.status === 'ok' && c.peakRss && c.peakRss > 0) {
       const v = prepared.get(c);
       if (v) c.note = `${v.tomeBlocks} ToMe blocks, ${v.fused} fused`;
-      const ran = roundsRun.get(c) ?? 0;
-      if (ran < plan.length) c.note = `${c.note ? `${c.note}; ` : ''}${ran} of ${plan.length} rounds (--budget)`;
+      const dropped = droppedRounds.get(c) ?? 0;
+      if (dropped > 0) c.note = `${c.note ? `${c.note}; ` : ''}${plan.length - dropped} of ${plan.length} rounds (--budget)`;
     }
   }
   deriveRatios(configs);
 
   // --- one whole image
   if (o.imageSize > 0) {
-    const ratio = o.imageRatio ?? IMAGE_RATIO;
-    const attention = o.imageAttention ?? IMAGE_ATTENTION;
+    const { ratio, attention } = imageTarget;
     const img: ImageResult = { size: o.imageSize, steps: o.imageSteps, ratio, attention, status: 'ok' };
     const imageEstimate = estimateImageMs(imageTarget, o.imageSteps, timed());
     if (!model.folder) {
