@@ -1,11 +1,12 @@
 /**
- * The fused-attention variant of a model file, cached on disk: the rewritten graph is small and
- * is written anew; its weights stay in the source's external data files, which the cached
- * folder links to (hard link, else symbolic link, else copy). Works on an exported UNet as on a
- * ToMe-patched one (fusing after ToMe is what sdgen does), and on a VAE decoder.
+ * Rewritten variants of a model file, cached on disk (fused attention, Winograd convolutions):
+ * the rewritten graph is small and is written anew; its weights stay in the source's external
+ * data files, which the cached folder links to (hard link, else symbolic link, else copy).
+ * Works on an exported UNet as on a ToMe-patched one (fusing after ToMe is what sdgen does), and
+ * on a VAE decoder.
  *
- * Layout: `<cacheDir>/fused/<key>/model.onnx` (+ linked data files, `meta.json`); the key is the
- * source's identity, sdgen's version and the rewrite's options.
+ * Layout: `<cacheDir>/<kind>/<key>/model.onnx` (+ linked data files, `meta.json`); the key is
+ * the source's identity, sdgen's version, the rewrite's kind and options.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -68,30 +69,52 @@ export async function writeModelLinkingWeights(model: ModelProto, sourcePath: st
   return file;
 }
 
-export async function fusedModelKey(modelPath: string, opts: FuseAttentionOptions = {}): Promise<string> {
-  const material = JSON.stringify({ v: 1, id: await modelFileIdentity(modelPath), sdgen: SDGEN_VERSION, fp16: !!opts.allowFloat16 });
+async function rewriteKey(modelPath: string, options: Record<string, unknown>): Promise<string> {
+  const material = JSON.stringify({ ...options, id: await modelFileIdentity(modelPath), sdgen: SDGEN_VERSION });
   return createHash('sha256').update(material).digest('hex').slice(0, 32);
 }
 
+/** What a graph rewrite reports: how many places it changed, and what it left and why. */
+export interface RewriteCount {
+  count: number;
+  skipped: string[];
+}
+
+export type RewrittenModel =
+  | { rewritten: true; path: string; count: number; skipped: string[]; cached: boolean }
+  | { rewritten: false; skipped: string[]; cached: boolean };
+
 /**
- * The fused variant of `modelPath` (from the cache, else written now). `fused: false` with the
- * reason when no attention could be fused (the caller runs the source model).
+ * A rewritten variant of `modelPath`, cached on disk under `<cacheDir>/<kind>/<key>/`: the
+ * rewrite runs on the graph loaded with its external data left lazy, and the new graph is
+ * written with links to the source's data files. A rewrite that changes nothing is remembered
+ * too (`meta.json` with count 0, no model), so the model is not read again next time.
+ * Published by atomic rename; a concurrent run publishing the same entry first wins.
  */
-export async function getFusedModel(modelPath: string, opts: FusedModelOptions): Promise<FusedModel> {
-  const key = await fusedModelKey(modelPath, opts);
-  const dir = path.join(opts.cacheDir, 'fused', key);
+export async function getRewrittenModel(
+  modelPath: string,
+  cacheDir: string,
+  kind: string,
+  keyOptions: Record<string, unknown>,
+  rewrite: (model: ModelProto) => RewriteCount,
+): Promise<RewrittenModel> {
+  const key = await rewriteKey(modelPath, { kind, ...keyOptions });
+  const dir = path.join(cacheDir, kind, key);
   const metaFile = path.join(dir, 'meta.json');
-  if (existsSync(metaFile) && existsSync(path.join(dir, 'model.onnx'))) {
-    const meta = JSON.parse(await readFile(metaFile, 'utf8')) as { count: number; skipped: string[] };
-    return { fused: true, path: path.join(dir, 'model.onnx'), count: meta.count, skipped: meta.skipped, cached: true };
+  const modelFile = path.join(dir, 'model.onnx');
+  if (existsSync(metaFile)) {
+    const meta = JSON.parse(await readFile(metaFile, 'utf8')) as RewriteCount;
+    if (meta.count === 0) return { rewritten: false, skipped: meta.skipped, cached: true };
+    if (existsSync(modelFile)) return { rewritten: true, path: modelFile, count: meta.count, skipped: meta.skipped, cached: true };
   }
   const model = await loadModel(modelPath, { externalData: 'lazy' });
-  const r = fuseAttention(model, opts);
-  if (r.count === 0) return { fused: false, reason: r.skipped[0] ?? 'no attention found', skipped: r.skipped };
+  const r = rewrite(model);
   const tmp = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   try {
-    await writeModelLinkingWeights(model, modelPath, tmp);
+    if (r.count > 0) await writeModelLinkingWeights(model, modelPath, tmp);
+    else await mkdir(tmp, { recursive: true });
     await writeFile(path.join(tmp, 'meta.json'), JSON.stringify({ source: path.resolve(modelPath), count: r.count, skipped: r.skipped }, null, 2));
+    await rm(dir, { recursive: true, force: true }); // an entry left incomplete
     try {
       await rename(tmp, dir);
     } catch {
@@ -101,5 +124,17 @@ export async function getFusedModel(modelPath: string, opts: FusedModelOptions):
     await rm(tmp, { recursive: true, force: true });
     throw err;
   }
-  return { fused: true, path: path.join(dir, 'model.onnx'), count: r.count, skipped: r.skipped, cached: false };
+  return r.count > 0
+    ? { rewritten: true, path: modelFile, count: r.count, skipped: r.skipped, cached: false }
+    : { rewritten: false, skipped: r.skipped, cached: false };
+}
+
+/**
+ * The fused variant of `modelPath` (from the cache, else written now). `fused: false` with the
+ * reason when no attention could be fused (the caller runs the source model).
+ */
+export async function getFusedModel(modelPath: string, opts: FusedModelOptions): Promise<FusedModel> {
+  const r = await getRewrittenModel(modelPath, opts.cacheDir, 'fused', { v: 1, fp16: !!opts.allowFloat16 }, (m) => fuseAttention(m, opts));
+  if (!r.rewritten) return { fused: false, reason: r.skipped[0] ?? 'no attention found', skipped: r.skipped };
+  return { fused: true, path: r.path, count: r.count, skipped: r.skipped, cached: r.cached };
 }

@@ -15,5 +15,8 @@ export {
   OPTIMIZED_WEIGHTS_FILE,
 } from './session-cache.js';
 export type { OptimizedCacheOptions, OptimizedModelPlan, CachedSession, OptimizationLevel } from './session-cache.js';
-export { getFusedModel, fusedModelKey, writeModelLinkingWeights, externalLocations, linkOrCopy } from './fused-model.js';
-export type { FusedModel, FusedModelOptions } from './fused-model.js';
+export { getFusedModel, getRewrittenModel, writeModelLinkingWeights, externalLocations, linkOrCopy } from './fused-model.js';
+export type { FusedModel, FusedModelOptions, RewrittenModel, RewriteCount } from './fused-model.js';
+export { winogradConvs, winogradTransforms, autoTile, spatialStrides } from './winograd.js';
+export type { WinogradOptions, WinogradResult, WinogradTile } from './winograd.js';
+export { getWinogradModel, useWinograd } from './conv-mode.js';

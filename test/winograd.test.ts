@@ -1,0 +1,231 @@
+/**
+ * Winograd convolutions (src/optimize/winograd.ts): the transforms against the definition of a
+ * correlation, the rewrite against onnxruntime's own Conv on single convolutions (odd sizes,
+ * bias, both tiles), on the real torch export of a UNet and on tiny-sd1's VAE decoder, and the
+ * tile choice from spatial strides.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import ort from 'onnxruntime-node';
+import { xorshiftFill } from '../src/bench/inputs.js';
+import { decodeModel, encodeModel } from '../src/onnx/proto.js';
+import { checkGraph, GraphIndex } from '../src/onnx/graph.js';
+import { attrInt, attrInts } from '../src/onnx/attributes.js';
+import { floatTensor } from '../src/onnx/tensor.js';
+import type { ModelProto, NodeProto } from '../src/onnx/types.js';
+import { autoTile, getWinogradModel, spatialStrides, useWinograd, winogradConvs, winogradTransforms } from '../src/optimize/index.js';
+import { maxAbsDiff } from './helpers.js';
+
+const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
+const fx = (p: string): string => new URL(p, FIXTURES).pathname;
+
+test('F(2,3) and F(4,3): Aᵀ[(G·g) ⊙ (Bᵀ·d)] is the correlation of d with g (float64, 1e-12)', () => {
+  for (const m of [2, 4] as const) {
+    const { BT, G, AT } = winogradTransforms(m);
+    const a = m + 2;
+    for (let trial = 0; trial < 20; trial++) {
+      const d = Array.from({ length: a }, (_, i) => Math.sin(trial * 7 + i * 1.3) * 3);
+      const g = Array.from({ length: 3 }, (_, i) => Math.cos(trial * 5 + i * 0.7));
+      const u = G.map((row) => row.reduce((s, v, j) => s + v * g[j]!, 0));
+      const v = BT.map((row) => row.reduce((s, x, j) => s + x * d[j]!, 0));
+      const y = AT.map((row) => row.reduce((s, x, j) => s + x * u[j]! * v[j]!, 0));
+      const direct = Array.from({ length: m }, (_, i) => d[i]! * g[0]! + d[i + 1]! * g[1]! + d[i + 2]! * g[2]!);
+      assert.ok(maxAbsDiff(y, direct) < 1e-12, `m=${m}`);
+    }
+  }
+});
+
+/** One Conv y = conv(x, w[, b]) with the given attributes. */
+function convModel(c: number, k: number, attrs: NodeProto['attribute'], bias: boolean, kernel = 3): ModelProto {
+  const w = xorshiftFill(k * c * kernel * kernel, 5).map((v) => v * Math.sqrt(3 / (c * kernel * kernel)));
+  const init = [floatTensor('w', w, [k, c, kernel, kernel])];
+  if (bias) init.push(floatTensor('b', xorshiftFill(k, 9), [k]));
+  const dim = (name: string) => ({ dimParam: name });
+  const vi = (name: string, ch: number) => ({ name, type: { tensorType: { elemType: 1, shape: { dim: [dim('N'), { dimValue: ch }, dim('H'), dim('W')] } } } });
+  return {
+    irVersion: 8,
+    opsetImport: [{ domain: '', version: 17 }],
+    producerName: 'test',
+    graph: {
+      name: 'conv',
+      node: [{ name: '/block/conv/Conv', opType: 'Conv', domain: '', input: bias ? ['x', 'w', 'b'] : ['x', 'w'], output: ['y'], attribute: attrs }],
+      initializer: init,
+      input: [vi('x', c)],
+      output: [vi('y', k)],
+      valueInfo: [],
+    },
+  };
+}
+
+async function run(m: ModelProto, x: Float32Array, dims: number[]): Promise<Float32Array> {
+  const s = await ort.InferenceSession.create(encodeModel(m), { graphOptimizationLevel: 'all', intraOpNumThreads: 1 });
+  try {
+    const out = await s.run({ [s.inputNames[0]!]: new ort.Tensor('float32', x, dims) });
+    return out[s.outputNames[0]!]!.data as Float32Array;
+  } finally {
+    await s.release();
+  }
+}
+
+const pad1 = [attrInts('pads', [1, 1, 1, 1]), attrInts('kernel_shape', [3, 3])];
+
+test('a 3×3 convolution in Winograd form equals onnxruntime Conv (tiles 2 and 4, bias or not, sizes not divisible by the tile)', async () => {
+  for (const [c, k, n, h, w, bias] of [
+    [8, 16, 1, 8, 8, true],
+    [16, 8, 2, 7, 10, false],
+    [12, 12, 1, 5, 3, true],
+    [8, 8, 2, 1, 1, true],
+    [24, 40, 1, 13, 9, true],
+  ] as const) {
+    const x = xorshiftFill(n * c * h * w, c + h * 31 + w);
+    const ref = await run(convModel(c, k, pad1, bias), x, [n, c, h, w]);
+    const scale = Math.max(...ref.map(Math.abs));
+    for (const tile of [2, 4] as const) {
+      const m = convModel(c, k, pad1, bias);
+      const r = winogradConvs(m, { tile, minChannels: 1 });
+      assert.equal(r.count, 1);
+      assert.deepEqual(r.byTile, { 2: tile === 2 ? 1 : 0, 4: tile === 4 ? 1 : 0 });
+      assert.equal(r.extraWeightBytes, k * c * ((tile + 2) ** 2 - 9) * 4);
+      assert.deepEqual(checkGraph(m), []);
+      assert.equal(m.graph!.node.filter((nd) => nd.opType === 'Conv' && nd.input[1] === 'w').length, 0, 'the direct Conv is gone');
+      const y = await run(m, x, [n, c, h, w]);
+      const d = maxAbsDiff(y, ref);
+      assert.ok(d <= 2e-6 * Math.max(1, scale) * (tile === 4 ? 4 : 1), `C${c} K${k} ${n}×${h}×${w} tile ${tile}: ${d}`);
+    }
+  }
+});
+
+test('convolutions the rewrite cannot express stay direct, each with its reason', () => {
+  const cases: [NodeProto['attribute'], string | null, number?][] = [
+    [[attrInts('pads', [1, 1, 1, 1]), attrInts('strides', [2, 2])], 'strided'],
+    [[attrInts('pads', [1, 1, 1, 1]), attrInts('dilations', [2, 2])], 'dilated'],
+    [[attrInts('pads', [0, 0, 0, 0])], 'padding is not 1'],
+    [[], 'padding is not 1'],
+    [[attrInts('pads', [1, 1, 1, 1]), attrInt('group', 2)], 'grouped'],
+    [[], null, 1], // 1×1: not a candidate, not reported
+  ];
+  for (const [attrs, reason, kernel] of cases) {
+    const m = convModel(8, 8, attrs, true, kernel ?? 3);
+    const before = JSON.stringify(m.graph!.node);
+    const r = winogradConvs(m, { tile: 2, minChannels: 1 });
+    assert.equal(r.count, 0);
+    assert.equal(JSON.stringify(m.graph!.node), before);
+    if (reason) assert.match(r.skipped[0] ?? '', new RegExp(`: ${reason}$`));
+    else assert.deepEqual(r.skipped, []);
+  }
+  const small = convModel(8, 8, pad1, true);
+  assert.match(winogradConvs(small).skipped[0] ?? '', /fewer than 64 channels/);
+});
+
+test('auto tile from the spatial stride: the real torch export of a UNet', () => {
+  assert.equal(autoTile(1), 4);
+  assert.equal(autoTile(0.5), 4);
+  assert.equal(autoTile(2), 4);
+  assert.equal(autoTile(4), 2);
+  assert.equal(autoTile(8), undefined);
+  assert.equal(autoTile(undefined), 2);
+  const m = decodeModel(readFileSync(fx('tiny-unet/model.onnx')));
+  const idx = new GraphIndex(m.graph!);
+  const strides = spatialStrides(idx);
+  const byConv = new Map(idx.nodesByOp('Conv').map((n) => [n.name, strides.get(n.input[0]!)]));
+  // block_out_channels [32, 64]: full resolution, one downsample, back up through Resize(scales 2)
+  assert.equal(byConv.get('/conv_in/Conv'), 1);
+  assert.equal(byConv.get('/down_blocks.0/resnets.0/conv1/Conv'), 1);
+  assert.equal(byConv.get('/down_blocks.0/downsamplers.0/conv/Conv'), 1);
+  assert.equal(byConv.get('/down_blocks.1/resnets.0/conv1/Conv'), 2);
+  assert.equal(byConv.get('/up_blocks.0/resnets.0/conv1/Conv'), 2);
+  assert.equal(byConv.get('/up_blocks.0/upsamplers.0/conv/Conv'), 1);
+  assert.equal(byConv.get('/up_blocks.1/resnets.2/conv2/Conv'), 1);
+  assert.equal(byConv.get('/conv_out/Conv'), 1);
+});
+
+function unetFeeds(b: number, h: number, w: number): Record<string, ort.Tensor> {
+  return {
+    sample: new ort.Tensor('float32', xorshiftFill(b * 4 * h * w, 3), [b, 4, h, w]),
+    timestep: new ort.Tensor('float32', Float32Array.from({ length: b }, (_, i) => 981 - 250 * i), [b]),
+    encoder_hidden_states: new ort.Tensor('float32', xorshiftFill(b * 77 * 32, 4), [b, 77, 32]),
+  };
+}
+
+async function runFeeds(m: ModelProto | Uint8Array, feeds: Record<string, ort.Tensor>): Promise<Float32Array> {
+  const s = await ort.InferenceSession.create(m instanceof Uint8Array ? m : encodeModel(m), { graphOptimizationLevel: 'all', intraOpNumThreads: 1 });
+  try {
+    const out = await s.run(feeds);
+    return out[s.outputNames[0]!]!.data as Float32Array;
+  } finally {
+    await s.release();
+  }
+}
+
+test('the torch-exported UNet in Winograd form matches the export (≤ 1e-4), at sizes the tiles do not divide', async () => {
+  const bytes = readFileSync(fx('tiny-unet/model.onnx'));
+  const m = decodeModel(bytes);
+  const r = winogradConvs(m, { minChannels: 1 });
+  // every stride-1 3×3 conv except conv_in / conv_out (4 channels): 2 levels × resnets + upsampler
+  assert.ok(r.count >= 15, `${r.count} rewritten`);
+  assert.ok(r.byTile[4] === r.count, 'strides 1 and 2 take tile 4');
+  assert.deepEqual(r.skipped.filter((s) => !/strided|fewer than/.test(s)), []);
+  assert.deepEqual(checkGraph(m), []);
+  const rewritten = encodeModel(m);
+  for (const [b, h, w] of [[2, 8, 8], [1, 12, 20], [2, 6, 10]] as const) {
+    const feeds = unetFeeds(b, h, w);
+    const ref = await runFeeds(bytes, feeds);
+    const y = await runFeeds(rewritten, feeds);
+    const d = maxAbsDiff(y, ref);
+    assert.ok(d <= 1e-4, `${b}×${h}×${w}: ${d}`);
+  }
+});
+
+test("tiny-sd1's VAE decoder in Winograd form matches (≤ 1e-4 on [-1, 1] pixels)", async () => {
+  const bytes = readFileSync(fx('tiny-sd1/vae_decoder/model.onnx'));
+  const m = decodeModel(bytes);
+  const r = winogradConvs(m, { minChannels: 1 });
+  assert.ok(r.count >= 20 && r.byTile[4] === r.count, `${JSON.stringify(r.byTile)}`);
+  const feeds = { latent_sample: new ort.Tensor('float32', xorshiftFill(4 * 16 * 12, 8), [1, 4, 16, 12]) };
+  const d = maxAbsDiff(await runFeeds(m, feeds), await runFeeds(bytes, feeds));
+  assert.ok(d <= 1e-4, `${d}`);
+});
+
+test('--conv resolution, and the cached Winograd file (count 0 remembered without a model)', async () => {
+  assert.equal(useWinograd('auto', 'cpu'), true);
+  assert.equal(useWinograd(undefined, 'cpu'), true);
+  assert.equal(useWinograd('auto', 'cuda'), false);
+  assert.equal(useWinograd('winograd', 'dml'), true);
+  assert.equal(useWinograd('direct', 'cpu'), false);
+  const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-wino-'));
+  try {
+    const unet = fx('tiny-sd1/unet/model.onnx');
+    const a = await getWinogradModel(unet, cacheDir);
+    assert.ok(a.rewritten && !a.cached && a.count > 0);
+    const b = await getWinogradModel(unet, cacheDir);
+    assert.ok(b.rewritten && b.cached && b.path === (a.rewritten ? a.path : ''));
+    // the text encoder has no convolution: nothing written but the verdict
+    const te = await getWinogradModel(fx('tiny-sd1/text_encoder/model.onnx'), cacheDir);
+    assert.equal(te.rewritten, false);
+    const again = await getWinogradModel(fx('tiny-sd1/text_encoder/model.onnx'), cacheDir);
+    assert.ok(!again.rewritten && again.cached);
+    const tsType = decodeModel(readFileSync(unet)).graph!.input.find((i) => i.name === 'timestep')!.type!.tensorType!.elemType;
+    const feeds = {
+      sample: new ort.Tensor('float32', xorshiftFill(2 * 4 * 8 * 8, 1), [2, 4, 8, 8]),
+      timestep: tsType === 7 ? new ort.Tensor('int64', BigInt64Array.from([981n]), [1]) : new ort.Tensor('float32', Float32Array.from([981]), [1]),
+      encoder_hidden_states: new ort.Tensor('float32', xorshiftFill(2 * 77 * 32, 2), [2, 77, 32]),
+    };
+    const runFile = async (file: string): Promise<Float32Array> => {
+      const s = await ort.InferenceSession.create(file, { intraOpNumThreads: 1 });
+      try {
+        return (await s.run(feeds))[s.outputNames[0]!]!.data as Float32Array;
+      } finally {
+        await s.release();
+      }
+    };
+    const ref = await runFile(unet);
+    const y = await runFile(a.rewritten ? a.path : '');
+    assert.ok(maxAbsDiff(y, ref) <= 1e-4);
+    assert.ok(existsSync(path.join(cacheDir, 'winograd')));
+  } finally {
+    rmSync(cacheDir, { recursive: true, force: true });
+  }
+});
