@@ -99,10 +99,21 @@ test('runBench on the tiny pipeline writes JSON and Markdown', async () => {
       assert.ok(c.flops! > 0 && c.peakRss! > 0 && c.efficiency! > 0);
     }
     assert.ok(report.configs[1]!.flops! < report.configs[0]!.flops!, 'ToMe reduces the counted FLOPs');
-    // the floor divides by the faster of the two measured dense rates
-    assert.ok(report.matmul!.gflops > 0 && report.conv!.gflops > 0);
-    assert.equal(report.floorGflops, Math.max(report.matmul!.gflops, report.conv!.gflops));
-    for (const c of report.configs) assert.ok(Math.abs(c.floorMs! - c.flops! / (report.floorGflops! * 1e6)) < 1e-9 * c.floorMs!);
+    // the floor puts each kernel class at its measured rate: convolutions at the conv rate,
+    // the rest at the MatMul rate, so it lies between all-at-the-faster and all-at-the-slower
+    const mm = report.matmul!.gflops;
+    const cv = report.conv!.gflops;
+    assert.ok(mm > 0 && cv > 0);
+    assert.equal(report.floorGflops, Math.max(mm, cv));
+    for (const c of report.configs) {
+      const byOp = c.warmupProfile!.byOp;
+      const convFlops = byOp.filter((o) => o.op === 'Conv').reduce((a, o) => a + o.flops, 0);
+      const otherFlops = byOp.filter((o) => o.op !== 'Conv').reduce((a, o) => a + o.flops, 0);
+      assert.ok(convFlops > 0 && otherFlops > 0);
+      const expected = convFlops / (cv * 1e6) + otherFlops / (mm * 1e6);
+      assert.ok(Math.abs(c.floorMs! - expected) < 1e-9 * expected, `${c.floorMs} vs ${expected}`);
+      assert.ok(c.floorMs! >= c.flops! / (Math.max(mm, cv) * 1e6) * (1 - 1e-9) && c.floorMs! <= c.flops! / (Math.min(mm, cv) * 1e6) * (1 + 1e-9));
+    }
     assert.equal(report.files.length, 2);
     for (const f of report.files) assert.ok(existsSync(f));
     const md = readFileSync(report.files[1]!, 'utf8');

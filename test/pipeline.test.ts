@@ -17,7 +17,7 @@ import { SdgenError, UsageError } from '../src/errors.js';
 import { StableDiffusionPipeline, resolveAttention, type GenerationInspector } from '../src/pipeline/pipeline.js';
 import { decodedToRgb, roundHalfEven } from '../src/pipeline/decode.js';
 import type { PromptEmbedding } from '../src/pipeline/text-encoding.js';
-import type { GeneratedImage, GenerationParams } from '../src/pipeline/types.js';
+import type { GeneratedImage, GenerationParams, RuntimeOptions } from '../src/pipeline/types.js';
 import { DEFAULT_TOME } from '../src/tome/types.js';
 import { generationParams as params, maxAbsDiff } from './helpers.js';
 import { defaultSchedulerFor } from '../src/schedulers/index.js';
@@ -84,11 +84,11 @@ function readTensor(buf: Buffer, e: TensorEntry): Float32Array | Float64Array | 
  * The tiny-sd1 pipeline on CPU for the enclosing describe, with a cache folder of its own
  * (`prefix`…) and the notices it gives: loaded before its tests, disposed and removed after.
  */
-function tinyPipeline(prefix: string): { pipe: StableDiffusionPipeline; cacheDir: string; notices: string[] } {
+function tinyPipeline(prefix: string, runtime: Partial<RuntimeOptions> = {}): { pipe: StableDiffusionPipeline; cacheDir: string; notices: string[] } {
   const fx = { pipe: undefined as unknown as StableDiffusionPipeline, cacheDir: undefined as unknown as string, notices: [] as string[] };
   before(async () => {
     fx.cacheDir = mkdtempSync(path.join(os.tmpdir(), prefix));
-    fx.pipe = await StableDiffusionPipeline.load(TINY, { device: 'cpu', cacheDir: fx.cacheDir }, { onNotice: (m) => fx.notices.push(m) });
+    fx.pipe = await StableDiffusionPipeline.load(TINY, { device: 'cpu', cacheDir: fx.cacheDir, ...runtime }, { onNotice: (m) => fx.notices.push(m) });
   });
   after(async () => {
     await fx.pipe?.dispose();
@@ -574,7 +574,8 @@ describe('fused attention in the pipeline', () => {
     assert.equal(resolveAttention('auto', 'coreml', false).attention, 'standard');
   });
 
-  const fx = tinyPipeline('sdgen-fused-');
+  // direct convolutions: this compares attention kernels only
+  const fx = tinyPipeline('sdgen-fused-', { conv: 'direct' });
   const p = params({ prompt: 'a red fox', negativePrompt: 'blurry', width: 128, height: 128, steps: 3, seed: 11, scheduler: 'euler_a', cfg: 5 });
   async function final(over: Partial<GenerationParams>): Promise<{ img: GeneratedImage; latents: Float32Array }> {
     let latents: Float32Array | undefined;
@@ -747,7 +748,13 @@ describe('exports with other timestep / element types', () => {
       const [img] = await collect(mixed.generate(p));
       assert.equal(img!.rgb.length, 64 * 64 * 3);
       assert.equal(notices.length, 0, notices.join('\n'));
-      assert.equal(existsSync(path.join(cacheDir, 'fused')), false, 'nothing fused, nothing cached');
+      // nothing fused: the cache remembers that (meta.json, count 0) and holds no model
+      const fusedDir = path.join(cacheDir, 'fused');
+      const entries = existsSync(fusedDir) ? readdirSync(fusedDir) : [];
+      for (const e of entries) {
+        assert.equal(existsSync(path.join(fusedDir, e, 'model.onnx')), false, 'nothing fused, no model cached');
+        assert.equal(JSON.parse(readFileSync(path.join(fusedDir, e, 'meta.json'), 'utf8')).count, 0);
+      }
     } finally {
       await mixed.dispose();
     }
@@ -909,3 +916,26 @@ function applyEmphasisRef(h: Float32Array, seq: number, dim: number, w: number[]
   for (let s = 0; s < seq; s++) for (let j = 0; j < dim; j++) after += h[s * dim + j]! * w[s]!;
   for (let s = 0; s < seq; s++) for (let j = 0; j < dim; j++) h[s * dim + j] = h[s * dim + j]! * w[s]! * (before / after);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Winograd convolutions through the pipeline (tiny-sd1: its UNet has 64-channel convolutions)
+
+describe('Winograd convolutions in the pipeline', () => {
+  const direct = tinyPipeline('sdgen-direct-', { conv: 'direct' });
+  const wino = tinyPipeline('sdgen-wino-', { conv: 'auto' });
+  const p = params({ prompt: 'a lighthouse at dusk', width: 128, height: 96, steps: 4, seed: 5, scheduler: 'ddim', cfg: 6 });
+  test("auto on the CPU runs the cached Winograd UNet; the image matches direct convolutions (latents ≤ 1e-3, pixels ≤ 1)", async (t) => {
+    const latents: Float32Array[] = [];
+    const [a] = await collect(direct.pipe.generate(p, { onFinalLatents: (_s, l) => latents.push(l[0]!) }));
+    const [b] = await collect(wino.pipe.generate(p, { onFinalLatents: (_s, l) => latents.push(l[0]!) }));
+    const d = maxAbsDiff(latents[0]!, latents[1]!);
+    t.diagnostic(`winograd vs direct: final latents ${d}, image ${maxAbsDiff(a!.rgb, b!.rgb)}/255`);
+    assert.ok(d > 0 && d <= 1e-3, `${d}`);
+    assert.ok(maxAbsDiff(a!.rgb, b!.rgb) <= 1);
+    const entries = (dir: string) => (existsSync(path.join(dir, 'winograd')) ? readdirSync(path.join(dir, 'winograd')) : []);
+    assert.deepEqual(entries(direct.cacheDir), [], '--conv direct rewrites nothing');
+    const models = entries(wino.cacheDir).filter((e) => existsSync(path.join(wino.cacheDir, 'winograd', e, 'model.onnx')));
+    assert.equal(models.length, 1, 'only the UNet (fused) has convolutions of 64 channels');
+    assert.deepEqual(wino.notices, []);
+  });
+});

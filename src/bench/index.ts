@@ -20,11 +20,12 @@ import type { UnetJobResult } from './jobs.js';
 import { GB, availableMemory, fmtGB, predictPeakBytes } from './memory.js';
 import { parseBenchOptions } from './options.js';
 import { deriveRatios, median, renderMarkdown } from './report.js';
-import type { BenchAttention, BenchOptions, BenchReport, ConfigResult, ImageResult, MachineInfo } from './types.js';
+import type { BenchAttention, BenchConv, BenchOptions, BenchReport, ConfigResult, ImageResult, MachineInfo } from './types.js';
 import { prepareVariant, variantLabel, type PreparedVariant } from './variants.js';
 
-export type { BenchOptions, BenchReport, ConfigResult, ImageResult, BenchAttention } from './types.js';
-export { summarizeProfile, nodeFlops } from './profile.js';
+export type { BenchOptions, BenchReport, ConfigResult, ImageResult, BenchAttention, BenchConv } from './types.js';
+export { summarizeProfile, nodeFlops, floorMsOf } from './profile.js';
+import { floorMsOf } from './profile.js';
 export { predictPeakBytes } from './memory.js';
 export { parseBenchOptions } from './options.js';
 
@@ -32,6 +33,7 @@ export const DEFAULT_BENCH_OPTIONS: Readonly<Omit<BenchOptions, 'log' | 'model' 
   sizes: [512, 768, 1024],
   ratios: [0, 0.3, 0.5, 0.6],
   attention: ['standard', 'fused'] as BenchAttention[],
+  conv: 'winograd' as BenchConv,
   steps: 2,
   rounds: 2,
   batch: 2,
@@ -168,7 +170,7 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
   const variants = new Map<string, PreparedVariant | string>();
   for (const ratio of o.ratios) {
     for (const attention of o.attention) {
-      const v = { ratio, attention };
+      const v = { ratio, attention, conv: o.conv };
       try {
         variants.set(variantLabel(v), await prepareVariant(model.unet, v, cacheDir, log));
       } catch (err) {
@@ -183,7 +185,7 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
   for (const size of o.sizes) {
     for (const ratio of o.ratios) {
       for (const attention of o.attention) {
-        const v = variants.get(variantLabel({ ratio, attention }))!;
+        const v = variants.get(variantLabel({ ratio, attention, conv: o.conv }))!;
         const weightsBytes = typeof v === 'string' ? 0 : v.weightsBytes;
         const c: ConfigResult = {
           size, batch: o.batch, ratio, attention, status: 'ok', samplesMs: [],
@@ -264,13 +266,17 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
   }
   for (const c of configs) {
     c.medianMs = median(c.samplesMs);
-    if (c.flops && report.floorGflops && c.medianMs) {
-      c.floorMs = (c.flops / (report.floorGflops * 1e9)) * 1000;
+    const byOp = c.profile?.byOp ?? c.warmupProfile?.byOp;
+    if (c.flops && report.matmul && c.medianMs) {
+      // each kernel class at its own measured rate (a Winograd UNet's convolutions are MatMuls)
+      c.floorMs = byOp
+        ? floorMsOf(byOp, { matmulGflops: report.matmul.gflops, convGflops: report.conv?.gflops })
+        : (c.flops / ((report.floorGflops ?? report.matmul.gflops) * 1e9)) * 1000;
       c.efficiency = c.floorMs / c.medianMs;
     }
     if (c.status === 'ok' && c.peakRss && c.peakRss > 0) {
       const v = prepared.get(c);
-      if (v) c.note = `${v.tomeBlocks} ToMe blocks, ${v.fused} fused`;
+      if (v) c.note = `${v.tomeBlocks} ToMe blocks, ${v.fused} fused${v.convs > 0 ? `, ${v.convs} Winograd convs` : ''}`;
       const dropped = droppedRounds.get(c) ?? 0;
       if (dropped > 0) c.note = `${c.note ? `${c.note}; ` : ''}${plan.length - dropped} of ${plan.length} rounds (--budget)`;
     }
@@ -292,7 +298,7 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
     } else {
       log(`Timing one whole image (${o.imageSize}², ${o.imageSteps} steps, ToMe ${ratio}, ${attention} attention) …`);
       const out = await runInChild(
-        { kind: 'image', modelDir: model.folder, size: o.imageSize, steps: o.imageSteps, ratio, attention, threads, cacheDir },
+        { kind: 'image', modelDir: model.folder, size: o.imageSize, steps: o.imageSteps, ratio, attention, conv: o.conv, threads, cacheDir },
         { memoryLimit: Math.min(limit, availableMemory() + 0.5 * GB) },
       );
       img.peakRss = out.peakRss;

@@ -1,7 +1,7 @@
 /** Messages between the benchmark parent (./child.ts) and its worker processes (./worker.ts). */
 import type { ConvRate, MatMulRate } from './matmul-rate.js';
 import type { ProfileSummary } from './profile.js';
-import type { BenchAttention } from './types.js';
+import type { BenchAttention, BenchConv } from './types.js';
 
 export type WorkerJob =
   | {
@@ -41,6 +41,7 @@ export type WorkerJob =
       steps: number;
       ratio: number;
       attention: BenchAttention;
+      conv: BenchConv;
       threads: number;
       cacheDir: string;
     };

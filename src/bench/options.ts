@@ -1,7 +1,7 @@
 /**
  * Normalizes `sdgen bench` flags (strings from the command line, or typed values from code)
  * into BenchOptions: `--sizes 512,768`, `--ratios 0,0.5`, `--attention standard,fused`,
- * `--steps 3`, `--rounds 2`, `--batch 2`, `--threads 2`, `--profile`, `--model DIR|FILE`,
+ * `--conv direct|winograd`, `--steps 3`, `--rounds 2`, `--batch 2`, `--threads 2`, `--profile`, `--model DIR|FILE`,
  * `--out DIR|FILE.json`, `--image-size 512`, `--image-steps 20`, `--budget 30` (minutes),
  * `--device cpu|auto`.
  */
@@ -52,6 +52,12 @@ export function parseBenchOptions(raw: Record<string, unknown>): Partial<BenchOp
       else throw new UsageError(`--attention: ${a} is not standard, fused or auto`);
     }
     o.attention = [...modes];
+  }
+  const conv = raw['conv'];
+  if (conv !== undefined) {
+    if (conv === 'auto') o.conv = 'winograd';
+    else if (conv === 'direct' || conv === 'winograd') o.conv = conv;
+    else throw new UsageError(`--conv: ${String(conv)} is not direct, winograd or auto`);
   }
   const ints: [keyof BenchOptions, string][] = [
     ['steps', 'steps'], ['rounds', 'rounds'], ['batch', 'batch'], ['threads', 'threads'],

@@ -55,6 +55,21 @@ const prod = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
 const MATMUL_OPS = new Set(['MatMul', 'FusedMatMul', 'Gemm', 'MatMulInteger', 'FusedGemm']);
 const CONV_OPS = new Set(['Conv', 'FusedConv', 'NhwcConv', 'NhwcFusedConv', 'ConvTranspose']);
 
+/**
+ * The floor of a call (ms): each op type's counted FLOPs at the rate of its kernel class:
+ * convolutions at the measured 3×3 convolution rate (when measured), everything else
+ * (MatMul, Gemm, attention) at the MatMul rate.
+ */
+export function floorMsOf(byOp: readonly OpTypeStats[], rates: { matmulGflops: number; convGflops?: number }): number {
+  let ms = 0;
+  for (const o of byOp) {
+    if (!(o.flops > 0)) continue;
+    const rate = CONV_OPS.has(o.op) && rates.convGflops ? rates.convGflops : rates.matmulGflops;
+    ms += o.flops / (rate * 1e6);
+  }
+  return ms;
+}
+
 /** FLOPs of one node event (0 for uncounted ops). */
 export function nodeFlops(op: string, args: Record<string, unknown>): number {
   const ins = shapesOf(args['input_type_shape']);
@@ -64,8 +79,10 @@ export function nodeFlops(op: string, args: Record<string, unknown>): number {
   if (MATMUL_OPS.has(op)) {
     const a = ins[0];
     if (!a || a.length === 0) return 0;
-    const rows = prod(out) / (out[out.length - 1] || 1);
-    const k = prod(a) / rows;
+    // K = A's elements per row of one output matrix; A's batch may be broadcast over the
+    // output's (a constant [B, M, K] times [N, B, K, P]), so rows are counted per A batch
+    const rows = out.length >= 2 ? out[out.length - 2]! * (a.length >= 3 ? prod(a.slice(0, -2)) : 1) : 1;
+    const k = prod(a) / (rows || 1);
     return 2 * prod(out) * k;
   }
   if (CONV_OPS.has(op)) {

@@ -74,7 +74,7 @@ export function renderMarkdown(r: BenchReport): string {
       `(${fmtGB(m.availableMemAtStart)} GB available at start, load average ${m.loadAverage.map((v) => v.toFixed(1)).join('/')}); ` +
       `Node ${m.node}, onnxruntime-node ${m.ort}, sdgen ${m.sdgen}.`,
   );
-  out.push(`Model: \`${r.model}\`. Options: sizes ${r.options.sizes.join(',')}, ratios ${r.options.ratios.join(',')}, attention ${r.options.attention.join(',')}, ${r.options.steps} timed calls in ${r.options.rounds} round(s), batch ${r.options.batch}.`);
+  out.push(`Model: \`${r.model}\`. Options: sizes ${r.options.sizes.join(',')}, ratios ${r.options.ratios.join(',')}, attention ${r.options.attention.join(',')}, convolutions ${r.options.conv ?? 'direct'}, ${r.options.steps} timed calls in ${r.options.rounds} round(s), batch ${r.options.batch}.`);
   if (r.matmul) {
     const mm = r.matmul;
     const conv = r.conv;
@@ -82,7 +82,7 @@ export function renderMarkdown(r: BenchReport): string {
       `MatMul rate (onnxruntime, float32 ${mm.n}×${mm.n}·${mm.n}×${mm.n}${(mm.depth ?? 1) > 1 ? `, ${mm.depth} chained per call` : ''}, ${mm.threads} threads): ` +
         `median ${mm.gflops.toFixed(0)} GFLOP/s, best ${mm.bestGflops.toFixed(0)} GFLOP/s.` +
         (conv ? ` 3×3 convolution rate (${conv.channels} channels, ${conv.size}², batch ${conv.batch}): median ${conv.gflops.toFixed(0)} GFLOP/s, best ${conv.bestGflops.toFixed(0)} GFLOP/s.` : '') +
-        ` Floor = counted FLOPs ÷ ${conv ? 'the faster median rate' : 'median rate'}${r.floorGflops ? ` (${r.floorGflops.toFixed(0)} GFLOP/s)` : ''}.`,
+        ` Floor = each kernel class's counted FLOPs ÷ its median rate (${conv ? 'convolutions at the convolution rate, MatMul and attention at the MatMul rate' : 'all at the MatMul rate'}).`,
     );
   }
 

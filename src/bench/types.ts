@@ -3,6 +3,7 @@ import type { ProfileSummary } from './profile.js';
 import type { ConvRate, MatMulRate } from './matmul-rate.js';
 
 export type BenchAttention = 'standard' | 'fused';
+export type BenchConv = 'direct' | 'winograd';
 
 export interface BenchOptions {
   /** image sides in pixels (square images); default [512, 768, 1024] */
@@ -11,6 +12,8 @@ export interface BenchOptions {
   ratios: number[];
   /** attention modes; default ['standard', 'fused'] */
   attention: BenchAttention[];
+  /** convolution algorithm of every configuration and the whole image; default winograd (sdgen's CPU default) */
+  conv: BenchConv;
   /** timed UNet calls per configuration (median reported); default 2 */
   steps: number;
   /**

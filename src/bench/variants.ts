@@ -1,6 +1,7 @@
 /**
  * The UNet variants a benchmark runs: the exported graph rewritten with ToMe (ratio r, sx = sy
- * = 2, max downsample 1, no rand: A1111's defaults) and/or fused attention. A variant's graph
+ * = 2, max downsample 1, no rand: A1111's defaults), fused attention and/or Winograd
+ * convolutions (in that order, as the pipeline applies them). A variant's graph
  * is small; its weights stay in the source's external data file, which the variant's folder
  * links to (hard link, else symbolic link, else copy), so variants cost no disk.
  */
@@ -14,11 +15,14 @@ import { externalLocations, writeModelLinkingWeights } from '../optimize/fused-m
 import { applyToMe } from '../tome/index.js';
 import { DEFAULT_TOME, type ToMeOptions } from '../tome/types.js';
 import { SDGEN_VERSION } from '../version.js';
-import type { BenchAttention } from './types.js';
+import type { BenchAttention, BenchConv } from './types.js';
+import { winogradConvs } from '../optimize/winograd.js';
 
 export interface Variant {
   ratio: number;
   attention: BenchAttention;
+  /** convolution algorithm (src/optimize/conv-mode.ts) */
+  conv: BenchConv;
 }
 
 export interface PreparedVariant extends Variant {
@@ -27,13 +31,15 @@ export interface PreparedVariant extends Variant {
   fused: number;
   /** transformer blocks ToMe patched (0 when ratio 0) */
   tomeBlocks: number;
-  /** weights bytes (external data + inline) */
+  /** weights bytes (external data + inline), with what the Winograd weights add once folded */
   weightsBytes: number;
+  /** convolutions in Winograd form */
+  convs: number;
 }
 
 export const benchToMe = (ratio: number): ToMeOptions => ({ ...DEFAULT_TOME, ratio, sx: 2, sy: 2, maxDownsample: 1, useRand: false });
 
-export const variantLabel = (v: Variant): string => `r${v.ratio}-${v.attention}`;
+export const variantLabel = (v: Variant): string => `r${v.ratio}-${v.attention}-${v.conv}`;
 
 /** Bytes of a model's weights: its file plus its external data files. */
 export async function modelBytes(modelPath: string): Promise<number> {
@@ -49,7 +55,7 @@ export async function modelBytes(modelPath: string): Promise<number> {
  */
 export async function prepareVariant(unetPath: string, v: Variant, cacheDir: string, log: (l: string) => void): Promise<PreparedVariant> {
   const weightsBytes = await modelBytes(unetPath);
-  if (v.ratio === 0 && v.attention === 'standard') return { ...v, path: unetPath, fused: 0, tomeBlocks: 0, weightsBytes };
+  if (v.ratio === 0 && v.attention === 'standard' && v.conv === 'direct') return { ...v, path: unetPath, fused: 0, tomeBlocks: 0, weightsBytes, convs: 0 };
   const id = createHash('sha256')
     .update(`${await modelFileIdentity(unetPath)}|${SDGEN_VERSION}|${variantLabel(v)}`)
     .digest('hex')
@@ -58,8 +64,8 @@ export async function prepareVariant(unetPath: string, v: Variant, cacheDir: str
   const file = path.join(dir, 'model.onnx');
   const metaFile = path.join(dir, 'variant.json');
   if (existsSync(file) && existsSync(metaFile)) {
-    const meta = JSON.parse(await readFile(metaFile, 'utf8')) as { fused: number; tomeBlocks: number };
-    return { ...v, path: file, fused: meta.fused, tomeBlocks: meta.tomeBlocks, weightsBytes };
+    const meta = JSON.parse(await readFile(metaFile, 'utf8')) as { fused: number; tomeBlocks: number; convs: number; extraWeightBytes: number };
+    return { ...v, path: file, fused: meta.fused, tomeBlocks: meta.tomeBlocks, weightsBytes: weightsBytes + meta.extraWeightBytes, convs: meta.convs };
   }
   const t0 = performance.now();
   const model = await loadModel(unetPath, { externalData: 'lazy' });
@@ -75,12 +81,19 @@ export async function prepareVariant(unetPath: string, v: Variant, cacheDir: str
     fused = r.count;
     if (fused === 0) throw new Error(`no attention could be fused in ${unetPath}: ${r.skipped[0] ?? 'no Softmax found'}`);
   }
+  let convs = 0;
+  let extraWeightBytes = 0;
+  if (v.conv === 'winograd') {
+    const r = winogradConvs(model);
+    convs = r.count;
+    extraWeightBytes = r.extraWeightBytes;
+  }
   const tmp = `${dir}.tmp-${process.pid}`;
   await rm(tmp, { recursive: true, force: true });
   await writeModelLinkingWeights(model, unetPath, tmp);
-  await writeFile(path.join(tmp, 'variant.json'), JSON.stringify({ source: path.resolve(unetPath), ...v, fused, tomeBlocks }, null, 2));
+  await writeFile(path.join(tmp, 'variant.json'), JSON.stringify({ source: path.resolve(unetPath), ...v, fused, tomeBlocks, convs, extraWeightBytes }, null, 2));
   await rm(dir, { recursive: true, force: true });
   await rename(tmp, dir);
-  log(`  variant ${variantLabel(v)}: ${tomeBlocks} ToMe blocks, ${fused} fused attentions (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
-  return { ...v, path: file, fused, tomeBlocks, weightsBytes };
+  log(`  variant ${variantLabel(v)}: ${tomeBlocks} ToMe blocks, ${fused} fused attentions, ${convs} Winograd convolutions (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  return { ...v, path: file, fused, tomeBlocks, weightsBytes: weightsBytes + extraWeightBytes, convs };
 }

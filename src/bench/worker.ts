@@ -145,7 +145,7 @@ async function runImage(job: Extract<WorkerJob, { kind: 'image' }>): Promise<Ima
   const { generationParams } = await import('../pipeline/params.js');
   const { encodeRgbPng } = await import('../image/png.js');
   const t0 = performance.now();
-  const pipe = await StableDiffusionPipeline.load(job.modelDir, { device: 'cpu', threads: job.threads, cacheDir: job.cacheDir });
+  const pipe = await StableDiffusionPipeline.load(job.modelDir, { device: 'cpu', threads: job.threads, cacheDir: job.cacheDir, conv: job.conv });
   const loadMs = performance.now() - t0;
   const params = generationParams({
     prompt: 'a photograph of an astronaut riding a horse',

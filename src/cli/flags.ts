@@ -22,6 +22,7 @@ const HELP: Partial<Record<OptionKey, string>> = {
   clipSkip: 'CLIP skip: 1 = last layer (default: 1)',
   emphasis: 'treat (word:1.2) [word] literally, no emphasis weights',
   attention: 'attention kernel auto|standard|fused (default: auto)',
+  conv: 'convolution algorithm auto|direct|winograd; auto = Winograd on the CPU (default: auto)',
   device: 'execution provider auto|cpu|cuda|dml|coreml|webgpu (default: auto)',
   threads: 'CPU threads for onnxruntime (default: onnxruntime picks)',
   cacheDir: 'cache directory for ToMe-patched models',

@@ -236,7 +236,7 @@ export async function runGenerate(positional: string | undefined, explicit: Part
   }
   const done = flags.resume ? finishedFiles(outDir) : new Set<string>();
 
-  const runtime: RuntimeOptions = { device: base.device, threads: base.threads, verbose: flags.verbose, cacheDir: base.cacheDir };
+  const runtime: RuntimeOptions = { device: base.device, threads: base.threads, verbose: flags.verbose, cacheDir: base.cacheDir, conv: base.conv };
   const reporter = await makeReporter(flags);
   const [{ StableDiffusionPipeline }, png, sched] = await Promise.all([
     import('../pipeline/pipeline.js'),

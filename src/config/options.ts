@@ -5,7 +5,7 @@
  */
 import path from 'node:path';
 import { UsageError } from '../errors.js';
-import type { AttentionMode, DeviceName } from '../pipeline/types.js';
+import type { AttentionMode, ConvMode, DeviceName } from '../pipeline/types.js';
 
 export interface SdgenOptions {
   model?: string;
@@ -27,6 +27,7 @@ export interface SdgenOptions {
   clipSkip: number;
   emphasis: boolean;
   attention: AttentionMode;
+  conv: ConvMode;
   device: DeviceName;
   threads?: number;
   cacheDir?: string;
@@ -59,6 +60,7 @@ export const DEFAULT_OPTIONS: Readonly<SdgenOptions> = Object.freeze({
   clipSkip: 1,
   emphasis: true,
   attention: 'auto',
+  conv: 'auto',
   device: 'auto',
   tome: 0,
   sx: 2,
@@ -94,6 +96,7 @@ export interface OptionSpec {
 
 export const DEVICES: readonly DeviceName[] = ['auto', 'cpu', 'cuda', 'dml', 'coreml', 'webgpu'];
 export const ATTENTION_MODES: readonly AttentionMode[] = ['auto', 'standard', 'fused'];
+export const CONV_MODES: readonly ConvMode[] = ['auto', 'direct', 'winograd'];
 export const MAX_SEED = Number.MAX_SAFE_INTEGER;
 
 export const OPTION_SPECS: readonly OptionSpec[] = [
@@ -114,6 +117,7 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'clipSkip', flag: 'clip-skip', kind: 'int', min: 1, max: 12, perJob: true, help: 'CLIP skip' },
   { key: 'emphasis', flag: 'emphasis', kind: 'bool', perJob: true, help: 'emphasis syntax' },
   { key: 'attention', flag: 'attention', kind: 'enum', choices: ATTENTION_MODES, perJob: false, help: 'attention kernel' },
+  { key: 'conv', flag: 'conv', kind: 'enum', choices: CONV_MODES, perJob: false, help: 'convolution algorithm' },
   { key: 'device', flag: 'device', kind: 'enum', choices: DEVICES, perJob: false, help: 'execution provider' },
   { key: 'threads', flag: 'threads', kind: 'int', min: 1, max: 1024, perJob: false, help: 'CPU threads' },
   { key: 'cacheDir', flag: 'cache-dir', kind: 'string', perJob: false, help: 'patched-model cache directory' },

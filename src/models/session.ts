@@ -9,7 +9,8 @@ import ort from 'onnxruntime-node';
 import { SdgenError } from '../errors.js';
 import type { RuntimeOptions } from '../pipeline/types.js';
 import { ProviderSelector, type ProviderName, type SessionFactory } from './providers.js';
-import { createCachedSession, DEFAULT_MEMORY_OPTIONS } from '../optimize/index.js';
+import { createCachedSession, DEFAULT_MEMORY_OPTIONS, getWinogradModel, useWinograd } from '../optimize/index.js';
+import { defaultCacheDir } from './cache-dir.js';
 
 /** Element types sdgen deals with (onnxruntime-common's names). */
 export type ElementType = ort.Tensor.Type;
@@ -155,7 +156,7 @@ export class SessionManager {
 
   constructor(
     private readonly runtime: RuntimeOptions,
-    onNotice: (message: string) => void = () => {},
+    private readonly onNotice: (message: string) => void = () => {},
     private readonly createSession: (path: string, options: ort.InferenceSession.SessionOptions) => Promise<ort.InferenceSession> =
       (path, options) => ort.InferenceSession.create(path, options),
     private readonly optimizedCache: OptimizedGraphCache | null = null,
@@ -164,6 +165,23 @@ export class SessionManager {
     // onnxruntime's process-wide logger prints provider-load failures (and warnings) itself, at
     // its first session; sdgen reports them as one-line notices instead, unless --verbose.
     ort.env.logLevel = runtime.verbose ? 'warning' : 'fatal';
+  }
+
+  /**
+   * The file a session on `provider` loads for `path`: its Winograd variant when --conv asks for
+   * one on this provider and the model has convolutions to rewrite (src/optimize/conv-mode.ts),
+   * else `path`. A rewrite that fails loads the model as it is (a notice for an explicit
+   * 'winograd'; the load itself reports a broken model).
+   */
+  private async convVariant(path: string, what: string, provider: string): Promise<string> {
+    if (!useWinograd(this.runtime.conv, provider)) return path;
+    try {
+      const r = await getWinogradModel(path, this.runtime.cacheDir ?? defaultCacheDir());
+      return r.rewritten ? r.path : path;
+    } catch (err) {
+      if (this.runtime.conv === 'winograd') this.onNotice(`${what}: Winograd convolutions not used (${err instanceof Error ? err.message : String(err)})`);
+      return path;
+    }
   }
 
   async open(path: string, what: string): Promise<ModelSession> {
@@ -175,9 +193,10 @@ export class SessionManager {
       const quiet = this.runtime.device === 'auto' && providers[0] !== 'cpu';
       const options = sessionOptions(this.runtime, providers, quiet);
       let s: ort.InferenceSession | null = null;
+      const file = await this.convVariant(path, what, providers[0]!);
       if (this.optimizedCache && providers[0] === 'cpu') {
         try {
-          const r = await createCachedSession(path, options, { cacheDir: this.optimizedCache.cacheDir, provider: 'cpu' }, this.createSession);
+          const r = await createCachedSession(file, options, { cacheDir: this.optimizedCache.cacheDir, provider: 'cpu' }, this.createSession);
           s = r.session;
           fromCache = r.cached;
         } catch {
@@ -185,7 +204,7 @@ export class SessionManager {
           // (a model that cannot load at all fails again below, with its own error)
         }
       }
-      s ??= await this.createSession(path, options);
+      s ??= await this.createSession(file, options);
       used = providers[0]!;
       return s;
     };

@@ -2,6 +2,8 @@ import type { ToMeOptions } from '../tome/types.js';
 
 export type DeviceName = 'auto' | 'cpu' | 'cuda' | 'dml' | 'coreml' | 'webgpu';
 export type AttentionMode = 'auto' | 'standard' | 'fused';
+/** Convolution algorithm: see src/optimize/conv-mode.ts. */
+export type ConvMode = 'auto' | 'direct' | 'winograd';
 
 /** Everything that determines one image (what the PNG metadata records). */
 export interface GenerationParams {
@@ -42,6 +44,8 @@ export interface RuntimeOptions {
   verbose?: boolean;
   /** directory for cached patched/optimized models */
   cacheDir?: string;
+  /** convolution algorithm (default 'auto': Winograd on the CPU provider) */
+  conv?: ConvMode;
 }
 
 export interface ImageTimings {
