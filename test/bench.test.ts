@@ -20,6 +20,11 @@ test('FLOPs of profile node events', () => {
   // Gemm [2, 320] × W → [2, 1280]
   assert.equal(nodeFlops('Gemm', { input_type_shape: [{ float: [2, 320] }, { float: [1280] }], output_type_shape: [{ float: [2, 1280] }] }), 2 * 2 * 1280 * 320);
   // Conv with its weight listed, and with only parameter_size
+  // a constant [B, M, K] broadcast over [N, B, K, P] (the Winograd product): K from A's last axis
+  assert.equal(nodeFlops('MatMul', { input_type_shape: [{ float: [36, 64, 32] }, { float: [2, 36, 32, 16] }], output_type_shape: [{ float: [2, 36, 64, 16] }] }), 2 * 2 * 36 * 64 * 16 * 32);
+  // a 2-D weight under a batched activation, and a 2-D A times a batched B
+  assert.equal(nodeFlops('MatMul', { input_type_shape: [{ float: [2, 77, 32] }, { float: [32, 48] }], output_type_shape: [{ float: [2, 77, 48] }] }), 2 * 2 * 77 * 48 * 32);
+  assert.equal(nodeFlops('MatMul', { input_type_shape: [{ float: [16, 36] }, { float: [2, 36, 100] }], output_type_shape: [{ float: [2, 16, 100] }] }), 2 * 2 * 16 * 100 * 36);
   const conv = 2 * (2 * 32 * 8 * 8) * (4 * 3 * 3);
   assert.equal(nodeFlops('Conv', { input_type_shape: [{ float: [2, 4, 8, 8] }, { float: [32, 4, 3, 3] }, { float: [32] }], output_type_shape: [{ float: [2, 32, 8, 8] }] }), conv);
   assert.equal(nodeFlops('Conv', { input_type_shape: [{ float: [2, 4, 8, 8] }], output_type_shape: [{ float: [2, 32, 8, 8] }], parameter_size: String((32 * 4 * 9 + 32) * 4) }), conv);
@@ -138,6 +143,9 @@ test('parseBenchOptions takes the CLI strings', async () => {
   assert.throws(() => parseBenchOptions({ sizes: '512x768' }), /square/);
   assert.throws(() => parseBenchOptions({ steps: 'two' }), /integer/);
   assert.throws(() => parseBenchOptions({ device: 'cuda' }), /CPU/);
+  assert.equal(parseBenchOptions({ conv: 'direct' }).conv, 'direct');
+  assert.equal(parseBenchOptions({ conv: 'auto' }).conv, 'winograd');
+  assert.throws(() => parseBenchOptions({ conv: 'fft' }), /--conv: fft/);
 });
 
 test('budget estimates: same variant scaled by work^1.15, else the slowest at that work; process = load + warm-up + calls', () => {

@@ -165,12 +165,14 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
       (mm.result.conv ? `, 3×3 conv ${mm.result.conv.gflops.toFixed(0)} GFLOP/s median (best ${mm.result.conv.bestGflops.toFixed(0)})` : ''));
   } else if (!mm.ok) log(`  failed: ${mm.error}`);
 
-  // --- variants
+  // --- variants. 'standard' rows run the exported graph (ToMe-patched for r > 0) as it is;
+  // 'fused' rows run sdgen's optimized graph: fused attention and --conv's convolutions.
+  const variantOf = (ratio: number, attention: BenchAttention) => ({ ratio, attention, conv: attention === 'fused' ? o.conv : ('direct' as BenchConv) });
   log('Preparing UNet variants …');
   const variants = new Map<string, PreparedVariant | string>();
   for (const ratio of o.ratios) {
     for (const attention of o.attention) {
-      const v = { ratio, attention, conv: o.conv };
+      const v = variantOf(ratio, attention);
       try {
         variants.set(variantLabel(v), await prepareVariant(model.unet, v, cacheDir, log));
       } catch (err) {
@@ -185,7 +187,7 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
   for (const size of o.sizes) {
     for (const ratio of o.ratios) {
       for (const attention of o.attention) {
-        const v = variants.get(variantLabel({ ratio, attention, conv: o.conv }))!;
+        const v = variants.get(variantLabel(variantOf(ratio, attention)))!;
         const weightsBytes = typeof v === 'string' ? 0 : v.weightsBytes;
         const c: ConfigResult = {
           size, batch: o.batch, ratio, attention, status: 'ok', samplesMs: [],

@@ -74,7 +74,7 @@ export function renderMarkdown(r: BenchReport): string {
       `(${fmtGB(m.availableMemAtStart)} GB available at start, load average ${m.loadAverage.map((v) => v.toFixed(1)).join('/')}); ` +
       `Node ${m.node}, onnxruntime-node ${m.ort}, sdgen ${m.sdgen}.`,
   );
-  out.push(`Model: \`${r.model}\`. Options: sizes ${r.options.sizes.join(',')}, ratios ${r.options.ratios.join(',')}, attention ${r.options.attention.join(',')}, convolutions ${r.options.conv ?? 'direct'}, ${r.options.steps} timed calls in ${r.options.rounds} round(s), batch ${r.options.batch}.`);
+  out.push(`Model: \`${r.model}\`. Options: sizes ${r.options.sizes.join(',')}, ratios ${r.options.ratios.join(',')}, attention ${r.options.attention.join(',')}, convolutions of the fused rows and the image ${r.options.conv ?? 'direct'} (standard rows: the exported graph as it is), ${r.options.steps} timed calls in ${r.options.rounds} round(s), batch ${r.options.batch}.`);
   if (r.matmul) {
     const mm = r.matmul;
     const conv = r.conv;

@@ -12,7 +12,10 @@ export interface BenchOptions {
   ratios: number[];
   /** attention modes; default ['standard', 'fused'] */
   attention: BenchAttention[];
-  /** convolution algorithm of every configuration and the whole image; default winograd (sdgen's CPU default) */
+  /**
+   * convolutions of the 'fused' configurations (sdgen's optimized graph) and of the whole image;
+   * 'standard' rows run the exported convolutions. Default winograd (sdgen's CPU default).
+   */
   conv: BenchConv;
   /** timed UNet calls per configuration (median reported); default 2 */
   steps: number;
@@ -80,7 +83,7 @@ export interface ConfigResult {
   warmupMs?: number;
   /** FLOPs of one UNet call, counted from onnxruntime's profile */
   flops?: number;
-  /** floor time: flops / measured MatMul rate (ms) */
+  /** floor time: each kernel class's counted FLOPs ÷ its measured rate (ms) */
   floorMs?: number;
   /** floorMs / medianMs */
   efficiency?: number;

@@ -172,6 +172,7 @@ export function buildProgram(): Command {
     .option('--sizes <list>', 'square image sizes, e.g. 512,768,1024')
     .option('--ratios <list>', 'ToMe ratios, e.g. 0,0.3,0.5,0.6')
     .option('--attention <list>', 'attention modes: standard,fused')
+    .option('--conv <mode>', 'convolutions of the fused (optimized) rows and the whole image: winograd|direct (default: winograd)')
     .option('--steps <n>', 'timed UNet calls per configuration (median reported)')
     .option('--rounds <n>', 'rounds the timed calls are split over')
     .option('--batch <n>', 'UNet batch (2 = with classifier-free guidance)')

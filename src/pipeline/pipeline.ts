@@ -203,7 +203,7 @@ export class StableDiffusionPipeline {
       opened.push(unet.model);
       if (unet.io.tomeRand.length > 0) throw new SdgenError(`unet: ${folder.paths.unet} is a ToMe-patched graph; use the original export`);
       events?.onLoad?.('vae_decoder', 2, total);
-      const vaeModel = await sessions.open(folder.paths.vaeDecoder, 'vae decoder');
+      const vaeModel = await sessions.open(await vaeDecoderFile(folder.paths.vaeDecoder, attention, cacheDir, textModel.provider), 'vae decoder');
       opened.push(vaeModel);
       const vae = new VaeDecoder(vaeModel.session, vaeDecoderIO(vaeModel.info, 'vae decoder'), folder.vaeScalingFactor);
       events?.onLoad?.('done', total, total);
@@ -491,6 +491,22 @@ export class StableDiffusionPipeline {
     this.original = null;
     this.patched = null;
     await Promise.all(all.map((m) => m.release().catch(() => {})));
+  }
+}
+
+/**
+ * The VAE decoder file to load: its fused-attention copy (the mid-block's single-head attention
+ * over every latent pixel: 4096 tokens at 512², 16384 at 1024², whose score matrix the exported
+ * graph materializes) when the run's attention resolves to fused, else the export. A rewrite
+ * that fuses nothing or fails loads the export.
+ */
+async function vaeDecoderFile(file: string, attention: ResolvedAttention, cacheDir: string, provider: string): Promise<string> {
+  if (attention !== 'fused') return file;
+  try {
+    const r = await getFusedModel(file, { cacheDir, allowFloat16: provider.toLowerCase() !== 'cpu' });
+    return r.fused ? r.path : file;
+  } catch {
+    return file;
   }
 }
 
