@@ -104,6 +104,9 @@ test('runBench on the tiny pipeline writes JSON and Markdown', async () => {
       assert.ok(c.flops! > 0 && c.peakRss! > 0 && c.efficiency! > 0);
     }
     assert.ok(report.configs[1]!.flops! < report.configs[0]!.flops!, 'ToMe reduces the counted FLOPs');
+    // fused rows run sdgen's optimized graph: Winograd convolutions by default (64-channel convs)
+    for (const c of report.configs) assert.match(c.note ?? '', /\d+ Winograd convs/);
+    assert.equal(report.options.conv, 'winograd');
     // the floor puts each kernel class at its measured rate: convolutions at the conv rate,
     // the rest at the MatMul rate, so it lies between all-at-the-faster and all-at-the-slower
     const mm = report.matmul!.gflops;

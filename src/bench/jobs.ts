@@ -18,6 +18,8 @@ export type WorkerJob =
       profilePrefix?: string;
       /** also profile one steady-state call (per-op breakdown) */
       profileSteady?: boolean;
+      /** load through the optimized-graph cache here (Winograd variants: their folded weights) */
+      cacheDir?: string;
     }
   | { kind: 'matmul'; n: number; calls: number; threads: number; /** also measure the 3×3 convolution rate */ conv?: boolean }
   | {

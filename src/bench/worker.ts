@@ -87,7 +87,11 @@ async function runUnet(job: Extract<WorkerJob, { kind: 'unet' }>): Promise<UnetJ
     opts.profileFilePrefix = job.profilePrefix;
   }
   const t0 = performance.now();
-  const session = await ort.InferenceSession.create(job.modelPath, opts);
+  let session: ort.InferenceSession;
+  if (job.cacheDir) {
+    const { createCachedSession } = await import('../optimize/session-cache.js');
+    session = (await createCachedSession(job.modelPath, opts, { cacheDir: job.cacheDir, provider: 'cpu' })).session;
+  } else session = await ort.InferenceSession.create(job.modelPath, opts);
   const loadMs = performance.now() - t0;
   const lat = Math.round(job.size / 8);
   const feeds = unetFeeds(session, job.batch, lat, lat, job.seqLen);
