@@ -606,8 +606,10 @@ describe('fused attention in the pipeline', () => {
       { variant: 'original', attention: 'fused' },
       { variant: 'tome', attention: 'fused' },
     ]);
-    // fused copies of the exported and of the ToMe-patched UNet
-    assert.equal(readdirSync(path.join(fx.cacheDir, 'fused')).length, 2);
+    // fused copies of the exported and of the ToMe-patched UNet, and of the VAE decoder
+    const sources = readdirSync(path.join(fx.cacheDir, 'fused')).map((e) => JSON.parse(readFileSync(path.join(fx.cacheDir, 'fused', e, 'meta.json'), 'utf8')) as { source: string; count: number });
+    assert.equal(sources.length, 3);
+    assert.equal(sources.filter((m) => m.source.includes(`${path.sep}vae_decoder${path.sep}`) && m.count === 1).length, 1, 'the VAE mid-block attention is fused');
     const std = await final({ tome, attention: 'standard' });
     assert.deepEqual(fx.pipe.openUnets, [{ variant: 'tome', attention: 'standard' }]);
     assert.equal(fused.img.tomeApplied, true);

@@ -67,3 +67,32 @@ test('a corrupt cached entry is dropped and the source model is loaded', async (
     rmSync(cacheDir, { recursive: true, force: true });
   }
 });
+
+test('a ToMe-patched UNet (If subgraphs) is cached too: the entry onnxruntime writes is repaired and loads back', async () => {
+  const { applyToMe } = await import('../src/tome/index.js');
+  const { DEFAULT_TOME } = await import('../src/tome/types.js');
+  const { loadModel } = await import('../src/onnx/model-io.js');
+  const { writeModelLinkingWeights } = await import('../src/optimize/fused-model.js');
+  const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-optcache-tome-'));
+  try {
+    const m = await loadModel(UNET, { externalData: 'lazy' });
+    assert.ok(applyToMe(m, { ...DEFAULT_TOME, ratio: 0.5 }).patched);
+    assert.ok(m.graph!.node.some((n) => n.opType === 'If'), 'the patched graph has control flow');
+    const file = await writeModelLinkingWeights(m, UNET, path.join(cacheDir, 'tome'));
+    const base: ort.InferenceSession.SessionOptions = { executionProviders: ['cpu'], intraOpNumThreads: 1, logSeverityLevel: 3 };
+    const opts = { cacheDir, provider: 'cpu' };
+    const first = await createCachedSession(file, base, opts);
+    assert.equal(first.cached, false);
+    const second = await createCachedSession(file, base, opts);
+    assert.equal(second.cached, true, 'the cached entry loads (it used to be rejected and rewritten on every load)');
+    const a = (await first.session.run(feeds()))['out_sample']!.data as Float32Array;
+    const b = (await second.session.run(feeds()))['out_sample']!.data as Float32Array;
+    let d = 0;
+    for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i]! - b[i]!));
+    assert.ok(d <= 1e-5, `${d}`);
+    await first.session.release();
+    await second.session.release();
+  } finally {
+    rmSync(cacheDir, { recursive: true, force: true });
+  }
+});

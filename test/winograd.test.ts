@@ -142,6 +142,39 @@ test('auto tile from the spatial stride: the real torch export of a UNet', () =>
   assert.equal(byConv.get('/conv_out/Conv'), 1);
 });
 
+test('spatial strides through Upsample / Resize-10 scales; a Resize to computed sizes is unknown (tile 2)', () => {
+  const conv = (name: string, x: string, y: string, stride = 1): NodeProto => ({
+    name, opType: 'Conv', domain: '', input: [x, 'w'], output: [y], attribute: [attrInts('pads', [1, 1, 1, 1]), attrInts('strides', [stride, stride])],
+  });
+  const m: ModelProto = {
+    irVersion: 8,
+    opsetImport: [{ domain: '', version: 9 }],
+    producerName: 'test',
+    graph: {
+      name: 'g',
+      node: [
+        conv('c0', 'x', 'a', 2),
+        { name: 'up', opType: 'Upsample', domain: '', input: ['a', 'scales'], output: ['b'], attribute: [] },
+        conv('c1', 'b', 'c'),
+        { name: 'rs', opType: 'Resize', domain: '', input: ['c', '', '', 'sizes'], output: ['d'], attribute: [] },
+        conv('c2', 'd', 'e'),
+        conv('c3', 'a', 'f'),
+      ],
+      initializer: [floatTensor('w', new Float32Array(8 * 8 * 9), [8, 8, 3, 3]), floatTensor('scales', [1, 1, 4, 4], [4])],
+      input: [{ name: 'x', type: { tensorType: { elemType: 1, shape: { dim: [{ dimValue: 1 }, { dimValue: 8 }, { dimParam: 'H' }, { dimParam: 'W' }] } } } }, { name: 'sizes', type: { tensorType: { elemType: 7, shape: { dim: [{ dimValue: 4 }] } } } }],
+      output: [{ name: 'e', type: {} }, { name: 'f', type: {} }],
+      valueInfo: [],
+    },
+  };
+  const strides = spatialStrides(new GraphIndex(m.graph!));
+  assert.equal(strides.get('a'), 2);
+  assert.equal(strides.get('b'), 0.5);
+  assert.equal(strides.get('d'), undefined);
+  assert.equal(strides.has('d'), true);
+  const r = winogradConvs(m, { minChannels: 1 });
+  assert.deepEqual(r.byTile, { 2: 1, 4: 2 }); // c1 (stride ½) and c3 (stride 2): 4; c2 (unknown): 2; c0 strided
+});
+
 function unetFeeds(b: number, h: number, w: number): Record<string, ort.Tensor> {
   return {
     sample: new ort.Tensor('float32', xorshiftFill(b * 4 * h * w, 3), [b, 4, h, w]),

@@ -12,11 +12,14 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import ort from 'onnxruntime-node';
 import { modelFileIdentity } from '../onnx/model-io.js';
+import { decodeModel, encodeModel } from '../onnx/proto.js';
+import { subgraphsOf } from '../onnx/attributes.js';
+import type { GraphProto, TensorProto } from '../onnx/types.js';
 import { SDGEN_VERSION } from '../version.js';
 
 export type OptimizationLevel = 'basic' | 'extended' | 'all';
@@ -145,6 +148,12 @@ export async function planOptimizedModel(modelPath: string, opts: OptimizedCache
         await rm(tmpDir, { recursive: true, force: true });
         return; // this provider wrote nothing: nothing to cache
       }
+      try {
+        await repairOptimizedModel(written);
+      } catch {
+        await rm(tmpDir, { recursive: true, force: true });
+        return; // a graph onnxruntime could not load back: nothing to cache
+      }
       const meta = {
         source: path.resolve(modelPath),
         provider: opts.provider,
@@ -170,6 +179,47 @@ export async function planOptimizedModel(modelPath: string, opts: OptimizedCache
   await mkdir(tmpDir, { recursive: true });
   prepared = true;
   return plan;
+}
+
+const sameTensor = (a: TensorProto, b: TensorProto): boolean =>
+  a.dataType === b.dataType &&
+  a.dims.length === b.dims.length &&
+  a.dims.every((d, i) => Number(d) === Number(b.dims[i])) &&
+  JSON.stringify(a.externalData ?? []) === JSON.stringify(b.externalData ?? []) &&
+  Buffer.compare(Buffer.from(a.rawData ?? new Uint8Array(0)), Buffer.from(b.rawData ?? new Uint8Array(0))) === 0 &&
+  JSON.stringify([a.floatData, a.int64Data?.map(String), a.int32Data, a.doubleData]) === JSON.stringify([b.floatData, b.int64Data?.map(String), b.int32Data, b.doubleData]);
+
+/** Drops repeated identical initializers of one graph and its subgraphs; throws on conflicting ones. */
+function dedupeInitializers(g: GraphProto): number {
+  let dropped = 0;
+  const byName = new Map<string, TensorProto>();
+  g.initializer = g.initializer.filter((t) => {
+    const name = t.name ?? '';
+    const first = byName.get(name);
+    if (!first) {
+      byName.set(name, t);
+      return true;
+    }
+    if (!sameTensor(first, t)) throw new Error(`two different initializers named ${name}`);
+    dropped++;
+    return false;
+  });
+  for (const n of g.node) for (const sg of subgraphsOf(n)) dropped += dedupeInitializers(sg);
+  return dropped;
+}
+
+/**
+ * onnxruntime (1.2x) writes some constants it folded inside a control-flow subgraph twice
+ * into that subgraph (measured: ToMe's `If` plan branches, `…/Plan_else/Empty_output_0`), and
+ * then refuses to load its own file ("initializer name is not unique"). The copies are
+ * identical, so the entry is repaired by keeping one of each before it is published.
+ */
+export async function repairOptimizedModel(file: string): Promise<number> {
+  const model = decodeModel(await readFile(file));
+  if (!model.graph) return 0;
+  const dropped = dedupeInitializers(model.graph);
+  if (dropped > 0) await writeFile(file, encodeModel(model));
+  return dropped;
 }
 
 export interface CachedSession {

@@ -158,8 +158,10 @@ export function spatialStrides(idx: GraphIndex): Map<string, number | undefined>
     if (s !== undefined && n.opType === 'Conv') {
       const st = getAttr(n, 'strides')?.ints?.map(Number) ?? [1, 1];
       s = st[0] === st[1] ? s * st[0]! : undefined;
-    } else if (s !== undefined && n.opType === 'Resize') {
-      const scales = n.input[2] ? constFloats(idx, n.input[2]) : undefined;
+    } else if (s !== undefined && (n.opType === 'Resize' || n.opType === 'Upsample')) {
+      // scales: Resize-11+ (X, roi, scales, sizes); Resize-10 and Upsample (X, scales)
+      const at = n.opType === 'Resize' && n.input.length > 2 ? 2 : 1;
+      const scales = n.input[at] ? constFloats(idx, n.input[at]) : undefined;
       s = scales && scales.length === 4 && scales[2] === scales[3] && scales[2]! > 0 ? s / scales[2]! : undefined;
     } else if (s !== undefined && (n.opType === 'MaxPool' || n.opType === 'AveragePool')) {
       const st = getAttr(n, 'strides')?.ints?.map(Number) ?? [1, 1];
