@@ -96,8 +96,10 @@ function tinyBench(dir: string, extra: Record<string, unknown>) {
 test('runBench on the tiny pipeline writes JSON and Markdown', async () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-bench-'));
   try {
-    const report = await tinyBench(dir, {});
-    assert.equal(report.configs.length, 2);
+    const report = await tinyBench(dir, { batch1Sizes: [64, 128] });
+    // batch 2 at ToMe 0 and 0.5, then the same at batch 1 (64 is one of the sizes, 128 is not)
+    assert.deepEqual(report.configs.map((c) => [c.size, c.batch, c.ratio]), [[64, 2, 0], [64, 2, 0.5], [64, 1, 0], [64, 1, 0.5]]);
+    assert.ok(report.configs[3]!.speedup! > 0 && report.configs[3]!.speedup === report.configs[2]!.medianMs! / report.configs[3]!.medianMs!, 'batch-1 ToMe vs batch-1 r0');
     for (const c of report.configs) {
       assert.equal(c.status, 'ok', c.note);
       assert.equal(c.samplesMs.length, 2);
@@ -126,6 +128,7 @@ test('runBench on the tiny pipeline writes JSON and Markdown', async () => {
     for (const f of report.files) assert.ok(existsSync(f));
     const md = readFileSync(report.files[1]!, 'utf8');
     assert.match(md, /\| 64² \| 2 \| 0\.5 \| fused \|/);
+    assert.match(md, /\| 64² \| 1 \| 0\.5 \| fused \|/);
     assert.equal(renderMarkdown(report), md);
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -147,6 +150,8 @@ test('parseBenchOptions takes the CLI strings', async () => {
   assert.throws(() => parseBenchOptions({ steps: 'two' }), /integer/);
   assert.throws(() => parseBenchOptions({ device: 'cuda' }), /CPU/);
   assert.equal(parseBenchOptions({ conv: 'direct' }).conv, 'direct');
+  assert.deepEqual(parseBenchOptions({ b1Sizes: '768,1024' }).batch1Sizes, [768, 1024]);
+  assert.deepEqual(parseBenchOptions({ b1Sizes: 'none' }).batch1Sizes, []);
   assert.equal(parseBenchOptions({ conv: 'auto' }).conv, 'winograd');
   assert.throws(() => parseBenchOptions({ conv: 'fft' }), /--conv: fft/);
 });

@@ -46,6 +46,8 @@ export type WorkerJob =
       conv: BenchConv;
       threads: number;
       cacheDir: string;
+      /** only load the pipeline (filling the caches) and report the load time */
+      warmOnly?: boolean;
     };
 
 export interface UnetJobResult {

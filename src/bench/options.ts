@@ -1,7 +1,7 @@
 /**
  * Normalizes `sdgen bench` flags (strings from the command line, or typed values from code)
  * into BenchOptions: `--sizes 512,768`, `--ratios 0,0.5`, `--attention standard,fused`,
- * `--conv direct|winograd`, `--steps 3`, `--rounds 2`, `--batch 2`, `--threads 2`, `--profile`, `--model DIR|FILE`,
+ * `--conv direct|winograd`, `--b1-sizes 768|none`, `--steps 3`, `--rounds 2`, `--batch 2`, `--threads 2`, `--profile`, `--model DIR|FILE`,
  * `--out DIR|FILE.json`, `--image-size 512`, `--image-steps 20`, `--budget 30` (minutes),
  * `--device cpu|auto`.
  */
@@ -39,6 +39,8 @@ export function parseBenchOptions(raw: Record<string, unknown>): Partial<BenchOp
   const o: Partial<BenchOptions> & { json?: boolean } = {};
   const sz = sizes(raw['sizes']);
   if (sz) o.sizes = sz;
+  const b1 = raw['batch1Sizes'] ?? raw['b1-sizes'] ?? raw['b1Sizes'];
+  if (b1 !== undefined) o.batch1Sizes = b1 === '' || b1 === 'none' ? [] : (sizes(b1) ?? []);
   const ratios = list(raw['ratios'], 'ratios')?.map((r) => num(r, 'ratios', false)!);
   if (ratios) o.ratios = ratios;
   const att = list(raw['attention'], 'attention');

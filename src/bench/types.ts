@@ -27,6 +27,11 @@ export interface BenchOptions {
   rounds: number;
   /** UNet batch; default 2 (classifier-free guidance) */
   batch: number;
+  /**
+   * of the sizes, those also timed at batch 1 (no classifier-free guidance, as the issue's 768²
+   * target), with ToMe 0 and 0.5 (those of the ratios) under every attention mode; default [768]
+   */
+  batch1Sizes: number[];
   /** summarize onnxruntime's profile per op type for every configuration */
   profile: boolean;
   /** model folder (diffusers layout) or UNet .onnx; default: the synthetic sd15 model in the cache */

@@ -151,6 +151,10 @@ async function runImage(job: Extract<WorkerJob, { kind: 'image' }>): Promise<Ima
   const t0 = performance.now();
   const pipe = await StableDiffusionPipeline.load(job.modelDir, { device: 'cpu', threads: job.threads, cacheDir: job.cacheDir, conv: job.conv });
   const loadMs = performance.now() - t0;
+  if (job.warmOnly) {
+    await pipe.dispose?.();
+    return { kind: 'image', loadMs, textEncoderMs: 0, unetMs: 0, vaeMs: 0, pngMs: 0, totalMs: 0, maxRss: maxRssBytes() };
+  }
   const params = generationParams({
     prompt: 'a photograph of an astronaut riding a horse',
     width: job.size,

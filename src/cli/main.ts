@@ -176,6 +176,7 @@ export function buildProgram(): Command {
     .option('--steps <n>', 'timed UNet calls per configuration (median reported)')
     .option('--rounds <n>', 'rounds the timed calls are split over')
     .option('--batch <n>', 'UNet batch (2 = with classifier-free guidance)')
+    .option('--b1-sizes <list>', 'sizes also timed at batch 1 with ToMe 0 and 0.5 (default: 768; none = off)')
     .option('--image-size <n>', 'also time one whole image at this size (0 = skip)')
     .option('--image-steps <n>', 'denoising steps of the whole-image run')
     .option('--config-timeout <s>', 'give up on a configuration after this many seconds')
