@@ -924,9 +924,9 @@ function applyEmphasisRef(h: Float32Array, seq: number, dim: number, w: number[]
 
 describe('Winograd convolutions in the pipeline', () => {
   const direct = tinyPipeline('sdgen-direct-', { conv: 'direct' });
-  const wino = tinyPipeline('sdgen-wino-', { conv: 'auto' });
+  const wino = tinyPipeline('sdgen-wino-', { conv: 'winograd' });
   const p = params({ prompt: 'a lighthouse at dusk', width: 128, height: 96, steps: 4, seed: 5, scheduler: 'ddim', cfg: 6 });
-  test("auto on the CPU runs the cached Winograd UNet; the image matches direct convolutions (latents ≤ 1e-3, pixels ≤ 1)", async (t) => {
+  test('the CPU session runs the cached Winograd UNet; the image matches direct convolutions (latents ≤ 1e-3, pixels ≤ 1)', async (t) => {
     const latents: Float32Array[] = [];
     const [a] = await collect(direct.pipe.generate(p, { onFinalLatents: (_s, l) => latents.push(l[0]!) }));
     const [b] = await collect(wino.pipe.generate(p, { onFinalLatents: (_s, l) => latents.push(l[0]!) }));

@@ -223,9 +223,12 @@ test("tiny-sd1's VAE decoder in Winograd form matches (≤ 1e-4 on [-1, 1] pixel
 });
 
 test('--conv resolution, and the cached Winograd file (count 0 remembered without a model)', async () => {
-  assert.equal(useWinograd('auto', 'cpu'), true);
-  assert.equal(useWinograd(undefined, 'cpu'), true);
-  assert.equal(useWinograd('auto', 'cuda'), false);
+  const GB = 2 ** 30;
+  assert.equal(useWinograd('auto', 'cpu', 24 * GB), true);
+  assert.equal(useWinograd(undefined, 'cpu', 16 * GB), true);
+  assert.equal(useWinograd('auto', 'cpu', 8 * GB), false, 'the fold at first load would not fit');
+  assert.equal(useWinograd('winograd', 'cpu', 8 * GB), true);
+  assert.equal(useWinograd('auto', 'cuda', 24 * GB), false);
   assert.equal(useWinograd('winograd', 'dml'), true);
   assert.equal(useWinograd('direct', 'cpu'), false);
   const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-wino-'));

@@ -2,7 +2,8 @@
  * Which convolution algorithm a session runs (`--conv auto|direct|winograd`), and the cached
  * Winograd variant of a model file.
  *
- * - 'auto': Winograd on the CPU provider (onnxruntime's CPU convolutions are direct NCHWc
+ * - 'auto': Winograd on the CPU provider of a machine with at least 12 GiB of memory (see
+ *   WINOGRAD_MIN_MEMORY; onnxruntime's CPU convolutions are direct NCHWc
  *   kernels; the rewrite measured 1.3× per SD 1.5 UNet call and 1.5–1.7× per VAE decode on
  *   x86, docs/performance.md), direct elsewhere (cuDNN, DirectML and CoreML choose Winograd or
  *   implicit GEMM kernels themselves).
@@ -12,14 +13,22 @@
  * float16 convolutions are never rewritten (the m = 4 transforms need float32's range), so a
  * float16 model runs as exported whatever the mode.
  */
+import os from 'node:os';
 import type { ConvMode } from '../pipeline/types.js';
 import { getRewrittenModel, type RewrittenModel } from './fused-model.js';
 import { winogradConvs, type WinogradOptions } from './winograd.js';
 
-export function useWinograd(mode: ConvMode | undefined, provider: string): boolean {
+/**
+ * Memory below which 'auto' stays direct: onnxruntime folds the transformed weights when it
+ * first optimizes a graph, which peaks at about 9.5 GB for SD 1.5's UNet (once; later loads
+ * read the folded graph from the optimized-graph cache at ~5.5 GB).
+ */
+export const WINOGRAD_MIN_MEMORY = 12 * 2 ** 30;
+
+export function useWinograd(mode: ConvMode | undefined, provider: string, totalMemory: number = os.totalmem()): boolean {
   if (mode === 'winograd') return true;
   if (mode === 'direct') return false;
-  return provider.toLowerCase() === 'cpu';
+  return provider.toLowerCase() === 'cpu' && totalMemory >= WINOGRAD_MIN_MEMORY;
 }
 
 /**
