@@ -6,29 +6,9 @@
  */
 import ort from 'onnxruntime-node';
 import { encodeModel } from '../src/onnx/proto.js';
-import { floatTensor } from '../src/onnx/tensor.js';
+import { convModel } from '../src/bench/matmul-rate.js';
 import type { ModelProto } from '../src/onnx/types.js';
 import { winogradConvs } from '../src/optimize/winograd.js';
-
-function convModel(n: number, c: number, k: number, h: number): ModelProto {
-  const w = new Float32Array(k * c * 9);
-  const s = Math.sqrt(12 / (c * 9));
-  for (let i = 0; i < w.length; i++) w[i] = ((((i * 2654435761) % 1000) / 1000) - 0.5) * s;
-  const vi = (name: string, ch: number) => ({ name, type: { tensorType: { elemType: 1, shape: { dim: [n, ch, h, h].map((d) => ({ dimValue: d })) } } } });
-  return {
-    irVersion: 8,
-    opsetImport: [{ domain: '', version: 17 }],
-    producerName: 'sdgen-bench',
-    graph: {
-      name: 'conv',
-      node: [{ name: 'conv', opType: 'Conv', domain: '', input: ['x', 'w'], output: ['y'], attribute: [{ name: 'pads', type: 7, ints: [1, 1, 1, 1] }] }],
-      initializer: [floatTensor('w', w, [k, c, 3, 3])],
-      input: [vi('x', c)],
-      output: [vi('y', k)],
-      valueInfo: [],
-    },
-  };
-}
 
 async function time(m: ModelProto, x: Float32Array, dims: number[]): Promise<{ ms: number; y: Float32Array }> {
   const s = await ort.InferenceSession.create(encodeModel(m), { intraOpNumThreads: 2, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
@@ -52,11 +32,11 @@ for (const shape of shapes) {
   const x = new Float32Array(n * c * h * h);
   for (let i = 0; i < x.length; i++) x[i] = ((i * 40503) % 997) / 997 - 0.5;
   const dims = [n, c, h, h];
-  const d = await time(convModel(n, c, k, h), x, dims);
+  const d = await time(convModel(c, h, n, 1, k), x, dims);
   const row = [`${n}×${c}→${k}×${h}²`, d.ms.toFixed(1), ((2 * n * c * k * 9 * h * h) / d.ms / 1e6).toFixed(0)];
   let diff = 0;
   for (const tile of [2, 4] as const) {
-    const m = convModel(n, c, k, h);
+    const m = convModel(c, h, n, 1, k);
     winogradConvs(m, { tile, minChannels: 1 });
     const r = await time(m, x, dims);
     row.push(r.ms.toFixed(1), `${(d.ms / r.ms).toFixed(2)}×`);

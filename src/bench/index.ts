@@ -19,13 +19,13 @@ import { runInChild } from './child.js';
 import type { UnetJobResult } from './jobs.js';
 import { GB, availableMemory, fmtGB, predictPeakBytes } from './memory.js';
 import { parseBenchOptions } from './options.js';
+import { floorMsOf } from './profile.js';
 import { deriveRatios, median, renderMarkdown } from './report.js';
 import type { BenchAttention, BenchConv, BenchOptions, BenchReport, ConfigResult, ImageResult, MachineInfo } from './types.js';
 import { prepareVariant, variantLabel, type PreparedVariant } from './variants.js';
 
 export type { BenchOptions, BenchReport, ConfigResult, ImageResult, BenchAttention, BenchConv } from './types.js';
 export { summarizeProfile, nodeFlops, floorMsOf } from './profile.js';
-import { floorMsOf } from './profile.js';
 export { predictPeakBytes } from './memory.js';
 export { parseBenchOptions } from './options.js';
 

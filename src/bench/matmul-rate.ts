@@ -61,18 +61,22 @@ export interface ConvRate extends KernelRate {
   batch: number;
 }
 
-/** y = conv(…conv(x)) with `depth` 3×3, padding-1 convolutions of constant weights [C, C, 3, 3]. */
-export function convModel(channels: number, size: number, batch: number, depth = 2): ModelProto {
+/**
+ * y = conv(…conv(x)) with `depth` 3×3, padding-1 convolutions of constant weights [K, C, 3, 3]
+ * (K = `outChannels`, default C; a chain of more than one needs K = C).
+ */
+export function convModel(channels: number, size: number, batch: number, depth = 2, outChannels = channels): ModelProto {
   const c = channels;
+  const k = outChannels;
+  if (depth > 1 && k !== c) throw new Error('convModel: a chain of convolutions keeps its channel count');
   const scale = Math.sqrt(12 / (c * 9));
-  const w = new Float32Array(c * c * 9);
+  const w = new Float32Array(k * c * 9);
   for (let i = 0; i < w.length; i++) w[i] = (((i * 2654435761) % 1000) / 1000 - 0.5) * scale;
-  const dims = [batch, c, size, size];
-  const vi = (name: string) => ({ name, type: { tensorType: { elemType: 1, shape: { dim: dims.map((d) => ({ dimValue: d })) } } } });
+  const vi = (name: string, ch: number) => ({ name, type: { tensorType: { elemType: 1, shape: { dim: [batch, ch, size, size].map((d) => ({ dimValue: d })) } } } });
   const node = [];
-  for (let k = 0; k < depth; k++) {
+  for (let d = 0; d < depth; d++) {
     node.push({
-      name: `conv${k}`, opType: 'Conv', input: [k === 0 ? 'x' : `h${k}`, 'w'], output: [k === depth - 1 ? 'y' : `h${k + 1}`],
+      name: `conv${d}`, opType: 'Conv', input: [d === 0 ? 'x' : `h${d}`, 'w'], output: [d === depth - 1 ? 'y' : `h${d + 1}`],
       attribute: [{ name: 'pads', type: 7, ints: [1, 1, 1, 1] }],
     });
   }
@@ -80,7 +84,7 @@ export function convModel(channels: number, size: number, batch: number, depth =
     irVersion: 8,
     opsetImport: [{ domain: '', version: 17 }],
     producerName: 'sdgen-bench',
-    graph: { name: 'conv', node, initializer: [floatTensor('w', w, [c, c, 3, 3])], input: [vi('x')], output: [vi('y')], valueInfo: [] },
+    graph: { name: 'conv', node, initializer: [floatTensor('w', w, [k, c, 3, 3])], input: [vi('x', c)], output: [vi('y', k)], valueInfo: [] },
   };
 }
 

@@ -79,6 +79,18 @@ function baseOptions(job: { threads: number; memArena?: boolean; memPattern?: bo
   };
 }
 
+/** A CPU session of `modelPath`, through the optimized-graph cache when `cache` is given. */
+async function openSession(
+  modelPath: string,
+  options: ort.InferenceSession.SessionOptions,
+  cache?: { cacheDir: string; variant?: string; savePrepacked?: boolean },
+): Promise<{ session: ort.InferenceSession; cached: boolean }> {
+  if (!cache) return { session: await ort.InferenceSession.create(modelPath, options), cached: false };
+  const { createCachedSession } = await import('../optimize/session-cache.js');
+  const r = await createCachedSession(modelPath, options, { provider: 'cpu', ...cache });
+  return { session: r.session, cached: r.cached };
+}
+
 async function runUnet(job: Extract<WorkerJob, { kind: 'unet' }>): Promise<UnetJobResult> {
   const opts = baseOptions(job);
   const profiling = job.profilePrefix !== undefined;
@@ -87,11 +99,7 @@ async function runUnet(job: Extract<WorkerJob, { kind: 'unet' }>): Promise<UnetJ
     opts.profileFilePrefix = job.profilePrefix;
   }
   const t0 = performance.now();
-  let session: ort.InferenceSession;
-  if (job.cacheDir) {
-    const { createCachedSession } = await import('../optimize/session-cache.js');
-    session = (await createCachedSession(job.modelPath, opts, { cacheDir: job.cacheDir, provider: 'cpu' })).session;
-  } else session = await ort.InferenceSession.create(job.modelPath, opts);
+  const { session } = await openSession(job.modelPath, opts, job.cacheDir ? { cacheDir: job.cacheDir } : undefined);
   const loadMs = performance.now() - t0;
   const lat = Math.round(job.size / 8);
   const feeds = unetFeeds(session, job.batch, lat, lat, job.seqLen);
@@ -120,16 +128,11 @@ async function runUnet(job: Extract<WorkerJob, { kind: 'unet' }>): Promise<UnetJ
 async function runLoad(job: Extract<WorkerJob, { kind: 'load' }>): Promise<LoadJobResult> {
   const base = baseOptions(job);
   const t0 = performance.now();
-  let cached = false;
-  let session: ort.InferenceSession;
-  if (job.cacheDir) {
-    const { createCachedSession } = await import('../optimize/session-cache.js');
-    const r = await createCachedSession(job.modelPath, base, { cacheDir: job.cacheDir, provider: 'cpu', variant: job.variant ?? '', savePrepacked: !!job.savePrepacked });
-    session = r.session;
-    cached = r.cached;
-  } else {
-    session = await ort.InferenceSession.create(job.modelPath, base);
-  }
+  const { session, cached } = await openSession(
+    job.modelPath,
+    base,
+    job.cacheDir ? { cacheDir: job.cacheDir, variant: job.variant ?? '', savePrepacked: !!job.savePrepacked } : undefined,
+  );
   const loadMs = performance.now() - t0;
   let firstRunMs: number | undefined;
   if (job.runSize) {
