@@ -7,7 +7,7 @@ import { nodeFlops, summarizeProfile, type ProfileEvent } from '../src/bench/pro
 import { predictPeakBytes } from '../src/bench/memory.js';
 import { deriveRatios, median, renderMarkdown } from '../src/bench/report.js';
 import { callsPerRound, runBench } from '../src/bench/index.js';
-import { WORK_EXPONENT, estimateCallMs, estimateImageMs, estimateProcessMs, fits, type TimedConfig } from '../src/bench/budget.js';
+import { WORK_EXPONENT, estimateCallMs, estimateImageMs, estimateProcessMs, fits, roundOrder, type TimedConfig } from '../src/bench/budget.js';
 import type { ConfigResult } from '../src/bench/types.js';
 
 const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
@@ -217,3 +217,19 @@ test('runBench within a budget already spent: nothing is started, the table says
   }
 });
 
+
+test('round order: round 1 in grid order; later rounds start with the target rows (batch 1, then ToMe 0 and 0.5, least work first), the rest reversed', () => {
+  const grid: { size: number; batch: number; ratio: number; attention: string }[] = [];
+  for (const size of [512, 768]) {
+    for (const ratio of [0, 0.3, 0.5]) for (const attention of ['standard', 'fused']) grid.push({ size, batch: 2, ratio, attention });
+    if (size === 768) for (const ratio of [0, 0.5]) for (const attention of ['standard', 'fused']) grid.push({ size, batch: 1, ratio, attention });
+  }
+  const label = (c: (typeof grid)[number]) => `${c.size}b${c.batch}r${c.ratio}${c.attention[0]}`;
+  assert.deepEqual(roundOrder(grid, 0, 0.5), grid);
+  assert.deepEqual(roundOrder(grid, 1, 0.5).map(label), [
+    '768b1r0s', '768b1r0f', '768b1r0.5s', '768b1r0.5f',
+    '512b2r0s', '512b2r0f', '512b2r0.5s', '512b2r0.5f', '768b2r0s', '768b2r0f', '768b2r0.5s', '768b2r0.5f',
+    '768b2r0.3f', '768b2r0.3s', '512b2r0.3f', '512b2r0.3s',
+  ]);
+  assert.equal(roundOrder(grid, 2, 0.5).length, grid.length);
+});

@@ -13,7 +13,7 @@ import ort from 'onnxruntime-node';
 import { SdgenError, UsageError } from '../errors.js';
 import { defaultCacheDir } from '../models/cache-dir.js';
 import { defaultThreadCount } from '../models/session.js';
-import { estimateImageMs, estimateProcessMs, fits, type TimedConfig } from './budget.js';
+import { estimateImageMs, estimateProcessMs, fits, roundOrder, type TimedConfig } from './budget.js';
 import { SDGEN_VERSION } from '../version.js';
 import { runInChild } from './child.js';
 import type { UnetJobResult } from './jobs.js';
@@ -255,7 +255,7 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
   const imageReserve = (): number => (o.imageSize > 0 ? estimateImageMs(imageTarget, o.imageSteps, timed()) ?? 0 : 0);
   const droppedRounds = new Map<ConfigResult, number>(); // later rounds the budget did not allow
   for (let round = 0; round < plan.length; round++) {
-    const order = round % 2 === 0 ? runnable : [...runnable].reverse();
+    const order = roundOrder(runnable, round, B1_RATIO);
     for (const c of order) {
       if (c.status !== 'ok') continue;
       const v = prepared.get(c)!;
