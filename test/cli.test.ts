@@ -111,6 +111,18 @@ test('bad flag values exit 2 with one line and no stack', async () => {
   results.forEach((r, i) => oneErrorLine(r, 2, cases[i]![1]));
 });
 
+test('a bad SDGEN_CACHE_MAX_GB ends the run before it starts: exit 2, one line, nothing written', () => {
+  const out = path.join(tmp, 'cap-out');
+  process.env['SDGEN_CACHE_MAX_GB'] = 'lots';
+  try {
+    const r = sdgen(['a fox', '--model', path.join(FIXTURES, 'tiny-sd1'), '--steps', '1', '--out', out]);
+    oneErrorLine({ status: r.status, stdout: r.stdout, stderr: r.stderr }, 2, /SDGEN_CACHE_MAX_GB must be a number of GB .*"lots"/);
+  } finally {
+    delete process.env['SDGEN_CACHE_MAX_GB'];
+  }
+  assert.equal(existsSync(out), false);
+});
+
 test('runtime errors exit 1 with one line', async () => {
   writeFileSync(path.join(tmp, 'not.png'), 'hello');
   const [a, b, c, v] = await Promise.all([

@@ -1,10 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import ort from 'onnxruntime-node';
 import { createCachedSession, optimizedEntryDir, optimizedModelKey } from '../src/optimize/session-cache.js';
+import { DEFAULT_CACHE_MAX_GB, cacheMaxBytes, entriesToEvict, pruneCacheDir, touchEntry } from '../src/optimize/cache-prune.js';
+import { UsageError } from '../src/errors.js';
 
 const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
 const UNET = new URL('tiny-sd1/unet/model.onnx', FIXTURES).pathname;
@@ -92,6 +94,87 @@ test('a ToMe-patched UNet (If subgraphs) is cached too: the entry onnxruntime wr
     assert.ok(d <= 1e-5, `${d}`);
     await first.session.release();
     await second.session.release();
+  } finally {
+    rmSync(cacheDir, { recursive: true, force: true });
+  }
+});
+
+test('cache cap: SDGEN_CACHE_MAX_GB parsed; least recently used entries evicted first, never a kept one', () => {
+  const GB = 1024 ** 3;
+  assert.equal(cacheMaxBytes({}), DEFAULT_CACHE_MAX_GB * GB);
+  assert.equal(cacheMaxBytes({ SDGEN_CACHE_MAX_GB: '12.5' }), 12.5 * GB);
+  assert.equal(cacheMaxBytes({ SDGEN_CACHE_MAX_GB: '0' }), Infinity);
+  assert.equal(cacheMaxBytes({ SDGEN_CACHE_MAX_GB: 'off' }), Infinity);
+  assert.throws(() => cacheMaxBytes({ SDGEN_CACHE_MAX_GB: 'lots' }), (e: Error) => e instanceof UsageError && /SDGEN_CACHE_MAX_GB.*"lots"/.test(e.message));
+  assert.throws(() => cacheMaxBytes({ SDGEN_CACHE_MAX_GB: '-1' }), UsageError);
+  const entries = [
+    { name: 'new', bytes: 5, usedMs: 300 },
+    { name: 'old', bytes: 4, usedMs: 100 },
+    { name: 'mid', bytes: 3, usedMs: 200 },
+  ];
+  assert.deepEqual(entriesToEvict(entries, 12), []);
+  assert.deepEqual(entriesToEvict(entries, 11).map((e) => e.name), ['old']);
+  assert.deepEqual(entriesToEvict(entries, 5).map((e) => e.name), ['old', 'mid']);
+  assert.deepEqual(entriesToEvict(entries, 5, new Set(['old'])).map((e) => e.name), ['mid', 'new']);
+  assert.deepEqual(entriesToEvict(entries, 0, new Set(['new'])).map((e) => e.name), ['old', 'mid']);
+});
+
+test('pruneCacheDir: removes the least recently used entries to the cap and stale half-written ones', async () => {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'sdgen-prune-'));
+  try {
+    const now = Date.now();
+    const entry = (name: string, bytes: number, ageMs: number, meta = true) => {
+      const dir = path.join(root, name);
+      mkdirSync(dir);
+      writeFileSync(path.join(dir, 'model.weights'), Buffer.alloc(bytes));
+      const t = new Date(now - ageMs);
+      if (meta) {
+        writeFileSync(path.join(dir, 'meta.json'), '{}');
+        utimesSync(path.join(dir, 'meta.json'), t, t);
+      }
+      utimesSync(dir, t, t);
+    };
+    entry('a', 1000, 3000);
+    entry('b', 2000, 2000);
+    entry('c', 1500, 1000);
+    entry('c.tmp-1-old', 700, 2 * 24 * 3600 * 1000, false);
+    entry('d.tmp-2-running', 900, 1000, false);
+    const r = await pruneCacheDir(root, 3600, new Set(['a']), now);
+    // a is kept although oldest; b goes (least recently used after it); c then fits: 1000 + 1500 + 4 + 2 ≤ 3600
+    assert.deepEqual(readdirSync(root).sort(), ['a', 'c', 'd.tmp-2-running']);
+    assert.deepEqual(r.removed.sort(), ['b', 'c.tmp-1-old']);
+    assert.equal(r.freedBytes, 2000 + 2);
+    assert.equal(r.totalBytes, 1000 + 2 + 1500 + 2);
+    // a hit refreshes the entry's last use
+    await touchEntry(path.join(root, 'a'));
+    assert.ok(statSync(path.join(root, 'a', 'meta.json')).mtimeMs > now - 1000);
+    // no cap: nothing removed; a missing root is no error
+    assert.deepEqual((await pruneCacheDir(root, Infinity)).removed, []);
+    assert.deepEqual((await pruneCacheDir(path.join(root, 'missing'), 0)).removed, []);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('the optimized-graph cache keeps to its cap: publishing an entry evicts the least recently used other one', async () => {
+  const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-optcache-cap-'));
+  try {
+    const base: ort.InferenceSession.SessionOptions = { executionProviders: ['cpu'], intraOpNumThreads: 1, logSeverityLevel: 3 };
+    // a cap below one entry: each new entry stays, the previous ones go
+    const opts = (variant: string) => ({ cacheDir, provider: 'cpu', variant, maxBytes: 1 });
+    const a = await createCachedSession(UNET, base, opts('a'));
+    await a.session.release();
+    const b = await createCachedSession(UNET, base, opts('b'));
+    await b.session.release();
+    assert.deepEqual(readdirSync(path.join(cacheDir, 'optimized')), [b.key]);
+    // unbounded: both stay, and a hit on b keeps it
+    const c = await createCachedSession(UNET, base, { ...opts('c'), maxBytes: Infinity });
+    await c.session.release();
+    assert.deepEqual(readdirSync(path.join(cacheDir, 'optimized')).sort(), [b.key, c.key].sort());
+    const hit = await createCachedSession(UNET, base, opts('b'));
+    assert.equal(hit.cached, true);
+    await hit.session.release();
+    assert.ok(statSync(path.join(optimizedEntryDir(cacheDir, b.key), 'meta.json')).mtimeMs >= statSync(path.join(optimizedEntryDir(cacheDir, c.key), 'meta.json')).mtimeMs);
   } finally {
     rmSync(cacheDir, { recursive: true, force: true });
   }

@@ -15,6 +15,7 @@ import { finishedFiles, runJobs, type PipelineLike, type RunSummary } from '../p
 import { makeChalk, makeReporter, type UiOptions } from './ui.js';
 import { optionsFromMetadata } from './from.js';
 import type { RuntimeOptions } from '../pipeline/types.js';
+import { cacheMaxBytes } from '../optimize/cache-prune.js';
 
 export interface GenerateFlags extends UiOptions {
   preset?: string;
@@ -225,6 +226,7 @@ export async function runGenerate(positional: string | undefined, explicit: Part
     return { exitCode: lineErrors.length > 0 ? 1 : 0 };
   }
 
+  cacheMaxBytes(); // a bad SDGEN_CACHE_MAX_GB ends the run before anything is written
   if (flags.resume && !state && !flags.quiet) process.stderr.write(`--resume: no interrupted run in ${outDir}; starting a new run\n`);
   try {
     mkdirSync(outDir, { recursive: true });

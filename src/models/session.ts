@@ -6,7 +6,7 @@ import { open, stat } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import ort from 'onnxruntime-node';
-import { SdgenError } from '../errors.js';
+import { SdgenError, UsageError } from '../errors.js';
 import type { RuntimeOptions } from '../pipeline/types.js';
 import { ProviderSelector, type ProviderName, type SessionFactory } from './providers.js';
 import { createCachedSession, DEFAULT_MEMORY_OPTIONS, getWinogradModel, useWinograd } from '../optimize/index.js';
@@ -199,7 +199,9 @@ export class SessionManager {
           const r = await createCachedSession(file, options, { cacheDir: this.optimizedCache.cacheDir, provider: 'cpu' }, this.createSession);
           s = r.session;
           fromCache = r.cached;
-        } catch {
+        } catch (err) {
+          // a bad setting (SDGEN_CACHE_MAX_GB) is the user's to fix
+          if (err instanceof UsageError) throw err;
           // unwritable cache, full disk, a graph onnxruntime cannot save: load the model as it is
           // (a model that cannot load at all fails again below, with its own error)
         }

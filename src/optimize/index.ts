@@ -20,3 +20,5 @@ export type { FusedModel, FusedModelOptions, RewrittenModel, RewriteCount } from
 export { winogradConvs, winogradTransforms, autoTile, spatialStrides } from './winograd.js';
 export type { WinogradOptions, WinogradResult, WinogradTile } from './winograd.js';
 export { getWinogradModel, useWinograd } from './conv-mode.js';
+export { cacheMaxBytes, entriesToEvict, pruneCacheDir, touchEntry, DEFAULT_CACHE_MAX_GB } from './cache-prune.js';
+export type { CacheEntryInfo, PruneResult } from './cache-prune.js';

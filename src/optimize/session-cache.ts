@@ -21,6 +21,7 @@ import { decodeModel, encodeModel } from '../onnx/proto.js';
 import { subgraphsOf } from '../onnx/attributes.js';
 import type { GraphProto, TensorProto } from '../onnx/types.js';
 import { SDGEN_VERSION } from '../version.js';
+import { cacheMaxBytes, pruneCacheDir, touchEntry } from './cache-prune.js';
 
 export type OptimizationLevel = 'basic' | 'extended' | 'all';
 
@@ -35,6 +36,8 @@ export interface OptimizedCacheOptions {
   variant?: string;
   /** also store onnxruntime's prepacked weights (skips prepacking on load; ~2× the disk) */
   savePrepacked?: boolean;
+  /** size cap of the cache's optimized graphs in bytes (default: `SDGEN_CACHE_MAX_GB`, see cache-prune.ts) */
+  maxBytes?: number;
 }
 
 export const OPTIMIZED_MODEL_FILE = 'model.onnx';
@@ -171,6 +174,8 @@ export async function planOptimizedModel(modelPath: string, opts: OptimizedCache
         // another run published the same entry first: keep theirs
         await rm(tmpDir, { recursive: true, force: true });
       }
+      // the least recently used entries go until the cache fits its cap (this one stays)
+      await pruneCacheDir(path.dirname(finalDir), opts.maxBytes ?? cacheMaxBytes(), new Set([key])).catch(() => {});
     },
     abort: async () => {
       await rm(tmpDir, { recursive: true, force: true });
@@ -243,6 +248,8 @@ export async function createCachedSession(
     ort.InferenceSession.create(p, o),
 ): Promise<CachedSession> {
   const t0 = performance.now();
+  // a bad SDGEN_CACHE_MAX_GB is reported before any work
+  opts = { ...opts, maxBytes: opts.maxBytes ?? cacheMaxBytes() };
   let plan = await planOptimizedModel(modelPath, opts);
   const merge = (p: OptimizedModelPlan): ort.InferenceSession.SessionOptions => {
     const o: ort.InferenceSession.SessionOptions = { ...baseOptions, ...p.sessionOptions };
@@ -267,6 +274,7 @@ export async function createCachedSession(
     }
   }
   await plan.commit();
+  if (plan.cached) await touchEntry(path.dirname(plan.modelPath));
   return { session, cached: plan.cached, key: plan.key, loadMs: performance.now() - t0 };
 }
 
