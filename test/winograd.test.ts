@@ -6,7 +6,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import ort from 'onnxruntime-node';
@@ -16,7 +16,9 @@ import { checkGraph, GraphIndex } from '../src/onnx/graph.js';
 import { attrInt, attrInts } from '../src/onnx/attributes.js';
 import { floatTensor } from '../src/onnx/tensor.js';
 import type { ModelProto, NodeProto } from '../src/onnx/types.js';
-import { autoTile, getWinogradModel, spatialStrides, useWinograd, winogradConvs, winogradTransforms } from '../src/optimize/index.js';
+import { autoTile, getWinogradModel, spatialStrides, useWinograd, winogradConvs, winogradTransforms, winogradU } from '../src/optimize/index.js';
+import { WINOGRAD_WEIGHTS_FILE } from '../src/optimize/conv-mode.js';
+import { saveModel } from '../src/onnx/model-io.js';
 import { maxAbsDiff } from './helpers.js';
 
 const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
@@ -226,7 +228,7 @@ test('--conv resolution, and the cached Winograd file (count 0 remembered withou
   const GB = 2 ** 30;
   assert.equal(useWinograd('auto', 'cpu', 24 * GB), true);
   assert.equal(useWinograd(undefined, 'cpu', 16 * GB), true);
-  assert.equal(useWinograd('auto', 'cpu', 8 * GB), false, 'the fold at first load would not fit');
+  assert.equal(useWinograd('auto', 'cpu', 8 * GB), false, 'U would crowd a small machine');
   assert.equal(useWinograd('winograd', 'cpu', 8 * GB), true);
   assert.equal(useWinograd('auto', 'cuda', 24 * GB), false);
   assert.equal(useWinograd('winograd', 'dml'), true);
@@ -261,6 +263,64 @@ test('--conv resolution, and the cached Winograd file (count 0 remembered withou
     const y = await runFile(a.rewritten ? a.path : '');
     assert.ok(maxAbsDiff(y, ref) <= 1e-4);
     assert.ok(existsSync(path.join(cacheDir, 'winograd')));
+  } finally {
+    rmSync(cacheDir, { recursive: true, force: true });
+  }
+});
+
+test('winogradU is G·w·Gᵀ per channel pair, laid out [α², K, C]', () => {
+  const K = 3, C = 2;
+  const w = xorshiftFill(K * C * 9, 11);
+  for (const m of [2, 4] as const) {
+    const { G } = winogradTransforms(m);
+    const a = m + 2;
+    const u = winogradU(w, K, C, m);
+    assert.equal(u.length, a * a * K * C);
+    let worst = 0;
+    for (let k = 0; k < K; k++) for (let c = 0; c < C; c++) for (let xi = 0; xi < a; xi++) for (let nu = 0; nu < a; nu++) {
+      let ref = 0;
+      for (let i = 0; i < 3; i++) for (let j = 0; j < 3; j++) ref += G[xi]![i]! * w[((k * C + c) * 3 + i) * 3 + j]! * G[nu]![j]!;
+      worst = Math.max(worst, Math.abs(u[((xi * a + nu) * K + k) * C + c]! - ref));
+    }
+    assert.ok(worst < 1e-6, `m=${m}: ${worst}`);
+  }
+  assert.throws(() => winogradU(w, K, C + 1, 4), /expected/);
+});
+
+test('cached Winograd variants: U computed by sdgen into one weights file per model weights, shared by variants; external weights; replaced weights dropped', async () => {
+  const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-wino-ext-'));
+  try {
+    // the torch-exported UNet saved with its weights as external data, and a second file (as a
+    // ToMe variant would be) whose graph differs but whose weights are the same
+    const src = path.join(cacheDir, 'src');
+    const m = decodeModel(readFileSync(fx('tiny-unet/model.onnx')));
+    await saveModel(m, path.join(src, 'a', 'model.onnx'), { externalData: true, weightsFile: 'weights.pb' });
+    m.producerName = 'variant';
+    await saveModel(m, path.join(src, 'b', 'model.onnx'), { externalData: true, weightsFile: 'weights.pb' });
+    const a = await getWinogradModel(path.join(src, 'a', 'model.onnx'), cacheDir, { minChannels: 1 });
+    const b = await getWinogradModel(path.join(src, 'b', 'model.onnx'), cacheDir, { minChannels: 1 });
+    assert.ok(a.rewritten && b.rewritten && a.path !== b.path);
+    const shared = readdirSync(path.join(cacheDir, 'winograd', 'weights'));
+    assert.equal(shared.length, 1, `one weights file for both variants: ${shared}`);
+    const rewritten = decodeModel(readFileSync(a.path));
+    const inits = rewritten.graph!.initializer;
+    const us = inits.filter((t) => /winograd_U[24]$/.test(t.name ?? ''));
+    assert.equal(us.length, a.count, 'one U per convolution (no weight is shared here)');
+    assert.ok(us.every((t) => t.externalData?.find((e) => e.key === 'location')?.value === WINOGRAD_WEIGHTS_FILE));
+    const convWeights = new Set(decodeModel(readFileSync(fx('tiny-unet/model.onnx'))).graph!.node.filter((n) => n.opType === 'Conv').map((n) => n.input[1]!));
+    const consumers = new Set(rewritten.graph!.node.flatMap((n) => n.input));
+    for (const t of inits) if (convWeights.has(t.name ?? '')) assert.ok(consumers.has(t.name!), `${t.name} kept only while a node uses it`);
+    assert.ok(inits.filter((t) => convWeights.has(t.name ?? '')).length < convWeights.size, 'the replaced weights are gone');
+    const bytes = readFileSync(fx('tiny-unet/model.onnx'));
+    const feeds = unetFeeds(2, 8, 8);
+    const ref = await runFeeds(bytes, feeds);
+    const s = await ort.InferenceSession.create(a.path, { intraOpNumThreads: 1 });
+    try {
+      const y = (await s.run(feeds))[s.outputNames[0]!]!.data as Float32Array;
+      assert.ok(maxAbsDiff(y, ref) <= 1e-4, `${maxAbsDiff(y, ref)}`);
+    } finally {
+      await s.release();
+    }
   } finally {
     rmSync(cacheDir, { recursive: true, force: true });
   }

@@ -17,6 +17,7 @@ import { DEFAULT_TOME, type ToMeOptions } from '../tome/types.js';
 import { SDGEN_VERSION } from '../version.js';
 import type { BenchAttention, BenchConv } from './types.js';
 import { winogradConvs } from '../optimize/winograd.js';
+import { WINOGRAD_WEIGHTS_FILE, writeWinogradWeights } from '../optimize/conv-mode.js';
 
 export interface Variant {
   ratio: number;
@@ -57,7 +58,7 @@ export async function prepareVariant(unetPath: string, v: Variant, cacheDir: str
   const weightsBytes = await modelBytes(unetPath);
   if (v.ratio === 0 && v.attention === 'standard' && v.conv === 'direct') return { ...v, path: unetPath, fused: 0, tomeBlocks: 0, weightsBytes, convs: 0 };
   const id = createHash('sha256')
-    .update(`${await modelFileIdentity(unetPath)}|${SDGEN_VERSION}|${variantLabel(v)}`)
+    .update(`${await modelFileIdentity(unetPath)}|${SDGEN_VERSION}|${variantLabel(v)}|U in a weights file`)
     .digest('hex')
     .slice(0, 20);
   const dir = path.join(cacheDir, 'bench-variants', `${id}-${variantLabel(v)}`);
@@ -83,14 +84,17 @@ export async function prepareVariant(unetPath: string, v: Variant, cacheDir: str
   }
   let convs = 0;
   let extraWeightBytes = 0;
+  let files: Record<string, string> = {};
   if (v.conv === 'winograd') {
-    const r = winogradConvs(model);
+    // as sdgen runs it (getWinogradModel): U computed here into the model's shared weights file
+    const r = winogradConvs(model, { weights: 'initializer' });
     convs = r.count;
     extraWeightBytes = r.extraWeightBytes;
+    if (convs > 0) files = { [WINOGRAD_WEIGHTS_FILE]: await writeWinogradWeights(r.folds, path.join(cacheDir, 'winograd', 'weights')) };
   }
   const tmp = `${dir}.tmp-${process.pid}`;
   await rm(tmp, { recursive: true, force: true });
-  await writeModelLinkingWeights(model, unetPath, tmp);
+  await writeModelLinkingWeights(model, unetPath, tmp, files);
   await writeFile(path.join(tmp, 'variant.json'), JSON.stringify({ source: path.resolve(unetPath), ...v, fused, tomeBlocks, convs, extraWeightBytes }, null, 2));
   await rm(dir, { recursive: true, force: true });
   await rename(tmp, dir);

@@ -234,6 +234,27 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<M
   return model;
 }
 
+/**
+ * The raw bytes of a tensor stored as rawData, inline or external (lazily loaded), without
+ * making it inline; undefined for data in the typed fields (float_data, ...).
+ */
+export async function readTensorBytes(t: TensorProto): Promise<Uint8Array | undefined> {
+  if (t.rawData !== undefined) return t.rawData;
+  const src = externalSource(t);
+  if (src === undefined) return undefined;
+  let fh: FileHandle;
+  try {
+    fh = await open(src.path, 'r');
+  } catch (e) {
+    throw fsError(e, 'external data file', src.path);
+  }
+  try {
+    return await readRange(fh, src.offset, src.length);
+  } finally {
+    await fh.close();
+  }
+}
+
 /** Reads the bytes of a lazily loaded external tensor into its rawData (makes it inline). */
 export async function loadTensorData(t: TensorProto): Promise<Uint8Array> {
   if (t.rawData !== undefined) return t.rawData;

@@ -13,15 +13,21 @@
  * float16 convolutions are never rewritten (the m = 4 transforms need float32's range), so a
  * float16 model runs as exported whatever the mode.
  */
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, statSync } from 'node:fs';
+import { mkdir, open, rename, rm } from 'node:fs/promises';
 import os from 'node:os';
+import path from 'node:path';
+import { readTensorBytes } from '../onnx/model-io.js';
+import { tensorFloats } from '../onnx/tensor.js';
+import { DataLocation, type TensorProto } from '../onnx/types.js';
 import type { ConvMode } from '../pipeline/types.js';
 import { getRewrittenModel, type RewrittenModel } from './fused-model.js';
-import { winogradConvs, type WinogradOptions } from './winograd.js';
+import { winogradConvs, winogradU, type WinogradFold, type WinogradOptions } from './winograd.js';
 
 /**
- * Memory below which 'auto' stays direct: onnxruntime folds the transformed weights when it
- * first optimizes a graph, which peaks at about 9.5 GB for SD 1.5's UNet (once; later loads
- * read the folded graph from the optimized-graph cache at ~5.5 GB).
+ * Memory below which 'auto' stays direct: the transformed weights add about 1.6 GB (SD 1.5
+ * UNet) and 0.6 GB (VAE decoder) to a run's memory, which a small machine needs for activations.
  */
 export const WINOGRAD_MIN_MEMORY = 12 * 2 ** 30;
 
@@ -31,10 +37,80 @@ export function useWinograd(mode: ConvMode | undefined, provider: string, totalM
   return provider.toLowerCase() === 'cpu' && totalMemory >= WINOGRAD_MIN_MEMORY;
 }
 
+/** The external data file of a Winograd variant's transformed weights (linked into its entry). */
+export const WINOGRAD_WEIGHTS_FILE = 'winograd.weights';
+const ALIGN = 4096;
+
+async function floatBytes(t: TensorProto): Promise<Float32Array> {
+  const bytes = await readTensorBytes(t);
+  if (bytes === undefined) return tensorFloats(t);
+  // a view into a decoded file need not be 4-byte aligned
+  return bytes.byteOffset % 4 === 0 ? new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4) : new Float32Array(bytes.slice().buffer);
+}
+
+/**
+ * Computes the transformed weights U of `folds` (winogradU) into one data file under `dir`,
+ * named by the content of the weights they come from, so that every variant of a model (each
+ * ToMe ratio, fused or not) shares one file; an existing file is reused. Points each fold's
+ * initializer at its range of the file (location WINOGRAD_WEIGHTS_FILE) and returns the file.
+ */
+export async function writeWinogradWeights(folds: readonly WinogradFold[], dir: string): Promise<string> {
+  const hash = createHash('sha256');
+  let offset = 0;
+  const ranges: { offset: number; length: number }[] = [];
+  for (const f of folds) {
+    const a = f.m + 2;
+    hash.update(`${f.m},${f.K},${f.C};`);
+    const w = await floatBytes(f.w);
+    hash.update(new Uint8Array(w.buffer, w.byteOffset, w.byteLength));
+    const length = a * a * f.K * f.C * 4;
+    ranges.push({ offset, length });
+    offset = Math.ceil((offset + length) / ALIGN) * ALIGN;
+  }
+  const file = path.join(dir, `${hash.digest('hex').slice(0, 32)}.bin`);
+  const total = ranges.length > 0 ? ranges[ranges.length - 1]!.offset + ranges[ranges.length - 1]!.length : 0;
+  if (!(existsSync(file) && statSync(file).size === total)) {
+    await mkdir(dir, { recursive: true });
+    const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    const fh = await open(tmp, 'w');
+    try {
+      for (let i = 0; i < folds.length; i++) {
+        const f = folds[i]!;
+        const u = winogradU(await floatBytes(f.w), f.K, f.C, f.m);
+        await fh.write(new Uint8Array(u.buffer, u.byteOffset, u.byteLength), 0, u.byteLength, ranges[i]!.offset);
+      }
+      await fh.close();
+      await rename(tmp, file);
+    } catch (err) {
+      await fh.close().catch(() => {});
+      await rm(tmp, { force: true });
+      throw err;
+    }
+  }
+  folds.forEach((f, i) => {
+    f.u.dataLocation = DataLocation.EXTERNAL;
+    f.u.externalData = [
+      { key: 'location', value: WINOGRAD_WEIGHTS_FILE },
+      { key: 'offset', value: String(ranges[i]!.offset) },
+      { key: 'length', value: String(ranges[i]!.length) },
+    ];
+  });
+  return file;
+}
+
 /**
  * The Winograd variant of `modelPath` (cached under `<cacheDir>/winograd/`); `rewritten: false`
- * when the model has no convolution worth rewriting (a text encoder, a float16 model).
+ * when the model has no convolution worth rewriting (a text encoder, a float16 model). The
+ * transformed weights are computed here, once per model's weights, into
+ * `<cacheDir>/winograd/weights/` (see writeWinogradWeights), so that onnxruntime has nothing
+ * big to fold when it loads the variant.
  */
 export function getWinogradModel(modelPath: string, cacheDir: string, opts: WinogradOptions = {}): Promise<RewrittenModel> {
-  return getRewrittenModel(modelPath, cacheDir, 'winograd', { v: 1, tile: opts.tile ?? 'auto', minChannels: opts.minChannels ?? null }, (m) => winogradConvs(m, opts));
+  const keyOptions = { v: 2, tile: opts.tile ?? 'auto', minChannels: opts.minChannels ?? null };
+  return getRewrittenModel(modelPath, cacheDir, 'winograd', keyOptions, async (m) => {
+    const r = winogradConvs(m, { ...opts, weights: 'initializer' });
+    if (r.count === 0) return r;
+    const file = await writeWinogradWeights(r.folds, path.join(cacheDir, 'winograd', 'weights'));
+    return { ...r, files: { [WINOGRAD_WEIGHTS_FILE]: file } };
+  });
 }

@@ -54,9 +54,10 @@ export async function linkOrCopy(src: string, dst: string): Promise<void> {
 
 /**
  * Writes `model` (loaded from `sourcePath` with external data left lazy, so its initializers
- * still point at the source's data files) as `<dir>/model.onnx`, linking those data files.
+ * still point at the source's data files) as `<dir>/model.onnx`, linking those data files;
+ * a location named in `files` links that file instead (data the rewrite wrote itself).
  */
-export async function writeModelLinkingWeights(model: ModelProto, sourcePath: string, dir: string): Promise<string> {
+export async function writeModelLinkingWeights(model: ModelProto, sourcePath: string, dir: string, files: Readonly<Record<string, string>> = {}): Promise<string> {
   await mkdir(dir, { recursive: true });
   const file = path.join(dir, 'model.onnx');
   await writeFile(file, encodeModel(model));
@@ -64,7 +65,7 @@ export async function writeModelLinkingWeights(model: ModelProto, sourcePath: st
     const target = path.join(dir, loc);
     if (path.relative(dir, target).startsWith('..')) throw new Error(`external data location ${loc} leaves the model folder`);
     await mkdir(path.dirname(target), { recursive: true });
-    await linkOrCopy(path.join(path.dirname(sourcePath), loc), target);
+    await linkOrCopy(files[loc] ?? path.join(path.dirname(sourcePath), loc), target);
   }
   return file;
 }
@@ -78,6 +79,8 @@ async function rewriteKey(modelPath: string, options: Record<string, unknown>): 
 export interface RewriteCount {
   count: number;
   skipped: string[];
+  /** external data files the rewrite wrote itself: location in the model → file to link */
+  files?: Record<string, string>;
 }
 
 export type RewrittenModel =
@@ -96,7 +99,7 @@ export async function getRewrittenModel(
   cacheDir: string,
   kind: string,
   keyOptions: Record<string, unknown>,
-  rewrite: (model: ModelProto) => RewriteCount,
+  rewrite: (model: ModelProto) => RewriteCount | Promise<RewriteCount>,
 ): Promise<RewrittenModel> {
   const key = await rewriteKey(modelPath, { kind, ...keyOptions });
   const dir = path.join(cacheDir, kind, key);
@@ -108,10 +111,10 @@ export async function getRewrittenModel(
     if (existsSync(modelFile)) return { rewritten: true, path: modelFile, count: meta.count, skipped: meta.skipped, cached: true };
   }
   const model = await loadModel(modelPath, { externalData: 'lazy' });
-  const r = rewrite(model);
+  const r = await rewrite(model);
   const tmp = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   try {
-    if (r.count > 0) await writeModelLinkingWeights(model, modelPath, tmp);
+    if (r.count > 0) await writeModelLinkingWeights(model, modelPath, tmp, r.files);
     else await mkdir(tmp, { recursive: true });
     await writeFile(path.join(tmp, 'meta.json'), JSON.stringify({ source: path.resolve(modelPath), count: r.count, skipped: r.skipped }, null, 2));
     await rm(dir, { recursive: true, force: true }); // an entry left incomplete

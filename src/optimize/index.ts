@@ -17,8 +17,8 @@ export {
 export type { OptimizedCacheOptions, OptimizedModelPlan, CachedSession, OptimizationLevel } from './session-cache.js';
 export { getFusedModel, getRewrittenModel, writeModelLinkingWeights, externalLocations, linkOrCopy } from './fused-model.js';
 export type { FusedModel, FusedModelOptions, RewrittenModel, RewriteCount } from './fused-model.js';
-export { winogradConvs, winogradTransforms, autoTile, spatialStrides } from './winograd.js';
-export type { WinogradOptions, WinogradResult, WinogradTile } from './winograd.js';
-export { getWinogradModel, useWinograd } from './conv-mode.js';
+export { winogradConvs, winogradTransforms, winogradU, autoTile, spatialStrides } from './winograd.js';
+export type { WinogradOptions, WinogradResult, WinogradTile, WinogradFold } from './winograd.js';
+export { getWinogradModel, useWinograd, writeWinogradWeights, WINOGRAD_WEIGHTS_FILE } from './conv-mode.js';
 export { cacheMaxBytes, entriesToEvict, pruneCacheDir, touchEntry, DEFAULT_CACHE_MAX_GB } from './cache-prune.js';
 export type { CacheEntryInfo, PruneResult } from './cache-prune.js';

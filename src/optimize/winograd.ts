@@ -21,11 +21,16 @@
  *   Y  = MatMul(Aᵀ⊗Aᵀ [m², α²], Reshape(M, [N, α², K·P])) (+ bias)        → [N, m², K, P]
  *   y  = Slice(DepthToSpace(Reshape(Y, [N, m²·K, th, tw]), m), H, W)      → [N, K, H, W]
  *
- * U is computed in the graph from the convolution's own weight (MatMul(MatMul(G, w), Gᵀ) →
- * Reshape → Transpose), which onnxruntime folds into a constant when the session is created:
- * the rewritten file references the original weights and adds a few small constants only.
  * U is (α/3)² times the weight's size (1.8× for m = 2, 4× for m = 4), which is why the tile is
- * chosen per convolution (below).
+ * chosen per convolution (below). Where U comes from (`weights`):
+ * - 'graph': computed in the graph from the convolution's own weight (MatMul(MatMul(G, w), Gᵀ)
+ *   → Reshape → Transpose), which onnxruntime folds into a constant when it first optimizes the
+ *   graph. The rewritten file adds a few small constants only, but the fold holds w, U and their
+ *   intermediates at once (a 9.5 GB peak and 30–45 s for SD 1.5's UNet).
+ * - 'initializer': a new float32 initializer [α², K, C] per (weight, tile), listed in
+ *   `folds` without data; the caller fills it with {@link winogradU} (sdgen writes them to a
+ *   data file shared by every variant of the model, src/optimize/conv-mode.ts). Weights that
+ *   no node uses any more are dropped from the graph.
  *
  * The result equals the convolution up to float rounding (a few 1e-6 relative; the transforms
  * of m = 4 have entries up to 8, so its rounding is the larger one).
@@ -38,10 +43,10 @@
  * extra gain, so m = 2; at stride ≥ 8 (8² at 512²) there are too few tiles per weight and the
  * convolution is left alone. An unknown stride gets m = 2.
  */
-import { getAttr } from '../onnx/attributes.js';
+import { getAttr, subgraphsOf } from '../onnx/attributes.js';
 import { GraphIndex, NameAllocator, replaceNodes } from '../onnx/graph.js';
 import { floatTensor, int64Tensor, tensorFloats } from '../onnx/tensor.js';
-import { AttributeType, DataType, type AttributeProto, type ModelProto, type NodeProto, type TensorProto } from '../onnx/types.js';
+import { AttributeType, DataType, type AttributeProto, type GraphProto, type ModelProto, type NodeProto, type TensorProto } from '../onnx/types.js';
 
 export type WinogradTile = 2 | 4;
 
@@ -50,6 +55,19 @@ export interface WinogradOptions {
   tile?: WinogradTile | 'auto';
   /** Convolutions with fewer input or output channels stay direct (default 64). */
   minChannels?: number;
+  /** Where the transformed weights U come from (see the file comment; default 'graph'). */
+  weights?: 'graph' | 'initializer';
+}
+
+/** A transformed weight to compute ('initializer' mode): u = winogradU(w, K, C, m). */
+export interface WinogradFold {
+  /** the new initializer, [α², K, C] float32, without data */
+  u: TensorProto;
+  /** the convolution's weight [K, C, 3, 3] float32 */
+  w: TensorProto;
+  m: WinogradTile;
+  K: number;
+  C: number;
 }
 
 export interface WinogradResult {
@@ -60,6 +78,8 @@ export interface WinogradResult {
   extraWeightBytes: number;
   /** eligible-looking 3×3 convolutions left direct, with the reason */
   skipped: string[];
+  /** 'initializer' mode: the transformed weights to compute, one per (weight, tile) */
+  folds: WinogradFold[];
 }
 
 /** Transform matrices of F(m×m, 3×3) (Lavin & Gray; interpolation points 0, ±1, ±2, ∞). */
@@ -110,6 +130,34 @@ const TRANSFORMS: Record<WinogradTile, { BT: number[][]; G: number[][]; AT: numb
 
 export function winogradTransforms(m: WinogradTile): { BT: number[][]; G: number[][]; AT: number[][] } {
   return TRANSFORMS[m];
+}
+
+/**
+ * U = G·w·Gᵀ for every (out, in) channel pair of a [K, C, 3, 3] weight, laid out [α², K, C]
+ * (position ξ·α + ν first, as the rewrite's MatMul wants it); computed in float64, rounded once.
+ */
+export function winogradU(w: Float32Array, K: number, C: number, m: WinogradTile): Float32Array {
+  const { G } = TRANSFORMS[m];
+  const a = m + 2;
+  const kc = K * C;
+  if (w.length !== kc * 9) throw new Error(`winogradU: weight has ${w.length} values, expected ${kc * 9}`);
+  const u = new Float32Array(a * a * kc);
+  const gw = new Float64Array(a * 3);
+  for (let p = 0; p < kc; p++) {
+    const o = p * 9;
+    for (let xi = 0; xi < a; xi++) {
+      const g = G[xi]!;
+      for (let j = 0; j < 3; j++) gw[xi * 3 + j] = g[0]! * w[o + j]! + g[1]! * w[o + 3 + j]! + g[2]! * w[o + 6 + j]!;
+    }
+    for (let xi = 0; xi < a; xi++) {
+      const r0 = gw[xi * 3]!, r1 = gw[xi * 3 + 1]!, r2 = gw[xi * 3 + 2]!;
+      for (let nu = 0; nu < a; nu++) {
+        const g = G[nu]!;
+        u[(xi * a + nu) * kc + p] = r0 * g[0]! + r1 * g[1]! + r2 * g[2]!;
+      }
+    }
+  }
+  return u;
 }
 
 /**
@@ -199,7 +247,10 @@ function ineligible(idx: GraphIndex, n: NodeProto, minChannels: number): { reaso
  * (see the file comment). Float16 models and convolutions are left alone.
  */
 export function winogradConvs(model: ModelProto, opts: WinogradOptions = {}): WinogradResult {
-  const result: WinogradResult = { count: 0, byTile: { 2: 0, 4: 0 }, extraWeightBytes: 0, skipped: [] };
+  const result: WinogradResult = { count: 0, byTile: { 2: 0, 4: 0 }, extraWeightBytes: 0, skipped: [], folds: [] };
+  const asInitializer = opts.weights === 'initializer';
+  const folded = new Map<string, string>(); // (weight, tile) → U's name
+  const replacedWeights = new Set<string>();
   const graph = model.graph;
   if (!graph) return result;
   const minChannels = opts.minChannels ?? 64;
@@ -249,9 +300,23 @@ export function winogradConvs(model: ModelProto, opts: WinogradOptions = {}): Wi
     const y = conv.output[0]!;
 
     // U = Gwgᵀ → [α², K, C]
-    const g = constant(`G${m}`, (name) => floatTensor(name, G.flat(), [a, 3]));
-    const gt = constant(`GT${m}`, (name) => floatTensor(name, [0, 1, 2].flatMap((j) => G.map((r) => r[j]!)), [3, a]));
-    const u = node('Transpose', [node('Reshape', [node('MatMul', [node('MatMul', [g, w]), gt]), ints64(`shape_${K}_${C}_${a2}`, [K, C, a2])])], [attr('perm', [2, 0, 1])]);
+    let u: string;
+    if (asInitializer) {
+      const fk = `${w}\u0000${m}`;
+      u = folded.get(fk) ?? '';
+      if (!u) {
+        u = names.alloc(`${w}/winograd_U${m}`);
+        const ut: TensorProto = { name: u, dims: [a2, K, C], dataType: DataType.FLOAT };
+        graph.initializer.push(ut);
+        result.folds.push({ u: ut, w: idx.initializer(w)!, m, K, C });
+        folded.set(fk, u);
+      }
+      replacedWeights.add(w);
+    } else {
+      const g = constant(`G${m}`, (name) => floatTensor(name, G.flat(), [a, 3]));
+      const gt = constant(`GT${m}`, (name) => floatTensor(name, [0, 1, 2].flatMap((j) => G.map((r) => r[j]!)), [3, a]));
+      u = node('Transpose', [node('Reshape', [node('MatMul', [node('MatMul', [g, w]), gt]), ints64(`shape_${K}_${C}_${a2}`, [K, C, a2])])], [attr('perm', [2, 0, 1])]);
+    }
 
     // input transform kernel [C·α², 1, α, α]: Bᵀ ⊗ Bᵀ for every channel
     let bk = inputKernels.get(`${m}/${C}`);
@@ -284,6 +349,22 @@ export function winogradConvs(model: ModelProto, opts: WinogradOptions = {}): Wi
     result.count++;
     result.byTile[m]++;
     result.extraWeightBytes += K * C * (a2 - 9) * 4;
+  }
+  if (replacedWeights.size > 0) {
+    // weights only the rewritten convolutions used: gone from the graph (U replaces them)
+    const used = new Set<string>();
+    const visit = (g: GraphProto): void => {
+      for (const n of g.node) {
+        for (const i of n.input) used.add(i);
+        for (const sg of subgraphsOf(n)) visit(sg);
+      }
+      for (const o of g.output) used.add(o.name);
+    };
+    visit(graph);
+    const dropped = new Set([...replacedWeights].filter((n) => !used.has(n)));
+    graph.initializer = graph.initializer.filter((t) => !dropped.has(t.name ?? ''));
+    // IR < 4 lists initializers among the inputs too
+    graph.input = graph.input.filter((i) => !dropped.has(i.name));
   }
   return result;
 }
