@@ -1,8 +1,9 @@
 /**
  * Effect of onnxruntime's CPU memory arena and memory-pattern planning on UNet call time and
  * peak RSS, each setting in its own process, settings interleaved over rounds:
- *   node --import tsx bench/arena.ts [model.onnx] [--size PX] [--batch N] [--calls N] [--rounds N] [--settings on-on,on-off]
- * Default model: the tiny-sd1 UNet fixture at 256².
+ *   node --import tsx bench/arena.ts [model.onnx] [--size PX] [--batch N] [--calls N] [--rounds N] [--settings on-on,on-off] [--cache-dir DIR]
+ * Default model: the tiny-sd1 UNet fixture at 256². --cache-dir loads through the optimized-graph
+ * cache there (as sdgen does; a Winograd variant from the bench's cache needs it to load fast).
  */
 import { runInChild } from '../src/bench/child.js';
 import { availableMemory, fmtGB } from '../src/bench/memory.js';
@@ -20,6 +21,7 @@ const batch = opt('--batch', 2);
 const calls = opt('--calls', 3);
 const rounds = opt('--rounds', 2);
 const threads = defaultThreadCount();
+const cacheDir = args.includes('--cache-dir') ? args[args.indexOf('--cache-dir') + 1] : undefined;
 const all = [
   { memArena: true, memPattern: true },
   { memArena: true, memPattern: false },
@@ -36,7 +38,7 @@ for (let r = 0; r < rounds; r++) {
   const order = r % 2 === 0 ? settings.map((_, i) => i) : settings.map((_, i) => settings.length - 1 - i);
   for (const i of order) {
     const out = await runInChild(
-      { kind: 'unet', modelPath: model, size, batch, seqLen: 77, calls, threads, ...settings[i]! },
+      { kind: 'unet', modelPath: model, size, batch, seqLen: 77, calls, threads, ...settings[i]!, ...(cacheDir ? { cacheDir } : {}) },
       { memoryLimit: availableMemory() - 1e9 },
     );
     if (!out.ok || out.result.kind !== 'unet') {
