@@ -4,8 +4,8 @@
  * from them (same ToMe ratio and attention at another size, scaled by the work, else the
  * slowest seen at its size). `runBench` runs a process only if it is expected to end within the
  * budget, with time kept back for the whole-image run, so `npm run bench` finishes in time on a
- * slow machine too: what does not fit is dropped (round 2 first, as round 1 runs every
- * configuration before round 2 starts) and the table says so. Pure logic.
+ * slow machine too: what does not fit is dropped (round 2 first: round 1 runs every
+ * configuration, then the whole image, before round 2 starts) and the table says so. Pure logic.
  */
 
 /** A configuration already timed. */

@@ -252,7 +252,43 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
   const imageTarget = { size: o.imageSize, batch: 2, ratio: imageTargetRatio, attention: imageTargetAttention };
   const timed = (): TimedConfig[] =>
     configs.filter((c) => c.samplesMs.length > 0).map((c) => ({ ...c, perCallMs: median(c.samplesMs)!, loadMs: c.loadMs ?? 0, warmupMs: c.warmupMs }));
-  const imageReserve = (): number => (o.imageSize > 0 ? estimateImageMs(imageTarget, o.imageSteps, timed()) ?? 0 : 0);
+  // --- one whole image: right after round 1, so that later rounds (which the budget may cut
+  // short) never take its place
+  let imageDone = false;
+  const runImage = async (): Promise<void> => {
+    imageDone = true;
+    if (o.imageSize <= 0) return;
+    const { ratio, attention } = imageTarget;
+    const img: ImageResult = { size: o.imageSize, steps: o.imageSteps, ratio, attention, status: 'ok' };
+    const imageEstimate = estimateImageMs(imageTarget, o.imageSteps, timed());
+    if (!model.folder) {
+      img.status = 'skipped';
+      img.note = '--model is a UNet file, not a pipeline folder';
+    } else if (!fits(Date.now(), imageEstimate, 0, deadline)) {
+      img.status = 'skipped';
+      img.note = `not run: over the ${o.budget}-minute --budget (estimated ${((imageEstimate ?? 0) / 1000).toFixed(0)} s)`;
+      log(`Whole image: ${img.note}`);
+    } else {
+      log(`Timing one whole image (${o.imageSize}², ${o.imageSteps} steps, ToMe ${ratio}, ${attention} attention) …`);
+      const out = await runInChild(
+        { kind: 'image', modelDir: model.folder, size: o.imageSize, steps: o.imageSteps, ratio, attention, conv: o.conv, threads, cacheDir },
+        { memoryLimit: Math.min(limit, availableMemory() + 0.5 * GB) },
+      );
+      img.peakRss = out.peakRss;
+      if (out.ok && out.result.kind === 'image') {
+        const r = out.result;
+        Object.assign(img, { loadMs: r.loadMs, textEncoderMs: r.textEncoderMs, unetMs: r.unetMs, vaeMs: r.vaeMs, pngMs: r.pngMs, totalMs: r.totalMs });
+        const outside = r.totalMs - r.unetMs;
+        log(`  total ${(r.totalMs / 1000).toFixed(1)} s: UNet ${(r.unetMs / 1000).toFixed(1)} s, text ${(r.textEncoderMs / 1000).toFixed(2)} s, VAE ${(r.vaeMs / 1000).toFixed(1)} s, PNG ${(r.pngMs / 1000).toFixed(2)} s (outside UNet ${((outside / r.totalMs) * 100).toFixed(1)}%)`);
+      } else if (!out.ok) {
+        img.status = out.killed ? 'skipped' : 'failed';
+        img.note = out.error;
+        log(`  ${img.status}: ${out.error}`);
+      }
+    }
+    report.image = img;
+  };
+  const imageReserve = (): number => (o.imageSize > 0 && !imageDone ? estimateImageMs(imageTarget, o.imageSteps, timed()) ?? 0 : 0);
   const droppedRounds = new Map<ConfigResult, number>(); // later rounds the budget did not allow
   for (let round = 0; round < plan.length; round++) {
     const order = roundOrder(runnable, round, B1_RATIO);
@@ -303,6 +339,7 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
       }
       log(`  ${label}: ${r.samplesMs.map((ms) => (ms / 1000).toFixed(2)).join(', ')} s/call, peak ${fmtGB(out.peakRss)} GB (round ${round + 1}/${plan.length})`);
     }
+    if (round === 0) await runImage();
   }
   for (const c of configs) {
     c.medianMs = median(c.samplesMs);
@@ -323,38 +360,7 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
   }
   deriveRatios(configs);
 
-  // --- one whole image
-  if (o.imageSize > 0) {
-    const { ratio, attention } = imageTarget;
-    const img: ImageResult = { size: o.imageSize, steps: o.imageSteps, ratio, attention, status: 'ok' };
-    const imageEstimate = estimateImageMs(imageTarget, o.imageSteps, timed());
-    if (!model.folder) {
-      img.status = 'skipped';
-      img.note = '--model is a UNet file, not a pipeline folder';
-    } else if (!fits(Date.now(), imageEstimate, 0, deadline)) {
-      img.status = 'skipped';
-      img.note = `not run: over the ${o.budget}-minute --budget (estimated ${((imageEstimate ?? 0) / 1000).toFixed(0)} s)`;
-      log(`Whole image: ${img.note}`);
-    } else {
-      log(`Timing one whole image (${o.imageSize}², ${o.imageSteps} steps, ToMe ${ratio}, ${attention} attention) …`);
-      const out = await runInChild(
-        { kind: 'image', modelDir: model.folder, size: o.imageSize, steps: o.imageSteps, ratio, attention, conv: o.conv, threads, cacheDir },
-        { memoryLimit: Math.min(limit, availableMemory() + 0.5 * GB) },
-      );
-      img.peakRss = out.peakRss;
-      if (out.ok && out.result.kind === 'image') {
-        const r = out.result;
-        Object.assign(img, { loadMs: r.loadMs, textEncoderMs: r.textEncoderMs, unetMs: r.unetMs, vaeMs: r.vaeMs, pngMs: r.pngMs, totalMs: r.totalMs });
-        const outside = r.totalMs - r.unetMs;
-        log(`  total ${(r.totalMs / 1000).toFixed(1)} s: UNet ${(r.unetMs / 1000).toFixed(1)} s, text ${(r.textEncoderMs / 1000).toFixed(2)} s, VAE ${(r.vaeMs / 1000).toFixed(1)} s, PNG ${(r.pngMs / 1000).toFixed(2)} s (outside UNet ${((outside / r.totalMs) * 100).toFixed(1)}%)`);
-      } else if (!out.ok) {
-        img.status = out.killed ? 'skipped' : 'failed';
-        img.note = out.error;
-        log(`  ${img.status}: ${out.error}`);
-      }
-    }
-    report.image = img;
-  }
+  if (!imageDone) await runImage(); // (no rounds planned)
 
   report.finished = new Date().toISOString();
   // --out: a directory, or a .json/.md file name (the other format beside it)
