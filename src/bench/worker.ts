@@ -11,6 +11,7 @@ import { xorshiftFill as fill } from './inputs.js';
 import { maxRssBytes } from './memory.js';
 import { summarizeProfile, type ProfileEvent, type ProfileSummary } from './profile.js';
 import type { WorkerJob, WorkerReply, UnetJobResult, ImageJobResult, LoadJobResult } from './jobs.js';
+import { DEFAULT_MEMORY_OPTIONS } from '../optimize/session-cache.js';
 
 /** Inputs for one UNet call, shaped from the session's own metadata. */
 export function unetFeeds(session: ort.InferenceSession, batch: number, latentH: number, latentW: number, seqLen: number): Record<string, ort.Tensor> {
@@ -73,8 +74,8 @@ function baseOptions(job: { threads: number; memArena?: boolean; memPattern?: bo
     interOpNumThreads: 1,
     executionMode: 'sequential',
     graphOptimizationLevel: 'all',
-    enableCpuMemArena: job.memArena ?? true,
-    enableMemPattern: job.memPattern ?? true,
+    enableCpuMemArena: job.memArena ?? DEFAULT_MEMORY_OPTIONS.enableCpuMemArena,
+    enableMemPattern: job.memPattern ?? DEFAULT_MEMORY_OPTIONS.enableMemPattern,
     logSeverityLevel: 3,
   };
 }

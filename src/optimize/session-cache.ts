@@ -288,6 +288,13 @@ function mergeExtra(a: unknown, b: unknown): Record<string, unknown> | undefined
   return out;
 }
 
-/** Default memory settings for CPU sessions (see docs/performance.md for the measurements). */
+/**
+ * Default memory settings for CPU sessions (docs/performance.md, "Memory settings"): the arena
+ * on (without it every call allocates from the system, 2–4× slower); the memory pattern off.
+ * The pattern pre-plans one block per run from the first run's allocations, so the second run
+ * allocates that block afresh: the SD 1.5 VAE decoder's second decode took 9.7–10.3 s instead of
+ * 6.9–7.2 s, its first 9.1–9.3 instead of 8.4–8.7 s, and the UNet used 0.3 GB more at 512² for
+ * the same steady call (5.88 vs 5.83 s).
+ */
 export const DEFAULT_MEMORY_OPTIONS: Readonly<Pick<ort.InferenceSession.SessionOptions, 'enableCpuMemArena' | 'enableMemPattern'>> =
-  Object.freeze({ enableCpuMemArena: true, enableMemPattern: true });
+  Object.freeze({ enableCpuMemArena: true, enableMemPattern: false });
