@@ -325,3 +325,39 @@ test('cached Winograd variants: U computed by sdgen into one weights file per mo
     rmSync(cacheDir, { recursive: true, force: true });
   }
 });
+
+test("tiny-sd1's VAE decoder through getWinogradModel (inline weights, unaligned in the file): pixels match (≤ 1e-4)", async () => {
+  const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-wino-vae-'));
+  try {
+    const src = fx('tiny-sd1/vae_decoder/model.onnx');
+    const r = await getWinogradModel(src, cacheDir, { minChannels: 1 });
+    assert.ok(r.rewritten);
+    const m = decodeModel(readFileSync(r.path));
+    const us = m.graph!.initializer.filter((t) => /winograd_U4$/.test(t.name ?? ''));
+    assert.equal(us.length, r.count);
+    assert.ok(us.every((t) => t.externalData?.some((e) => e.key === 'location' && e.value === WINOGRAD_WEIGHTS_FILE)));
+    const feeds = { latent_sample: new ort.Tensor('float32', xorshiftFill(4 * 16 * 12, 8), [1, 4, 16, 12]) };
+    const session = await ort.InferenceSession.create(r.path, { intraOpNumThreads: 1 });
+    let y: Float32Array;
+    try {
+      y = (await session.run(feeds))[session.outputNames[0]!]!.data as Float32Array;
+    } finally {
+      await session.release();
+    }
+    const d = maxAbsDiff(y, await runFeeds(readFileSync(src), feeds));
+    assert.ok(d <= 1e-4, `${d}`);
+  } finally {
+    rmSync(cacheDir, { recursive: true, force: true });
+  }
+});
+
+test('the rewrite runs on opset 10 models too (DepthToSpace without the opset-11 mode attribute)', async () => {
+  const [c, k, n, h, w] = [8, 8, 1, 6, 9];
+  const x = xorshiftFill(n * c * h * w, 17);
+  const ref = convModel(c, k, pad1, true);
+  ref.opsetImport = [{ domain: '', version: 10 }];
+  const m = convModel(c, k, pad1, true);
+  m.opsetImport = [{ domain: '', version: 10 }];
+  assert.equal(winogradConvs(m, { tile: 4, minChannels: 1 }).count, 1);
+  assert.ok(maxAbsDiff(await run(m, x, [n, c, h, w]), await run(ref, x, [n, c, h, w])) <= 1e-5);
+});

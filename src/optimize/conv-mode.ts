@@ -45,7 +45,10 @@ async function floatBytes(t: TensorProto): Promise<Float32Array> {
   const bytes = await readTensorBytes(t);
   if (bytes === undefined) return tensorFloats(t);
   // a view into a decoded file need not be 4-byte aligned
-  return bytes.byteOffset % 4 === 0 ? new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4) : new Float32Array(bytes.slice().buffer);
+  if (bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+  const copy = new Uint8Array(bytes.byteLength);
+  copy.set(bytes);
+  return new Float32Array(copy.buffer);
 }
 
 /**

@@ -342,7 +342,7 @@ export function winogradConvs(model: ModelProto, opts: WinogradOptions = {}): Wi
     }
     const hw = (t: string) => node('Slice', [node('Shape', [t]), ints64('2', [2]), ints64('4', [4])]);
     const outShape = node('Concat', [ints64(`shape_0_${m * m * K}`, [0, m * m * K]), hw(tiles)], [attrI('axis', 0)]);
-    const full = node('DepthToSpace', [node('Reshape', [out, outShape])], [attrI('blocksize', m), { name: 'mode', type: AttributeType.STRING, s: new TextEncoder().encode('DCR') }]);
+    const full = node('DepthToSpace', [node('Reshape', [out, outShape])], [attrI('blocksize', m)]);
     node('Slice', [full, ints64('0_0', [0, 0]), hw(x), ints64('2_3', [2, 3])], [], y);
 
     replaceNodes(graph, [conv], newNodes.splice(0));
