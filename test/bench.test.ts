@@ -62,7 +62,11 @@ test('helpers: calls per round, median, memory estimate, ratios', () => {
   assert.equal(median([4, 1, 2, 3]), 2.5);
   const base = { weightsBytes: 3.44e9, size: 768, batch: 1, ratio: 0 };
   const std = predictPeakBytes({ ...base, attention: 'standard' });
-  assert.ok(Math.abs(std / 1e9 - 20) < 2.5, `768² batch 1 standard ≈ 19.4 GB measured, predicted ${std / 1e9}`);
+  // measured 11.4 GB (memory pattern off, 08:50 UTC); the estimate errs a little high
+  assert.ok(std / 1e9 > 11.4 && std / 1e9 < 14, `768² batch 1 standard: 11.4 GB measured, predicted ${std / 1e9}`);
+  // 1024² batch 2 ToMe 0.6: 12.85 GB measured
+  const big = predictPeakBytes({ weightsBytes: 3.44e9, size: 1024, batch: 2, ratio: 0.6, attention: 'standard' }) / 1e9;
+  assert.ok(big > 12.85 && big < 15, `1024² batch 2 ToMe 0.6 standard: 12.85 GB measured, predicted ${big}`);
   assert.ok(predictPeakBytes({ ...base, attention: 'fused' }) < std / 2);
   assert.ok(predictPeakBytes({ ...base, ratio: 0.5, attention: 'standard' }) < std);
   const cfg = (ratio: number, attention: 'standard' | 'fused', ms: number, rss: number): ConfigResult => ({
@@ -218,18 +222,18 @@ test('runBench within a budget already spent: nothing is started, the table says
 });
 
 
-test('round order: round 1 in grid order; later rounds start with the target rows (batch 1, then ToMe 0 and 0.5, least work first), the rest reversed', () => {
+test('round order: the target rows first (batch 1, then ToMe 0 and 0.5, least work first), then the rest in grid order (round 1) or reversed (later rounds)', () => {
   const grid: { size: number; batch: number; ratio: number; attention: string }[] = [];
   for (const size of [512, 768]) {
     for (const ratio of [0, 0.3, 0.5]) for (const attention of ['standard', 'fused']) grid.push({ size, batch: 2, ratio, attention });
     if (size === 768) for (const ratio of [0, 0.5]) for (const attention of ['standard', 'fused']) grid.push({ size, batch: 1, ratio, attention });
   }
   const label = (c: (typeof grid)[number]) => `${c.size}b${c.batch}r${c.ratio}${c.attention[0]}`;
-  assert.deepEqual(roundOrder(grid, 0, 0.5), grid);
-  assert.deepEqual(roundOrder(grid, 1, 0.5).map(label), [
+  const targets = [
     '768b1r0s', '768b1r0f', '768b1r0.5s', '768b1r0.5f',
     '512b2r0s', '512b2r0f', '512b2r0.5s', '512b2r0.5f', '768b2r0s', '768b2r0f', '768b2r0.5s', '768b2r0.5f',
-    '768b2r0.3f', '768b2r0.3s', '512b2r0.3f', '512b2r0.3s',
-  ]);
+  ];
+  assert.deepEqual(roundOrder(grid, 0, 0.5).map(label), [...targets, '512b2r0.3s', '512b2r0.3f', '768b2r0.3s', '768b2r0.3f']);
+  assert.deepEqual(roundOrder(grid, 1, 0.5).map(label), [...targets, '768b2r0.3f', '768b2r0.3s', '512b2r0.3f', '512b2r0.3s']);
   assert.equal(roundOrder(grid, 2, 0.5).length, grid.length);
 });

@@ -85,16 +85,15 @@ export function fits(nowMs: number, estimateMs: number | null, reserveMs: number
 }
 
 /**
- * The order in which a round visits the configurations. Round 1 runs them in grid order. Later
- * rounds, which the budget may cut short, begin with the rows the targets are read from — the
- * batch-1 rows, then ToMe 0 and `keyRatio` at batch 2, least work first — so that those get
- * their second sample; the rest follow in reverse grid order, so that the first and second
- * samples of the others are taken at opposite ends of the run and drift spreads over the grid.
+ * The order in which a round visits the configurations: first the rows the targets are read
+ * from — the batch-1 rows, then ToMe 0 and `keyRatio` at batch 2, least work first — so that a
+ * tight budget drops other rows before those; then the rest, in grid order in round 1 and in
+ * reverse grid order in later rounds (so that the samples of a row are taken at different
+ * points of the run and drift spreads over the grid).
  */
 export function roundOrder<T extends CostTarget>(configs: readonly T[], round: number, keyRatio: number): T[] {
-  if (round === 0) return [...configs];
   const rank = (c: T): number => (c.batch === 1 ? 0 : c.ratio === 0 || c.ratio === keyRatio ? 1 : 2);
   const first = configs.filter((c) => rank(c) < 2).sort((a, b) => rank(a) - rank(b) || work(a) - work(b));
-  const rest = configs.filter((c) => rank(c) === 2).reverse();
-  return [...first, ...rest];
+  const rest = configs.filter((c) => rank(c) === 2);
+  return [...first, ...(round === 0 ? rest : rest.reverse())];
 }

@@ -4,9 +4,10 @@
  *
  * The estimate is calibrated on the SD 1.5 UNet on the CPU provider (docs/performance.md):
  * peak ≈ weights × 1.25 + activations (≈ 40 tensors of [B, N, 320] float32 at full
- * resolution) + for the decomposed attention ≈ 5.5 live score tensors [B·heads, N', N'] of
- * the full-resolution self-attention, N' the token count after ToMe. The fused attention never
- * materializes the scores.
+ * resolution) + for the decomposed attention ≈ 2.75 live score tensors [B·heads, N', N'] of
+ * the full-resolution self-attention, N' the token count after ToMe (measured 1.7–2.5 with the
+ * memory pattern off, sdgen's default; it was 5.5 with the pattern on). The fused attention
+ * never materializes the scores.
  */
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
@@ -26,7 +27,7 @@ export interface PeakEstimateInput {
 }
 
 export const WEIGHT_FACTOR = 1.25;
-export const SCORE_TENSORS = 5.5;
+export const SCORE_TENSORS = 2.75;
 export const ACTIVATION_TENSORS = 40;
 
 export function predictPeakBytes(e: PeakEstimateInput): number {
