@@ -258,19 +258,9 @@ export async function readTensorBytes(t: TensorProto): Promise<Uint8Array | unde
 /** Reads the bytes of a lazily loaded external tensor into its rawData (makes it inline). */
 export async function loadTensorData(t: TensorProto): Promise<Uint8Array> {
   if (t.rawData !== undefined) return t.rawData;
-  const src = externalSource(t);
-  if (src === undefined) throw new SdgenError(`tensor ${t.name ?? ''} has no data to load`);
-  let fh: FileHandle;
-  try {
-    fh = await open(src.path, 'r');
-  } catch (e) {
-    throw fsError(e, 'external data file', src.path);
-  }
-  try {
-    t.rawData = await readRange(fh, src.offset, src.length);
-  } finally {
-    await fh.close();
-  }
+  const bytes = await readTensorBytes(t);
+  if (bytes === undefined) throw new SdgenError(`tensor ${t.name ?? ''} has no data to load`);
+  t.rawData = bytes;
   delete t.dataLocation;
   delete t.externalData;
   setExternalSource(t, undefined);
