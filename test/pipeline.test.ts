@@ -650,12 +650,13 @@ describe('optimized-graph cache', () => {
     }
   }
 
-  test('the second load reads every session from the cache and gives the same image', async () => {
+  test('the second load reads the text encoder and UNet from the cache (the VAE decoder never) and gives the same image', async () => {
     const first = await once();
     assert.deepEqual(first.hits, { textEncoder: false, unet: false, tomeUnet: null, vaeDecoder: false });
-    assert.equal(readdirSync(path.join(cacheDir, 'optimized')).length, 3);
+    // the VAE decoder is loaded plainly (quick to optimize; its cached graph's first run is slower)
+    assert.equal(readdirSync(path.join(cacheDir, 'optimized')).length, 2);
     const second = await once();
-    assert.deepEqual(second.hits, { textEncoder: true, unet: true, tomeUnet: null, vaeDecoder: true });
+    assert.deepEqual(second.hits, { textEncoder: true, unet: true, tomeUnet: null, vaeDecoder: false });
     const d = maxAbsDiff(first.latents, second.latents);
     assert.ok(d <= 1e-5, `cached vs optimized-now final latents ${d}`);
     assert.ok(maxAbsDiff(first.rgb, second.rgb) <= 1);

@@ -184,7 +184,12 @@ export class SessionManager {
     }
   }
 
-  async open(path: string, what: string): Promise<ModelSession> {
+  /**
+   * `opts.optimizedCache: false` loads this model plainly even when the manager has a cache: the
+   * VAE decoder, whose level-'all' optimization takes ~0.1 s while its cached graph's first run
+   * (its only run per image) was 1.3–2 s slower (docs/performance.md, section 2).
+   */
+  async open(path: string, what: string, opts: { optimizedCache?: boolean } = {}): Promise<ModelSession> {
     await checkModelFile(path, what);
     let used: ProviderName = 'cpu';
     let fromCache = false;
@@ -194,7 +199,7 @@ export class SessionManager {
       const options = sessionOptions(this.runtime, providers, quiet);
       let s: ort.InferenceSession | null = null;
       const file = await this.convVariant(path, what, providers[0]!);
-      if (this.optimizedCache && providers[0] === 'cpu') {
+      if (this.optimizedCache && opts.optimizedCache !== false && providers[0] === 'cpu') {
         try {
           const r = await createCachedSession(file, options, { cacheDir: this.optimizedCache.cacheDir, provider: 'cpu' }, this.createSession);
           s = r.session;

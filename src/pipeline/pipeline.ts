@@ -203,7 +203,8 @@ export class StableDiffusionPipeline {
       opened.push(unet.model);
       if (unet.io.tomeRand.length > 0) throw new SdgenError(`unet: ${folder.paths.unet} is a ToMe-patched graph; use the original export`);
       events?.onLoad?.('vae_decoder', 2, total);
-      const vaeModel = await sessions.open(await vaeDecoderFile(folder.paths.vaeDecoder, attention, cacheDir, textModel.provider), 'vae decoder');
+      // loaded plainly: its optimization is quick, and its cached graph's first run was slower
+      const vaeModel = await sessions.open(await vaeDecoderFile(folder.paths.vaeDecoder, attention, cacheDir, textModel.provider), 'vae decoder', { optimizedCache: false });
       opened.push(vaeModel);
       const vae = new VaeDecoder(vaeModel.session, vaeDecoderIO(vaeModel.info, 'vae decoder'), folder.vaeScalingFactor);
       events?.onLoad?.('done', total, total);
