@@ -16,8 +16,7 @@ import { applyToMe } from '../tome/index.js';
 import { DEFAULT_TOME, type ToMeOptions } from '../tome/types.js';
 import { SDGEN_VERSION } from '../version.js';
 import type { BenchAttention, BenchConv } from './types.js';
-import { winogradConvs } from '../optimize/winograd.js';
-import { WINOGRAD_WEIGHTS_FILE, writeWinogradWeights } from '../optimize/conv-mode.js';
+import { winogradRewrite } from '../optimize/conv-mode.js';
 
 export interface Variant {
   ratio: number;
@@ -86,11 +85,11 @@ export async function prepareVariant(unetPath: string, v: Variant, cacheDir: str
   let extraWeightBytes = 0;
   let files: Record<string, string> = {};
   if (v.conv === 'winograd') {
-    // as sdgen runs it (getWinogradModel): U computed here into the model's shared weights file
-    const r = winogradConvs(model, { weights: 'initializer' });
+    // as sdgen runs it (getWinogradModel): U computed into the model's shared weights file
+    const r = await winogradRewrite(model, cacheDir);
     convs = r.count;
     extraWeightBytes = r.extraWeightBytes;
-    if (convs > 0) files = { [WINOGRAD_WEIGHTS_FILE]: await writeWinogradWeights(r.folds, path.join(cacheDir, 'winograd', 'weights')) };
+    files = r.files ?? {};
   }
   const tmp = `${dir}.tmp-${process.pid}`;
   await rm(tmp, { recursive: true, force: true });

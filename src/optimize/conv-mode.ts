@@ -20,10 +20,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { readTensorBytes } from '../onnx/model-io.js';
 import { tensorFloats } from '../onnx/tensor.js';
-import { DataLocation, type TensorProto } from '../onnx/types.js';
+import { DataLocation, type ModelProto, type TensorProto } from '../onnx/types.js';
 import type { ConvMode } from '../pipeline/types.js';
-import { getRewrittenModel, type RewrittenModel } from './fused-model.js';
-import { winogradConvs, winogradU, type WinogradFold, type WinogradOptions } from './winograd.js';
+import { getRewrittenModel, type RewriteCount, type RewrittenModel } from './fused-model.js';
+import { winogradConvs, winogradU, type WinogradFold, type WinogradOptions, type WinogradResult } from './winograd.js';
 
 /**
  * Memory below which 'auto' stays direct: the transformed weights add about 1.6 GB (SD 1.5
@@ -41,14 +41,11 @@ export function useWinograd(mode: ConvMode | undefined, provider: string, totalM
 export const WINOGRAD_WEIGHTS_FILE = 'winograd.weights';
 const ALIGN = 4096;
 
-async function floatBytes(t: TensorProto): Promise<Float32Array> {
+/** A float32 weight's values, inline or external, without making an external one inline. */
+async function weightFloats(t: TensorProto): Promise<Float32Array> {
   const bytes = await readTensorBytes(t);
-  if (bytes === undefined) return tensorFloats(t);
-  // a view into a decoded file need not be 4-byte aligned
-  if (bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
-  const copy = new Uint8Array(bytes.byteLength);
-  copy.set(bytes);
-  return new Float32Array(copy.buffer);
+  // tensorFloats views the bytes (copying them when a decoded file left them unaligned)
+  return tensorFloats(bytes === undefined ? t : { name: t.name, dims: t.dims, dataType: t.dataType, rawData: bytes });
 }
 
 /**
@@ -64,7 +61,7 @@ export async function writeWinogradWeights(folds: readonly WinogradFold[], dir: 
   for (const f of folds) {
     const a = f.m + 2;
     hash.update(`${f.m},${f.K},${f.C};`);
-    const w = await floatBytes(f.w);
+    const w = await weightFloats(f.w);
     hash.update(new Uint8Array(w.buffer, w.byteOffset, w.byteLength));
     const length = a * a * f.K * f.C * 4;
     ranges.push({ offset, length });
@@ -79,7 +76,7 @@ export async function writeWinogradWeights(folds: readonly WinogradFold[], dir: 
     try {
       for (let i = 0; i < folds.length; i++) {
         const f = folds[i]!;
-        const u = winogradU(await floatBytes(f.w), f.K, f.C, f.m);
+        const u = winogradU(await weightFloats(f.w), f.K, f.C, f.m);
         await fh.write(new Uint8Array(u.buffer, u.byteOffset, u.byteLength), 0, u.byteLength, ranges[i]!.offset);
       }
       await fh.close();
@@ -102,18 +99,25 @@ export async function writeWinogradWeights(folds: readonly WinogradFold[], dir: 
 }
 
 /**
+ * The Winograd rewrite as sdgen runs it, on a model loaded with its external data left lazy: U
+ * as initializers, computed into the model's shared weights file under
+ * `<cacheDir>/winograd/weights/` (writeWinogradWeights); `files` names that file for
+ * writeModelLinkingWeights.
+ */
+export async function winogradRewrite(model: ModelProto, cacheDir: string, opts: WinogradOptions = {}): Promise<WinogradResult & RewriteCount> {
+  const r = winogradConvs(model, { ...opts, weights: 'initializer' });
+  if (r.count === 0) return r;
+  const file = await writeWinogradWeights(r.folds, path.join(cacheDir, 'winograd', 'weights'));
+  return { ...r, files: { [WINOGRAD_WEIGHTS_FILE]: file } };
+}
+
+/**
  * The Winograd variant of `modelPath` (cached under `<cacheDir>/winograd/`); `rewritten: false`
  * when the model has no convolution worth rewriting (a text encoder, a float16 model). The
- * transformed weights are computed here, once per model's weights, into
- * `<cacheDir>/winograd/weights/` (see writeWinogradWeights), so that onnxruntime has nothing
- * big to fold when it loads the variant.
+ * transformed weights are computed by winogradRewrite, once per model's weights, so that
+ * onnxruntime has nothing big to fold when it loads the variant.
  */
 export function getWinogradModel(modelPath: string, cacheDir: string, opts: WinogradOptions = {}): Promise<RewrittenModel> {
   const keyOptions = { v: 2, tile: opts.tile ?? 'auto', minChannels: opts.minChannels ?? null };
-  return getRewrittenModel(modelPath, cacheDir, 'winograd', keyOptions, async (m) => {
-    const r = winogradConvs(m, { ...opts, weights: 'initializer' });
-    if (r.count === 0) return r;
-    const file = await writeWinogradWeights(r.folds, path.join(cacheDir, 'winograd', 'weights'));
-    return { ...r, files: { [WINOGRAD_WEIGHTS_FILE]: file } };
-  });
+  return getRewrittenModel(modelPath, cacheDir, 'winograd', keyOptions, (m) => winogradRewrite(m, cacheDir, opts));
 }
