@@ -196,8 +196,10 @@ class FakePipeline implements PipelineLike {
   disposed = false;
   constructor(private readonly abortAfterImages = Infinity, private readonly controller?: AbortController, private readonly failPrompt?: string) {}
   produced = 0;
-  async *generate(params: GenerationParams, events?: ProgressEvents, signal?: AbortSignal): AsyncGenerator<GeneratedImage> {
+  readonly lastFlags: boolean[] = [];
+  async *generate(params: GenerationParams, events?: ProgressEvents, signal?: AbortSignal, options?: { last?: boolean }): AsyncGenerator<GeneratedImage> {
     this.calls.push(params);
+    this.lastFlags.push(options?.last === true);
     if (params.prompt === this.failPrompt) throw new UsageError('width must be a multiple of 16 for this model');
     const n = params.batchSize * params.nIter;
     for (let s = 1; s <= params.steps; s++) {
@@ -235,6 +237,37 @@ function planFor(dir: string, specs: JobSpec[]) {
 }
 
 const encode = async (out: GeneratedImage) => Buffer.concat([Buffer.from(`${out.params.prompt}|${out.seed}|`), Buffer.from(out.rgb)]);
+
+test('runJobs: each model is loaded for its first job in run order (ToMe off first), so the pipeline opens the UNet graph that job runs', async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-run-first-'));
+  try {
+    const specs = [
+      spec('t', { model: '/a', seed: 1, width: 8, height: 8, steps: 1, tome: 0.5 }),
+      spec('p', { model: '/a', seed: 2, width: 8, height: 8, steps: 1 }),
+      spec('u', { model: '/b', seed: 3, nIter: 2, width: 8, height: 8, steps: 1, tome: 0.5 }),
+    ];
+    const loads: [string | undefined, string][] = [];
+    const pipes: FakePipeline[] = [];
+    const s = await runJobs(planFor(dir, specs), {
+      loadPipeline: async (model, _events, first) => {
+        loads.push([model, first.params.prompt]);
+        pipes.push(new FakePipeline());
+        return pipes.at(-1)!;
+      },
+      encode,
+      reporter: quietReporter(),
+    });
+    assert.equal(s.written, 4);
+    assert.deepEqual(loads, [['/a', 'p'], ['/b', 'u']]);
+    // each model's last generate call says so (the pipeline may release its UNet before decoding)
+    assert.deepEqual(pipes.map((p) => [p.calls.map((c) => `${c.prompt}${c.seed}`), p.lastFlags]), [
+      [['p2', 't1'], [false, true]],
+      [['u3', 'u4'], [false, true]],
+    ]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
 
 test('runJobs: writes every image, one manifest line each, no temp files', async () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-run-'));

@@ -556,6 +556,43 @@ describe('ToMe in the pipeline', () => {
     const oddPlain = await collect(fx.pipe.generate({ ...p, cfg: 1, tome: tome({}) }));
     assert.ok(maxAbsDiff(oddRand[0]!.rgb, oddPlain[0]!.rgb) <= 1);
   });
+
+  test('a load for a ToMe first run opens only the patched UNet; a last run releases it before decoding; images are bit-identical throughout', async () => {
+    const job = { ...p, tome: tome({}) };
+    // fx.pipe was loaded with the exported UNet and switches to the patched one
+    const [switched] = await collect(fx.pipe.generate(job));
+    const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-tome-first-'));
+    const pipe = await StableDiffusionPipeline.load(TINY, { device: 'cpu', cacheDir }, undefined, { first: job });
+    try {
+      assert.deepEqual(pipe.openUnets, [{ variant: 'tome', attention: 'fused' }]);
+      // the exported UNet was never opened: the only fused UNet copy is the patched graph's
+      const fusedSources = readdirSync(path.join(cacheDir, 'fused')).map((e) => (JSON.parse(readFileSync(path.join(cacheDir, 'fused', e, 'meta.json'), 'utf8')) as { source: string }).source);
+      assert.equal(fusedSources.filter((s) => s.includes(`${path.sep}unet${path.sep}`)).length, 0, fusedSources.join(', '));
+      assert.deepEqual(pipe.unetIO.tomeRand, [], 'the I/O of the exported graph');
+      const [first] = await collect(pipe.generate(job));
+      assert.equal(first!.tomeApplied, true);
+      assert.deepEqual(first!.rgb, switched!.rgb);
+      // a run without ToMe reopens the exported graph in place of the patched one
+      const [plain] = await collect(pipe.generate(p));
+      assert.deepEqual(pipe.openUnets, [{ variant: 'original', attention: 'fused' }]);
+      const [plainRef] = await collect(fx.pipe.generate(p));
+      assert.deepEqual(plain!.rgb, plainRef!.rgb);
+      // last: the UNet goes before the decode; a later call reopens it and gets the same image
+      const [lastRun] = await collect(pipe.generate(p, undefined, undefined, { last: true }));
+      assert.deepEqual(pipe.openUnets, []);
+      assert.deepEqual(lastRun!.rgb, plainRef!.rgb);
+      const [again] = await collect(pipe.generate(job));
+      assert.deepEqual(pipe.openUnets, [{ variant: 'tome', attention: 'fused' }]);
+      assert.deepEqual(again!.rgb, switched!.rgb);
+      // a first run that ToMe skips (below its minimum size) opens the exported graph
+      const skipped = await StableDiffusionPipeline.load(TINY, { device: 'cpu', cacheDir }, undefined, { first: { ...job, tome: tome({ minWidth: 256 }) } });
+      assert.deepEqual(skipped.openUnets, [{ variant: 'original', attention: 'fused' }]);
+      await skipped.dispose();
+    } finally {
+      await pipe.dispose();
+      rmSync(cacheDir, { recursive: true, force: true });
+    }
+  });
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -602,10 +639,8 @@ describe('fused attention in the pipeline', () => {
   test('ToMe then fused: differs from ToMe-standard by ≤ 1e-3; the fused rewrite runs on the patched graph', async (t) => {
     const tome = { ...DEFAULT_TOME, ratio: 0.5 };
     const fused = await final({ tome, attention: 'fused' });
-    assert.deepEqual(fx.pipe.openUnets, [
-      { variant: 'original', attention: 'fused' },
-      { variant: 'tome', attention: 'fused' },
-    ]);
+    // the exported graph's session went when the patched one was opened
+    assert.deepEqual(fx.pipe.openUnets, [{ variant: 'tome', attention: 'fused' }]);
     // fused copies of the exported and of the ToMe-patched UNet, and of the VAE decoder
     const sources = readdirSync(path.join(fx.cacheDir, 'fused')).map((e) => JSON.parse(readFileSync(path.join(fx.cacheDir, 'fused', e, 'meta.json'), 'utf8')) as { source: string; count: number });
     assert.equal(sources.length, 3);
@@ -618,6 +653,7 @@ describe('fused attention in the pipeline', () => {
     t.diagnostic(`ToMe fused vs ToMe standard: final latents ${d}`);
     assert.ok(d <= 1e-3, `ToMe fused vs ToMe standard final latents ${d}`);
     const plain = await final({ attention: 'fused' });
+    assert.deepEqual(fx.pipe.openUnets, [{ variant: 'original', attention: 'fused' }]);
     assert.ok(maxAbsDiff(plain.latents, fused.latents) > 1e-3, 'ToMe changes the result');
     // random destinations (tome_rand inputs) survive the fused rewrite
     const rand = { ...tome, useRand: true };

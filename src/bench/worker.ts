@@ -152,13 +152,6 @@ async function runImage(job: Extract<WorkerJob, { kind: 'image' }>): Promise<Ima
   const { DEFAULT_TOME } = await import('../tome/types.js');
   const { generationParams } = await import('../pipeline/params.js');
   const { encodeRgbPng } = await import('../image/png.js');
-  const t0 = performance.now();
-  const pipe = await StableDiffusionPipeline.load(job.modelDir, { device: 'cpu', threads: job.threads, cacheDir: job.cacheDir, conv: job.conv });
-  const loadMs = performance.now() - t0;
-  if (job.warmOnly) {
-    await pipe.dispose?.();
-    return { kind: 'image', loadMs, textEncoderMs: 0, unetMs: 0, vaeMs: 0, pngMs: 0, totalMs: 0, maxRss: maxRssBytes() };
-  }
   const params = generationParams({
     prompt: 'a photograph of an astronaut riding a horse',
     width: job.size,
@@ -169,8 +162,19 @@ async function runImage(job: Extract<WorkerJob, { kind: 'image' }>): Promise<Ima
     tome: { ...DEFAULT_TOME, ratio: job.ratio },
     attention: job.attention,
   });
+  const t0 = performance.now();
+  const pipe = await StableDiffusionPipeline.load(job.modelDir, { device: 'cpu', threads: job.threads, cacheDir: job.cacheDir, conv: job.conv }, undefined, {
+    attention: job.attention,
+    first: params,
+  });
+  const loadMs = performance.now() - t0;
+  if (job.warmOnly) {
+    await pipe.dispose?.();
+    return { kind: 'image', loadMs, textEncoderMs: 0, unetMs: 0, vaeMs: 0, pngMs: 0, totalMs: 0, maxRss: maxRssBytes() };
+  }
   let img: { rgb: Uint8Array; width: number; height: number; timings: { textEncoderMs: number; unetMs: number; vaeMs: number; totalMs: number } } | undefined;
-  for await (const image of pipe.generate(params)) img ??= image;
+  // as the CLI runs a single image: its last generate call (the UNet goes before the decode)
+  for await (const image of pipe.generate(params, undefined, undefined, { last: true })) img ??= image;
   await pipe.dispose?.();
   if (!img) throw new Error('the pipeline returned no image');
   const tp = performance.now();

@@ -266,9 +266,10 @@ export async function runGenerate(positional: string | undefined, explicit: Part
     summary = await runJobs(
       { jobs: built.jobs, images, outDir, done },
       {
-        loadPipeline: async (model, events): Promise<PipelineLike> => {
+        loadPipeline: async (model, events, first): Promise<PipelineLike> => {
           if (!existsSync(model!)) throw new SdgenError(`model folder not found: ${model}`);
-          return StableDiffusionPipeline.load(model!, runtime, events, { attention: built.jobs.find((j) => j.model === model)?.params.attention ?? base.attention });
+          // the UNet graph and attention mode the first job runs are the ones opened
+          return StableDiffusionPipeline.load(model!, runtime, events, { attention: first.params.attention ?? base.attention, first: first.params });
         },
         encode: (out, extras) =>
           png.encodeImagePng(out.rgb, out.width, out.height, { sdgen: SDGEN_VERSION, params: out.params, model: out.modelName, tomeApplied: out.tomeApplied }, extras),

@@ -9,7 +9,12 @@
  * (diffusers with a list of generators). Any image can therefore be regenerated alone.
  *
  * ToMe: when `tomeApplies(params.tome, width, height)`, the UNet is the ToMe-rewritten graph
- * (getPatchedUnet; its session is cached next to the original one across generate calls).
+ * (getPatchedUnet). One UNet session is open at a time, the exported graph's or the patched
+ * one's (each weighs what the UNet's weights weigh: 3.4 GB for SD 1.5 in float32, 5 GB with
+ * Winograd weights): a run that needs the other graph releases the open one first and opens its
+ * own (from the optimized-graph cache, about 2 s). The CLI runs a model's jobs without ToMe first
+ * (orderJobs), so it switches at most once per model; `load` opens the graph the first run needs
+ * (`PipelineLoadOptions.first`), so a ToMe run never loads the exported graph at all.
  * With random destinations (useRand) the patched graph takes `tome_rand_<k>` inputs; sdgen
  * feeds them from a second TorchGenerator seeded with the image's seed: every UNet call draws
  * `randint(sx·sy, [h//sy, w//sx, 1])` for k = 0, 1, … in order (Python:
@@ -58,6 +63,18 @@ interface PatchedUnet extends UnetModel {
   randShape: (k: number, latentH: number, latentW: number) => number[];
 }
 
+/** Options of one StableDiffusionPipeline.generate call. */
+export interface GenerateOptions {
+  /**
+   * No generate call follows on this pipeline: the UNet session is released as soon as the last
+   * batch is denoised, before it is decoded. A decode touches about 2.6 GB of fresh memory at
+   * 512² (SD 1.5); next to a resident UNet (5 GB) that memory came from reclaimed page cache and
+   * the decode took 11.4–14.2 s instead of 8.7–9.8 s (docs/performance.md). A later call still
+   * works: it reopens the UNet.
+   */
+  last?: boolean;
+}
+
 /** Options of StableDiffusionPipeline.load. */
 export interface PipelineLoadOptions {
   /**
@@ -65,6 +82,12 @@ export interface PipelineLoadOptions {
    * in that mode right away; a run that asks for another mode reopens it.
    */
   attention?: AttentionMode;
+  /**
+   * The size and ToMe settings of the first run. When ToMe applies to it, load opens the
+   * ToMe-patched UNet instead of the exported one (which is then opened only if a later run
+   * needs it). Default: the exported UNet.
+   */
+  first?: Pick<GenerationParams, 'tome' | 'width' | 'height'>;
   /**
    * Load CPU sessions through onnxruntime's optimized-graph cache in the cache directory
    * (default: on, unless the environment sets SDGEN_OPTIMIZED_CACHE=0). Costs disk: the
@@ -136,12 +159,12 @@ export function randomSeed(): number {
 export class StableDiffusionPipeline {
   /** the exported UNet graph, opened in the attention mode in use (null: not open right now) */
   private original: UnetModel | null;
-  /** the ToMe-patched UNet, in the attention mode in use */
-  private patched: PatchedUnet | null = null;
+  /** the ToMe-patched UNet, in the attention mode in use (only one of the two is open) */
+  private patched: PatchedUnet | null;
   /** ToMe graph keys whose rewrite is not possible for this UNet, with the reason */
-  private readonly unpatchable = new Map<string, string>();
+  private readonly unpatchable: Map<string, string>;
   /** UNet files (exported or ToMe-patched) whose attention cannot be fused, with the reason */
-  private readonly unfusable = new Map<string, string>();
+  private readonly unfusable: Map<string, string>;
   /** the UNet's I/O and provider (the same for every variant: the rewrites keep the I/O) */
   private readonly baseIO: UnetIO;
   private readonly unetProvider: ProviderName;
@@ -154,14 +177,20 @@ export class StableDiffusionPipeline {
     private readonly sessions: SessionManager,
     private readonly textEncoder: TextEncoder,
     private readonly textModel: ModelSession,
-    unet: UnetModel,
+    unet: { original: UnetModel | null; patched: PatchedUnet | null; unfusable: Map<string, string>; unpatchable: Map<string, string> },
     private readonly vaeModel: ModelSession,
     private readonly vae: VaeDecoder,
     private readonly loadEvents: ProgressEvents | undefined,
   ) {
-    this.original = unet;
-    this.baseIO = unet.io;
-    this.unetProvider = unet.model.provider;
+    this.original = unet.original;
+    this.patched = unet.patched;
+    this.unfusable = unet.unfusable;
+    this.unpatchable = unet.unpatchable;
+    const open = unet.original ?? unet.patched;
+    if (!open) throw new Error('StableDiffusionPipeline: no UNet session');
+    // the rewrites keep the UNet's I/O; the patched graph adds its tome_rand inputs
+    this.baseIO = unet.original ? unet.original.io : { ...open.io, tomeRand: [] };
+    this.unetProvider = open.model.provider;
   }
 
   /**
@@ -193,23 +222,32 @@ export class StableDiffusionPipeline {
       const mode = options.attention ?? 'auto';
       const guessFp16 = textEncoder.io.lastHiddenState.type === 'float16';
       const { attention } = resolveAttention(mode, textModel.provider, guessFp16);
-      const unet = await openUnetVariant(sessions, folder.paths.unet, 'unet', attention, {
-        cacheDir,
-        isFp16: guessFp16,
-        unfusable: new Map(),
-        notice: (m) => events?.onNotice?.(m),
-        explicit: mode === 'fused',
-      });
-      opened.push(unet.model);
-      if (unet.io.tomeRand.length > 0) throw new SdgenError(`unet: ${folder.paths.unet} is a ToMe-patched graph; use the original export`);
+      const unfusable = new Map<string, string>();
+      const unpatchable = new Map<string, string>();
+      const variantOpts: OpenUnetOptions = { cacheDir, isFp16: guessFp16, unfusable, notice: (m) => events?.onNotice?.(m), explicit: mode === 'fused' };
+      let patched: PatchedUnet | null = null;
+      const first = options.first;
+      if (first && first.tome.ratio > 0 && tomeApplies(first.tome, first.width, first.height).apply && validToMe(first.tome)) {
+        const res = await patchUnet(folder.paths.unet, first.tome, cacheDir, events);
+        if ('reason' in res) unpatchable.set(tomeGraphKey(first.tome), res.reason);
+        else {
+          patched = patchedUnet(await openUnetVariant(sessions, res.path, 'ToMe unet', attention, variantOpts), first.tome, res.blocks);
+          opened.push(patched.model);
+        }
+      }
+      let original: UnetModel | null = null;
+      if (!patched) {
+        original = await openUnetVariant(sessions, folder.paths.unet, 'unet', attention, variantOpts);
+        opened.push(original.model);
+        if (original.io.tomeRand.length > 0) throw new SdgenError(`unet: ${folder.paths.unet} is a ToMe-patched graph; use the original export`);
+      }
       events?.onLoad?.('vae_decoder', 2, total);
       // loaded plainly: its optimization is quick, and its cached graph's first run was slower
       const vaeModel = await sessions.open(await vaeDecoderFile(folder.paths.vaeDecoder, attention, cacheDir, textModel.provider), 'vae decoder', { optimizedCache: false });
       opened.push(vaeModel);
       const vae = new VaeDecoder(vaeModel.session, vaeDecoderIO(vaeModel.info, 'vae decoder'), folder.vaeScalingFactor);
       events?.onLoad?.('done', total, total);
-      const pipe = new StableDiffusionPipeline(folder, runtime, sessions, textEncoder, textModel, unet, vaeModel, vae, events);
-      if (unet.fallback !== undefined) pipe.unfusable.set(folder.paths.unet, unet.fallback);
+      const pipe = new StableDiffusionPipeline(folder, runtime, sessions, textEncoder, textModel, { original, patched, unfusable, unpatchable }, vaeModel, vae, events);
       return pipe;
     } catch (err) {
       await Promise.all(opened.map((s) => s.release().catch(() => {})));
@@ -255,8 +293,8 @@ export class StableDiffusionPipeline {
    * rewrites the graph the run would otherwise use (ToMe first, then fused: getFusedModel on
    * the patched file). A rewrite that fuses nothing, or a provider / float type without a
    * kernel, runs standard attention: one notice for an explicit 'fused', silently for 'auto'.
-   * Only the sessions of the mode in use are kept (exported and patched graph); the rest are
-   * released.
+   * Only the session in use is kept: one attention mode, and the exported or the patched graph
+   * (a run that needs the other graph releases the open one before opening its own).
    */
   private async unetFor(
     params: GenerationParams,
@@ -294,6 +332,7 @@ export class StableDiffusionPipeline {
       explicit: params.attention === 'fused',
     };
     const original = async (): Promise<UnetModel> => {
+      await this.releasePatched();
       if (!this.original) this.original = await openUnetVariant(this.sessions, this.folder.paths.unet, 'unet', mode, variantOpts);
       return this.original;
     };
@@ -311,38 +350,38 @@ export class StableDiffusionPipeline {
       return done(await original(), false);
     }
     if (this.patched?.key !== key) {
-      if (this.patched) {
-        const o = this.patched;
-        this.patched = null;
-        await o.model.release();
-      }
-      const res = await getPatchedUnet(this.folder.paths.unet, params.tome, {
-        cacheDir: this.cacheDir,
-        onProgress: (stage: string, d: number, total: number) => events?.onLoad?.(`tome: ${stage}`, d, total),
-      });
-      if (!res.patched) {
-        const why = res.reason ?? 'the UNet graph could not be patched';
-        this.unpatchable.set(key, why);
-        events?.onNotice?.(`ToMe skipped: ${why}`);
+      await this.releasePatched();
+      const res = await patchUnet(this.folder.paths.unet, params.tome, this.cacheDir, events);
+      if ('reason' in res) {
+        this.unpatchable.set(key, res.reason);
+        events?.onNotice?.(`ToMe skipped: ${res.reason}`);
         return done(await original(), false);
       }
-      const v = await openUnetVariant(this.sessions, res.path, 'ToMe unet', mode, variantOpts);
-      const io = v.io;
-      const opts = { ...params.tome };
-      const blocks: readonly { randInput?: string; level: number | null }[] = res.blocks;
-      this.patched = {
-        ...v,
-        key,
-        randShape: (k, lh, lw) => {
-          const name = io.tomeRand[k]!.name;
-          const block = blocks.find((b) => b.randInput === name);
-          const shape = block ? tomeRandShape(block, lh, lw, opts) : null;
-          if (!shape) throw new SdgenError(`ToMe unet: cannot size input ${name} (block level unknown)`);
-          return shape;
-        },
-      };
+      // the exported graph's session goes before the patched one is opened (peak memory)
+      if (this.original) {
+        const o = this.original;
+        this.original = null;
+        await o.model.release();
+      }
+      this.patched = patchedUnet(await openUnetVariant(this.sessions, res.path, 'ToMe unet', mode, variantOpts), params.tome, res.blocks);
     }
-    return done(this.patched!, true);
+    return done(this.patched, true);
+  }
+
+  /** Releases the UNet sessions (the next run reopens the one it needs). */
+  private async releaseUnets(): Promise<void> {
+    await this.releasePatched();
+    if (!this.original) return;
+    const o = this.original;
+    this.original = null;
+    await o.model.release();
+  }
+
+  private async releasePatched(): Promise<void> {
+    if (!this.patched) return;
+    const o = this.patched;
+    this.patched = null;
+    await o.model.release();
   }
 
   /**
@@ -354,13 +393,14 @@ export class StableDiffusionPipeline {
     params: GenerationParams,
     events?: ProgressEvents & GenerationInspector,
     signal?: AbortSignal,
+    options: GenerateOptions = {},
   ): AsyncGenerator<GeneratedImage> {
     if (this.disposed) throw new SdgenError('pipeline already disposed');
     // Sessions (and the cached ToMe session) are shared: one generate at a time per pipeline.
     if (this.busy) throw new SdgenError('this pipeline is already generating; run generate calls one after another');
     this.busy = true;
     try {
-      yield* this.run(params, events, signal);
+      yield* this.run(params, events, signal, options);
     } finally {
       this.busy = false;
     }
@@ -370,6 +410,7 @@ export class StableDiffusionPipeline {
     params: GenerationParams,
     events: (ProgressEvents & GenerationInspector) | undefined,
     signal: AbortSignal | undefined,
+    options: GenerateOptions,
   ): AsyncGenerator<GeneratedImage> {
     const ev = events ?? this.loadEvents;
     const folder = this.folder;
@@ -453,6 +494,7 @@ export class StableDiffusionPipeline {
         onStep: (step, total) => ev?.onStep?.(step, total, bi + 1, batches),
       });
       throwIfAborted(signal);
+      if (options.last && bi === batches - 1) await this.releaseUnets();
       events?.onFinalLatents?.(seeds, latents.map((x) => x.slice()));
       const decoded: { rgb: Uint8Array; width: number; height: number; ms: number }[] = [];
       for (let j = 0; j < count; j++) {
@@ -508,6 +550,47 @@ async function vaeDecoderFile(file: string, attention: ResolvedAttention, cacheD
     return r.fused ? r.path : file;
   } catch {
     return file;
+  }
+}
+
+/** The ToMe graph of `unetFile` for `tome` (getPatchedUnet), or why it cannot be made. */
+async function patchUnet(
+  unetFile: string,
+  tome: ToMeOptions,
+  cacheDir: string,
+  events: ProgressEvents | undefined,
+): Promise<{ path: string; blocks: readonly { randInput?: string; level: number | null }[] } | { reason: string }> {
+  const res = await getPatchedUnet(unetFile, tome, {
+    cacheDir,
+    onProgress: (stage: string, d: number, total: number) => events?.onLoad?.(`tome: ${stage}`, d, total),
+  });
+  if (!res.patched) return { reason: res.reason ?? 'the UNet graph could not be patched' };
+  return { path: res.path, blocks: res.blocks };
+}
+
+/** A session of a ToMe-patched UNet, with the shapes of its tome_rand inputs. */
+function patchedUnet(v: UnetModel, tome: ToMeOptions, blocks: readonly { randInput?: string; level: number | null }[]): PatchedUnet {
+  const opts = { ...tome };
+  return {
+    ...v,
+    key: tomeGraphKey(tome),
+    randShape: (k, lh, lw) => {
+      const name = v.io.tomeRand[k]!.name;
+      const block = blocks.find((b) => b.randInput === name);
+      const shape = block ? tomeRandShape(block, lh, lw, opts) : null;
+      if (!shape) throw new SdgenError(`ToMe unet: cannot size input ${name} (block level unknown)`);
+      return shape;
+    },
+  };
+}
+
+/** Whether `tome` passes validateToMeOptions (a load hint with bad options is ignored; the run reports them). */
+function validToMe(tome: ToMeOptions): boolean {
+  try {
+    validateToMeOptions(tome);
+    return true;
+  } catch {
+    return false;
   }
 }
 

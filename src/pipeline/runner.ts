@@ -17,7 +17,8 @@ import type { InfotextExtras } from '../image/infotext.js';
 
 /** What the runner needs of a StableDiffusionPipeline (a fake one in tests). */
 export interface PipelineLike {
-  generate(params: GenerationParams, events?: ProgressEvents, signal?: AbortSignal): AsyncGenerator<GeneratedImage>;
+  /** `options.last`: no generate call follows before dispose (the pipeline may release sessions early) */
+  generate(params: GenerationParams, events?: ProgressEvents, signal?: AbortSignal, options?: { last?: boolean }): AsyncGenerator<GeneratedImage>;
   dispose(): Promise<void>;
 }
 
@@ -54,7 +55,8 @@ export interface RunPlan {
 }
 
 export interface RunDeps {
-  loadPipeline(model: string | undefined, events: ProgressEvents): Promise<PipelineLike>;
+  /** `first`: the job the pipeline is loaded for (the first of its model in run order) */
+  loadPipeline(model: string | undefined, events: ProgressEvents, first: Job): Promise<PipelineLike>;
   /** PNG bytes with metadata */
   encode(out: GeneratedImage, extras: InfotextExtras, job: Job): Promise<Buffer>;
   /** A1111 sampler name of a canonical scheduler name */
@@ -104,8 +106,19 @@ export async function runJobs(plan: RunPlan, deps: RunDeps): Promise<RunSummary>
 
   let pipe: PipelineLike | null = null;
   let pipeModel: string | undefined | null = null;
+  const ordered = orderJobs(plan.jobs);
+  // per model, the last generate call with images to write: after it the pipeline is disposed
+  const unitOf = (job: Job, it: number) => `${job.index}/${it}`;
+  const lastUnit = new Map<string, string>();
+  for (const job of ordered) {
+    const imgs = byJob.get(job.index) ?? [];
+    const bs = job.params.batchSize;
+    for (let it = 0; it < job.params.nIter; it++) {
+      if (imgs.slice(it * bs, it * bs + bs).some((i) => !done.has(i.file))) lastUnit.set(job.model ?? '', unitOf(job, it));
+    }
+  }
   try {
-    for (const job of orderJobs(plan.jobs)) {
+    for (const job of ordered) {
       if (signal?.aborted) break;
       const imgs = byJob.get(job.index) ?? [];
       if (imgs.every((i) => done.has(i.file))) {
@@ -118,10 +131,14 @@ export async function runJobs(plan: RunPlan, deps: RunDeps): Promise<RunSummary>
         pipe = null;
         reporter.loadingModel?.(job.model ?? '');
         try {
-          pipe = await deps.loadPipeline(job.model, {
-            onLoad: (stage, d, t) => reporter.load?.(stage, d, t),
-            onNotice: (m) => reporter.notice(m),
-          });
+          pipe = await deps.loadPipeline(
+            job.model,
+            {
+              onLoad: (stage, d, t) => reporter.load?.(stage, d, t),
+              onNotice: (m) => reporter.notice(m),
+            },
+            job,
+          );
           pipeModel = job.model ?? undefined;
         } catch (e) {
           // A model that cannot be loaded fails every job that uses it; other models go on.
@@ -148,7 +165,8 @@ export async function runJobs(plan: RunPlan, deps: RunDeps): Promise<RunSummary>
         const started = performance.now();
         try {
           reporter.imageStart?.(unit[0]!, job);
-          for await (const out of pipe.generate(params, { onStep: (s, t) => reporter.step?.(s, t), onNotice: (m) => reporter.notice(m) }, signal)) {
+          const last = lastUnit.get(job.model ?? '') === unitOf(job, it);
+          for await (const out of pipe.generate(params, { onStep: (s, t) => reporter.step?.(s, t), onNotice: (m) => reporter.notice(m) }, signal, { last })) {
             const img = unit[out.index];
             produced++;
             if (!img) continue;
