@@ -7,7 +7,7 @@ import { nodeFlops, summarizeProfile, type ProfileEvent } from '../src/bench/pro
 import { predictPeakBytes } from '../src/bench/memory.js';
 import { deriveRatios, median, renderMarkdown } from '../src/bench/report.js';
 import { callsPerRound, runBench } from '../src/bench/index.js';
-import { WORK_EXPONENT, estimateCallMs, estimateImageMs, estimateProcessMs, fits, roundOrder, type TimedConfig } from '../src/bench/budget.js';
+import { WORK_EXPONENT, estimateCallMs, estimateImageMs, estimateProcessMs, fits, roundCalls, roundOrder, type TimedConfig } from '../src/bench/budget.js';
 import type { ConfigResult } from '../src/bench/types.js';
 
 const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
@@ -106,7 +106,8 @@ test('runBench on the tiny pipeline writes JSON and Markdown', async () => {
     assert.ok(report.configs[3]!.speedup! > 0 && report.configs[3]!.speedup === report.configs[2]!.medianMs! / report.configs[3]!.medianMs!, 'batch-1 ToMe vs batch-1 r0');
     for (const c of report.configs) {
       assert.equal(c.status, 'ok', c.note);
-      assert.equal(c.samplesMs.length, 2);
+      // 2 calls in 2 rounds, plus one in round 1 for these speed-up rows (roundCalls)
+      assert.equal(c.samplesMs.length, 3);
       assert.ok(c.flops! > 0 && c.peakRss! > 0 && c.efficiency! > 0);
     }
     assert.ok(report.configs[1]!.flops! < report.configs[0]!.flops!, 'ToMe reduces the counted FLOPs');
@@ -236,4 +237,17 @@ test('round order: the target rows first (batch 1, then ToMe 0 and 0.5, least wo
   assert.deepEqual(roundOrder(grid, 0, 0.5).map(label), [...targets, '512b2r0.3s', '512b2r0.3f', '768b2r0.3s', '768b2r0.3f']);
   assert.deepEqual(roundOrder(grid, 1, 0.5).map(label), [...targets, '768b2r0.3f', '768b2r0.3s', '512b2r0.3f', '512b2r0.3s']);
   assert.equal(roundOrder(grid, 2, 0.5).length, grid.length);
+});
+
+test('round calls: in round 1 the speed-up rows (batch 1; the smallest size at ToMe 0 and 0.5) get one call more', () => {
+  const row = (size: number, batch: number, ratio: number) => ({ size, batch, ratio, attention: 'fused' });
+  assert.equal(roundCalls(row(512, 2, 0), 0, 1, 0.5, 512), 2);
+  assert.equal(roundCalls(row(512, 2, 0.5), 0, 1, 0.5, 512), 2);
+  assert.equal(roundCalls(row(768, 1, 0.5), 0, 1, 0.5, 512), 2);
+  assert.equal(roundCalls(row(512, 2, 0.3), 0, 1, 0.5, 512), 1);
+  assert.equal(roundCalls(row(768, 2, 0), 0, 1, 0.5, 512), 1);
+  assert.equal(roundCalls(row(1024, 2, 0.5), 0, 1, 0.5, 512), 1);
+  // later rounds: the round's share
+  assert.equal(roundCalls(row(512, 2, 0), 1, 1, 0.5, 512), 1);
+  assert.equal(roundCalls(row(768, 1, 0), 1, 3, 0.5, 512), 3);
 });

@@ -1,11 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import ort from 'onnxruntime-node';
 import { createCachedSession, optimizedEntryDir, optimizedModelKey } from '../src/optimize/session-cache.js';
-import { DEFAULT_CACHE_MAX_GB, cacheMaxBytes, entriesToEvict, pruneCacheDir, touchEntry } from '../src/optimize/cache-prune.js';
+import { DEFAULT_CACHE_MAX_GB, cacheMaxBytes, entriesToEvict, pruneCacheDir, pruneDerived, touchEntry } from '../src/optimize/cache-prune.js';
 import { UsageError } from '../src/errors.js';
 
 const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
@@ -156,13 +156,73 @@ test('pruneCacheDir: removes the least recently used entries to the cap and stal
   }
 });
 
+test('pruneDerived: entries of models that are gone go, and Winograd weights files no entry or bench variant uses', async () => {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'sdgen-derived-'));
+  try {
+    const now = Date.now();
+    const models = path.join(root, 'models');
+    mkdirSync(models);
+    const live = path.join(models, 'live.onnx');
+    writeFileSync(live, 'x');
+    const gone = path.join(models, 'gone.onnx');
+    const cache = path.join(root, 'cache');
+    const weights = path.join(cache, 'winograd', 'weights');
+    mkdirSync(weights, { recursive: true });
+    const old = new Date(now - 2 * 3600 * 1000);
+    const weightsFile = (name: string, bytes: number, fresh = false) => {
+      const f = path.join(weights, name);
+      writeFileSync(f, Buffer.alloc(bytes));
+      if (!fresh) utimesSync(f, old, old);
+      return f;
+    };
+    const entry = (kind: string, name: string, meta: Record<string, unknown>, link?: string) => {
+      const dir = path.join(cache, kind, name);
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(path.join(dir, 'meta.json'), JSON.stringify(meta));
+      if (link) linkSync(link, path.join(dir, 'winograd.weights'));
+      return dir;
+    };
+    const wLive = weightsFile('live.bin', 100);
+    const wGone = weightsFile('gone.bin', 200);
+    const wByPath = weightsFile('bypath.bin', 300);
+    const wBench = weightsFile('bench.bin', 400);
+    const wFresh = weightsFile('fresh.bin', 500, true);
+    weightsFile('orphan.bin', 600);
+    entry('tome', 't-live', { source: live });
+    entry('tome', 't-gone', { source: gone });
+    entry('tome', 't-relative', { source: 'gone.onnx' }); // not judged: relative to some other cwd
+    entry('fused', 'f-gone', { source: gone });
+    entry('winograd', 'w-live', { source: live }, wLive);
+    entry('winograd', 'w-of-fused-gone', { source: path.join(cache, 'fused', 'f-gone', 'model.onnx') }, wGone);
+    entry('winograd', 'w-copied', { source: live, files: { 'winograd.weights': wByPath } });
+    entry('bench-variants', 'v1', {}, wBench);
+    entry('optimized', 'o-gone', { source: gone });
+    entry('optimized', 'o-live', { source: live });
+    const r = await pruneDerived(cache, now);
+    assert.deepEqual(r.removed.sort(), ['fused/f-gone', 'optimized/o-gone', 'tome/t-gone', 'winograd/w-of-fused-gone', 'winograd/weights/gone.bin', 'winograd/weights/orphan.bin']);
+    assert.deepEqual(readdirSync(weights).sort(), ['bench.bin', 'bypath.bin', 'fresh.bin', 'live.bin']);
+    assert.deepEqual(readdirSync(path.join(cache, 'tome')).sort(), ['t-live', 't-relative']);
+    assert.ok(existsSync(wFresh));
+    assert.ok(r.freedBytes >= 200 + 600);
+    // nothing left to remove; a missing cache is no error
+    assert.deepEqual((await pruneDerived(cache, now)).removed, []);
+    assert.deepEqual((await pruneDerived(path.join(root, 'missing'), now)).removed, []);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
 test('the optimized-graph cache keeps to its cap: publishing an entry evicts the least recently used other one', async () => {
   const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-optcache-cap-'));
   try {
     const base: ort.InferenceSession.SessionOptions = { executionProviders: ['cpu'], intraOpNumThreads: 1, logSeverityLevel: 3 };
     // a cap below one entry: each new entry stays, the previous ones go
     const opts = (variant: string) => ({ cacheDir, provider: 'cpu', variant, maxBytes: 1 });
+    // an entry derived from a model that is gone: removed when an entry is published
+    mkdirSync(path.join(cacheDir, 'tome', 'stale'), { recursive: true });
+    writeFileSync(path.join(cacheDir, 'tome', 'stale', 'meta.json'), JSON.stringify({ source: path.join(cacheDir, 'no-such-model.onnx') }));
     const a = await createCachedSession(UNET, base, opts('a'));
+    assert.deepEqual(readdirSync(path.join(cacheDir, 'tome')), []);
     await a.session.release();
     const b = await createCachedSession(UNET, base, opts('b'));
     await b.session.release();

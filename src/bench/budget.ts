@@ -85,6 +85,19 @@ export function fits(nowMs: number, estimateMs: number | null, reserveMs: number
 }
 
 /**
+ * Timed calls of a configuration's round-1 process: one more than the round's share for the rows
+ * the speed-up targets are ratios of — batch 1, and the smallest size's ToMe 0 and `keyRatio` at
+ * batch 2 — so that each of their medians rests on two calls even when the budget leaves no
+ * second round (single calls of the same row vary by 10–20 % on a shared VM). Later rounds: the
+ * round's share.
+ */
+export function roundCalls<T extends CostTarget>(c: T, round: number, share: number, keyRatio: number, smallestSize: number): number {
+  if (round !== 0) return share;
+  const speedupRow = c.batch === 1 || (c.size === smallestSize && (c.ratio === 0 || c.ratio === keyRatio));
+  return speedupRow ? share + 1 : share;
+}
+
+/**
  * The order in which a round visits the configurations: first the rows the targets are read
  * from — the batch-1 rows, then ToMe 0 and `keyRatio` at batch 2, least work first — so that a
  * tight budget drops other rows before those; then the rest, in grid order in round 1 and in

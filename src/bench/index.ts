@@ -13,7 +13,7 @@ import ort from 'onnxruntime-node';
 import { SdgenError, UsageError } from '../errors.js';
 import { defaultCacheDir } from '../models/cache-dir.js';
 import { defaultThreadCount } from '../models/session.js';
-import { estimateImageMs, estimateProcessMs, fits, roundOrder, type TimedConfig } from './budget.js';
+import { estimateImageMs, estimateProcessMs, fits, roundCalls, roundOrder, type TimedConfig } from './budget.js';
 import { SDGEN_VERSION } from '../version.js';
 import { runInChild } from './child.js';
 import type { UnetJobResult } from './jobs.js';
@@ -292,12 +292,14 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
   const droppedRounds = new Map<ConfigResult, number>(); // later rounds the budget did not allow
   for (let round = 0; round < plan.length; round++) {
     const order = roundOrder(runnable, round, B1_RATIO);
+    const smallest = Math.min(...runnable.map((c) => c.size));
     for (const c of order) {
       if (c.status !== 'ok') continue;
       const v = prepared.get(c)!;
       const first = round === 0;
       const label = `${c.size}² b${c.batch} r${c.ratio} ${c.attention}`;
-      const estimate = estimateProcessMs(c, plan[round]!, timed());
+      const calls = roundCalls(c, round, plan[round]!, B1_RATIO, smallest);
+      const estimate = estimateProcessMs(c, calls, timed());
       if (!fits(Date.now(), estimate, imageReserve(), deadline)) {
         const why = `the ${o.budget}-minute --budget (estimated ${((estimate ?? 0) / 1000).toFixed(0)} s more)`;
         if (first) {
@@ -314,7 +316,7 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
           size: c.size,
           batch: c.batch,
           seqLen: 77,
-          calls: plan[round]!,
+          calls,
           threads,
           ...(first ? { profilePrefix: path.join(profileDir, `p${configs.indexOf(c)}`), profileSteady: o.profile } : {}),
           ...(v.convs > 0 ? { cacheDir } : {}),

@@ -191,7 +191,7 @@ export async function getPatchedUnet(
     res = { patched: false, reason: e.message.replace(/^cannot apply ToMe to .*?: /, ''), blocks: [], randInputs: [] };
   }
   const blocks = res.blocks.filter((b) => b.merged.attn || b.merged.crossattn || b.merged.mlp);
-  const meta: Meta = { version: SDGEN_VERSION, key, source: unetPath, patched, reason: res.reason, blocks, randInputs: res.randInputs };
+  const meta: Meta = { version: SDGEN_VERSION, key, source: resolve(unetPath), patched, reason: res.reason, blocks, randInputs: res.randInputs };
   const tmp = `${metaPath}.${process.pid}.tmp`;
   await writeFile(tmp, JSON.stringify(meta, null, 1));
   await rename(tmp, metaPath);

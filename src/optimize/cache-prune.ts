@@ -10,9 +10,12 @@
  *
  * The cap: `SDGEN_CACHE_MAX_GB` (0 or "off": unbounded), default {@link DEFAULT_CACHE_MAX_GB}.
  * Only `<cacheDir>/optimized` is bounded: the ToMe / fused-attention / Winograd entries beside
- * it hold graphs only and link their source's weights.
+ * it hold graphs only and link their source's weights. What is derived from a model that no
+ * longer exists goes (pruneDerived): those entries, and the Winograd weights files no entry
+ * uses any more (2.6 GB for SD 1.5's UNet).
  */
-import { readdir, rm, stat, utimes } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { readdir, readFile, rm, stat, utimes } from 'node:fs/promises';
 import path from 'node:path';
 import { UsageError } from '../errors.js';
 
@@ -117,5 +120,90 @@ export async function pruneCacheDir(root: string, maxBytes: number, keep: Readon
     result.freedBytes += e.bytes;
   }
   result.totalBytes = entries.reduce((s, e) => s + e.bytes, 0) - result.freedBytes;
+  return result;
+}
+
+/** Entry kinds whose `meta.json` names the model they were derived from, in dependency order. */
+const DERIVED_KINDS = ['tome', 'fused', 'winograd', 'optimized'] as const;
+/** A weights file younger than this may belong to an entry being written by another run. */
+const FRESH_WEIGHTS_MS = 3600 * 1000;
+
+/**
+ * Removes what the cache derived from models that no longer exist: every ToMe / fused /
+ * Winograd / optimized entry whose `meta.json` names an absolute `source` path that is gone (a
+ * Winograd entry of a removed fused entry goes with it), then every Winograd weights file
+ * (`winograd/weights/*.bin`) that no Winograd entry or benchmark variant uses — by the path a
+ * `meta.json` records or by being the same file (inode) as a linked `winograd.weights` — unless
+ * it was written or reused within the last hour. Best effort.
+ */
+export async function pruneDerived(cacheDir: string, nowMs = Date.now()): Promise<PruneResult> {
+  const result: PruneResult = { removed: [], freedBytes: 0, totalBytes: 0 };
+  const entriesOf = async (kind: string): Promise<string[]> => {
+    try {
+      return (await readdir(path.join(cacheDir, kind))).filter((n) => !n.includes('.tmp-') && n !== 'weights');
+    } catch {
+      return [];
+    }
+  };
+  const readMeta = async (dir: string): Promise<{ source?: unknown; files?: unknown } | undefined> => {
+    try {
+      return JSON.parse(await readFile(path.join(dir, 'meta.json'), 'utf8')) as { source?: unknown; files?: unknown };
+    } catch {
+      return undefined;
+    }
+  };
+  for (const kind of DERIVED_KINDS) {
+    for (const name of await entriesOf(kind)) {
+      const dir = path.join(cacheDir, kind, name);
+      const source = (await readMeta(dir))?.source;
+      if (typeof source !== 'string' || !path.isAbsolute(source) || existsSync(source)) continue;
+      try {
+        const bytes = await dirBytes(dir);
+        await rm(dir, { recursive: true, force: true });
+        result.removed.push(`${kind}/${name}`);
+        result.freedBytes += bytes;
+      } catch {
+        // in use or removed meanwhile: next time
+      }
+    }
+  }
+  const weightsDir = path.join(cacheDir, 'winograd', 'weights');
+  let weights: string[];
+  try {
+    weights = (await readdir(weightsDir)).filter((n) => n.endsWith('.bin'));
+  } catch {
+    return result;
+  }
+  const usedPaths = new Set<string>();
+  const usedInodes = new Set<string>();
+  // entries being written (.tmp-) count too: they link their weights before they are published
+  // (the benchmark's graph variants in bench-variants/ link them the same way)
+  const users: string[] = [];
+  for (const kind of ['winograd', 'bench-variants']) {
+    try {
+      for (const n of await readdir(path.join(cacheDir, kind))) if (n !== 'weights') users.push(path.join(cacheDir, kind, n));
+    } catch {
+      // none
+    }
+  }
+  for (const dir of users) {
+    const files = (await readMeta(dir))?.files;
+    if (files && typeof files === 'object') for (const f of Object.values(files as Record<string, unknown>)) if (typeof f === 'string') usedPaths.add(path.resolve(f));
+    const linked = await stat(path.join(dir, 'winograd.weights')).catch(() => undefined);
+    if (linked) usedInodes.add(`${linked.dev}:${linked.ino}`);
+  }
+  for (const name of weights) {
+    const file = path.join(weightsDir, name);
+    try {
+      const st = await stat(file);
+      if (usedPaths.has(path.resolve(file)) || usedInodes.has(`${st.dev}:${st.ino}`)) continue;
+      if (nowMs - st.mtimeMs < FRESH_WEIGHTS_MS) continue;
+      await rm(file, { force: true });
+      result.removed.push(`winograd/weights/${name}`);
+      result.freedBytes += st.size;
+    } catch {
+      // removed meanwhile
+    }
+  }
   return result;
 }

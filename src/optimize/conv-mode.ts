@@ -15,7 +15,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
-import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { mkdir, open, rename, rm, utimes } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { readTensorBytes } from '../onnx/model-io.js';
@@ -69,7 +69,11 @@ export async function writeWinogradWeights(folds: readonly WinogradFold[], dir: 
   }
   const file = path.join(dir, `${hash.digest('hex').slice(0, 32)}.bin`);
   const total = ranges.length > 0 ? ranges[ranges.length - 1]!.offset + ranges[ranges.length - 1]!.length : 0;
-  if (!(existsSync(file) && statSync(file).size === total)) {
+  if (existsSync(file) && statSync(file).size === total) {
+    // reused: marked as just used, so that pruneDerived leaves it to the entry about to link it
+    const now = new Date();
+    await utimes(file, now, now).catch(() => {});
+  } else {
     await mkdir(dir, { recursive: true });
     const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
     const fh = await open(tmp, 'w');

@@ -116,7 +116,9 @@ export async function getRewrittenModel(
   try {
     if (r.count > 0) await writeModelLinkingWeights(model, modelPath, tmp, r.files);
     else await mkdir(tmp, { recursive: true });
-    await writeFile(path.join(tmp, 'meta.json'), JSON.stringify({ source: path.resolve(modelPath), count: r.count, skipped: r.skipped }, null, 2));
+    // files: the data files the rewrite wrote (pruneDerived keeps them while this entry exists)
+    const files = r.files ? Object.fromEntries(Object.entries(r.files).map(([k, f]) => [k, path.resolve(f)])) : undefined;
+    await writeFile(path.join(tmp, 'meta.json'), JSON.stringify({ source: path.resolve(modelPath), count: r.count, skipped: r.skipped, ...(files ? { files } : {}) }, null, 2));
     await rm(dir, { recursive: true, force: true }); // an entry left incomplete
     try {
       await rename(tmp, dir);

@@ -21,7 +21,7 @@ import { decodeModel, encodeModel } from '../onnx/proto.js';
 import { subgraphsOf } from '../onnx/attributes.js';
 import type { GraphProto, TensorProto } from '../onnx/types.js';
 import { SDGEN_VERSION } from '../version.js';
-import { cacheMaxBytes, pruneCacheDir, touchEntry } from './cache-prune.js';
+import { cacheMaxBytes, pruneCacheDir, pruneDerived, touchEntry } from './cache-prune.js';
 
 export type OptimizationLevel = 'basic' | 'extended' | 'all';
 
@@ -176,6 +176,8 @@ export async function planOptimizedModel(modelPath: string, opts: OptimizedCache
       }
       // the least recently used entries go until the cache fits its cap (this one stays)
       await pruneCacheDir(path.dirname(finalDir), opts.maxBytes ?? cacheMaxBytes(), new Set([key])).catch(() => {});
+      // and what was derived from models that are gone (their Winograd weights included)
+      await pruneDerived(path.dirname(path.dirname(finalDir))).catch(() => {});
     },
     abort: async () => {
       await rm(tmpDir, { recursive: true, force: true });
