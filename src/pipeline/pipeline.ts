@@ -67,10 +67,10 @@ interface PatchedUnet extends UnetModel {
 export interface GenerateOptions {
   /**
    * No generate call follows on this pipeline: the UNet session is released as soon as the last
-   * batch is denoised, before it is decoded. A decode touches about 2.6 GB of fresh memory at
-   * 512² (SD 1.5); next to a resident UNet (5 GB) that memory came from reclaimed page cache and
-   * the decode took 11.4–14.2 s instead of 8.7–9.8 s (docs/performance.md). A later call still
-   * works: it reopens the UNet.
+   * batch is denoised, before it is decoded. The decoder's first decode touches about 2.6 GB of
+   * fresh memory at 512² (SD 1.5); next to a resident UNet (5 GB) much of it comes from
+   * reclaiming page cache (SD 1.5, 512²: 9.7–12.0 s against 12.4–13.2 s in the pipeline, and the
+   * run's peak memory halves; docs/performance.md). A later call still works: it reopens the UNet.
    */
   last?: boolean;
 }
