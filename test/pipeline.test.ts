@@ -584,6 +584,18 @@ describe('ToMe in the pipeline', () => {
       const [again] = await collect(pipe.generate(job));
       assert.deepEqual(pipe.openUnets, [{ variant: 'tome', attention: 'fused' }]);
       assert.deepEqual(again!.rgb, switched!.rgb);
+      // a patch that fails at load (here: the cache's tome directory is a file) is only a hint that
+      // failed: load opens the exported graph, and the ToMe run reports the error itself
+      const blocked = mkdtempSync(path.join(os.tmpdir(), 'sdgen-tome-blocked-'));
+      writeFileSync(path.join(blocked, 'tome'), 'not a directory');
+      const fallback = await StableDiffusionPipeline.load(TINY, { device: 'cpu', cacheDir: blocked }, undefined, { first: job });
+      try {
+        assert.deepEqual(fallback.openUnets, [{ variant: 'original', attention: 'fused' }]);
+        await assert.rejects(collect(fallback.generate(job)), /ENOTDIR|not a directory/);
+      } finally {
+        await fallback.dispose();
+        rmSync(blocked, { recursive: true, force: true });
+      }
       // a first run that ToMe skips (below its minimum size) opens the exported graph
       const skipped = await StableDiffusionPipeline.load(TINY, { device: 'cpu', cacheDir }, undefined, { first: { ...job, tome: tome({ minWidth: 256 }) } });
       assert.deepEqual(skipped.openUnets, [{ variant: 'original', attention: 'fused' }]);

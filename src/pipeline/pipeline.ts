@@ -228,11 +228,17 @@ export class StableDiffusionPipeline {
       let patched: PatchedUnet | null = null;
       const first = options.first;
       if (first && first.tome.ratio > 0 && tomeApplies(first.tome, first.width, first.height).apply && validToMe(first.tome)) {
-        const res = await patchUnet(folder.paths.unet, first.tome, cacheDir, events);
-        if ('reason' in res) unpatchable.set(tomeGraphKey(first.tome), res.reason);
-        else {
-          patched = patchedUnet(await openUnetVariant(sessions, res.path, 'ToMe unet', attention, variantOpts), first.tome, res.blocks);
-          opened.push(patched.model);
+        // a hint only: if the patched graph cannot be made or opened here, load opens the exported
+        // one, and the run that needs ToMe meets (and reports) the problem itself
+        try {
+          const res = await patchUnet(folder.paths.unet, first.tome, cacheDir, events);
+          if ('reason' in res) unpatchable.set(tomeGraphKey(first.tome), res.reason);
+          else {
+            patched = patchedUnet(await openUnetVariant(sessions, res.path, 'ToMe unet', attention, variantOpts), first.tome, res.blocks);
+            opened.push(patched.model);
+          }
+        } catch {
+          patched = null;
         }
       }
       let original: UnetModel | null = null;
