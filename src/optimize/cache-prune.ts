@@ -138,13 +138,9 @@ const FRESH_WEIGHTS_MS = 3600 * 1000;
  */
 export async function pruneDerived(cacheDir: string, nowMs = Date.now()): Promise<PruneResult> {
   const result: PruneResult = { removed: [], freedBytes: 0, totalBytes: 0 };
-  const entriesOf = async (kind: string): Promise<string[]> => {
-    try {
-      return (await readdir(path.join(cacheDir, kind))).filter((n) => !n.includes('.tmp-') && n !== 'weights');
-    } catch {
-      return [];
-    }
-  };
+  // the entry directories of a kind (`weights` holds the Winograd weights files, not an entry)
+  const entriesOf = async (kind: string): Promise<string[]> =>
+    (await readdir(path.join(cacheDir, kind)).catch(() => [] as string[])).filter((n) => n !== 'weights');
   const readMeta = async (dir: string): Promise<{ source?: unknown; files?: unknown } | undefined> => {
     try {
       return JSON.parse(await readFile(path.join(dir, 'meta.json'), 'utf8')) as { source?: unknown; files?: unknown };
@@ -154,6 +150,7 @@ export async function pruneDerived(cacheDir: string, nowMs = Date.now()): Promis
   };
   for (const kind of DERIVED_KINDS) {
     for (const name of await entriesOf(kind)) {
+      if (name.includes('.tmp-')) continue; // being written
       const dir = path.join(cacheDir, kind, name);
       const source = (await readMeta(dir))?.source;
       if (typeof source !== 'string' || !path.isAbsolute(source) || existsSync(source)) continue;
@@ -179,13 +176,7 @@ export async function pruneDerived(cacheDir: string, nowMs = Date.now()): Promis
   // entries being written (.tmp-) count too: they link their weights before they are published
   // (the benchmark's graph variants in bench-variants/ link them the same way)
   const users: string[] = [];
-  for (const kind of ['winograd', 'bench-variants']) {
-    try {
-      for (const n of await readdir(path.join(cacheDir, kind))) if (n !== 'weights') users.push(path.join(cacheDir, kind, n));
-    } catch {
-      // none
-    }
-  }
+  for (const kind of ['winograd', 'bench-variants']) for (const n of await entriesOf(kind)) users.push(path.join(cacheDir, kind, n));
   for (const dir of users) {
     const files = (await readMeta(dir))?.files;
     if (files && typeof files === 'object') for (const f of Object.values(files as Record<string, unknown>)) if (typeof f === 'string') usedPaths.add(path.resolve(f));

@@ -227,10 +227,11 @@ export class StableDiffusionPipeline {
       const variantOpts: OpenUnetOptions = { cacheDir, isFp16: guessFp16, unfusable, notice: (m) => events?.onNotice?.(m), explicit: mode === 'fused' };
       let patched: PatchedUnet | null = null;
       const first = options.first;
-      if (first && first.tome.ratio > 0 && tomeApplies(first.tome, first.width, first.height).apply && validToMe(first.tome)) {
+      if (first && first.tome.ratio > 0 && tomeApplies(first.tome, first.width, first.height).apply) {
         // a hint only: if the patched graph cannot be made or opened here, load opens the exported
         // one, and the run that needs ToMe meets (and reports) the problem itself
         try {
+          validateToMeOptions(first.tome);
           const res = await patchUnet(folder.paths.unet, first.tome, cacheDir, events);
           if ('reason' in res) unpatchable.set(tomeGraphKey(first.tome), res.reason);
           else {
@@ -238,7 +239,7 @@ export class StableDiffusionPipeline {
             opened.push(patched.model);
           }
         } catch {
-          patched = null;
+          // opened below: the exported graph
         }
       }
       let original: UnetModel | null = null;
@@ -313,16 +314,8 @@ export class StableDiffusionPipeline {
     // that fell back to standard attention serves both modes.
     const serves = (u: UnetModel): boolean =>
       u.mode === mode || u.attention === mode || (mode === 'fused' && this.unfusable.has(u.file));
-    if (this.original && !serves(this.original)) {
-      const o = this.original;
-      this.original = null;
-      await o.model.release();
-    }
-    if (this.patched && !serves(this.patched)) {
-      const o = this.patched;
-      this.patched = null;
-      await o.model.release();
-    }
+    if (this.original && !serves(this.original)) await this.releaseUnet('original');
+    if (this.patched && !serves(this.patched)) await this.releaseUnet('patched');
     const done = (unet: UnetModel | PatchedUnet, tome: boolean) => {
       if (params.attention === 'fused' && unet.attention !== 'fused') {
         const why = resolved.reason ?? unet.fallback ?? this.unfusable.get(unet.file) ?? 'not applicable';
@@ -338,7 +331,7 @@ export class StableDiffusionPipeline {
       explicit: params.attention === 'fused',
     };
     const original = async (): Promise<UnetModel> => {
-      await this.releasePatched();
+      await this.releaseUnet('patched');
       if (!this.original) this.original = await openUnetVariant(this.sessions, this.folder.paths.unet, 'unet', mode, variantOpts);
       return this.original;
     };
@@ -356,7 +349,7 @@ export class StableDiffusionPipeline {
       return done(await original(), false);
     }
     if (this.patched?.key !== key) {
-      await this.releasePatched();
+      await this.releaseUnet('patched');
       const res = await patchUnet(this.folder.paths.unet, params.tome, this.cacheDir, events);
       if ('reason' in res) {
         this.unpatchable.set(key, res.reason);
@@ -364,30 +357,18 @@ export class StableDiffusionPipeline {
         return done(await original(), false);
       }
       // the exported graph's session goes before the patched one is opened (peak memory)
-      if (this.original) {
-        const o = this.original;
-        this.original = null;
-        await o.model.release();
-      }
+      await this.releaseUnet('original');
       this.patched = patchedUnet(await openUnetVariant(this.sessions, res.path, 'ToMe unet', mode, variantOpts), params.tome, res.blocks);
     }
     return done(this.patched, true);
   }
 
-  /** Releases the UNet sessions (the next run reopens the one it needs). */
-  private async releaseUnets(): Promise<void> {
-    await this.releasePatched();
-    if (!this.original) return;
-    const o = this.original;
-    this.original = null;
-    await o.model.release();
-  }
-
-  private async releasePatched(): Promise<void> {
-    if (!this.patched) return;
-    const o = this.patched;
-    this.patched = null;
-    await o.model.release();
+  /** Releases one UNet session, if open (the next run that needs it reopens it). */
+  private async releaseUnet(which: 'original' | 'patched'): Promise<void> {
+    const u = this[which];
+    if (!u) return;
+    this[which] = null;
+    await u.model.release();
   }
 
   /**
@@ -500,7 +481,10 @@ export class StableDiffusionPipeline {
         onStep: (step, total) => ev?.onStep?.(step, total, bi + 1, batches),
       });
       throwIfAborted(signal);
-      if (options.last && bi === batches - 1) await this.releaseUnets();
+      if (options.last && bi === batches - 1) {
+        await this.releaseUnet('original');
+        await this.releaseUnet('patched');
+      }
       events?.onFinalLatents?.(seeds, latents.map((x) => x.slice()));
       const decoded: { rgb: Uint8Array; width: number; height: number; ms: number }[] = [];
       for (let j = 0; j < count; j++) {
@@ -588,16 +572,6 @@ function patchedUnet(v: UnetModel, tome: ToMeOptions, blocks: readonly { randInp
       return shape;
     },
   };
-}
-
-/** Whether `tome` passes validateToMeOptions (a load hint with bad options is ignored; the run reports them). */
-function validToMe(tome: ToMeOptions): boolean {
-  try {
-    validateToMeOptions(tome);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 interface OpenUnetOptions {

@@ -108,13 +108,13 @@ export async function runJobs(plan: RunPlan, deps: RunDeps): Promise<RunSummary>
   let pipeModel: string | undefined | null = null;
   const ordered = orderJobs(plan.jobs);
   // per model, the last generate call with images to write: after it the pipeline is disposed
+  // (one generate call per iteration: its batch of planned images)
+  const unitImages = (job: Job, it: number) => (byJob.get(job.index) ?? []).slice(it * job.params.batchSize, (it + 1) * job.params.batchSize);
   const unitOf = (job: Job, it: number) => `${job.index}/${it}`;
   const lastUnit = new Map<string, string>();
   for (const job of ordered) {
-    const imgs = byJob.get(job.index) ?? [];
-    const bs = job.params.batchSize;
     for (let it = 0; it < job.params.nIter; it++) {
-      if (imgs.slice(it * bs, it * bs + bs).some((i) => !done.has(i.file))) lastUnit.set(job.model ?? '', unitOf(job, it));
+      if (unitImages(job, it).some((i) => !done.has(i.file))) lastUnit.set(job.model ?? '', unitOf(job, it));
     }
   }
   try {
@@ -154,7 +154,7 @@ export async function runJobs(plan: RunPlan, deps: RunDeps): Promise<RunSummary>
       const bs = job.params.batchSize;
       for (let it = 0; it < job.params.nIter; it++) {
         if (signal?.aborted) break;
-        const unit = imgs.slice(it * bs, it * bs + bs);
+        const unit = unitImages(job, it);
         if (unit.every((i) => done.has(i.file))) {
           for (const i of unit) reporter.imageSkipped?.(i, job);
           summary.skipped += unit.length;
