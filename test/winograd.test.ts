@@ -125,6 +125,8 @@ test('convolutions the rewrite cannot express stay direct, each with its reason'
 test('auto tile from the spatial stride: the real torch export of a UNet', () => {
   assert.equal(autoTile(1), 4);
   assert.equal(autoTile(0.5), 4);
+  assert.equal(autoTile(0.25), 4);
+  assert.equal(autoTile(0.125), undefined, "a VAE decoder's image level stays direct");
   assert.equal(autoTile(2), 4);
   assert.equal(autoTile(4), 2);
   assert.equal(autoTile(8), undefined);
@@ -216,9 +218,16 @@ test('the torch-exported UNet in Winograd form matches the export (≤ 1e-4), at
 
 test("tiny-sd1's VAE decoder in Winograd form matches (≤ 1e-4 on [-1, 1] pixels)", async () => {
   const bytes = readFileSync(fx('tiny-sd1/vae_decoder/model.onnx'));
+  // auto leaves the image-resolution level (8× the latent) direct, and only it
+  const auto = winogradConvs(decodeModel(bytes), { minChannels: 1 });
+  const direct = auto.skipped.filter((s) => /8× the input/.test(s));
+  assert.equal(direct.length, 6, direct.join('\n'));
+  assert.ok(direct.every((s) => /up_blocks\.3\/|up_blocks\.2\/upsamplers|conv_out/.test(s)), direct.join('\n'));
+  assert.ok(auto.count >= 19 && auto.byTile[4] === auto.count, `${JSON.stringify(auto.byTile)}`);
+  // every 3×3 convolution in m = 4 form, the image level included
   const m = decodeModel(bytes);
-  const r = winogradConvs(m, { minChannels: 1 });
-  assert.ok(r.count >= 20 && r.byTile[4] === r.count, `${JSON.stringify(r.byTile)}`);
+  const r = winogradConvs(m, { minChannels: 1, tile: 4 });
+  assert.equal(r.count, auto.count + direct.length);
   const feeds = { latent_sample: new ort.Tensor('float32', xorshiftFill(4 * 16 * 12, 8), [1, 4, 16, 12]) };
   const d = maxAbsDiff(await runFeeds(m, feeds), await runFeeds(bytes, feeds));
   assert.ok(d <= 1e-4, `${d}`);

@@ -4,8 +4,8 @@
  *
  * - 'auto': Winograd on the CPU provider of a machine with at least 12 GiB of memory (see
  *   WINOGRAD_MIN_MEMORY; onnxruntime's CPU convolutions are direct NCHWc
- *   kernels; the rewrite measured 1.3× per SD 1.5 UNet call and 1.5–1.7× per VAE decode on
- *   x86, docs/performance.md), direct elsewhere (cuDNN, DirectML and CoreML choose Winograd or
+ *   kernels; the rewrite measured 1.3× per SD 1.5 UNet call and 1.3–1.45× per VAE decode on
+ *   x86, whose image-resolution level stays direct (autoTile), docs/performance.md), direct elsewhere (cuDNN, DirectML and CoreML choose Winograd or
  *   implicit GEMM kernels themselves).
  * - 'winograd': the rewrite on every provider (it uses standard ONNX ops only).
  * - 'direct': the model's convolutions as exported.
@@ -122,6 +122,6 @@ export async function winogradRewrite(model: ModelProto, cacheDir: string, opts:
  * onnxruntime has nothing big to fold when it loads the variant.
  */
 export function getWinogradModel(modelPath: string, cacheDir: string, opts: WinogradOptions = {}): Promise<RewrittenModel> {
-  const keyOptions = { v: 2, tile: opts.tile ?? 'auto', minChannels: opts.minChannels ?? null };
+  const keyOptions = { v: 3, tile: opts.tile ?? 'auto', minChannels: opts.minChannels ?? null };
   return getRewrittenModel(modelPath, cacheDir, 'winograd', keyOptions, (m) => winogradRewrite(m, cacheDir, opts));
 }

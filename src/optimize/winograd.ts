@@ -163,9 +163,19 @@ export function winogradU(w: Float32Array, K: number, C: number, m: WinogradTile
 /**
  * The tile 'auto' gives a convolution at `stride` (its feature map is the image input's size
  * divided by this; undefined when unknown). Undefined result: leave it direct.
+ *
+ * - Maps upsampled 8× or more from the input (a VAE decoder's image-resolution level) stay
+ *   direct: their tile tensors (2.25× a 128–256-channel full-size map, twice) dominate the
+ *   decode's memory, and a pipeline decodes once per run, so that memory is fresh, and on the
+ *   machines measured first-touching it cost more than the smaller GEMMs saved (SD 1.5's decoder
+ *   at 1024²: 52 s and 7.8 GB with this level direct, 62 s and 14.7 GB without;
+ *   docs/performance.md, section 5).
+ * - Input resolution to ¼ of it: m = 4. ⅛: m = 2 (m = 4's U is 4× the 1280-channel weights,
+ *   for few tiles). Smaller maps stay direct: too few tiles per weight read.
  */
 export function autoTile(stride: number | undefined): WinogradTile | undefined {
   if (stride === undefined) return 2;
+  if (stride < 0.25) return undefined;
   if (stride <= 2) return 4;
   if (stride <= 4) return 2;
   return undefined;
@@ -282,7 +292,8 @@ export function winogradConvs(model: ModelProto, opts: WinogradOptions = {}): Wi
     const { K, C } = e;
     const m = opts.tile === undefined || opts.tile === 'auto' ? autoTile(strides.get(conv.input[0]!)) : opts.tile;
     if (m === undefined) {
-      result.skipped.push(`${label}: feature map too small for its weights (stride ${strides.get(conv.input[0]!)})`);
+      const s = strides.get(conv.input[0]!)!;
+      result.skipped.push(`${label}: ${s < 1 ? `feature map ${1 / s}× the input: its tile tensors would cost more memory than they save time` : `feature map too small for its weights (stride ${s})`}`);
       continue;
     }
     const { BT, G, AT } = TRANSFORMS[m];
