@@ -170,8 +170,9 @@ export function winogradU(w: Float32Array, K: number, C: number, m: WinogradTile
  *   machines measured first-touching it cost more than the smaller GEMMs saved (SD 1.5's decoder
  *   at 1024²: 52 s and 7.8 GB with this level direct, 62 s and 14.7 GB without;
  *   docs/performance.md, section 5).
- * - Input resolution to ¼ of it: m = 4. ⅛: m = 2 (m = 4's U is 4× the 1280-channel weights,
- *   for few tiles). Smaller maps stay direct: too few tiles per weight read.
+ * - From 4× the input down to ½ of it: m = 4. ¼ of it: m = 2 (m = 4's U is 4× the
+ *   1280-channel weights, for few tiles). Smaller maps stay direct: too few tiles per weight
+ *   read.
  */
 export function autoTile(stride: number | undefined): WinogradTile | undefined {
   if (stride === undefined) return 2;
