@@ -343,7 +343,10 @@ test("tiny-sd1's VAE decoder through getWinogradModel (inline weights, unaligned
     assert.ok(r.rewritten);
     const m = decodeModel(readFileSync(r.path));
     const us = m.graph!.initializer.filter((t) => /winograd_U4$/.test(t.name ?? ''));
-    assert.equal(us.length, r.count);
+    // the image level's upsampler convolution, left direct by Winograd, in polyphase form
+    const poly = m.graph!.node.filter((n) => n.opType === 'DepthToSpace' && /polyphase/.test(n.name ?? ''));
+    assert.equal(poly.length, 1);
+    assert.equal(us.length + poly.length, r.count);
     assert.ok(us.every((t) => t.externalData?.some((e) => e.key === 'location' && e.value === WINOGRAD_WEIGHTS_FILE)));
     const feeds = { latent_sample: new ort.Tensor('float32', xorshiftFill(4 * 16 * 12, 8), [1, 4, 16, 12]) };
     const session = await ort.InferenceSession.create(r.path, { intraOpNumThreads: 1 });

@@ -23,6 +23,7 @@ import { tensorFloats } from '../onnx/tensor.js';
 import { DataLocation, type ModelProto, type TensorProto } from '../onnx/types.js';
 import type { ConvMode } from '../pipeline/types.js';
 import { getRewrittenModel, type RewriteCount, type RewrittenModel } from './fused-model.js';
+import { polyphaseUpsampleConvs } from './polyphase.js';
 import { winogradConvs, winogradU, type WinogradFold, type WinogradOptions, type WinogradResult } from './winograd.js';
 
 /**
@@ -106,13 +107,25 @@ export async function writeWinogradWeights(folds: readonly WinogradFold[], dir: 
  * The Winograd rewrite as sdgen runs it, on a model loaded with its external data left lazy: U
  * as initializers, computed into the model's shared weights file under
  * `<cacheDir>/winograd/weights/` (writeWinogradWeights); `files` names that file for
- * writeModelLinkingWeights.
+ * writeModelLinkingWeights. Upsampler convolutions the Winograd form leaves direct (a VAE
+ * decoder's image level) then take the polyphase form (src/optimize/polyphase.ts). `count`
+ * counts both; `polyphase` the latter.
  */
-export async function winogradRewrite(model: ModelProto, cacheDir: string, opts: WinogradOptions = {}): Promise<WinogradResult & RewriteCount> {
+export async function winogradRewrite(model: ModelProto, cacheDir: string, opts: WinogradOptions = {}): Promise<WinogradResult & RewriteCount & { polyphase: number }> {
   const r = winogradConvs(model, { ...opts, weights: 'initializer' });
-  if (r.count === 0) return r;
+  const p = polyphaseUpsampleConvs(model);
+  const poly = new Set(p.convs);
+  const both = {
+    ...r,
+    count: r.count + p.count,
+    polyphase: p.count,
+    skipped: r.skipped.filter((s) => !poly.has(s.slice(0, s.indexOf(': ')))),
+    // the four 2×2 kernels are 16/9 of the 3×3 weight once onnxruntime has folded them
+    extraWeightBytes: r.extraWeightBytes + p.extraWeightBytes,
+  };
+  if (r.count === 0) return both;
   const file = await writeWinogradWeights(r.folds, path.join(cacheDir, 'winograd', 'weights'));
-  return { ...r, files: { [WINOGRAD_WEIGHTS_FILE]: file } };
+  return { ...both, files: { [WINOGRAD_WEIGHTS_FILE]: file } };
 }
 
 /**
@@ -122,6 +135,6 @@ export async function winogradRewrite(model: ModelProto, cacheDir: string, opts:
  * onnxruntime has nothing big to fold when it loads the variant.
  */
 export function getWinogradModel(modelPath: string, cacheDir: string, opts: WinogradOptions = {}): Promise<RewrittenModel> {
-  const keyOptions = { v: 3, tile: opts.tile ?? 'auto', minChannels: opts.minChannels ?? null };
+  const keyOptions = { v: 4, tile: opts.tile ?? 'auto', minChannels: opts.minChannels ?? null };
   return getRewrittenModel(modelPath, cacheDir, 'winograd', keyOptions, (m) => winogradRewrite(m, cacheDir, opts));
 }

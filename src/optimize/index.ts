@@ -19,6 +19,8 @@ export { getFusedModel, getRewrittenModel, writeModelLinkingWeights, externalLoc
 export type { FusedModel, FusedModelOptions, RewrittenModel, RewriteCount } from './fused-model.js';
 export { winogradConvs, winogradTransforms, winogradU, autoTile, spatialStrides } from './winograd.js';
 export type { WinogradOptions, WinogradResult, WinogradTile, WinogradFold } from './winograd.js';
+export { polyphaseUpsampleConvs } from './polyphase.js';
+export type { PolyphaseResult } from './polyphase.js';
 export { getWinogradModel, useWinograd, winogradRewrite, writeWinogradWeights, WINOGRAD_WEIGHTS_FILE } from './conv-mode.js';
 export { cacheMaxBytes, entriesToEvict, pruneCacheDir, touchEntry, DEFAULT_CACHE_MAX_GB } from './cache-prune.js';
 export type { CacheEntryInfo, PruneResult } from './cache-prune.js';

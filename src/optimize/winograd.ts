@@ -186,7 +186,7 @@ const attr = (name: string, ints: number[]): AttributeProto => ({ name, type: At
 const attrI = (name: string, i: number): AttributeProto => ({ name, type: AttributeType.INT, i });
 
 /** The constant float values of a tensor name (initializer or Constant node), if small and known. */
-function constFloats(idx: GraphIndex, name: string): number[] | undefined {
+export function constFloats(idx: GraphIndex, name: string): number[] | undefined {
   const init = idx.initializer(name);
   let t: TensorProto | undefined = init;
   if (!t) {
@@ -231,8 +231,11 @@ export function spatialStrides(idx: GraphIndex): Map<string, number | undefined>
   return stride;
 }
 
-/** Why a Conv node cannot be rewritten (undefined: it can), with its weight's dims. */
-function ineligible(idx: GraphIndex, n: NodeProto, minChannels: number): { reason?: string; K: number; C: number } {
+/**
+ * Why a Conv node is not a plain 3×3 convolution (stride 1, padding 1, one group, constant float32
+ * weight and bias, at least `minChannels` in and out; undefined: it is one), with its weight's dims.
+ */
+export function ineligible(idx: GraphIndex, n: NodeProto, minChannels: number): { reason?: string; K: number; C: number } {
   const w = idx.initializer(n.input[1] ?? '');
   const none = { K: 0, C: 0 };
   if (!w) return { reason: 'weight is not a constant', ...none };
