@@ -4,8 +4,9 @@
  *
  * - 'auto': Winograd on the CPU provider of a machine with at least 12 GiB of memory (see
  *   WINOGRAD_MIN_MEMORY; onnxruntime's CPU convolutions are direct NCHWc
- *   kernels; the rewrite measured 1.3× per SD 1.5 UNet call and 1.3–1.45× per VAE decode on
- *   x86, whose image-resolution level stays direct (autoTile), docs/performance.md), direct
+ *   kernels; the rewrite measured 1.3× per SD 1.5 UNet call and about 1.6× per VAE decode on
+ *   x86, whose image-resolution level stays direct (autoTile) but for its upsampler
+ *   convolution's polyphase form; docs/performance.md), direct
  *   elsewhere (cuDNN, DirectML and CoreML choose Winograd or implicit GEMM kernels themselves).
  * - 'winograd': the rewrite on every provider (it uses standard ONNX ops only).
  * - 'direct': the model's convolutions as exported.

@@ -41,7 +41,9 @@
  * where the feature map is large (stride ≤ 2 of the latent: 1.9–2.7× per convolution);
  * at stride 4 (16² at 512²) the 1280-channel weights make m = 4's U 4× the weight for little
  * extra gain, so m = 2; at stride ≥ 8 (8² at 512²) there are too few tiles per weight and the
- * convolution is left alone. An unknown stride gets m = 2.
+ * convolution is left alone, as it is on maps 8× the input or larger (a VAE decoder's image
+ * level, whose tile tensors would cost more in memory than they save; its upsampler convolution
+ * takes the polyphase form instead, src/optimize/polyphase.ts). An unknown stride gets m = 2.
  */
 import { getAttr, subgraphsOf } from '../onnx/attributes.js';
 import { GraphIndex, NameAllocator, replaceNodes } from '../onnx/graph.js';
