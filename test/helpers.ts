@@ -2,6 +2,9 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
+import ort from 'onnxruntime-node';
+import { encodeModel } from '../src/onnx/proto.js';
+import type { ModelProto } from '../src/onnx/types.js';
 
 export { generationParams } from '../src/pipeline/params.js';
 
@@ -39,4 +42,15 @@ export function spawnCli(nodeArgs: string[], args: string[], opts: { cwd: string
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('close', (status) => resolve({ status, stdout, stderr }));
   });
+}
+
+/** Runs a model (proto or encoded bytes) once on one thread and returns its first output. */
+export async function runFeeds(m: ModelProto | Uint8Array, feeds: Record<string, ort.Tensor>): Promise<Float32Array> {
+  const s = await ort.InferenceSession.create(m instanceof Uint8Array ? m : encodeModel(m), { graphOptimizationLevel: 'all', intraOpNumThreads: 1 });
+  try {
+    const out = await s.run(feeds);
+    return out[s.outputNames[0]!]!.data as Float32Array;
+  } finally {
+    await s.release();
+  }
 }

@@ -15,7 +15,7 @@ import { attrInts } from '../src/onnx/attributes.js';
 import { floatTensor } from '../src/onnx/tensor.js';
 import { AttributeType, type AttributeProto, type ModelProto, type NodeProto } from '../src/onnx/types.js';
 import { polyphaseUpsampleConvs } from '../src/optimize/index.js';
-import { maxAbsDiff } from './helpers.js';
+import { maxAbsDiff, runFeeds as run } from './helpers.js';
 
 const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
 const fx = (p: string): string => new URL(p, FIXTURES).pathname;
@@ -48,16 +48,6 @@ function upConvModel(c: number, k: number, bias: boolean, opts: { upsample?: 're
     producerName: 'test',
     graph: { name: 'upconv', node: nodes, initializer: init, input: [vi('x', c)], output: outputs, valueInfo: [] },
   };
-}
-
-async function run(m: ModelProto | Uint8Array, feeds: Record<string, ort.Tensor>): Promise<Float32Array> {
-  const s = await ort.InferenceSession.create(m instanceof Uint8Array ? m : encodeModel(m), { graphOptimizationLevel: 'all', intraOpNumThreads: 1 });
-  try {
-    const out = await s.run(feeds);
-    return out[s.outputNames[0]!]!.data as Float32Array;
-  } finally {
-    await s.release();
-  }
 }
 
 test('Conv3×3(2× nearest upsample) in polyphase form equals the original (odd sizes, bias or not, Resize and Upsample)', async () => {

@@ -19,7 +19,7 @@ import type { ModelProto, NodeProto } from '../src/onnx/types.js';
 import { autoTile, getWinogradModel, spatialStrides, useWinograd, winogradConvs, winogradTransforms, winogradU } from '../src/optimize/index.js';
 import { WINOGRAD_WEIGHTS_FILE } from '../src/optimize/conv-mode.js';
 import { saveModel } from '../src/onnx/model-io.js';
-import { maxAbsDiff } from './helpers.js';
+import { maxAbsDiff, runFeeds } from './helpers.js';
 
 const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
 const fx = (p: string): string => new URL(p, FIXTURES).pathname;
@@ -185,16 +185,6 @@ function unetFeeds(b: number, h: number, w: number): Record<string, ort.Tensor> 
     timestep: new ort.Tensor('float32', Float32Array.from({ length: b }, (_, i) => 981 - 250 * i), [b]),
     encoder_hidden_states: new ort.Tensor('float32', xorshiftFill(b * 77 * 32, 4), [b, 77, 32]),
   };
-}
-
-async function runFeeds(m: ModelProto | Uint8Array, feeds: Record<string, ort.Tensor>): Promise<Float32Array> {
-  const s = await ort.InferenceSession.create(m instanceof Uint8Array ? m : encodeModel(m), { graphOptimizationLevel: 'all', intraOpNumThreads: 1 });
-  try {
-    const out = await s.run(feeds);
-    return out[s.outputNames[0]!]!.data as Float32Array;
-  } finally {
-    await s.release();
-  }
 }
 
 test('the torch-exported UNet in Winograd form matches the export (≤ 1e-4), at sizes the tiles do not divide', async () => {
