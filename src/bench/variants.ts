@@ -87,7 +87,8 @@ export async function prepareVariant(unetPath: string, v: Variant, cacheDir: str
   if (v.conv === 'winograd') {
     // as sdgen runs it (getWinogradModel): U computed into the model's shared weights file
     const r = await winogradRewrite(model, cacheDir);
-    convs = r.count;
+    convs = r.count - r.polyphase;
+    if (r.polyphase > 0) log(`  variant ${variantLabel(v)}: ${r.polyphase} upsampler convolutions in polyphase form`);
     extraWeightBytes = r.extraWeightBytes;
     files = r.files ?? {};
   }
