@@ -50,17 +50,23 @@ function upConvModel(c: number, k: number, bias: boolean, opts: { upsample?: 're
   };
 }
 
+const halfPixel = [str('coordinate_transformation_mode', 'half_pixel'), str('mode', 'nearest')];
+
 test('Conv3×3(2× nearest upsample) in polyphase form equals the original (odd sizes, bias or not, Resize and Upsample)', async () => {
-  for (const [c, k, n, h, w, bias, upsample] of [
-    [8, 16, 1, 8, 8, true, 'resize'],
-    [16, 8, 2, 7, 10, false, 'resize'],
-    [5, 3, 1, 1, 1, true, 'resize'],
-    [12, 12, 1, 5, 3, true, 'upsample'],
+  for (const [c, k, n, h, w, bias, upsample, resizeAttrs] of [
+    [8, 16, 1, 8, 8, true, 'resize', undefined],
+    [16, 8, 2, 7, 10, false, 'resize', undefined],
+    [5, 3, 1, 1, 1, true, 'resize', undefined],
+    [12, 12, 1, 5, 3, true, 'upsample', undefined],
+    // half_pixel with rounding to nearest picks the same source pixels
+    [6, 10, 1, 6, 5, true, 'resize', halfPixel],
+    [6, 10, 1, 6, 5, true, 'resize', [str('mode', 'nearest'), str('nearest_mode', 'round_prefer_ceil')]],
   ] as const) {
+    const opts = { upsample, ...(resizeAttrs ? { resizeAttrs: [...resizeAttrs] } : {}) };
     const feeds = { x: new ort.Tensor('float32', xorshiftFill(n * c * h * w, c + h * 31 + w), [n, c, h, w]) };
-    const ref = await run(upConvModel(c, k, bias, { upsample }), feeds);
+    const ref = await run(upConvModel(c, k, bias, opts), feeds);
     assert.equal(ref.length, n * k * 4 * h * w);
-    const m = upConvModel(c, k, bias, { upsample });
+    const m = upConvModel(c, k, bias, opts);
     const r = polyphaseUpsampleConvs(m);
     assert.equal(r.count, 1);
     assert.deepEqual(r.convs, ['/up/conv/Conv']);
@@ -74,10 +80,11 @@ test('Conv3×3(2× nearest upsample) in polyphase form equals the original (odd 
   }
 });
 
-test('polyphase leaves alone: other scales, half-pixel or rounding-up resizes, an upsample used twice, unselected convolutions', () => {
+test('polyphase leaves alone: other scales, resizes that pick other source pixels, an upsample used twice, unselected convolutions', () => {
   const cases: [string, ModelProto, ((n: NodeProto) => boolean)?][] = [
     ['scale 3', upConvModel(4, 4, true, { scale: 3 })],
-    ['half_pixel', upConvModel(4, 4, true, { resizeAttrs: [str('coordinate_transformation_mode', 'half_pixel'), str('mode', 'nearest')] })],
+    ['half_pixel (the opset-11 default) with floor', upConvModel(4, 4, true, { resizeAttrs: [str('mode', 'nearest'), str('nearest_mode', 'floor')] })],
+    ['align_corners', upConvModel(4, 4, true, { resizeAttrs: [str('coordinate_transformation_mode', 'align_corners'), str('mode', 'nearest')] })],
     ['round_prefer_ceil', upConvModel(4, 4, true, { resizeAttrs: [str('coordinate_transformation_mode', 'asymmetric'), str('mode', 'nearest'), str('nearest_mode', 'round_prefer_ceil')] })],
     ['linear', upConvModel(4, 4, true, { resizeAttrs: [str('coordinate_transformation_mode', 'asymmetric'), str('mode', 'linear')] })],
     ['upsample used twice', upConvModel(4, 4, true, { extraUse: true })],

@@ -44,18 +44,24 @@ const text = (n: NodeProto, name: string, dflt: string): string => {
 
 /**
  * Whether `n` upsamples 2× by nearest neighbour, each output pixel (y, x) taking source pixel
- * (⌊y/2⌋, ⌊x/2⌋): Upsample, or Resize with asymmetric coordinates and floor-like rounding
- * (torch's `interpolate(scale_factor=2, mode='nearest')` exports as Resize asymmetric/floor).
+ * (⌊y/2⌋, ⌊x/2⌋): Upsample, or a Resize whose coordinates and rounding give that (torch's
+ * `interpolate(scale_factor=2, mode='nearest')` exports as Resize asymmetric/floor).
+ * - asymmetric: the source coordinate is y/2, i or i + ½; floor and round_prefer_floor give i.
+ * - half_pixel (the default from opset 11) and pytorch_half_pixel: (y + ½)/2 − ½ is i ∓ ¼, so
+ *   any rounding to nearest gives i, but floor and ceil do not.
  */
-function isNearest2x(idx: GraphIndex, n: NodeProto): boolean {
+function isNearest2x(idx: GraphIndex, n: NodeProto, opset: number): boolean {
   if (n.opType !== 'Resize' && n.opType !== 'Upsample') return false;
   if (text(n, 'mode', 'nearest') !== 'nearest') return false;
   if (n.opType === 'Resize') {
     if (n.input.length > 3 && n.input[3]) return false; // sizes: the scale is not a constant here
-    // opset 10 has neither attribute (asymmetric, and its rounding picks the floor for 2×)
-    if (text(n, 'coordinate_transformation_mode', 'asymmetric') !== 'asymmetric') return false;
+    // opset 10 has neither attribute: asymmetric, rounding as round_prefer_floor
+    const ctm = text(n, 'coordinate_transformation_mode', opset >= 11 ? 'half_pixel' : 'asymmetric');
     const mode = text(n, 'nearest_mode', 'round_prefer_floor');
-    if (mode !== 'floor' && mode !== 'round_prefer_floor') return false;
+    const ok = ctm === 'asymmetric'
+      ? mode === 'floor' || mode === 'round_prefer_floor'
+      : (ctm === 'half_pixel' || ctm === 'pytorch_half_pixel') && (mode === 'round_prefer_floor' || mode === 'round_prefer_ceil');
+    if (!ok) return false;
   }
   const at = n.opType === 'Resize' && n.input.length > 2 ? 2 : 1;
   const scales = n.input[at] ? constFloats(idx, n.input[at]!) : (getAttr(n, 'scales')?.floats?.map(Number) ?? undefined);
@@ -72,6 +78,7 @@ export function polyphaseUpsampleConvs(model: ModelProto, select: (conv: NodePro
   const graph = model.graph;
   if (!graph) return result;
   const idx = new GraphIndex(graph);
+  const opset = Number(model.opsetImport?.find((o) => o.domain === '' || o.domain === 'ai.onnx')?.version ?? 1);
   const names = new NameAllocator(graph);
   // R_a ([2, 3]) and R_bᵀ ([3, 2]), added with the first rewrite
   let rows: { r: [string, string]; rt: [string, string] } | undefined;
@@ -79,7 +86,7 @@ export function polyphaseUpsampleConvs(model: ModelProto, select: (conv: NodePro
     const e = ineligible(idx, conv, 1);
     if (!select(conv) || e.reason !== undefined) continue;
     const up = idx.producer(conv.input[0]!);
-    if (!up || !isNearest2x(idx, up) || idx.isGraphOutput(up.output[0]!) || idx.consumers(up.output[0]!).length !== 1) continue;
+    if (!up || !isNearest2x(idx, up, opset) || idx.isGraphOutput(up.output[0]!) || idx.consumers(up.output[0]!).length !== 1) continue;
     if (rows === undefined) {
       rows = { r: [names.alloc('polyphase/R0'), names.alloc('polyphase/R1')], rt: [names.alloc('polyphase/R0T'), names.alloc('polyphase/R1T')] };
       graph.initializer.push(
