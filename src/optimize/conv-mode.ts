@@ -136,6 +136,6 @@ export async function winogradRewrite(model: ModelProto, cacheDir: string, opts:
  * onnxruntime has nothing big to fold when it loads the variant.
  */
 export function getWinogradModel(modelPath: string, cacheDir: string, opts: WinogradOptions = {}): Promise<RewrittenModel> {
-  const keyOptions = { v: 4, tile: opts.tile ?? 'auto', minChannels: opts.minChannels ?? null };
+  const keyOptions = { v: 5, tile: opts.tile ?? 'auto', minChannels: opts.minChannels ?? null };
   return getRewrittenModel(modelPath, cacheDir, 'winograd', keyOptions, (m) => winogradRewrite(m, cacheDir, opts));
 }
