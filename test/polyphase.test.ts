@@ -11,15 +11,14 @@ import ort from 'onnxruntime-node';
 import { xorshiftFill } from '../src/bench/inputs.js';
 import { decodeModel, encodeModel } from '../src/onnx/proto.js';
 import { checkGraph } from '../src/onnx/graph.js';
-import { attrInts } from '../src/onnx/attributes.js';
+import { attrInts, attrString as str } from '../src/onnx/attributes.js';
 import { floatTensor } from '../src/onnx/tensor.js';
-import { AttributeType, type AttributeProto, type ModelProto, type NodeProto } from '../src/onnx/types.js';
+import type { AttributeProto, ModelProto, NodeProto } from '../src/onnx/types.js';
 import { polyphaseUpsampleConvs } from '../src/optimize/index.js';
 import { maxAbsDiff, runFeeds as run } from './helpers.js';
 
 const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
 const fx = (p: string): string => new URL(p, FIXTURES).pathname;
-const str = (name: string, s: string): AttributeProto => ({ name, type: AttributeType.STRING, s: new TextEncoder().encode(s) });
 
 /** x → upsample 2× (Resize as torch exports it, or opset-9 Upsample) → Conv 3×3 pad 1 → y. */
 function upConvModel(c: number, k: number, bias: boolean, opts: { upsample?: 'resize' | 'upsample'; scale?: number; resizeAttrs?: AttributeProto[]; extraUse?: boolean } = {}): ModelProto {

@@ -115,12 +115,12 @@ export async function writeWinogradWeights(folds: readonly WinogradFold[], dir: 
 export async function winogradRewrite(model: ModelProto, cacheDir: string, opts: WinogradOptions = {}): Promise<WinogradResult & RewriteCount & { polyphase: number }> {
   const r = winogradConvs(model, { ...opts, weights: 'initializer' });
   const p = polyphaseUpsampleConvs(model);
-  const poly = new Set(p.convs);
   const both = {
     ...r,
     count: r.count + p.count,
     polyphase: p.count,
-    skipped: r.skipped.filter((s) => !poly.has(s.slice(0, s.indexOf(': ')))),
+    // Winograd's reasons start with the convolution's label, the name polyphase lists
+    skipped: r.skipped.filter((s) => !p.convs.some((c) => s.startsWith(`${c}: `))),
     // the four 2×2 kernels are 16/9 of the 3×3 weight once onnxruntime has folded them
     extraWeightBytes: r.extraWeightBytes + p.extraWeightBytes,
   };

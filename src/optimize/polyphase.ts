@@ -22,10 +22,10 @@
  * too large (a VAE decoder's image-resolution upsampler, src/optimize/winograd.ts autoTile):
  * where Winograd applies it does better (9·K·C per source pixel at m = 4).
  */
-import { getAttr } from '../onnx/attributes.js';
+import { attrInt, attrInts, getFloats, getString } from '../onnx/attributes.js';
 import { GraphIndex, NameAllocator, replaceNodes } from '../onnx/graph.js';
 import { floatTensor } from '../onnx/tensor.js';
-import { AttributeType, type AttributeProto, type ModelProto, type NodeProto } from '../onnx/types.js';
+import type { AttributeProto, ModelProto, NodeProto } from '../onnx/types.js';
 import { constFloats, ineligible } from './winograd.js';
 
 export interface PolyphaseResult {
@@ -37,11 +37,6 @@ export interface PolyphaseResult {
   extraWeightBytes: number;
 }
 
-const text = (n: NodeProto, name: string, dflt: string): string => {
-  const s = getAttr(n, name)?.s;
-  return s && s.length > 0 ? new TextDecoder().decode(s) : dflt;
-};
-
 /**
  * Whether `n` upsamples 2× by nearest neighbour, each output pixel (y, x) taking source pixel
  * (⌊y/2⌋, ⌊x/2⌋): Upsample, or a Resize whose coordinates and rounding give that (torch's
@@ -52,20 +47,21 @@ const text = (n: NodeProto, name: string, dflt: string): string => {
  */
 function isNearest2x(idx: GraphIndex, n: NodeProto, opset: number): boolean {
   if (n.opType !== 'Resize' && n.opType !== 'Upsample') return false;
-  if (text(n, 'mode', 'nearest') !== 'nearest') return false;
+  if (getString(n, 'mode', 'nearest') !== 'nearest') return false;
   if (n.opType === 'Resize') {
     if (n.input.length > 3 && n.input[3]) return false; // sizes: the scale is not a constant here
     // opset 10 has neither attribute: asymmetric, rounding as round_prefer_floor
-    const ctm = text(n, 'coordinate_transformation_mode', opset >= 11 ? 'half_pixel' : 'asymmetric');
-    const mode = text(n, 'nearest_mode', 'round_prefer_floor');
+    const ctm = getString(n, 'coordinate_transformation_mode', opset >= 11 ? 'half_pixel' : 'asymmetric');
+    const mode = getString(n, 'nearest_mode', 'round_prefer_floor');
     const ok = ctm === 'asymmetric'
       ? mode === 'floor' || mode === 'round_prefer_floor'
       : (ctm === 'half_pixel' || ctm === 'pytorch_half_pixel') && (mode === 'round_prefer_floor' || mode === 'round_prefer_ceil');
     if (!ok) return false;
   }
   const at = n.opType === 'Resize' && n.input.length > 2 ? 2 : 1;
-  const scales = n.input[at] ? constFloats(idx, n.input[at]!) : (getAttr(n, 'scales')?.floats?.map(Number) ?? undefined);
-  return scales !== undefined && scales.length === 4 && scales[0] === 1 && scales[1] === 1 && scales[2] === 2 && scales[3] === 2;
+  // Upsample-7 has its scales as an attribute
+  const scales = n.input[at] ? constFloats(idx, n.input[at]!) : getFloats(n, 'scales', []);
+  return scales?.length === 4 && scales[0] === 1 && scales[1] === 1 && scales[2] === 2 && scales[3] === 2;
 }
 
 /**
@@ -103,7 +99,6 @@ export function polyphaseUpsampleConvs(model: ModelProto, select: (conv: NodePro
       newNodes.push({ name: v(opType), opType, domain: '', input, output: [out], attribute });
       return out;
     };
-    const ints = (name: string, values: number[]): AttributeProto => ({ name, type: AttributeType.INTS, ints: values });
     const x = up.input[0]!;
     const w = conv.input[1]!;
     const bias = conv.input[2] ? [conv.input[2]] : [];
@@ -112,11 +107,11 @@ export function polyphaseUpsampleConvs(model: ModelProto, select: (conv: NodePro
       const wa = node('MatMul', [rows.r[a]!, w]);
       for (const b of [0, 1]) {
         const k = node('MatMul', [wa, rows.rt[b]!]);
-        phases.push(node('Conv', [x, k, ...bias], [ints('kernel_shape', [2, 2]), ints('pads', [1 - a, 1 - b, a, b])]));
+        phases.push(node('Conv', [x, k, ...bias], [attrInts('kernel_shape', [2, 2]), attrInts('pads', [1 - a, 1 - b, a, b])]));
       }
     }
-    const cat = node('Concat', phases, [{ name: 'axis', type: AttributeType.INT, i: 1 }]);
-    node('DepthToSpace', [cat], [{ name: 'blocksize', type: AttributeType.INT, i: 2 }], conv.output[0]!);
+    const cat = node('Concat', phases, [attrInt('axis', 1)]);
+    node('DepthToSpace', [cat], [attrInt('blocksize', 2)], conv.output[0]!);
     replaceNodes(graph, [up, conv], newNodes);
     result.count++;
     result.convs.push(conv.name || conv.output[0]!);
