@@ -222,6 +222,49 @@ describe('merge subgraph properties', () => {
     // destination = bottom-right token of each 2×2 cell: (2i+1)·8 + 2j+1
     assert.deepEqual(nums(a.b_idx!), [9, 11, 13, 15, 25, 27, 29, 31, 41, 43, 45, 47]);
   });
+
+  test('merging on two threads sums every source, identically from run to run (many sources per destination)', async () => {
+    // 64×64 tokens, 320 channels, sx = sy = 2, ratio 0.5: 2048 sources into 1024 destinations.
+    // A two-dimensional metric makes many sources pick the same destination, the case in which
+    // onnxruntime's multi-threaded ScatterND added one destination's updates concurrently.
+    const [h, w, Cm, C] = [64, 64, 2, 320];
+    const N = h * w;
+    const model = buildMergeModel(new NameAllocator(), { ratio: 0.5, sx: 2, sy: 2, maxDownsample: 1, useRand: false });
+    const s = await ort.InferenceSession.create(encodeModel(model), { intraOpNumThreads: 2, interOpNumThreads: 1 });
+    const x = noise(N * C, 12);
+    const feeds = {
+      metric: new ort.Tensor('float32', noise(N * Cm, 11), [1, N, Cm]),
+      x: new ort.Tensor('float32', x, [1, N, C]),
+      grid: new ort.Tensor('int64', BigInt64Array.from([BigInt(h), BigInt(w)]), [2]),
+    };
+    const first = await s.run(feeds);
+    const merged = first.merged!.data as Float32Array;
+    const [aIdx, bIdx, unm, src, dst] = ['a_idx', 'b_idx', 'unm_idx', 'src_idx', 'dst_idx'].map((k) => nums(first[k]!));
+    assert.equal(src!.length, 2048);
+    const perDst = new Map<number, number>();
+    for (const d of dst!) perDst.set(d, (perDst.get(d) ?? 0) + 1);
+    assert.ok(Math.max(...perDst.values()) >= 4, 'several sources share a destination');
+    // float64 reference from the plan's own indices: unmerged sources, then destination means
+    const nd = bIdx!.length;
+    const sum = new Float64Array(nd * C);
+    const count = new Float64Array(nd).fill(1);
+    for (let d = 0; d < nd; d++) for (let c = 0; c < C; c++) sum[d * C + c] = x[bIdx![d]! * C + c]!;
+    src!.forEach((si, i) => {
+      const d = dst![i]!;
+      count[d]!++;
+      for (let c = 0; c < C; c++) sum[d * C + c]! += x[aIdx![si]! * C + c]!;
+    });
+    let err = 0;
+    unm!.forEach((ui, j) => {
+      for (let c = 0; c < C; c++) err = Math.max(err, Math.abs(merged[j * C + c]! - x[aIdx![ui]! * C + c]!));
+    });
+    for (let d = 0; d < nd; d++) for (let c = 0; c < C; c++) err = Math.max(err, Math.abs(merged[(unm!.length + d) * C + c]! - sum[d * C + c]! / count[d]!));
+    assert.ok(err <= 1e-5, `max abs error ${err}`);
+    for (let k = 0; k < 6; k++) {
+      const again = (await s.run(feeds)).merged!.data as Float32Array;
+      assert.ok(again.every((v, i) => v === merged[i]), `run ${k + 2} differs from the first`);
+    }
+  });
 });
 
 // -------------------------------------------------------------------------------------------

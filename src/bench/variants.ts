@@ -13,6 +13,7 @@ import { loadModel, modelFileIdentity } from '../onnx/model-io.js';
 import { fuseAttention } from '../optimize/fuse-attention.js';
 import { externalLocations, writeModelLinkingWeights } from '../optimize/fused-model.js';
 import { applyToMe } from '../tome/index.js';
+import { TOME_GRAPH_VERSION } from '../models/tome-cache.js';
 import { DEFAULT_TOME, type ToMeOptions } from '../tome/types.js';
 import { SDGEN_VERSION } from '../version.js';
 import type { BenchAttention, BenchConv } from './types.js';
@@ -57,7 +58,7 @@ export async function prepareVariant(unetPath: string, v: Variant, cacheDir: str
   const weightsBytes = await modelBytes(unetPath);
   if (v.ratio === 0 && v.attention === 'standard' && v.conv === 'direct') return { ...v, path: unetPath, fused: 0, tomeBlocks: 0, weightsBytes, convs: 0 };
   const id = createHash('sha256')
-    .update(`${await modelFileIdentity(unetPath)}|${SDGEN_VERSION}|${variantLabel(v)}|U in a weights file`)
+    .update(`${await modelFileIdentity(unetPath)}|${SDGEN_VERSION}|${variantLabel(v)}|U in a weights file|ToMe graph ${TOME_GRAPH_VERSION}`)
     .digest('hex')
     .slice(0, 20);
   const dir = path.join(cacheDir, 'bench-variants', `${id}-${variantLabel(v)}`);

@@ -42,9 +42,15 @@ export function graphOptions(o: ToMeOptions): Record<string, number | boolean> {
   };
 }
 
-/** Cache key: source identity + graph options + sdgen version. */
+/**
+ * Bumped whenever the rewrite's graph changes within one sdgen version (2: merges sum with
+ * ScatterElements instead of ScatterND, for run-to-run identical results).
+ */
+export const TOME_GRAPH_VERSION = 2;
+
+/** Cache key: source identity + graph options + sdgen version + the rewrite's graph version. */
 export function tomeCacheKey(identity: string, o: ToMeOptions, version = SDGEN_VERSION): string {
-  return createHash('sha256').update(JSON.stringify({ identity, tome: graphOptions(o), version })).digest('hex').slice(0, 32);
+  return createHash('sha256').update(JSON.stringify({ identity, tome: graphOptions(o), version, graph: TOME_GRAPH_VERSION })).digest('hex').slice(0, 32);
 }
 
 /**

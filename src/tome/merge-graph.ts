@@ -48,8 +48,8 @@ export interface MergePlan {
   bIdx: string;
   /** [B, r]: rows of x (as [B·N, C]) merged into destinations. */
   srcRows: string;
-  /** [B, r, 1]: row of each merged source in the destinations viewed as [B·nd, C]. */
-  scatIdx: string;
+  /** [B, r, 1]: the destination (0 … nd−1) each merged source goes to, per batch item. */
+  dstCol: string;
   /** [B, nd, 1] float32: 1 + number of sources merged into each destination. */
   counts: string;
   /** [B, N]: for each output token, its row in the merged tensor viewed as [B·(N−r), C]. */
@@ -163,12 +163,15 @@ export function emitBlockPlan(e: Emitter, metric: string, metricType: DataType, 
     const bRange = t.unsqueeze(range(B), [1]); // [B,1]
     const unmRows = t.op('Add', [unmTok, t.op('Mul', [bRange, N])]);
     const srcRows = t.op('Add', [srcTok, t.op('Mul', [bRange, N])]);
-    const scatIdx = t.unsqueeze(t.op('Add', [dstIdx, t.op('Mul', [bRange, nd])]), [2]);
-    // counts = 1 + number of sources merged into each destination.
-    const cnt0 = t.filled(t.unsqueeze(t.op('Mul', [B, nd]), [0]), DataType.FLOAT, 1);
+    const dstCol = t.unsqueeze(dstIdx, [2]);
+    // counts = 1 + number of sources merged into each destination. The sums use ScatterElements,
+    // which adds the updates of one destination in source order on one thread; onnxruntime's
+    // CPU ScatterND splits the updates over threads, so that duplicate destinations are added
+    // in a varying order (and concurrently): results that change from run to run.
+    const cnt0 = t.filled(t.shape1d([{ scalar: B }, { scalar: nd }]), DataType.FLOAT, 1);
     const cntUpd = t.filled(t.op('Shape', [dstIdx]), DataType.FLOAT, 1);
-    const cnt = t.op('ScatterND', [cnt0, scatIdx, cntUpd], [attrString('reduction', 'add')]);
-    const counts = t.op('Reshape', [cnt, t.shape1d([{ scalar: B }, { scalar: nd }, { vec: ti([1]) }])]);
+    const cnt = t.op('ScatterElements', [cnt0, dstIdx, cntUpd], [attrInt('axis', 1), attrString('reduction', 'add')]);
+    const counts = t.unsqueeze(cnt, [2]);
     // Inverse map for unmerge: output token → row of the merged tensor.
     const nUnm = t.op('Sub', [ns, reff]);
     const bN = t.shape1d([{ scalar: B }, { scalar: nd }]);
@@ -181,13 +184,13 @@ export function emitBlockPlan(e: Emitter, metric: string, metricType: DataType, 
     const inv0 = t.filled(t.shape1d([{ scalar: B }, { scalar: N }]), DataType.INT64, 0);
     const inv = t.op('ScatterElements', [inv0, tokAll, rowsAll], [attrInt('axis', 1)]);
     const invRows = t.op('Add', [inv, t.op('Mul', [bRange, t.op('Add', [nUnm, nd])])]);
-    return [unmRows, bIdx, srcRows, scatIdx, counts, invRows, aIdx, unmIdx, srcIdx, dstIdx, nodeMax, nodeIdx];
+    return [unmRows, bIdx, srcRows, dstCol, counts, invRows, aIdx, unmIdx, srcIdx, dstIdx, nodeMax, nodeIdx];
   }, (f) => PLAN_TYPES.map((ty) => f.empty(ty)), 'Plan');
 
-  const [unmRows, bIdx, srcRows, scatIdx, counts, invRows, aIdx, unmIdx, srcIdx, dstIdx, nodeMax, nodeIdx] = outs as [
+  const [unmRows, bIdx, srcRows, dstCol, counts, invRows, aIdx, unmIdx, srcIdx, dstIdx, nodeMax, nodeIdx] = outs as [
     string, string, string, string, string, string, string, string, string, string, string, string,
   ];
-  return { apply, unmRows, bIdx, srcRows, scatIdx, counts, invRows, aIdx, unmIdx, srcIdx, dstIdx, nodeMax, nodeIdx };
+  return { apply, unmRows, bIdx, srcRows, dstCol, counts, invRows, aIdx, unmIdx, srcIdx, dstIdx, nodeMax, nodeIdx };
 }
 
 /** merge(x): [B, N, C] → [B, N − r, C] (Identity when the plan does not apply). */
@@ -197,14 +200,15 @@ export function emitMerge(e: Emitter, x: string, xType: DataType, p: MergePlan, 
     const unm = t.op('Gather', [xf, p.unmRows], [attrInt('axis', 0)]);
     let dst = t.op('Gather', [x, p.bIdx], [attrInt('axis', 1)]);
     let src = t.op('Gather', [xf, p.srcRows], [attrInt('axis', 0)]);
-    const dstShape = t.op('Shape', [dst]);
     if (xType !== DataType.FLOAT) {
-      // onnxruntime's CPU provider has ScatterND with a reduction for float32 only.
+      // onnxruntime's CPU provider adds with a reduction in float32 only.
       dst = t.cast(dst, DataType.FLOAT);
       src = t.cast(src, DataType.FLOAT);
     }
-    const summed = t.op('ScatterND', [t.op('Flatten', [dst], [attrInt('axis', 2)]), p.scatIdx, src], [attrString('reduction', 'add')]);
-    let mean = t.op('Div', [t.op('Reshape', [summed, dstShape]), p.counts]);
+    // [B, nd, C] += src [B, r, C] at the destinations, in source order (see the counts above)
+    const idx = t.op('Expand', [p.dstCol, t.op('Shape', [src])]);
+    const summed = t.op('ScatterElements', [dst, idx, src], [attrInt('axis', 1), attrString('reduction', 'add')]);
+    let mean = t.op('Div', [summed, p.counts]);
     if (xType !== DataType.FLOAT) mean = t.cast(mean, xType);
     return [t.op('Concat', [unm, mean], [attrInt('axis', 1)])];
   }, (f) => [f.op('Identity', [x])], label)[0]!;
