@@ -803,7 +803,7 @@ describe('export variants', () => {
     }
   });
 
-  test('fp16 UNet: merges computed around float32 ScatterND, close to the fp32 patched model', async () => {
+  test('fp16 UNet: merges summed in float32 (ScatterElements), close to the fp32 patched model', async () => {
     const [b16, b32] = [await synthUnet({ fp16: true }), await synthUnet({})];
     const m16 = decodeModel(b16), m32 = decodeModel(b32);
     const r16 = applyToMe(m16, all);

@@ -15,7 +15,7 @@ import type { BlockInfo, PatchedBlockInfo, ToMeOptions } from './types.js';
 /** Metadata key recording the options a graph was patched with (and that it was). */
 export const TOME_METADATA_KEY = 'sdgen.tome';
 
-/** ScatterND / ScatterElements with reduction='add' need opset 16. */
+/** ScatterElements with reduction='add' (the merge sums) needs opset 16. */
 export const TOME_MIN_OPSET = 16;
 
 export interface ApplyResult {
