@@ -10,8 +10,7 @@ import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { loadModel, modelFileIdentity } from '../onnx/model-io.js';
-import { fuseAttention } from '../optimize/fuse-attention.js';
-import { externalLocations, writeModelLinkingWeights } from '../optimize/fused-model.js';
+import { externalLocations, fuseModel, writeModelLinkingWeights } from '../optimize/fused-model.js';
 import { applyToMe } from '../tome/index.js';
 import { TOME_GRAPH_VERSION } from '../models/tome-cache.js';
 import { DEFAULT_TOME, type ToMeOptions } from '../tome/types.js';
@@ -58,7 +57,7 @@ export async function prepareVariant(unetPath: string, v: Variant, cacheDir: str
   const weightsBytes = await modelBytes(unetPath);
   if (v.ratio === 0 && v.attention === 'standard' && v.conv === 'direct') return { ...v, path: unetPath, fused: 0, tomeBlocks: 0, weightsBytes, convs: 0 };
   const id = createHash('sha256')
-    .update(`${await modelFileIdentity(unetPath)}|${SDGEN_VERSION}|${variantLabel(v)}|U in a weights file|ToMe graph ${TOME_GRAPH_VERSION}`)
+    .update(`${await modelFileIdentity(unetPath)}|${SDGEN_VERSION}|${variantLabel(v)}|U in a weights file|GEGLU split|ToMe graph ${TOME_GRAPH_VERSION}`)
     .digest('hex')
     .slice(0, 20);
   const dir = path.join(cacheDir, 'bench-variants', `${id}-${variantLabel(v)}`);
@@ -77,9 +76,11 @@ export async function prepareVariant(unetPath: string, v: Variant, cacheDir: str
     tomeBlocks = r.blocks.filter((b) => b.merged.attn || b.merged.crossattn || b.merged.mlp).length;
   }
   let fused = 0;
+  let geglu = 0;
   if (v.attention === 'fused') {
-    const r = fuseAttention(model);
+    const r = fuseModel(model);
     fused = r.count;
+    geglu = r.geglu;
     if (fused === 0) throw new Error(`no attention could be fused in ${unetPath}: ${r.skipped[0] ?? 'no Softmax found'}`);
   }
   let convs = 0;
@@ -99,6 +100,6 @@ export async function prepareVariant(unetPath: string, v: Variant, cacheDir: str
   await writeFile(path.join(tmp, 'variant.json'), JSON.stringify({ source: path.resolve(unetPath), ...v, fused, tomeBlocks, convs, extraWeightBytes }, null, 2));
   await rm(dir, { recursive: true, force: true });
   await rename(tmp, dir);
-  log(`  variant ${variantLabel(v)}: ${tomeBlocks} ToMe blocks, ${fused} fused attentions, ${convs} Winograd convolutions (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  log(`  variant ${variantLabel(v)}: ${tomeBlocks} ToMe blocks, ${fused} fused attentions, ${geglu} GEGLU projections split, ${convs} Winograd convolutions (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
   return { ...v, path: file, fused, tomeBlocks, weightsBytes: weightsBytes + extraWeightBytes, convs };
 }

@@ -16,7 +16,8 @@ import { loadModel, modelFileIdentity } from '../onnx/model-io.js';
 import { encodeModel } from '../onnx/proto.js';
 import type { ModelProto } from '../onnx/types.js';
 import { SDGEN_VERSION } from '../version.js';
-import { fuseAttention, type FuseAttentionOptions } from './fuse-attention.js';
+import { fuseAttention, type FuseAttentionOptions, type FuseAttentionResult } from './fuse-attention.js';
+import { splitGeglu } from './geglu.js';
 
 export interface FusedModelOptions extends FuseAttentionOptions {
   cacheDir: string;
@@ -135,11 +136,20 @@ export async function getRewrittenModel(
 }
 
 /**
+ * The rewrite behind sdgen's fused graphs: attention into MultiHeadAttention nodes, then (where
+ * any attention was fused) each GEGLU projection split in two (geglu.ts). `geglu` counts those.
+ */
+export function fuseModel(model: ModelProto, opts: FuseAttentionOptions = {}): FuseAttentionResult & { geglu: number } {
+  const r = fuseAttention(model, opts);
+  return { ...r, geglu: r.count > 0 ? splitGeglu(model).count : 0 };
+}
+
+/**
  * The fused variant of `modelPath` (from the cache, else written now). `fused: false` with the
  * reason when no attention could be fused (the caller runs the source model).
  */
 export async function getFusedModel(modelPath: string, opts: FusedModelOptions): Promise<FusedModel> {
-  const r = await getRewrittenModel(modelPath, opts.cacheDir, 'fused', { v: 1, fp16: !!opts.allowFloat16 }, (m) => fuseAttention(m, opts));
+  const r = await getRewrittenModel(modelPath, opts.cacheDir, 'fused', { v: 2, fp16: !!opts.allowFloat16 }, (m) => fuseModel(m, opts));
   if (!r.rewritten) return { fused: false, reason: r.skipped[0] ?? 'no attention found', skipped: r.skipped };
   return { fused: true, path: r.path, count: r.count, skipped: r.skipped, cached: r.cached };
 }

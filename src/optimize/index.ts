@@ -15,7 +15,7 @@ export {
   OPTIMIZED_WEIGHTS_FILE,
 } from './session-cache.js';
 export type { OptimizedCacheOptions, OptimizedModelPlan, CachedSession, OptimizationLevel } from './session-cache.js';
-export { getFusedModel, getRewrittenModel, writeModelLinkingWeights, externalLocations, linkOrCopy } from './fused-model.js';
+export { fuseModel, getFusedModel, getRewrittenModel, writeModelLinkingWeights, externalLocations, linkOrCopy } from './fused-model.js';
 export type { FusedModel, FusedModelOptions, RewrittenModel, RewriteCount } from './fused-model.js';
 export { winogradConvs, winogradTransforms, winogradU, autoTile, spatialStrides } from './winograd.js';
 export type { WinogradOptions, WinogradResult, WinogradTile, WinogradFold } from './winograd.js';

@@ -125,14 +125,27 @@ export class ShapeExprs {
    * constant weight, Add/Sub/Mul/Div with a constant of rank ≤ 1 (a bias or scale).
    */
   dim(t: string, axis: number, rank: number): ShapeExpr {
+    return this.follow(t, axis, axis === rank - 1, rank >= 2);
+  }
+
+  /**
+   * The size of `t`'s last axis for a tensor of unknown rank, when the ops above prove it
+   * constant (a MatMul by a 2-D weight, a bias Add); otherwise unknown.
+   */
+  lastDim(t: string): ShapeExpr {
+    const e = this.follow(t, -1, true, true);
+    return e.k === 'const' ? e : UNKNOWN;
+  }
+
+  private follow(t: string, axis: number, isLast: boolean, rank2: boolean): ShapeExpr {
     let name = t;
     for (let guard = 0; guard < 16; guard++) {
       const p = this.idx.producer(name);
       if (!p || (p.domain ?? '') !== '') break;
       if (p.opType === 'MatMul' && p.input.length === 2) {
         const w = this.constTensor(p.input[1]!) ?? this.idx.initializer(p.input[1]!);
-        if (!w || w.dims.length !== 2 || rank < 2) break;
-        if (axis === rank - 1) return cst(Number(w.dims[1]));
+        if (!w || w.dims.length !== 2 || !rank2) break;
+        if (isLast) return cst(Number(w.dims[1]));
         name = p.input[0]!;
         continue;
       }
@@ -144,7 +157,7 @@ export class ShapeExprs {
         if (!c || c.dims.length > 1) break;
         const count = c.dims.reduce<number>((x, y) => x * Number(y), 1);
         // a rank-≤1 constant broadcasts along the last axis only: a valid result has its length there
-        if (axis === rank - 1 && count > 1) return cst(count);
+        if (isLast && count > 1) return cst(count);
         name = c === tb ? a : b;
         continue;
       }
@@ -183,10 +196,17 @@ export class ShapeExprs {
         const rank = rankOf(t);
         let axis = k[0]!;
         if (axis < 0) {
-          if (rank === undefined) return UNKNOWN;
+          if (rank === undefined) return axis === -1 ? this.lastDim(t) : UNKNOWN;
           axis += rank;
         }
         return rank === undefined ? { k: 'dim', t, axis } : this.dim(t, axis, rank);
+      }
+      case 'Add':
+      case 'Sub': {
+        const a = rec(p.input[0]!);
+        const b = rec(p.input[1]!);
+        if (a.k !== 'const' || b.k !== 'const') return UNKNOWN;
+        return cst(p.opType === 'Add' ? a.v + b.v : a.v - b.v);
       }
       case 'Mul': {
         const a = rec(p.input[0]!);
