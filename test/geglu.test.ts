@@ -129,6 +129,7 @@ test('GEGLU: the [C, 2h] projection and its halves become two [C, h] projections
     const ops = g.node.map((x) => x.opType);
     assert.equal(ops.filter((o) => o === 'MatMul').length, 3, `${form}: two half projections + the output projection`);
     assert.ok(!ops.includes('Split') && !ops.includes('Shape') && !ops.includes('Gather'), `${form}: halves and bound arithmetic gone: ${ops.join(',')}`);
+    assert.equal(ops.filter((o) => o === 'Constant').length, 3, `${form}: only the GELU's constants are left`);
     // each half projection reads the input and a Slice of W: width h
     const halves = g.node.filter((x) => x.opType === 'MatMul' && x.input[0] === 'x');
     assert.equal(halves.length, 2);

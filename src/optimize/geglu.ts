@@ -16,7 +16,7 @@
  * and nothing else uses y or the MatMul's product.
  */
 import { getAttr, getInt, getInts, subgraphsOf } from '../onnx/attributes.js';
-import { GraphIndex, NameAllocator, getValueInfoShape, removeUnused, replaceNodes } from '../onnx/graph.js';
+import { GraphIndex, NameAllocator, getValueInfoShape, replaceNodes } from '../onnx/graph.js';
 import { int64Tensor } from '../onnx/tensor.js';
 import type { ModelProto, NodeProto, TensorProto } from '../onnx/types.js';
 import { ShapeExprs } from './shape-expr.js';
@@ -98,11 +98,18 @@ export function splitGeglu(model: ModelProto): GegluSplitResult {
     };
     half(0, halves.outputs[0]);
     half(1, halves.outputs[1]);
-    replaceNodes(graph, [mm, ...(add ? [add] : []), ...halves.nodes], newNodes);
+    const removed = [mm, ...(add ? [add] : []), ...halves.nodes];
+    // Constant nodes that fed only the removed nodes (torch's bound arithmetic) go with them
+    const constants = new Set(removed.flatMap((n) => n.input.map((i) => idx.producer(i))).filter((p): p is NodeProto => isStd(p) && p.opType === 'Constant'));
+    replaceNodes(graph, removed, newNodes);
     idx.refresh();
+    const dead = [...constants].filter((c) => graph.node.includes(c) && c.output.every((o) => idx.consumers(o).length === 0 && !idx.isGraphOutput(o)));
+    if (dead.length > 0) {
+      replaceNodes(graph, dead, []);
+      idx.refresh();
+    }
     count++;
   }
-  if (count > 0) removeUnused(graph); // the Constants only the bound arithmetic used
   return { count };
 }
 
