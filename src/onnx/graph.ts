@@ -172,6 +172,24 @@ export class NameAllocator {
   }
 }
 
+/**
+ * Initializers a rewrite adds once per key and shares between the nodes it writes: the returned
+ * function adds `make(name)` under a fresh name derived from `prefix + key` the first time a key
+ * is asked for, and returns that name every time.
+ */
+export function sharedInitializers(graph: GraphProto, names: NameAllocator, prefix: string): (key: string, make: (name: string) => TensorProto) => string {
+  const added = new Map<string, string>();
+  return (key, make) => {
+    let name = added.get(key);
+    if (name === undefined) {
+      name = names.alloc(`${prefix}${key}`);
+      graph.initializer.push(make(name));
+      added.set(key, name);
+    }
+    return name;
+  };
+}
+
 /** A name unused in `graph` (one-off; use NameAllocator for many). */
 export function uniqueName(graph: GraphProto, base: string): string {
   return new NameAllocator(graph).alloc(base);

@@ -16,9 +16,9 @@
  * and nothing else uses y or the MatMul's product.
  */
 import { getAttr, getInt, getInts, subgraphsOf } from '../onnx/attributes.js';
-import { GraphIndex, NameAllocator, getValueInfoShape, replaceNodes } from '../onnx/graph.js';
+import { GraphIndex, NameAllocator, getValueInfoShape, replaceNodes, sharedInitializers } from '../onnx/graph.js';
 import { int64Tensor } from '../onnx/tensor.js';
-import type { ModelProto, NodeProto, TensorProto } from '../onnx/types.js';
+import type { ModelProto, NodeProto } from '../onnx/types.js';
 import { ShapeExprs } from './shape-expr.js';
 
 export interface GegluSplitResult {
@@ -36,24 +36,13 @@ export function splitGeglu(model: ModelProto): GegluSplitResult {
   const se = new ShapeExprs(idx);
   const names = new NameAllocator(graph);
   const rankOf = (t: string): number | undefined => getValueInfoShape(graph, t)?.length;
-  const constOf = (t: string): TensorProto | undefined => se.constTensor(t);
-  const onlyUser = (t: string, user: NodeProto): boolean => !idx.isGraphOutput(t) && idx.consumers(t).length === 1 && idx.consumers(t)[0] === user;
-  const i64 = new Map<string, string>();
-  const ints = (v: number[]): string => {
-    const key = v.join(',');
-    let name = i64.get(key);
-    if (name === undefined) {
-      name = names.alloc(`geglu_i64_${key.replace(/-/g, 'm').replace(/,/g, '_')}`);
-      graph.initializer.push(int64Tensor(name, v));
-      i64.set(key, name);
-    }
-    return name;
-  };
+  const shared = sharedInitializers(graph, names, 'geglu/');
+  const ints = (v: number[]): string => shared(v.join('_'), (name) => int64Tensor(name, v));
 
   let count = 0;
   for (const mm of [...idx.nodesByOp('MatMul')]) {
     if (mm.input.length !== 2) continue;
-    const w = constOf(mm.input[1]!);
+    const w = se.constTensor(mm.input[1]!);
     if (!w || w.dims.length !== 2) continue;
     const width = Number(w.dims[1]);
     if (width < 2 || width % 2 !== 0) continue;
@@ -64,9 +53,9 @@ export function splitGeglu(model: ModelProto): GegluSplitResult {
     let add: NodeProto | undefined;
     let bias: string | undefined;
     const users = idx.consumers(prod);
-    if (users.length === 1 && isStd(users[0]) && users[0].opType === 'Add' && users[0].input.length === 2 && onlyUser(prod, users[0])) {
+    if (users.length === 1 && isStd(users[0]) && users[0].opType === 'Add' && users[0].input.length === 2 && !idx.isGraphOutput(prod)) {
       const other = users[0].input[0] === prod ? users[0].input[1]! : users[0].input[0]!;
-      const b = constOf(other);
+      const b = se.constTensor(other);
       if (b && b.dims.length === 1 && Number(b.dims[0]) === width) {
         add = users[0];
         bias = other;

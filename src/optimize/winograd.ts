@@ -46,7 +46,7 @@
  * takes the polyphase form instead, src/optimize/polyphase.ts). An unknown stride gets m = 2.
  */
 import { getAttr, subgraphsOf } from '../onnx/attributes.js';
-import { GraphIndex, NameAllocator, replaceNodes } from '../onnx/graph.js';
+import { GraphIndex, NameAllocator, replaceNodes, sharedInitializers } from '../onnx/graph.js';
 import { floatTensor, int64Tensor, tensorFloats } from '../onnx/tensor.js';
 import { AttributeType, DataType, type AttributeProto, type GraphProto, type ModelProto, type NodeProto, type TensorProto } from '../onnx/types.js';
 
@@ -273,16 +273,7 @@ export function winogradConvs(model: ModelProto, opts: WinogradOptions = {}): Wi
   const idx = new GraphIndex(graph);
   const strides = spatialStrides(idx);
   const names = new NameAllocator(graph);
-  const shared = new Map<string, string>();
-  const constant = (key: string, make: (name: string) => TensorProto): string => {
-    let name = shared.get(key);
-    if (name === undefined) {
-      name = names.alloc(`winograd/${key}`);
-      graph.initializer.push(make(name));
-      shared.set(key, name);
-    }
-    return name;
-  };
+  const constant = sharedInitializers(graph, names, 'winograd/');
   const ints64 = (key: string, v: number[]) => constant(key, (name) => int64Tensor(name, v));
   const newNodes: NodeProto[] = [];
   // the input transform kernels per (tile, channels): one Tile of a shared base, folded by onnxruntime
