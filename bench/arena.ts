@@ -15,7 +15,7 @@ const opt = (name: string, d: number): number => {
   const i = args.indexOf(name);
   return i >= 0 ? Number(args[i + 1]) : d;
 };
-const model = args.find((a) => a.endsWith('.onnx')) ?? new URL('../../shared/fixtures/tiny-sd1/unet/model.onnx', import.meta.url).pathname;
+const model = args.find((a) => a.endsWith('.onnx')) ?? new URL('../test/fixtures/tiny-sd1/unet/model.onnx', import.meta.url).pathname;
 const size = opt('--size', 256);
 const batch = opt('--batch', 2);
 const calls = opt('--calls', 3);

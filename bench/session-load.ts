@@ -17,7 +17,7 @@ const opt = (name: string, d: number): number => {
   const i = args.indexOf(name);
   return i >= 0 ? Number(args[i + 1]) : d;
 };
-const model = args.find((a) => a.endsWith('.onnx')) ?? new URL('../../shared/fixtures/tiny-sd1/unet/model.onnx', import.meta.url).pathname;
+const model = args.find((a) => a.endsWith('.onnx')) ?? new URL('../test/fixtures/tiny-sd1/unet/model.onnx', import.meta.url).pathname;
 const runs = opt('--runs', 3);
 const runSize = opt('--run-size', 0);
 const savePrepacked = args.includes('--prepacked');

@@ -10,10 +10,8 @@ import { attrFloat, attrInt, attrInts } from '../src/onnx/attributes.js';
 import { floatTensor, int64Tensor } from '../src/onnx/tensor.js';
 import { DataType, type ModelProto, type NodeProto, type TensorProto } from '../src/onnx/types.js';
 import { chooseAttention, fuseAttention } from '../src/optimize/index.js';
-import { maxAbsDiff } from './helpers.js';
+import { maxAbsDiff, fx } from './helpers.js';
 
-const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
-const fx = (p: string): string => new URL(p, FIXTURES).pathname;
 
 const rand = xorshiftFill;
 

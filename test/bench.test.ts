@@ -9,8 +9,8 @@ import { deriveRatios, median, renderMarkdown } from '../src/bench/report.js';
 import { callsPerRound, runBench } from '../src/bench/index.js';
 import { WORK_EXPONENT, estimateCallMs, estimateImageMs, estimateProcessMs, fits, roundCalls, roundOrder, type TimedConfig } from '../src/bench/budget.js';
 import type { ConfigResult } from '../src/bench/types.js';
+import { FIXTURES_URL as FIXTURES } from './helpers.js';
 
-const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
 
 test('FLOPs of profile node events', () => {
   // MatMul [2, 4096, 320] × [320, 320] (weight prepacked: not listed)

@@ -6,11 +6,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
-import { spawnCli, type Ran } from './helpers.js';
+import { spawnCli, type Ran, FIXTURES_DIR as FIXTURES } from './helpers.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const MAIN = path.join(ROOT, 'src/cli/main.ts');
-const FIXTURES = fileURLToPath(new URL('../../shared/fixtures/', import.meta.url));
 // tsx resolved from the project, so the CLI can run with any working directory
 const TSX = (() => {
   try {

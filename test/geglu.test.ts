@@ -17,10 +17,8 @@ import { floatTensor, int64Tensor } from '../src/onnx/tensor.js';
 import type { ModelProto, NodeProto, TensorProto } from '../src/onnx/types.js';
 import { fuseModel } from '../src/optimize/index.js';
 import { splitGeglu } from '../src/optimize/geglu.js';
-import { maxAbsDiff, runFeeds as run } from './helpers.js';
+import { maxAbsDiff, runFeeds as run, fx } from './helpers.js';
 
-const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
-const fx = (p: string): string => new URL(p, FIXTURES).pathname;
 
 const C = 8;
 const H = 6;

@@ -8,6 +8,15 @@ import type { ModelProto } from '../src/onnx/types.js';
 
 export { generationParams } from '../src/pipeline/params.js';
 
+/** The reference data the tests read, copied into the repository (test/fixtures/README.md). */
+export const FIXTURES_URL = new URL('./fixtures/', import.meta.url);
+/** FIXTURES_URL as a path, with a trailing separator. */
+export const FIXTURES_DIR = FIXTURES_URL.pathname;
+/** Path of a file or folder under test/fixtures/. */
+export function fx(p: string): string {
+  return new URL(p, FIXTURES_URL).pathname;
+}
+
 /** Largest |a[i] − b[i]| (Infinity when any difference is NaN); the lengths must agree. */
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   assert.equal(a.length, b.length, 'length');

@@ -15,8 +15,8 @@ import {
   renameTensorUses, removeUnused, getValueInfoShape, insertNodesBefore,
   loadModel, saveModel, modelFileIdentity, externalSource, loadTensorData,
 } from '../src/onnx/index.js';
+import { FIXTURES_DIR as FIX } from './helpers.js';
 
-const FIX = fileURLToPath(new URL('../../shared/fixtures/', import.meta.url));
 const TINY_UNET = join(FIX, 'tiny-unet/model.onnx');
 const SD1 = join(FIX, 'tiny-sd1');
 

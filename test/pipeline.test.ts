@@ -19,7 +19,7 @@ import { decodedToRgb, roundHalfEven } from '../src/pipeline/decode.js';
 import type { PromptEmbedding } from '../src/pipeline/text-encoding.js';
 import type { GeneratedImage, GenerationParams, RuntimeOptions } from '../src/pipeline/types.js';
 import { DEFAULT_TOME } from '../src/tome/types.js';
-import { generationParams as params, maxAbsDiff } from './helpers.js';
+import { generationParams as params, maxAbsDiff, FIXTURES_DIR as FIXTURES } from './helpers.js';
 import { defaultSchedulerFor } from '../src/schedulers/index.js';
 import { SessionManager } from '../src/models/session.js';
 import { TextEncoder } from '../src/pipeline/text-encoding.js';
@@ -34,7 +34,6 @@ import { createScheduler } from '../src/schedulers/index.js';
 import { guidanceScaleEmbedding } from '../src/schedulers/lcm.js';
 import type { UnetIO } from '../src/models/io.js';
 
-const FIXTURES = fileURLToPath(new URL('../../shared/fixtures/', import.meta.url));
 const TINY = path.join(FIXTURES, 'tiny-sd1');
 const E2E = path.join(FIXTURES, 'e2e');
 

@@ -15,10 +15,8 @@ import { attrInts, attrString as str } from '../src/onnx/attributes.js';
 import { floatTensor } from '../src/onnx/tensor.js';
 import type { AttributeProto, ModelProto, NodeProto } from '../src/onnx/types.js';
 import { polyphaseUpsampleConvs } from '../src/optimize/index.js';
-import { maxAbsDiff, runFeeds as run } from './helpers.js';
+import { maxAbsDiff, runFeeds as run, fx } from './helpers.js';
 
-const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
-const fx = (p: string): string => new URL(p, FIXTURES).pathname;
 
 /** x → upsample 2× (Resize as torch exports it, or opset-9 Upsample) → Conv 3×3 pad 1 → y. */
 function upConvModel(c: number, k: number, bias: boolean, opts: { upsample?: 'resize' | 'upsample'; scale?: number; resizeAttrs?: AttributeProto[]; extraUse?: boolean } = {}): ModelProto {

@@ -4,8 +4,8 @@ import { readFileSync } from 'node:fs';
 import { TorchGenerator } from '../src/random/torch-generator.js';
 import { MT19937 } from '../src/random/mt19937.js';
 import { fmaf } from '../src/random/float32-math.js';
+import { FIXTURES_URL as FIXTURES } from './helpers.js';
 
-const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
 
 interface TensorRef { dtype: string; shape: number[]; offset: number; nbytes: number }
 

@@ -6,9 +6,8 @@ import type { Scheduler, SchedulerConfig } from '../src/schedulers/types.js';
 import { TorchGenerator } from '../src/random/torch-generator.js';
 import { createScheduler } from '../src/schedulers/index.js';
 import { computeAlphasCumprod, computeBetas } from '../src/schedulers/common.js';
-import { maxAbsDiff } from './helpers.js';
+import { maxAbsDiff, FIXTURES_URL as FIXTURES } from './helpers.js';
 
-const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
 const TOL = 1e-5;
 
 interface TensorRef { dtype: string; shape: number[]; offset: number; nbytes: number }

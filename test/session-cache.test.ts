@@ -7,8 +7,8 @@ import ort from 'onnxruntime-node';
 import { createCachedSession, optimizedEntryDir, optimizedModelKey } from '../src/optimize/session-cache.js';
 import { DEFAULT_CACHE_MAX_GB, cacheMaxBytes, entriesToEvict, pruneCacheDir, pruneDerived, touchEntry } from '../src/optimize/cache-prune.js';
 import { UsageError } from '../src/errors.js';
+import { FIXTURES_URL as FIXTURES } from './helpers.js';
 
-const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
 const UNET = new URL('tiny-sd1/unet/model.onnx', FIXTURES).pathname;
 
 function feeds(): Record<string, ort.Tensor> {

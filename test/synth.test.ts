@@ -18,9 +18,8 @@ import { buildTextEncoder } from '../src/synth/text-encoder.js';
 import { buildVaeDecoder } from '../src/synth/vae-decoder.js';
 import { modelBytes, writeModel } from '../src/synth/writer.js';
 import { Xoshiro128, generateParam, tensorSeed } from '../src/synth/weights.js';
-import { maxAbsDiff } from './helpers.js';
+import { maxAbsDiff, FIXTURES_URL as FIX } from './helpers.js';
 
-const FIX = new URL('../../shared/fixtures/', import.meta.url);
 const fixture = (p: string): ModelProto => decodeModel(readFileSync(new URL(p, FIX)));
 
 // ---------------------------------------------------------------------------------------------

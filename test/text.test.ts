@@ -14,8 +14,8 @@ import { parsePrompt, parsePromptAttention } from '../src/text/prompt-parser.js'
 import { applyEmphasis, emptyChunk, padChunks, tokenizeChunks } from '../src/text/chunks.js';
 import { generateTinyVocab, tinyVocabWords } from '../src/text/tiny-vocab.js';
 import { SdgenError, UsageError } from '../src/errors.js';
+import { FIXTURES_URL as FIXTURES } from './helpers.js';
 
-const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
 const CLIP_DIR = fileURLToPath(new URL('clip/', FIXTURES));
 const TINY_SD1_TOKENIZER = fileURLToPath(new URL('tiny-sd1/tokenizer/', FIXTURES));
 

@@ -16,9 +16,8 @@ import {
 import { getPatchedUnet, patchModelFile } from '../src/models/tome-cache.js';
 import { synthesize } from '../src/synth/index.js';
 import { fuseAttention } from '../src/optimize/index.js';
-import { maxAbsDiff } from './helpers.js';
+import { maxAbsDiff, FIXTURES_URL as FIX } from './helpers.js';
 
-const FIX = new URL('../../shared/fixtures/', import.meta.url);
 
 interface TensorMeta { dtype: 'float32' | 'int64' | 'float64' | 'uint8'; shape: number[]; offset: number; nbytes: number }
 

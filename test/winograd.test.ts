@@ -19,10 +19,8 @@ import type { ModelProto, NodeProto } from '../src/onnx/types.js';
 import { autoTile, getWinogradModel, spatialStrides, useWinograd, winogradConvs, winogradTransforms, winogradU } from '../src/optimize/index.js';
 import { WINOGRAD_WEIGHTS_FILE } from '../src/optimize/conv-mode.js';
 import { saveModel } from '../src/onnx/model-io.js';
-import { maxAbsDiff, runFeeds } from './helpers.js';
+import { maxAbsDiff, runFeeds, fx } from './helpers.js';
 
-const FIXTURES = new URL('../../shared/fixtures/', import.meta.url);
-const fx = (p: string): string => new URL(p, FIXTURES).pathname;
 
 test('F(2,3) and F(4,3): Aᵀ[(G·g) ⊙ (Bᵀ·d)] is the correlation of d with g (float64, 1e-12)', () => {
   for (const m of [2, 4] as const) {
