@@ -18,21 +18,20 @@ export type { PromptEmbedding, EncodedPrompts, TextEncodeOptions } from './pipel
 export { decodedToRgb } from './pipeline/decode.js';
 export type {
   GenerationParams,
-  RuntimeOptions,
   GeneratedImage,
   ImageTimings,
   ProgressEvents,
-  DeviceName,
-  AttentionMode,
 } from './pipeline/types.js';
+export type { AttentionMode } from './optimize/attention-mode.js';
+export type { ConvMode } from './optimize/conv-mode.js';
 
 // Model folders, sessions, providers
 export { loadModelFolder, vaeScaleFactorOf } from './models/folder.js';
 export type { ModelFolder } from './models/folder.js';
 export { SessionManager, sessionInfo, defaultThreadCount } from './models/session.js';
-export type { ModelSession, SessionInfo, ValueInfo } from './models/session.js';
+export type { ModelSession, SessionInfo, ValueInfo, RuntimeOptions } from './models/session.js';
 export { ProviderSelector, autoProviderFor } from './models/providers.js';
-export type { ProviderName } from './models/providers.js';
+export type { ProviderName, DeviceName } from './models/providers.js';
 export { unetIO, textEncoderIO, vaeDecoderIO } from './models/io.js';
 export type { UnetIO, TextEncoderIO, VaeDecoderIO } from './models/io.js';
 export { defaultCacheDir } from './models/cache-dir.js';

@@ -3,13 +3,13 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { parsePromptFile, splitShellLike } from '../src/pipeline/prompt-file.js';
+import { parsePromptFile, splitShellLike } from '../src/run/prompt-file.js';
 import {
   leadingIndex, Manifest, nextIndexFrom, parseNameTemplate, readResumeState, renderName, safeFileName, uniqueName, writeFileAtomic,
   type NameValues,
-} from '../src/pipeline/output.js';
-import { buildJobs, planImages, type JobContext, type JobSpec } from '../src/pipeline/jobs.js';
-import { finishedFiles, orderJobs, runJobs, type PipelineLike, type RunReporter } from '../src/pipeline/runner.js';
+} from '../src/run/output.js';
+import { buildJobs, planImages, type JobContext, type JobSpec } from '../src/run/jobs.js';
+import { finishedFiles, orderJobs, runJobs, type PipelineLike, type RunReporter } from '../src/run/runner.js';
 import { resolveOptions, type PartialOptions } from '../src/config/options.js';
 import { UsageError } from '../src/errors.js';
 import type { GeneratedImage, GenerationParams, ProgressEvents } from '../src/pipeline/types.js';

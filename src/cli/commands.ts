@@ -5,7 +5,7 @@ import { SdgenError, UsageError } from '../errors.js';
 import { resolveOptions, type PartialOptions } from '../config/options.js';
 import { loadRc } from '../config/rc.js';
 import { listPresets } from '../config/presets.js';
-import { tomeFromOptions } from '../pipeline/jobs.js';
+import { tomeFromOptions } from '../run/jobs.js';
 import { makeChalk } from './ui.js';
 import type { ToMeOptions } from '../tome/types.js';
 

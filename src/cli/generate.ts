@@ -8,13 +8,13 @@ import { SdgenError, UsageError } from '../errors.js';
 import { resolveOptions, type PartialOptions, type SdgenOptions } from '../config/options.js';
 import { loadRc } from '../config/rc.js';
 import { findPreset } from '../config/presets.js';
-import { parsePromptFile, formatLineError, type PromptFileEntry } from '../pipeline/prompt-file.js';
-import { buildJobs, planImages, type Job, type JobContext, type JobSpec, type ModelDefaults, type PlannedImage } from '../pipeline/jobs.js';
-import { listDir, nextIndexFrom, readResumeState, writeResumeState } from '../pipeline/output.js';
-import { finishedFiles, runJobs, type PipelineLike, type RunSummary } from '../pipeline/runner.js';
+import { parsePromptFile, formatLineError, type PromptFileEntry } from '../run/prompt-file.js';
+import { buildJobs, planImages, type Job, type JobContext, type JobSpec, type ModelDefaults, type PlannedImage } from '../run/jobs.js';
+import { listDir, nextIndexFrom, readResumeState, writeResumeState } from '../run/output.js';
+import { finishedFiles, runJobs, type PipelineLike, type RunSummary } from '../run/runner.js';
 import { makeChalk, makeReporter, type UiOptions } from './ui.js';
 import { optionsFromMetadata } from './from.js';
-import type { RuntimeOptions } from '../pipeline/types.js';
+import type { RuntimeOptions } from '../models/session.js';
 import { cacheMaxBytes } from '../optimize/cache-prune.js';
 
 export interface GenerateFlags extends UiOptions {

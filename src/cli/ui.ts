@@ -6,8 +6,8 @@
 import { Chalk, type ChalkInstance } from 'chalk';
 import path from 'node:path';
 import type { GeneratedImage } from '../pipeline/types.js';
-import type { Job, PlannedImage } from '../pipeline/jobs.js';
-import type { RunReporter, RunSummary } from '../pipeline/runner.js';
+import type { Job, PlannedImage } from '../run/jobs.js';
+import type { RunReporter, RunSummary } from '../run/runner.js';
 import { SdgenError } from '../errors.js';
 
 export interface UiOptions {

@@ -5,7 +5,9 @@
  */
 import path from 'node:path';
 import { UsageError } from '../errors.js';
-import type { AttentionMode, ConvMode, DeviceName } from '../pipeline/types.js';
+import type { AttentionMode } from '../optimize/attention-mode.js';
+import type { ConvMode } from '../optimize/conv-mode.js';
+import type { DeviceName } from '../models/providers.js';
 
 export interface SdgenOptions {
   model?: string;

@@ -11,7 +11,9 @@
  * The session factory is injected so the logic can be tested without a GPU.
  */
 import { SdgenError } from '../errors.js';
-import type { DeviceName } from '../pipeline/types.js';
+
+/** `--device`: a provider, or 'auto' (the platform's accelerator, else the CPU). */
+export type DeviceName = 'auto' | 'cpu' | 'cuda' | 'dml' | 'coreml' | 'webgpu';
 
 /** onnxruntime-node execution provider names. */
 export type ProviderName = 'cpu' | 'cuda' | 'dml' | 'coreml' | 'webgpu';

@@ -7,10 +7,22 @@ import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import ort from 'onnxruntime-node';
 import { SdgenError, UsageError } from '../errors.js';
-import type { RuntimeOptions } from '../pipeline/types.js';
+import type { DeviceName } from './providers.js';
+import type { ConvMode } from '../optimize/conv-mode.js';
 import { ProviderSelector, type ProviderName, type SessionFactory } from './providers.js';
 import { createCachedSession, DEFAULT_MEMORY_OPTIONS, getWinogradModel, useWinograd } from '../optimize/index.js';
 import { defaultCacheDir } from './cache-dir.js';
+
+/** How sessions are created: provider, threads, caches. */
+export interface RuntimeOptions {
+  device: DeviceName;
+  threads?: number;
+  verbose?: boolean;
+  /** directory for cached patched/optimized models */
+  cacheDir?: string;
+  /** convolution algorithm (default 'auto': Winograd on the CPU provider) */
+  conv?: ConvMode;
+}
 
 /** Element types sdgen deals with (onnxruntime-common's names). */
 export type ElementType = ort.Tensor.Type;

@@ -12,8 +12,9 @@
  * - Other providers (CoreML, WebGPU in Node): no MultiHeadAttention kernel we rely on: standard.
  */
 import { UsageError } from '../errors.js';
-import type { AttentionMode } from '../pipeline/types.js';
 
+/** `--attention`: 'auto' resolves per provider and float type (chooseAttention). */
+export type AttentionMode = 'auto' | 'standard' | 'fused';
 export type ResolvedAttention = 'standard' | 'fused';
 
 /** Whether `provider` has a com.microsoft MultiHeadAttention kernel for this dtype. */

@@ -22,10 +22,12 @@ import path from 'node:path';
 import { readTensorBytes } from '../onnx/model-io.js';
 import { tensorFloats } from '../onnx/tensor.js';
 import { DataLocation, type ModelProto, type TensorProto } from '../onnx/types.js';
-import type { ConvMode } from '../pipeline/types.js';
 import { getRewrittenModel, type RewriteCount, type RewrittenModel } from './fused-model.js';
 import { polyphaseUpsampleConvs } from './polyphase.js';
 import { winogradConvs, winogradU, type WinogradFold, type WinogradOptions, type WinogradResult } from './winograd.js';
+
+/** Convolution algorithm: 'auto' = Winograd on the CPU provider with enough memory (useWinograd). */
+export type ConvMode = 'auto' | 'direct' | 'winograd';
 
 /**
  * Memory below which 'auto' stays direct: the transformed weights add about 1.6 GB (SD 1.5

@@ -25,10 +25,11 @@
  * UNet call when random destinations are on, so that every image stays reproducible alone.
  */
 import { SdgenError, UsageError } from '../errors.js';
-import type { AttentionMode, GeneratedImage, GenerationParams, ProgressEvents, RuntimeOptions } from './types.js';
+import type { GeneratedImage, GenerationParams, ProgressEvents } from './types.js';
+import type { AttentionMode } from '../optimize/attention-mode.js';
 import type { ToMeOptions } from '../tome/types.js';
 import { loadModelFolder, type ModelFolder } from '../models/folder.js';
-import { SessionManager, checkModelFile, type ModelSession } from '../models/session.js';
+import { SessionManager, checkModelFile, type ModelSession, type RuntimeOptions } from '../models/session.js';
 import { errorReason, type ProviderName } from '../models/providers.js';
 import { chooseAttention, getFusedModel, providerSupportsFusedAttention, type ResolvedAttention } from '../optimize/index.js';
 import { unetIO, vaeDecoderIO, type UnetIO } from '../models/io.js';

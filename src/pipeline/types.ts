@@ -1,9 +1,6 @@
 import type { ToMeOptions } from '../tome/types.js';
+import type { AttentionMode } from '../optimize/attention-mode.js';
 
-export type DeviceName = 'auto' | 'cpu' | 'cuda' | 'dml' | 'coreml' | 'webgpu';
-export type AttentionMode = 'auto' | 'standard' | 'fused';
-/** Convolution algorithm: see src/optimize/conv-mode.ts. */
-export type ConvMode = 'auto' | 'direct' | 'winograd';
 
 /** Everything that determines one image (what the PNG metadata records). */
 export interface GenerationParams {
@@ -36,16 +33,6 @@ export interface GenerationParams {
    * tokens, the same ids diffusers' StableDiffusionPipeline feeds). Identical for ≤ 75 tokens.
    */
   longPrompt?: 'chunk' | 'truncate';
-}
-
-export interface RuntimeOptions {
-  device: DeviceName;
-  threads?: number;
-  verbose?: boolean;
-  /** directory for cached patched/optimized models */
-  cacheDir?: string;
-  /** convolution algorithm (default 'auto': Winograd on the CPU provider) */
-  conv?: ConvMode;
 }
 
 export interface ImageTimings {

@@ -10,7 +10,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { SdgenError } from '../errors.js';
 import { SDGEN_VERSION } from '../version.js';
-import type { GeneratedImage, GenerationParams, ProgressEvents, RuntimeOptions } from './types.js';
+import type { GeneratedImage, GenerationParams, ProgressEvents } from '../pipeline/types.js';
 import type { Job, PlannedImage } from './jobs.js';
 import { Manifest, listDir, removeStaleTemps, writeFileAtomic, type ManifestRecord } from './output.js';
 import type { InfotextExtras } from '../image/infotext.js';

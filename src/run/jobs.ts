@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import { UsageError } from '../errors.js';
 import type { SdgenOptions } from '../config/options.js';
-import type { GenerationParams } from './types.js';
+import type { GenerationParams } from '../pipeline/types.js';
 import type { ToMeOptions } from '../tome/types.js';
 import type { PromptFileError } from './prompt-file.js';
 import { parseNameTemplate, renderName, uniqueName, type NameValues } from './output.js';
