@@ -11,7 +11,7 @@ export { SDGEN_VERSION } from './version.js';
 // Pipeline
 export { StableDiffusionPipeline, validateGenerationParams, randomSeed } from './pipeline/pipeline.js';
 export type { GenerationInspector, GenerateOptions, PipelineLoadOptions } from './pipeline/pipeline.js';
-export { generationParams } from './pipeline/params.js';
+export { generationParams, imageSeed } from './pipeline/params.js';
 export { GenerationAbortedError } from './pipeline/denoise.js';
 export { TextEncoder } from './pipeline/text-encoding.js';
 export type { PromptEmbedding, EncodedPrompts, TextEncodeOptions } from './pipeline/text-encoding.js';

@@ -132,8 +132,6 @@ function ctx(seeds: number[] = [1000, 2000, 3000, 4000, 5000]): JobContext {
       if (!hit) throw new UsageError(`unknown sampler "${n}"`);
       return hit;
     },
-    validateTome: (o) => (o.ratio > 1 - 1 / (o.sx * o.sy) ? `ToMe ratio too large (${o.ratio})` : null),
-    tomeApplies: (o, w, h) => (w >= o.minWidth && h >= o.minHeight ? { apply: true } : { apply: false, reason: 'small' }),
     randomSeed: () => seeds[k++]!,
   };
 }
@@ -151,12 +149,12 @@ test('buildJobs: defaults from the model, seeds, per-line errors, plan hash', ()
     spec('e', { tome: 0.5, tomeMinWidth: 768 }, 5),
   ];
   const b = buildJobs(specs, ctx());
-  assert.deepEqual(b.errors.map((e) => [e.line, e.message]), [[3, 'unknown sampler "nope"'], [4, 'ToMe ratio too large (0.9)']]);
+  assert.deepEqual(b.errors.map((e) => [e.line, e.message]), [[3, 'unknown sampler "nope"'], [4, 'ToMe ratio must satisfy 0 ≤ R ≤ 1 − 1/(sx·sy) = 0.75 for sx=2, sy=2 (got 0.9)']]);
   assert.equal(b.jobs.length, 3);
   const [a, bb, e] = b.jobs as [typeof b.jobs[0], typeof b.jobs[0], typeof b.jobs[0]];
   assert.deepEqual([a.params.width, a.params.height, a.params.scheduler, a.params.seed, a.requestedSeed], [256, 192, 'pndm', 1000, -1]);
   assert.deepEqual([bb.params.seed, bb.params.scheduler, bb.imageCount], [5, 'euler_a', 4]);
-  assert.deepEqual([e.tomeOn, e.tomeReason, e.params.tome.ratio, e.params.tome.minWidth], [false, 'small', 0.5, 768]);
+  assert.deepEqual([e.tomeOn, e.tomeReason, e.params.tome.ratio, e.params.tome.minWidth], [false, 'image 256x192 is below the ToMe minimum 768x0', 0.5, 768]);
   // the same list with other random seeds has the same hash; reusing seeds reproduces the plan
   const again = buildJobs(specs, ctx([7, 8]));
   assert.equal(again.planHash, b.planHash);

@@ -7,7 +7,7 @@ import { crc32, crc32Fallback, insertPngText, makeChunk, pngTextMap, readPngChun
 import { addImageMetadata, encodeImagePng, encodeRgbPng, type SdgenImageRecord } from '../src/image/png.js';
 import { metadataFromPng } from '../src/image/metadata.js';
 import { optionsFromMetadata } from '../src/cli/from.js';
-import { DEFAULT_TOME } from '../src/tome/types.js';
+import { DEFAULT_TOME } from '../src/tome/options.js';
 import type { GenerationParams } from '../src/pipeline/types.js';
 import { generationParams } from './helpers.js';
 

@@ -19,7 +19,7 @@ import { decodedToRgb, roundHalfEven } from '../src/pipeline/decode.js';
 import type { PromptEmbedding } from '../src/pipeline/text-encoding.js';
 import type { GeneratedImage, GenerationParams } from '../src/pipeline/types.js';
 import type { RuntimeOptions } from '../src/models/session.js';
-import { DEFAULT_TOME } from '../src/tome/types.js';
+import { DEFAULT_TOME } from '../src/tome/options.js';
 import { generationParams as params, maxAbsDiff, FIXTURES_DIR as FIXTURES } from './helpers.js';
 import { defaultSchedulerFor } from '../src/schedulers/index.js';
 import { SessionManager } from '../src/models/session.js';

@@ -72,7 +72,7 @@ test('a corrupt cached entry is dropped and the source model is loaded', async (
 
 test('a ToMe-patched UNet (If subgraphs) is cached too: the entry onnxruntime writes is repaired and loads back', async () => {
   const { applyToMe } = await import('../src/tome/index.js');
-  const { DEFAULT_TOME } = await import('../src/tome/types.js');
+  const { DEFAULT_TOME } = await import('../src/tome/options.js');
   const { loadModel } = await import('../src/onnx/model-io.js');
   const { writeModelLinkingWeights } = await import('../src/optimize/fused-model.js');
   const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-optcache-tome-'));

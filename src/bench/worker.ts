@@ -149,7 +149,7 @@ async function runLoad(job: Extract<WorkerJob, { kind: 'load' }>): Promise<LoadJ
 
 async function runImage(job: Extract<WorkerJob, { kind: 'image' }>): Promise<ImageJobResult> {
   const { StableDiffusionPipeline } = await import('../pipeline/pipeline.js');
-  const { DEFAULT_TOME } = await import('../tome/types.js');
+  const { DEFAULT_TOME } = await import('../tome/options.js');
   const { generationParams } = await import('../pipeline/params.js');
   const { encodeRgbPng } = await import('../image/png.js');
   const params = generationParams({

@@ -5,7 +5,7 @@ import { SdgenError, UsageError } from '../errors.js';
 import { resolveOptions, type PartialOptions } from '../config/options.js';
 import { loadRc } from '../config/rc.js';
 import { listPresets } from '../config/presets.js';
-import { tomeFromOptions } from '../run/jobs.js';
+import { tomeFromFlat, validateToMeOptions } from '../tome/options.js';
 import { makeChalk } from './ui.js';
 import type { ToMeOptions } from '../tome/types.js';
 
@@ -192,9 +192,7 @@ export async function cmdSynth(
 /** ToMe options from defaults < rc < preset-free flags, validated. */
 export async function tomeOptionsFor(explicit: PartialOptions, configFile?: string): Promise<ToMeOptions> {
   const rc = await loadRc({ configFile });
-  const o = tomeFromOptions(resolveOptions(rc.options, explicit));
-  const { validateToMeOptions } = await import('../tome/index.js');
-  const bad = validateToMeOptions(o);
-  if (bad) throw new UsageError(bad);
+  const o = tomeFromFlat(resolveOptions(rc.options, explicit));
+  validateToMeOptions(o);
   return o;
 }

@@ -50,7 +50,7 @@ async function readPromptFile(file: string): Promise<{ text: string; name: strin
 
 /** Builds the JobContext with the real scheduler registry and ToMe checks (pure modules). */
 async function makeContext(models: Map<string, ModelDefaults>): Promise<JobContext> {
-  const [sched, tome] = await Promise.all([import('../schedulers/index.js'), import('../tome/index.js')]);
+  const sched = await import('../schedulers/index.js');
   const { randomInt } = await import('node:crypto');
   return {
     modelDefaults: (m) => (m === undefined ? undefined : models.get(m)),
@@ -61,8 +61,6 @@ async function makeContext(models: Map<string, ModelDefaults>): Promise<JobConte
         throw new UsageError(`unknown sampler "${name}" (see: sdgen samplers)`);
       }
     },
-    validateTome: (o) => tome.validateToMeOptions(o),
-    tomeApplies: (o, w, h) => tome.tomeApplies(o, w, h),
     randomSeed: () => randomInt(0, 2 ** 32),
   };
 }

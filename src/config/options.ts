@@ -8,8 +8,10 @@ import { UsageError } from '../errors.js';
 import type { AttentionMode } from '../optimize/attention-mode.js';
 import type { ConvMode } from '../optimize/conv-mode.js';
 import type { DeviceName } from '../models/providers.js';
+import { DEFAULT_TOME, tomeToFlat, type ToMeFlatOptions } from '../tome/options.js';
 
-export interface SdgenOptions {
+/** Every option; the ToMe keys are ToMeFlatOptions (src/tome/options.ts owns them). */
+export interface SdgenOptions extends ToMeFlatOptions {
   model?: string;
   out: string;
   name: string;
@@ -33,16 +35,6 @@ export interface SdgenOptions {
   device: DeviceName;
   threads?: number;
   cacheDir?: string;
-  tome: number;
-  sx: number;
-  sy: number;
-  maxDownsample: number;
-  tomeRand: boolean;
-  mergeAttn: boolean;
-  mergeCrossattn: boolean;
-  mergeMlp: boolean;
-  tomeMinWidth: number;
-  tomeMinHeight: number;
 }
 
 export type OptionKey = keyof SdgenOptions;
@@ -64,16 +56,7 @@ export const DEFAULT_OPTIONS: Readonly<SdgenOptions> = Object.freeze({
   attention: 'auto',
   conv: 'auto',
   device: 'auto',
-  tome: 0,
-  sx: 2,
-  sy: 2,
-  maxDownsample: 1,
-  tomeRand: false,
-  mergeAttn: true,
-  mergeCrossattn: false,
-  mergeMlp: false,
-  tomeMinWidth: 0,
-  tomeMinHeight: 0,
+  ...tomeToFlat(DEFAULT_TOME),
 } satisfies SdgenOptions);
 
 type Kind = 'int' | 'float' | 'string' | 'bool' | 'enum';

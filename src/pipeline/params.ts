@@ -1,5 +1,13 @@
-import { DEFAULT_TOME } from '../tome/types.js';
+import { DEFAULT_TOME } from '../tome/options.js';
 import type { GenerationParams } from './types.js';
+
+/**
+ * The seed of image `i` of a job (i = iteration·batchSize + position, from 0): the job's seed + i,
+ * A1111's and diffusers' convention, so any image can be regenerated alone from its own seed.
+ */
+export function imageSeed(params: Pick<GenerationParams, 'seed'>, i: number): number {
+  return params.seed + i;
+}
 
 /**
  * Generation parameters with sdgen's library defaults (empty prompt, 512×512, 10 steps, Euler a,

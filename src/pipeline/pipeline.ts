@@ -38,11 +38,12 @@ import { createScheduler, resolveSchedulerName } from '../schedulers/index.js';
 import { guidanceScaleEmbedding } from '../schedulers/lcm.js';
 import { tomeApplies, tomeRandShape, validateToMeOptions } from '../tome/index.js';
 import { getPatchedUnet } from '../models/tome-cache.js';
-import { TextEncoder, type PromptEmbedding } from './text-encoding.js';
+import { TextEncoder, clipSkipSource, type PromptEmbedding } from './text-encoding.js';
 import { denoiseBatch, initialLatents, throwIfAborted, type TomeRandFeed } from './denoise.js';
 import { VaeDecoder } from './decode.js';
 import { findFinalLayerNorm } from '../models/final-layer-norm.js';
 import { defaultCacheDir } from '../models/cache-dir.js';
+import { imageSeed } from './params.js';
 
 /** One UNet session: the exported or the ToMe-patched graph, in one attention mode. */
 interface UnetModel {
@@ -66,6 +67,13 @@ interface PatchedUnet extends UnetModel {
 
 /** Options of one StableDiffusionPipeline.generate call. */
 export interface GenerateOptions {
+  /**
+   * Which images of the job to make: images `first` … `first + count − 1` (default: all
+   * batchSize × nIter of them). Each keeps its own seed (imageSeed), so a slice gives exactly
+   * the images a whole run gives at those indices; UNet calls take up to batchSize images of
+   * the slice at a time.
+   */
+  images?: { first: number; count: number };
   /**
    * No generate call follows on this pipeline: the UNet session is released as soon as the last
    * batch is denoised, before it is decoded. The decoder's first decode touches about 2.6 GB of
@@ -215,7 +223,7 @@ export class StableDiffusionPipeline {
       const textModel = await sessions.open(folder.paths.textEncoder, 'text encoder');
       opened.push(textModel);
       const lnorm = await findFinalLayerNorm(folder.paths.textEncoder, textModel.info).catch(() => null);
-      const textEncoder = new TextEncoder(textModel, folder.tokenizer, lnorm);
+      const textEncoder = new TextEncoder(textModel, folder.tokenizer, lnorm, clipSkipSource(sessions, folder.paths.textEncoder, cacheDir));
       events?.onLoad?.('unet', 1, total);
       // The UNet's float type is known once a UNet session exists; until then the text
       // encoder's stands for it (exports convert every model). A wrong guess only costs a
@@ -373,8 +381,8 @@ export class StableDiffusionPipeline {
   }
 
   /**
-   * Generate the images of one job: nIter batches of batchSize images, yielded as each batch
-   * is decoded. Throws GenerationAbortedError (name 'AbortError') when `signal` fires; the
+   * Generate the images of one job (nIter batches of batchSize images, or the slice
+   * `options.images`), yielded as each batch is decoded. Throws GenerationAbortedError (name 'AbortError') when `signal` fires; the
    * batch in progress is not yielded.
    */
   async *generate(
@@ -438,15 +446,19 @@ export class StableDiffusionPipeline {
     // With ToMe random destinations each image gets its own UNet calls (see the header).
     const randOn = io.tomeRand.length > 0;
     const perCall = randOn ? 1 : params.batchSize;
-    const totalImages = params.batchSize * params.nIter;
-    const batches = Math.ceil(totalImages / perCall);
+    const jobImages = params.batchSize * params.nIter;
+    const slice = options.images ?? { first: 0, count: jobImages };
+    if (!Number.isInteger(slice.first) || !Number.isInteger(slice.count) || slice.first < 0 || slice.count < 1 || slice.first + slice.count > jobImages) {
+      throw new UsageError(`images ${slice.first}…${slice.first + slice.count - 1} are not within the job's ${jobImages} images`);
+    }
+    const batches = Math.ceil(slice.count / perCall);
 
     for (let bi = 0; bi < batches; bi++) {
       throwIfAborted(signal);
       const batchStart = performance.now();
-      const first = bi * perCall;
-      const count = Math.min(perCall, totalImages - first);
-      const seeds = Array.from({ length: count }, (_, j) => seed0 + first + j);
+      const first = slice.first + bi * perCall;
+      const count = Math.min(perCall, slice.first + slice.count - first);
+      const seeds = Array.from({ length: count }, (_, j) => imageSeed({ seed: seed0 }, first + j));
       const generators = seeds.map((s) => new TorchGenerator(s));
       const schedulers = seeds.map(() => {
         const s = createScheduler(schedulerName, folder.configs.scheduler, { eta: params.eta });
@@ -524,7 +536,7 @@ export class StableDiffusionPipeline {
     const all = [this.textModel, this.vaeModel, ...[this.original, this.patched].flatMap((u) => (u ? [u.model] : []))];
     this.original = null;
     this.patched = null;
-    await Promise.all(all.map((m) => m.release().catch(() => {})));
+    await Promise.all([...all.map((m) => m.release().catch(() => {})), this.textEncoder.release().catch(() => {})]);
   }
 }
 

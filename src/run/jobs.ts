@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import { UsageError } from '../errors.js';
 import type { SdgenOptions } from '../config/options.js';
 import type { GenerationParams } from '../pipeline/types.js';
-import type { ToMeOptions } from '../tome/types.js';
+import { tomeApplies, tomeFromFlat, validateToMeOptions } from '../tome/options.js';
 import type { PromptFileError } from './prompt-file.js';
 import { parseNameTemplate, renderName, uniqueName, type NameValues } from './output.js';
 
@@ -30,9 +30,6 @@ export interface JobContext {
   modelDefaults(model: string | undefined): ModelDefaults | undefined;
   /** canonical name of an sdgen or A1111 sampler name; throws a UsageError when unknown */
   resolveScheduler(name: string): string;
-  /** null when valid, else the reason */
-  validateTome(o: ToMeOptions): string | null;
-  tomeApplies(o: ToMeOptions, width: number, height: number): { apply: boolean; reason?: string };
   randomSeed(): number;
 }
 
@@ -68,21 +65,6 @@ export interface PlannedImage {
   file: string;
 }
 
-export function tomeFromOptions(o: SdgenOptions): ToMeOptions {
-  return {
-    ratio: o.tome,
-    sx: o.sx,
-    sy: o.sy,
-    maxDownsample: o.maxDownsample,
-    useRand: o.tomeRand,
-    mergeAttn: o.mergeAttn,
-    mergeCrossattn: o.mergeCrossattn,
-    mergeMlp: o.mergeMlp,
-    minWidth: o.tomeMinWidth,
-    minHeight: o.tomeMinHeight,
-  };
-}
-
 export function whereOf(source: JobSpec['source']): string {
   return source ? `${source.file}:${source.line}: ` : '';
 }
@@ -94,11 +76,8 @@ export function buildJob(spec: JobSpec, index: number, ctx: JobContext, seed?: n
   const width = o.width ?? defaults?.width ?? 512;
   const height = o.height ?? defaults?.height ?? 512;
   const scheduler = o.scheduler !== undefined && o.scheduler !== '' ? ctx.resolveScheduler(o.scheduler) : (defaults?.scheduler ?? '');
-  const tome = tomeFromOptions(o);
-  if (tome.ratio > 0) {
-    const bad = ctx.validateTome(tome);
-    if (bad) throw new UsageError(bad);
-  }
+  const tome = tomeFromFlat(o);
+  validateToMeOptions(tome);
   const resolvedSeed = o.seed === -1 ? (seed ?? ctx.randomSeed()) : o.seed;
   const params: GenerationParams = {
     prompt: spec.prompt,
@@ -117,7 +96,7 @@ export function buildJob(spec: JobSpec, index: number, ctx: JobContext, seed?: n
     tome,
     attention: o.attention,
   };
-  const decision = tome.ratio > 0 ? ctx.tomeApplies(tome, width, height) : { apply: false, reason: 'ratio 0' };
+  const decision = tome.ratio > 0 ? tomeApplies(tome, width, height) : { apply: false, reason: 'ratio 0' };
   return {
     index,
     source: spec.source,

@@ -7,9 +7,20 @@ import { findBlocks } from './find-blocks.js';
 import { mergedSublayers, selectedBlocks } from './rewrite.js';
 import type { BlockInfo, ToMeOptions } from './types.js';
 
-export { DEFAULT_TOME } from './types.js';
 export type { BlockInfo, PatchedBlockInfo, ToMeOptions } from './types.js';
-export { validateToMeOptions, tomeApplies, tomeRandShape, blockMergeParams } from './options.js';
+export {
+  DEFAULT_TOME,
+  validateToMeOptions,
+  toMeOptionsProblem,
+  tomeFromFlat,
+  tomeToFlat,
+  tomeGraphKey,
+  tomeGraphOptions,
+  tomeApplies,
+  tomeRandShape,
+  blockMergeParams,
+} from './options.js';
+export type { ToMeFlatOptions } from './options.js';
 export { applyToMe, TOME_METADATA_KEY, TOME_MIN_OPSET, type ApplyResult } from './rewrite.js';
 export { buildMergeModel } from './merge-graph.js';
 

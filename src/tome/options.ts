@@ -1,13 +1,97 @@
 /**
- * ToMe option checks and the runtime quantities the pipeline needs (whether ToMe applies to an
- * image size, the shape of each `tome_rand_<k>` input). Pure logic.
+ * ToMe options, one module for all of them: the defaults, the flat form the command line,
+ * `.sdgenrc`, presets and prompt files use (`tome`, `tomeRand`, `tomeMinWidth`, …) and its
+ * mapping to the nested ToMeOptions both ways, the checks (a UsageError wherever options enter),
+ * the key of the options that shape the rewritten graph, and the runtime quantities the pipeline
+ * needs (whether ToMe applies to an image size, the shape of each `tome_rand_<k>` input).
+ * Pure logic.
  */
+import { UsageError } from '../errors.js';
 import type { BlockInfo, ToMeOptions } from './types.js';
 
 const MAX_DOWNSAMPLES = [1, 2, 4, 8];
 
+/** tomesd's defaults (A1111 extension's too), with ToMe off (ratio 0) and no size threshold. */
+export const DEFAULT_TOME: Readonly<ToMeOptions> = Object.freeze({
+  ratio: 0,
+  sx: 2,
+  sy: 2,
+  maxDownsample: 1,
+  useRand: false,
+  mergeAttn: true,
+  mergeCrossattn: false,
+  mergeMlp: false,
+  minWidth: 0,
+  minHeight: 0,
+});
+
+/** The ToMe settings as flat option keys (command line, config files, prompt-file lines). */
+export interface ToMeFlatOptions {
+  tome: number;
+  sx: number;
+  sy: number;
+  maxDownsample: number;
+  tomeRand: boolean;
+  mergeAttn: boolean;
+  mergeCrossattn: boolean;
+  mergeMlp: boolean;
+  tomeMinWidth: number;
+  tomeMinHeight: number;
+}
+
+/** Flat option keys → ToMeOptions. */
+export function tomeFromFlat(f: ToMeFlatOptions): ToMeOptions {
+  return {
+    ratio: f.tome,
+    sx: f.sx,
+    sy: f.sy,
+    maxDownsample: f.maxDownsample,
+    useRand: f.tomeRand,
+    mergeAttn: f.mergeAttn,
+    mergeCrossattn: f.mergeCrossattn,
+    mergeMlp: f.mergeMlp,
+    minWidth: f.tomeMinWidth,
+    minHeight: f.tomeMinHeight,
+  };
+}
+
+/** ToMeOptions → flat option keys (the inverse of tomeFromFlat). */
+export function tomeToFlat(o: ToMeOptions): ToMeFlatOptions {
+  return {
+    tome: o.ratio,
+    sx: o.sx,
+    sy: o.sy,
+    maxDownsample: o.maxDownsample,
+    tomeRand: o.useRand,
+    mergeAttn: o.mergeAttn,
+    mergeCrossattn: o.mergeCrossattn,
+    mergeMlp: o.mergeMlp,
+    tomeMinWidth: o.minWidth,
+    tomeMinHeight: o.minHeight,
+  };
+}
+
+/** The options that shape the rewritten graph (the size thresholds only decide whether it runs). */
+export function tomeGraphOptions(o: ToMeOptions): Pick<ToMeOptions, 'ratio' | 'sx' | 'sy' | 'maxDownsample' | 'useRand' | 'mergeAttn' | 'mergeCrossattn' | 'mergeMlp'> {
+  return {
+    ratio: o.ratio, sx: o.sx, sy: o.sy, maxDownsample: o.maxDownsample, useRand: o.useRand,
+    mergeAttn: o.mergeAttn, mergeCrossattn: o.mergeCrossattn, mergeMlp: o.mergeMlp,
+  };
+}
+
+/** A string that is equal for two option sets exactly when their rewritten graphs are. */
+export function tomeGraphKey(o: ToMeOptions): string {
+  return JSON.stringify(tomeGraphOptions(o));
+}
+
+/** Throws a UsageError (one line) when the options are invalid. */
+export function validateToMeOptions(o: ToMeOptions): void {
+  const bad = toMeOptionsProblem(o);
+  if (bad !== null) throw new UsageError(bad);
+}
+
 /** Null when valid, else a one-line message. */
-export function validateToMeOptions(o: ToMeOptions): string | null {
+export function toMeOptionsProblem(o: ToMeOptions): string | null {
   for (const [k, v] of [['sx', o.sx], ['sy', o.sy]] as const) {
     if (!Number.isInteger(v) || v < 1) return `ToMe ${k} must be a positive integer (got ${v})`;
   }

@@ -16,18 +16,6 @@ export interface ToMeOptions {
   minHeight: number;
 }
 
-export const DEFAULT_TOME: Readonly<ToMeOptions> = Object.freeze({
-  ratio: 0,
-  sx: 2,
-  sy: 2,
-  maxDownsample: 1,
-  useRand: false,
-  mergeAttn: true,
-  mergeCrossattn: false,
-  mergeMlp: false,
-  minWidth: 0,
-  minHeight: 0,
-});
 
 /** A transformer block found in a UNet graph (see src/tome/find-blocks.ts). */
 export interface BlockInfo {
