@@ -2,7 +2,8 @@
  * The CLIP text model's final layer norm, recovered from the exported graph, so that clip skip
  * can normalise an intermediate hidden state the way A1111 / diffusers do
  * (`final_layer_norm(hidden_states[-N])`). Only needed — and only read — when the export has
- * per-layer `hidden_states.K` outputs.
+ * per-layer `hidden_states.K` outputs: exported so, or added by sdgen's clip-skip rewrite
+ * (src/optimize/clip-skip.ts, which also finds the encoder's last layer here: the norm's input).
  *
  * Recognised: a `LayerNormalization` node producing `last_hidden_state` (opset ≥ 17), or the
  * decomposition torch.onnx.export writes at lower opsets:
@@ -46,8 +47,18 @@ function scalarOf(t: TensorProto): number {
   return typeof x === 'bigint' ? Number(x) : Number(x);
 }
 
-/** Find the final layer norm's parameters in a text-encoder graph (null if not recognised). */
-export function finalLayerNormOf(graph: GraphProto, outputName = 'last_hidden_state'): LayerNormParams | null {
+/** A final layer norm found in a graph: its parameters and the tensor it normalizes. */
+export interface FinalLayerNorm {
+  params: LayerNormParams;
+  /** the normalized tensor: the last encoder layer's output (hidden_states[-1]) */
+  input: string;
+}
+
+/**
+ * Find the final layer norm (the node pattern producing `outputName`) in a text-encoder graph:
+ * its parameters and its input; null if not recognised.
+ */
+export function finalLayerNormNode(graph: GraphProto, outputName = 'last_hidden_state'): FinalLayerNorm | null {
   const producer = new Map<string, NodeProto>();
   for (const n of graph.node) for (const o of n.output) producer.set(o, n);
   const inits = new Map<string, TensorProto>();
@@ -69,10 +80,10 @@ export function finalLayerNormOf(graph: GraphProto, outputName = 'last_hidden_st
   if (last.opType === 'LayerNormalization') {
     const w = constant(last.input[1] ?? '');
     const b = last.input[2] ? constant(last.input[2]) : null;
-    if (!w) return null;
+    if (!w || !last.input[0]) return null;
     const eps = last.attribute.find((a) => a.name === 'epsilon')?.f ?? 1e-5;
     const weight = tensorFloats(w);
-    return { weight, bias: b ? tensorFloats(b) : new Float32Array(weight.length), epsilon: eps };
+    return { params: { weight, bias: b ? tensorFloats(b) : new Float32Array(weight.length), epsilon: eps }, input: last.input[0] };
   }
   // Decomposed form.
   if (last.opType !== 'Add') return null;
@@ -88,7 +99,17 @@ export function finalLayerNormOf(graph: GraphProto, outputName = 'last_hidden_st
   if (addEps?.opType !== 'Add') return null;
   const epsT = constant(addEps.input[1]!) ?? constant(addEps.input[0]!);
   if (!epsT) return null;
-  return { weight: tensorFloats(weightT), bias: tensorFloats(biasT), epsilon: scalarOf(epsT) };
+  // Sub(x, ReduceMean(x)): x is the normalized tensor
+  const sub = producer.get(div.input[0]!);
+  if (sub?.opType !== 'Sub' || !sub.input[0]) return null;
+  const mean = producer.get(sub.input[1]!);
+  if (mean?.opType !== 'ReduceMean' || mean.input[0] !== sub.input[0]) return null;
+  return { params: { weight: tensorFloats(weightT), bias: tensorFloats(biasT), epsilon: scalarOf(epsT) }, input: sub.input[0] };
+}
+
+/** Find the final layer norm's parameters in a text-encoder graph (null if not recognised). */
+export function finalLayerNormOf(graph: GraphProto, outputName = 'last_hidden_state'): LayerNormParams | null {
+  return finalLayerNormNode(graph, outputName)?.params ?? null;
 }
 
 /**

@@ -22,5 +22,7 @@ export type { WinogradOptions, WinogradResult, WinogradTile, WinogradFold } from
 export { polyphaseUpsampleConvs } from './polyphase.js';
 export type { PolyphaseResult } from './polyphase.js';
 export { getWinogradModel, useWinograd, winogradRewrite, writeWinogradWeights, WINOGRAD_WEIGHTS_FILE } from './conv-mode.js';
+export { encoderLayerOutputs, exposeHiddenStates, getClipSkipModel } from './clip-skip.js';
+export type { ClipSkipModel, EncoderLayerOutputs, ExposeHiddenStatesResult } from './clip-skip.js';
 export { cacheMaxBytes, entriesToEvict, pruneCacheDir, touchEntry, DEFAULT_CACHE_MAX_GB } from './cache-prune.js';
 export type { CacheEntryInfo, PruneResult } from './cache-prune.js';

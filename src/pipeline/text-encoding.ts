@@ -14,13 +14,22 @@
  * Longer prompts: A1111 chunking by default; `longPrompt: 'truncate'` keeps diffusers'
  * behaviour (start + the first 75 tokens + end), which is what a diffusers reference image of a
  * long prompt was made with.
+ *
+ * Clip skip N > 1 (A1111: `final_layer_norm(hidden_states[-N])`) reads output
+ * `hidden_states.{L+1-N}` of an export with per-layer outputs `hidden_states.0 … L`, and applies
+ * the text model's final layer norm read from the graph (src/models/final-layer-norm.ts). For an
+ * export without them, the first run that asks for clip skip opens a second session on the graph
+ * rewritten to have them (src/optimize/clip-skip.ts, cached on disk), so that runs without clip
+ * skip keep running the exported graph as it is (its outputs to the bit).
  */
 import ort from 'onnxruntime-node';
-import { SdgenError } from '../errors.js';
+import { SdgenError, UsageError } from '../errors.js';
 import type { ClipTokenizer } from '../text/clip-tokenizer.js';
 import { applyEmphasis, padChunks, tokenizeChunks, type ChunkedPrompt } from '../text/chunks.js';
-import type { ModelSession } from '../models/session.js';
+import type { ModelSession, SessionManager } from '../models/session.js';
 import { textEncoderIO, type TextEncoderIO } from '../models/io.js';
+import { findFinalLayerNorm } from '../models/final-layer-norm.js';
+import { getClipSkipModel } from '../optimize/clip-skip.js';
 import { toFloat32 } from './tensors.js';
 
 export interface TextEncodeOptions {
@@ -60,24 +69,84 @@ function allOnes(w: readonly number[]): boolean {
   return true;
 }
 
+type LayerNormFn = (hidden: Float32Array, dim: number) => Float32Array;
+
+/** Opens the text encoder with outputs `hidden_states.0 … L` (for an export without them). */
+export type HiddenStatesSource = () => Promise<ModelSession>;
+
+/**
+ * The HiddenStatesSource of a pipeline: the text encoder `file` rewritten by getClipSkipModel
+ * (cached under `cacheDir`), opened by `sessions` without onnxruntime's optimized-graph cache
+ * (which would store another copy of the weights; the text encoder optimizes quickly).
+ */
+export function clipSkipSource(sessions: SessionManager, file: string, cacheDir: string): HiddenStatesSource {
+  return async () => {
+    const m = await getClipSkipModel(file, { cacheDir });
+    return sessions.open(m.path, 'text encoder (clip skip)', { optimizedCache: false });
+  };
+}
+
+/** A session whose outputs include hidden_states.0 … L, with its final layer norm. */
+interface LayeredEncoder {
+  model: ModelSession;
+  io: TextEncoderIO;
+  finalLayerNorm: LayerNormFn | null;
+}
+
 export class TextEncoder {
   readonly io: TextEncoderIO;
-  private readonly finalLayerNorm: ((hidden: Float32Array, dim: number) => Float32Array) | null;
+  private readonly finalLayerNorm: LayerNormFn | null;
+  /** the rewritten encoder opened from hiddenStatesSource (first clip skip > 1 run) */
+  private layered: Promise<LayeredEncoder> | null = null;
 
   constructor(
     private readonly model: ModelSession,
     readonly tokenizer: ClipTokenizer,
     /** applies the text model's final layer norm (needed for clip skip > 1); null = not available */
-    finalLayerNorm: ((hidden: Float32Array, dim: number) => Float32Array) | null = null,
+    finalLayerNorm: LayerNormFn | null = null,
+    /**
+     * Where clip skip > 1 gets per-layer hidden states when this export has none (clipSkipSource);
+     * null: clip skip > 1 needs an export with them.
+     */
+    private readonly hiddenStatesSource: HiddenStatesSource | null = null,
   ) {
     this.io = textEncoderIO(model.info, 'text encoder');
     this.finalLayerNorm = finalLayerNorm;
   }
 
-  /** Whether `clipSkip` can be honoured by this export. */
-  supportsClipSkip(clipSkip: number): boolean {
-    if (clipSkip <= 1) return true;
-    return this.io.hiddenStates.length > clipSkip && this.finalLayerNorm !== null;
+  /** The session clip skip > 1 runs: this export when it has hidden_states outputs, else the rewrite. */
+  private async layeredEncoder(clipSkip: number): Promise<LayeredEncoder> {
+    if (this.io.hiddenStates.length > 0) return { model: this.model, io: this.io, finalLayerNorm: this.finalLayerNorm };
+    const source = this.hiddenStatesSource;
+    if (!source) {
+      throw new SdgenError(
+        `clip skip ${clipSkip} needs a text encoder exported with per-layer hidden states (outputs hidden_states.0 … hidden_states.N); this one has only ${this.io.lastHiddenState.name}`,
+      );
+    }
+    this.layered ??= (async () => {
+      const model = await source();
+      try {
+        const io = textEncoderIO(model.info, model.what);
+        if (io.hiddenStates.length === 0) throw new SdgenError(`${model.what}: ${model.path} has no hidden_states outputs`);
+        return { model, io, finalLayerNorm: await findFinalLayerNorm(model.path, model.info) };
+      } catch (err) {
+        await model.release();
+        throw err;
+      }
+    })();
+    try {
+      return await this.layered;
+    } catch (err) {
+      this.layered = null; // a later run tries again (and reports the same problem)
+      throw err;
+    }
+  }
+
+  /** Releases the session opened for clip skip, if any (the main session is the caller's). */
+  async release(): Promise<void> {
+    const l = this.layered;
+    this.layered = null;
+    if (l) await (await l.catch(() => null))?.model.release();
   }
 
   /** Encode one 77-id chunk → hidden [77, dim]. */
@@ -89,17 +158,21 @@ export class TextEncoder {
     const data = inputIds.type === 'int64' ? BigInt64Array.from(ids, (v) => BigInt(v)) : Int32Array.from(ids);
     const feed = { [inputIds.name]: new ort.Tensor(inputIds.type, data, [1, ids.length]) };
     let outName = this.io.lastHiddenState.name;
+    let model = this.model;
+    let finalLayerNorm: LayerNormFn | null = null;
     if (clipSkip > 1) {
-      if (!this.supportsClipSkip(clipSkip)) {
-        throw new SdgenError(
-          this.io.hiddenStates.length === 0
-            ? `clip skip ${clipSkip} needs a text encoder exported with per-layer hidden states (outputs hidden_states.0 … hidden_states.N); this one has only ${this.io.lastHiddenState.name}`
-            : `clip skip ${clipSkip} is not available for this text encoder (${this.io.hiddenStates.length - 1} layers${this.finalLayerNorm ? '' : ', final layer norm not found'})`,
-        );
+      const enc = await this.layeredEncoder(clipSkip);
+      const layers = enc.io.hiddenStates.length - 1;
+      if (clipSkip > layers) {
+        throw new UsageError(`clip skip ${clipSkip} is not available for this text encoder: it has ${layers} layers (clip skip N needs N ≤ ${layers})`);
       }
-      outName = this.io.hiddenStates[this.io.hiddenStates.length - clipSkip]!.name;
+      if (!enc.finalLayerNorm) throw new SdgenError(`clip skip ${clipSkip}: the final layer norm of the text encoder ${enc.model.path} was not found`);
+      // A1111: hidden_states[-N] of the L + 1 states (embeddings, then each layer's output)
+      outName = enc.io.hiddenStates[layers + 1 - clipSkip]!.name;
+      model = enc.model;
+      finalLayerNorm = enc.finalLayerNorm;
     }
-    const out = await this.model.session.run(feed, [outName]);
+    const out = await model.session.run(feed, [outName]);
     const t = out[outName]!;
     const dims = t.dims;
     if (dims.length !== 3 || dims[0] !== 1 || dims[1] !== ids.length) {
@@ -108,7 +181,7 @@ export class TextEncoder {
     const dim = dims[2]!;
     let hidden = toFloat32(t);
     t.dispose?.();
-    if (clipSkip > 1) hidden = this.finalLayerNorm!(hidden, dim);
+    if (finalLayerNorm) hidden = finalLayerNorm(hidden, dim);
     return { data: hidden, seqLen: ids.length, dim };
   }
 
