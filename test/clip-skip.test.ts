@@ -215,8 +215,9 @@ test('CLI: --clip-skip 2 on tiny-sd1 runs and differs from clip skip 1', async (
   const tsx = import.meta.resolve('tsx');
   const main = path.join(ROOT, 'src/cli/main.ts');
   const home = path.join(tmp, 'home');
-  const run = (clipSkip: number) =>
-    spawnCli(['--import', tsx, main], ['a fox', '--model', TINY, '--steps', '1', '--width', '64', '--height', '64', '--seed', '7', '--device', 'cpu', '--clip-skip', String(clipSkip), '--out', path.join(tmp, `out-${clipSkip}`)], { cwd: tmp, home });
+  // one Euler step: tiny-sd1's one-step PNDM image saturates to the same pixels whatever the prompt
+  const args = ['a fox', '--model', TINY, '--steps', '1', '--scheduler', 'euler', '--width', '64', '--height', '64', '--seed', '7', '--device', 'cpu'];
+  const run = (clipSkip: number) => spawnCli(['--import', tsx, main], [...args, '--clip-skip', String(clipSkip), '--out', path.join(tmp, `out-${clipSkip}`)], { cwd: tmp, home });
   const [r1, r2] = await Promise.all([run(1), run(2)]);
   const pixels: Buffer[] = [];
   for (const [r, clipSkip] of [[r1, 1], [r2, 2]] as const) {
