@@ -172,24 +172,6 @@ export class NameAllocator {
   }
 }
 
-/**
- * Initializers a rewrite adds once per key and shares between the nodes it writes: the returned
- * function adds `make(name)` under a fresh name derived from `prefix + key` the first time a key
- * is asked for, and returns that name every time.
- */
-export function sharedInitializers(graph: GraphProto, names: NameAllocator, prefix: string): (key: string, make: (name: string) => TensorProto) => string {
-  const added = new Map<string, string>();
-  return (key, make) => {
-    let name = added.get(key);
-    if (name === undefined) {
-      name = names.alloc(`${prefix}${key}`);
-      graph.initializer.push(make(name));
-      added.set(key, name);
-    }
-    return name;
-  };
-}
-
 /** A name unused in `graph` (one-off; use NameAllocator for many). */
 export function uniqueName(graph: GraphProto, base: string): string {
   return new NameAllocator(graph).alloc(base);
@@ -402,10 +384,6 @@ export function insertNodesBefore(graph: GraphProto, anchor: NodeProto, nodes: N
   graph.node.splice(indexOfNode(graph, anchor), 0, ...nodes);
 }
 
-export function insertNodesAfter(graph: GraphProto, anchor: NodeProto, nodes: NodeProto[]): void {
-  graph.node.splice(indexOfNode(graph, anchor) + 1, 0, ...nodes);
-}
-
 /**
  * Removes `oldNodes` and puts `newNodes` where the first of them was. If that breaks the
  * topological order (e.g. a new node uses a tensor produced between the old ones), the graph is
@@ -540,9 +518,4 @@ export function getValueInfoShape(graph: GraphProto, name: string): (number | st
   const shape = getValueInfo(graph, name)?.type?.tensorType?.shape;
   if (shape === undefined) return undefined;
   return shape.dim.map((d) => (d.dimValue !== undefined ? Number(d.dimValue as Int64) : d.dimParam));
-}
-
-/** The declared element type (DataType) of a tensor, if any. */
-export function getValueInfoElemType(graph: GraphProto, name: string): number | undefined {
-  return getValueInfo(graph, name)?.type?.tensorType?.elemType;
 }

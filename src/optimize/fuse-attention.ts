@@ -26,6 +26,7 @@
  * `allowFloat16` (for GPU providers) is set.
  */
 import { getAttr, attrFloat, attrInt } from '../onnx/attributes.js';
+import { NodeEmitter } from '../onnx/emitter.js';
 import { GraphIndex, NameAllocator, ensureOpset, getValueInfoShape, nodeUses, replaceNodes } from '../onnx/graph.js';
 import { DataType, type GraphProto, type ModelProto, type NodeProto } from '../onnx/types.js';
 import { ShapeExprs, divExpr, exprEquals, isConst, mulExpr, type ShapeExpr } from './shape-expr.js';
@@ -416,11 +417,6 @@ export function modelFloatType(model: ModelProto): number {
   return DataType.FLOAT;
 }
 
-/** True when the model computes in float16 (its float inputs or weights are float16). */
-export function isFloat16Model(model: ModelProto): boolean {
-  return modelFloatType(model) === DataType.FLOAT16;
-}
-
 const scopeOf = (name: string | undefined): string => {
   if (!name) return '';
   const i = name.lastIndexOf('/');
@@ -468,19 +464,13 @@ export function fuseAttention(model: ModelProto, opts: FuseAttentionOptions = {}
       continue;
     }
     const scope = scopeOf(m.anchor.name) || scopeOf(softmax.name);
-    const mha: NodeProto = {
-      name: names.alloc(scope ? `${scope}/MultiHeadAttention` : 'MultiHeadAttention'),
-      opType: 'MultiHeadAttention',
-      domain: MS_DOMAIN,
-      input: [m.q, m.k, m.v],
-      output: [m.output],
-      attribute: [attrInt('num_heads', m.heads), attrFloat('scale', m.scale)],
-    };
+    const em = new NodeEmitter(names, scope);
+    em.op('MultiHeadAttention', [m.q, m.k, m.v], [attrInt('num_heads', m.heads), attrFloat('scale', m.scale)], { domain: MS_DOMAIN, output: m.output });
     for (const n of dead) {
       for (const o of n.output) if (o !== m.output) removedOutputs.add(o);
       for (const i of n.input) if (i) removedInputs.add(i);
     }
-    replaceNodes(graph, [...dead], [mha]);
+    replaceNodes(graph, [...dead], em.nodes);
     result.count++;
   }
   if (result.count > 0) {

@@ -16,7 +16,8 @@
  * and nothing else uses y or the MatMul's product.
  */
 import { getAttr, getInt, getInts, subgraphsOf } from '../onnx/attributes.js';
-import { GraphIndex, NameAllocator, getValueInfoShape, replaceNodes, sharedInitializers } from '../onnx/graph.js';
+import { NodeEmitter, sharedInitializers } from '../onnx/emitter.js';
+import { GraphIndex, NameAllocator, getValueInfoShape, replaceNodes } from '../onnx/graph.js';
 import { int64Tensor } from '../onnx/tensor.js';
 import type { ModelProto, NodeProto } from '../onnx/types.js';
 import { ShapeExprs } from './shape-expr.js';
@@ -68,29 +69,24 @@ export function splitGeglu(model: ModelProto): GegluSplitResult {
     const halves = halvesOf(y, idx, se, rankOf, width, lastAxis);
     if (!halves) continue;
 
-    const scope = (mm.name || prod).replace(/\/MatMul$/, '');
-    const newNodes: NodeProto[] = [];
-    const node = (opType: string, input: string[], output: string, suffix: string): string => {
-      newNodes.push({ name: names.alloc(`${scope}/geglu_${suffix}`), opType, domain: '', input, output: [output], attribute: [] });
-      return output;
-    };
+    const e = new NodeEmitter(names, (mm.name || prod).replace(/\/MatMul$/, ''));
     const half = (k: 0 | 1, out: string): void => {
       const tag = k === 0 ? 'hidden' : 'gate';
-      const wk = node('Slice', [mm.input[1]!, ints([k * h]), ints([(k + 1) * h]), ints([1])], names.alloc(`${scope}/geglu_${tag}_weight`), `${tag}_weight`);
+      const wk = e.op('Slice', [mm.input[1]!, ints([k * h]), ints([(k + 1) * h]), ints([1])], [], { label: `geglu_${tag}_weight` });
       if (bias === undefined) {
-        node('MatMul', [mm.input[0]!, wk], out, `${tag}_MatMul`);
+        e.op('MatMul', [mm.input[0]!, wk], [], { label: `geglu_${tag}_MatMul`, output: out });
         return;
       }
-      const bk = node('Slice', [bias, ints([k * h]), ints([(k + 1) * h]), ints([0])], names.alloc(`${scope}/geglu_${tag}_bias`), `${tag}_bias`);
-      const p = node('MatMul', [mm.input[0]!, wk], names.alloc(`${scope}/geglu_${tag}_MatMul_output`), `${tag}_MatMul`);
-      node('Add', [p, bk], out, `${tag}_Add`);
+      const bk = e.op('Slice', [bias, ints([k * h]), ints([(k + 1) * h]), ints([0])], [], { label: `geglu_${tag}_bias` });
+      const p = e.op('MatMul', [mm.input[0]!, wk], [], { label: `geglu_${tag}_MatMul` });
+      e.op('Add', [p, bk], [], { label: `geglu_${tag}_Add`, output: out });
     };
     half(0, halves.outputs[0]);
     half(1, halves.outputs[1]);
     const removed = [mm, ...(add ? [add] : []), ...halves.nodes];
     // Constant nodes that fed only the removed nodes (torch's bound arithmetic) go with them
     const constants = new Set(removed.flatMap((n) => n.input.map((i) => idx.producer(i))).filter((p): p is NodeProto => isStd(p) && p.opType === 'Constant'));
-    replaceNodes(graph, removed, newNodes);
+    replaceNodes(graph, removed, e.nodes);
     idx.refresh();
     const dead = [...constants].filter((c) => graph.node.includes(c) && c.output.every((o) => idx.consumers(o).length === 0 && !idx.isGraphOutput(o)));
     if (dead.length > 0) {

@@ -23,9 +23,10 @@
  * where Winograd applies it does better (9·K·C per source pixel at m = 4).
  */
 import { attrInt, attrInts, getFloats, getString } from '../onnx/attributes.js';
+import { NodeEmitter, sharedInitializers } from '../onnx/emitter.js';
 import { GraphIndex, NameAllocator, replaceNodes } from '../onnx/graph.js';
 import { floatTensor } from '../onnx/tensor.js';
-import type { AttributeProto, ModelProto, NodeProto } from '../onnx/types.js';
+import type { ModelProto, NodeProto } from '../onnx/types.js';
 import { constFloats, ineligible } from './winograd.js';
 
 export interface PolyphaseResult {
@@ -76,43 +77,30 @@ export function polyphaseUpsampleConvs(model: ModelProto, select: (conv: NodePro
   const idx = new GraphIndex(graph);
   const opset = Number(model.opsetImport?.find((o) => o.domain === '' || o.domain === 'ai.onnx')?.version ?? 1);
   const names = new NameAllocator(graph);
-  // R_a ([2, 3]) and R_bᵀ ([3, 2]), added with the first rewrite
-  let rows: { r: [string, string]; rt: [string, string] } | undefined;
+  const shared = sharedInitializers(graph, names, 'polyphase/');
   for (const conv of idx.nodesByOp('Conv')) {
     const e = ineligible(idx, conv, 1);
     if (!select(conv) || e.reason !== undefined) continue;
     const up = idx.producer(conv.input[0]!);
     if (!up || !isNearest2x(idx, up, opset) || idx.isGraphOutput(up.output[0]!) || idx.consumers(up.output[0]!).length !== 1) continue;
-    if (rows === undefined) {
-      rows = { r: [names.alloc('polyphase/R0'), names.alloc('polyphase/R1')], rt: [names.alloc('polyphase/R0T'), names.alloc('polyphase/R1T')] };
-      graph.initializer.push(
-        floatTensor(rows.r[0], [1, 0, 0, 0, 1, 1], [2, 3]),
-        floatTensor(rows.r[1], [1, 1, 0, 0, 0, 1], [2, 3]),
-        floatTensor(rows.rt[0], [1, 0, 0, 1, 0, 1], [3, 2]),
-        floatTensor(rows.rt[1], [1, 0, 1, 0, 0, 1], [3, 2]),
-      );
-    }
-    const scope = conv.name ? `${conv.name}/polyphase` : names.alloc('polyphase');
-    const v = (s: string) => names.alloc(`${scope}/${s}`);
-    const newNodes: NodeProto[] = [];
-    const node = (opType: string, input: string[], attribute: AttributeProto[] = [], out = v(`${opType}_output`)): string => {
-      newNodes.push({ name: v(opType), opType, domain: '', input, output: [out], attribute });
-      return out;
-    };
+    // R_a ([2, 3]) and R_bᵀ ([3, 2]), shared by every rewritten convolution
+    const r = [shared('R0', (n) => floatTensor(n, [1, 0, 0, 0, 1, 1], [2, 3])), shared('R1', (n) => floatTensor(n, [1, 1, 0, 0, 0, 1], [2, 3]))];
+    const rt = [shared('R0T', (n) => floatTensor(n, [1, 0, 0, 1, 0, 1], [3, 2])), shared('R1T', (n) => floatTensor(n, [1, 0, 1, 0, 0, 1], [3, 2]))];
+    const em = new NodeEmitter(names, conv.name ? `${conv.name}/polyphase` : names.alloc('polyphase'));
     const x = up.input[0]!;
     const w = conv.input[1]!;
     const bias = conv.input[2] ? [conv.input[2]] : [];
     const phases: string[] = [];
     for (const a of [0, 1]) {
-      const wa = node('MatMul', [rows.r[a]!, w]);
+      const wa = em.op('MatMul', [r[a]!, w]);
       for (const b of [0, 1]) {
-        const k = node('MatMul', [wa, rows.rt[b]!]);
-        phases.push(node('Conv', [x, k, ...bias], [attrInts('kernel_shape', [2, 2]), attrInts('pads', [1 - a, 1 - b, a, b])]));
+        const k = em.op('MatMul', [wa, rt[b]!]);
+        phases.push(em.op('Conv', [x, k, ...bias], [attrInts('kernel_shape', [2, 2]), attrInts('pads', [1 - a, 1 - b, a, b])]));
       }
     }
-    const cat = node('Concat', phases, [attrInt('axis', 1)]);
-    node('DepthToSpace', [cat], [attrInt('blocksize', 2)], conv.output[0]!);
-    replaceNodes(graph, [up, conv], newNodes);
+    const cat = em.op('Concat', phases, [attrInt('axis', 1)]);
+    em.op('DepthToSpace', [cat], [attrInt('blocksize', 2)], { output: conv.output[0]! });
+    replaceNodes(graph, [up, conv], em.nodes);
     result.count++;
     result.convs.push(conv.name || conv.output[0]!);
     result.extraWeightBytes += e.K * e.C * 7 * 4;

@@ -45,10 +45,11 @@
  * level, whose tile tensors would cost more in memory than they save; its upsampler convolution
  * takes the polyphase form instead, src/optimize/polyphase.ts). An unknown stride gets m = 2.
  */
-import { getAttr, subgraphsOf } from '../onnx/attributes.js';
-import { GraphIndex, NameAllocator, replaceNodes, sharedInitializers } from '../onnx/graph.js';
+import { attrInt, attrInts, getAttr, subgraphsOf } from '../onnx/attributes.js';
+import { NodeEmitter, sharedInitializers } from '../onnx/emitter.js';
+import { GraphIndex, NameAllocator, replaceNodes } from '../onnx/graph.js';
 import { floatTensor, int64Tensor, tensorFloats } from '../onnx/tensor.js';
-import { AttributeType, DataType, type AttributeProto, type GraphProto, type ModelProto, type NodeProto, type TensorProto } from '../onnx/types.js';
+import { DataType, type GraphProto, type ModelProto, type NodeProto, type TensorProto } from '../onnx/types.js';
 
 export type WinogradTile = 2 | 4;
 
@@ -184,9 +185,6 @@ export function autoTile(stride: number | undefined): WinogradTile | undefined {
   return undefined;
 }
 
-const attr = (name: string, ints: number[]): AttributeProto => ({ name, type: AttributeType.INTS, ints });
-const attrI = (name: string, i: number): AttributeProto => ({ name, type: AttributeType.INT, i });
-
 /** The constant float values of a tensor name (initializer or Constant node), if small and known. */
 export function constFloats(idx: GraphIndex, name: string): number[] | undefined {
   const init = idx.initializer(name);
@@ -275,7 +273,6 @@ export function winogradConvs(model: ModelProto, opts: WinogradOptions = {}): Wi
   const names = new NameAllocator(graph);
   const constant = sharedInitializers(graph, names, 'winograd/');
   const ints64 = (key: string, v: number[]) => constant(key, (name) => int64Tensor(name, v));
-  const newNodes: NodeProto[] = [];
   // the input transform kernels per (tile, channels): one Tile of a shared base, folded by onnxruntime
   const inputKernels = new Map<string, string>();
 
@@ -296,13 +293,7 @@ export function winogradConvs(model: ModelProto, opts: WinogradOptions = {}): Wi
     const { BT, G, AT } = TRANSFORMS[m];
     const a = m + 2;
     const a2 = a * a;
-    const scope = conv.name ? `${conv.name}/winograd` : names.alloc('winograd');
-    const v = (s: string) => names.alloc(`${scope}/${s}`);
-    const node = (opType: string, input: string[], attribute: AttributeProto[] = [], outName?: string): string => {
-      const out = outName ?? v(`${opType}_output`);
-      newNodes.push({ name: v(opType), opType, domain: '', input, output: [out], attribute });
-      return out;
-    };
+    const em = new NodeEmitter(names, conv.name ? `${conv.name}/winograd` : names.alloc('winograd'));
     const x = conv.input[0]!;
     const w = conv.input[1]!;
     const y = conv.output[0]!;
@@ -323,7 +314,7 @@ export function winogradConvs(model: ModelProto, opts: WinogradOptions = {}): Wi
     } else {
       const g = constant(`G${m}`, (name) => floatTensor(name, G.flat(), [a, 3]));
       const gt = constant(`GT${m}`, (name) => floatTensor(name, [0, 1, 2].flatMap((j) => G.map((r) => r[j]!)), [3, a]));
-      u = node('Transpose', [node('Reshape', [node('MatMul', [node('MatMul', [g, w]), gt]), ints64(`shape_${K}_${C}_${a2}`, [K, C, a2])])], [attr('perm', [2, 0, 1])]);
+      u = em.op('Transpose', [em.op('Reshape', [em.op('MatMul', [em.op('MatMul', [g, w]), gt]), ints64(`shape_${K}_${C}_${a2}`, [K, C, a2])])], [attrInts('perm', [2, 0, 1])]);
     }
 
     // input transform kernel [C·α², 1, α, α]: Bᵀ ⊗ Bᵀ for every channel
@@ -332,28 +323,28 @@ export function winogradConvs(model: ModelProto, opts: WinogradOptions = {}): Wi
       const base: number[] = [];
       for (let xi = 0; xi < a; xi++) for (let nu = 0; nu < a; nu++) for (let i = 0; i < a; i++) for (let j = 0; j < a; j++) base.push(BT[xi]![i]! * BT[nu]![j]!);
       const baseName = constant(`B${m}`, (name) => floatTensor(name, base, [a2, 1, a, a]));
-      bk = node('Tile', [baseName, ints64(`repeat_${C}`, [C, 1, 1, 1])]);
+      bk = em.op('Tile', [baseName, ints64(`repeat_${C}`, [C, 1, 1, 1])]);
       inputKernels.set(`${m}/${C}`, bk);
     }
-    const tiles = node('Conv', [x, bk], [attr('kernel_shape', [a, a]), attr('strides', [m, m]), attr('pads', [1, 1, m, m]), attrI('group', C)]);
-    const vt = node('Transpose', [node('Reshape', [tiles, ints64(`shape_0_${C}_${a2}_-1`, [0, C, a2, -1])])], [attr('perm', [0, 2, 1, 3])]);
-    const prod = node('MatMul', [u, vt]);
+    const tiles = em.op('Conv', [x, bk], [attrInts('kernel_shape', [a, a]), attrInts('strides', [m, m]), attrInts('pads', [1, 1, m, m]), attrInt('group', C)]);
+    const vt = em.op('Transpose', [em.op('Reshape', [tiles, ints64(`shape_0_${C}_${a2}_-1`, [0, C, a2, -1])])], [attrInts('perm', [0, 2, 1, 3])]);
+    const prod = em.op('MatMul', [u, vt]);
     const at = constant(`AT${m}`, (name) => {
       const vals: number[] = [];
       for (let i = 0; i < m; i++) for (let j = 0; j < m; j++) for (let xi = 0; xi < a; xi++) for (let nu = 0; nu < a; nu++) vals.push(AT[i]![xi]! * AT[j]![nu]!);
       return floatTensor(name, vals, [m * m, a2]);
     });
-    let out = node('MatMul', [at, node('Reshape', [prod, ints64(`shape_0_${a2}_-1`, [0, a2, -1])])]);
+    let out = em.op('MatMul', [at, em.op('Reshape', [prod, ints64(`shape_0_${a2}_-1`, [0, a2, -1])])]);
     const bias = conv.input[2];
     if (bias) {
-      out = node('Add', [node('Reshape', [out, ints64(`shape_0_${m * m}_${K}_-1`, [0, m * m, K, -1])]), node('Reshape', [bias, ints64(`shape_${K}_1`, [K, 1])])]);
+      out = em.op('Add', [em.op('Reshape', [out, ints64(`shape_0_${m * m}_${K}_-1`, [0, m * m, K, -1])]), em.op('Reshape', [bias, ints64(`shape_${K}_1`, [K, 1])])]);
     }
-    const hw = (t: string) => node('Slice', [node('Shape', [t]), ints64('2', [2]), ints64('4', [4])]);
-    const outShape = node('Concat', [ints64(`shape_0_${m * m * K}`, [0, m * m * K]), hw(tiles)], [attrI('axis', 0)]);
-    const full = node('DepthToSpace', [node('Reshape', [out, outShape])], [attrI('blocksize', m)]);
-    node('Slice', [full, ints64('0_0', [0, 0]), hw(x), ints64('2_3', [2, 3])], [], y);
+    const hw = (t: string) => em.op('Slice', [em.op('Shape', [t]), ints64('2', [2]), ints64('4', [4])]);
+    const outShape = em.op('Concat', [ints64(`shape_0_${m * m * K}`, [0, m * m * K]), hw(tiles)], [attrInt('axis', 0)]);
+    const full = em.op('DepthToSpace', [em.op('Reshape', [out, outShape])], [attrInt('blocksize', m)]);
+    em.op('Slice', [full, ints64('0_0', [0, 0]), hw(x), ints64('2_3', [2, 3])], [], { output: y });
 
-    replaceNodes(graph, [conv], newNodes.splice(0));
+    replaceNodes(graph, [conv], em.nodes);
     result.count++;
     result.byTile[m]++;
     result.extraWeightBytes += K * C * (a2 - 9) * 4;

@@ -1,49 +1,35 @@
 /**
- * A small node emitter for the ToMe subgraphs: appends standard-domain nodes with fresh names to
- * a node list and hides the opset-dependent op forms (Reduce* take `axes` as an attribute before
- * opset 18 and as an input from 18 on). Pure: builds NodeProto objects, no I/O.
+ * The ToMe subgraphs' node emitter: the shared NodeEmitter (src/onnx/emitter.ts) plus what the
+ * merge plan needs on top — int64/float constants emitted once per graph, If nodes whose branches
+ * are built by callbacks, and the opset-dependent op forms (Reduce* take `axes` as an attribute
+ * before opset 18 and as an input from 18 on). Pure: builds NodeProto objects, no I/O.
  */
-import { attrFloat, attrGraph, attrInt, attrInts, attrString, attrTensor } from '../onnx/attributes.js';
+import { attrGraph, attrInt, attrInts, attrTensor } from '../onnx/attributes.js';
+import { NodeEmitter } from '../onnx/emitter.js';
 import type { NameAllocator } from '../onnx/graph.js';
 import { int64Tensor, makeTensor, scalarTensor } from '../onnx/tensor.js';
-import { DataType, type AttributeProto, type GraphProto, type NodeProto, type ValueInfoProto } from '../onnx/types.js';
+import { DataType, type GraphProto, type TensorProto, type ValueInfoProto } from '../onnx/types.js';
 
-export { attrFloat, attrInt, attrInts, attrString };
-
-export class Emitter {
-  readonly nodes: NodeProto[] = [];
+export class ToMeEmitter extends NodeEmitter {
   /** Constants are emitted once, in the outermost graph (subgraphs see them as outer-scope values). */
-  private readonly root: Emitter;
+  private readonly root: ToMeEmitter;
   private readonly constants = new Map<string, string>();
 
   constructor(
-    readonly names: NameAllocator,
+    names: NameAllocator,
     /** Node-name scope, e.g. `/tome/block3`. */
-    readonly scope: string,
+    scope: string,
     /** Default-domain opset the emitted nodes must be valid for. */
     readonly opset: number,
-    root?: Emitter,
+    root?: ToMeEmitter,
   ) {
+    super(names, scope);
     this.root = root ?? this;
   }
 
   /** An emitter for a subgraph body (same name space and opset, its own node list). */
-  child(scope: string): Emitter {
-    return new Emitter(this.names, `${this.scope}/${scope}`, this.opset, this.root);
-  }
-
-  /** Emits one node and returns its output names. */
-  node(opType: string, inputs: string[], attrs: AttributeProto[] = [], nOut = 1, label?: string): string[] {
-    const name = this.names.alloc(`${this.scope}/${label ?? opType}`);
-    const outputs: string[] = [];
-    for (let k = 0; k < nOut; k++) outputs.push(this.names.alloc(`${name}_output_${k}`));
-    this.nodes.push({ name, opType, domain: '', input: inputs, output: outputs, attribute: attrs });
-    return outputs;
-  }
-
-  /** Emits one single-output node and returns its output name. */
-  op(opType: string, inputs: string[], attrs: AttributeProto[] = [], label?: string): string {
-    return this.node(opType, inputs, attrs, 1, label)[0]!;
+  child(scope: string): ToMeEmitter {
+    return new ToMeEmitter(this.names, `${this.scope}/${scope}`, this.opset, this.root);
   }
 
   /** int64 constant: a scalar (0-d) for a number, 1-D for an array. */
@@ -57,10 +43,10 @@ export class Emitter {
     return this.root.constant(`${dataType}:${v}`, () => scalarTensor('', dataType, v));
   }
 
-  private constant(key: string, make: () => ReturnType<typeof scalarTensor>): string {
+  private constant(key: string, make: () => TensorProto): string {
     let name = this.constants.get(key);
     if (name === undefined) {
-      name = this.op('Constant', [], [attrTensor('value', make())], 'Constant');
+      name = this.op('Constant', [], [attrTensor('value', make())]);
       this.constants.set(key, name);
     }
     return name;
@@ -69,15 +55,12 @@ export class Emitter {
   /** Empty 1-D tensor of a type (used for the outputs of an If branch that is never read). */
   empty(dataType: DataType): string {
     const data = dataType === DataType.INT64 ? new BigInt64Array(0) : dataType === DataType.DOUBLE ? new Float64Array(0) : new Float32Array(0);
-    return this.op('Constant', [], [attrTensor('value', makeTensor('', dataType, [0], data))], 'Empty');
+    return this.op('Constant', [], [attrTensor('value', makeTensor('', dataType, [0], data))], { label: 'Empty' });
   }
 
   /** ConstantOfShape with a one-element value of `dataType`. */
   filled(shape: string, dataType: DataType, v: number): string {
-    return this.op('ConstantOfShape', [shape], [attrTensor('value', (() => {
-      const t = scalarTensor('', dataType, v);
-      return { ...t, dims: [1] };
-    })())]);
+    return this.op('ConstantOfShape', [shape], [attrTensor('value', { ...scalarTensor('', dataType, v), dims: [1] })]);
   }
 
   cast(x: string, to: DataType): string {
@@ -106,11 +89,11 @@ export class Emitter {
   ifNode(
     cond: string,
     outTypes: readonly DataType[],
-    thenBody: (e: Emitter) => string[],
-    elseBody: (e: Emitter) => string[],
+    thenBody: (e: ToMeEmitter) => string[],
+    elseBody: (e: ToMeEmitter) => string[],
     label = 'If',
   ): string[] {
-    const mk = (which: string, body: (e: Emitter) => string[]): GraphProto => {
+    const mk = (which: string, body: (e: ToMeEmitter) => string[]): GraphProto => {
       const sub = this.child(`${label}_${which}`);
       let outs = body(sub);
       // A branch output must be produced inside the branch: wrap outer names in Identity.
@@ -122,6 +105,6 @@ export class Emitter {
     };
     const thenG = mk('then', thenBody);
     const elseG = mk('else', elseBody);
-    return this.node('If', [cond], [attrGraph('then_branch', thenG), attrGraph('else_branch', elseG)], outTypes.length, label);
+    return this.node('If', [cond], [attrGraph('then_branch', thenG), attrGraph('else_branch', elseG)], { outputs: outTypes.length, label });
   }
 }

@@ -18,8 +18,10 @@
  * permutes the rows of the merged tensor, which attention and MLPs do not see.) Sources are
  * ordered by descending best similarity (TopK, ties in ascending order) exactly as tomesd does.
  */
-import { attrInt, attrInts, attrString, Emitter } from './emitter.js';
-import { DataType } from '../onnx/types.js';
+import { attrInt, attrInts, attrString } from '../onnx/attributes.js';
+import type { NameAllocator } from '../onnx/graph.js';
+import { DataType, type ModelProto } from '../onnx/types.js';
+import { ToMeEmitter } from './emitter.js';
 
 /** Int64 scalars (0-d) holding the latent height and width. */
 export interface LatentGrid {
@@ -69,7 +71,7 @@ const PLAN_TYPES: DataType[] = [
 ];
 
 /** H and W (int64 scalars) from a [B, C, H, W] tensor's shape. */
-export function emitLatentGrid(e: Emitter, sample: string): LatentGrid {
+export function emitLatentGrid(e: ToMeEmitter, sample: string): LatentGrid {
   const shape = e.op('Shape', [sample]);
   return {
     H: e.op('Gather', [shape, e.i64(2)], [attrInt('axis', 0)]),
@@ -81,7 +83,7 @@ export function emitLatentGrid(e: Emitter, sample: string): LatentGrid {
  * The merge plan of one block. `metric` is the block input [B, N, C] (float32 or float16; the
  * similarities are computed in float32).
  */
-export function emitBlockPlan(e: Emitter, metric: string, metricType: DataType, grid: LatentGrid, s: PlanSettings): MergePlan {
+export function emitBlockPlan(e: ToMeEmitter, metric: string, metricType: DataType, grid: LatentGrid, s: PlanSettings): MergePlan {
   const I = (v: number | number[]): string => e.i64(v);
   const shX = e.op('Shape', [metric]);
   const B = e.op('Gather', [shX, I(0)], [attrInt('axis', 0)]);
@@ -106,7 +108,7 @@ export function emitBlockPlan(e: Emitter, metric: string, metricType: DataType, 
   const okR = e.op('Greater', [reff, I(0)]);
   const okNd = e.op('Greater', [nd, I(0)]);
   const okGrid = e.op('Equal', [e.op('Mul', [h, w]), N]);
-  const apply = e.op('And', [e.op('And', [okDs, okR]), e.op('And', [okNd, okGrid])], [], 'Apply');
+  const apply = e.op('And', [e.op('And', [okDs, okR]), e.op('And', [okNd, okGrid])], [], { label: 'Apply' });
 
   const outs = e.ifNode(apply, PLAN_TYPES, (t) => {
     const ti = (v: number | number[]): string => t.i64(v);
@@ -117,8 +119,8 @@ export function emitBlockPlan(e: Emitter, metric: string, metricType: DataType, 
     let tok: string;
     if (s.randInput) {
       const cellShape = t.shape1d([{ scalar: hsy }, { scalar: wsx }]);
-      const readRand = (u: Emitter): string[] => [u.op('Reshape', [s.randInput!, cellShape])];
-      const zeros = (u: Emitter): string[] => [u.filled(cellShape, DataType.INT64, 0)];
+      const readRand = (u: ToMeEmitter): string[] => [u.op('Reshape', [s.randInput!, cellShape])];
+      const zeros = (u: ToMeEmitter): string[] => [u.filled(cellShape, DataType.INT64, 0)];
       let v: string;
       if (s.oddBatchDisablesRand ?? true) {
         const even = t.op('Equal', [t.op('Mod', [B, ti(2)]), ti(0)]);
@@ -154,7 +156,7 @@ export function emitBlockPlan(e: Emitter, metric: string, metricType: DataType, 
     const nodeIdx = t.op('ArgMax', [scores], [attrInt('axis', -1), attrInt('keepdims', 0)]);
     const ns1 = t.unsqueeze(ns, [0]);
     const r1 = t.unsqueeze(reff, [0]);
-    const order = t.node('TopK', [nodeMax, ns1], [attrInt('axis', -1), attrInt('largest', 1), attrInt('sorted', 1)], 2)[1]!;
+    const order = t.node('TopK', [nodeMax, ns1], [attrInt('axis', -1), attrInt('largest', 1), attrInt('sorted', 1)], { outputs: 2 })[1]!;
     const srcIdx = t.op('Slice', [order, ti([0]), r1, ti([1])]);
     const unmIdx = t.op('Slice', [order, r1, ns1, ti([1])]);
     const dstIdx = t.op('GatherElements', [nodeIdx, srcIdx], [attrInt('axis', 1)]);
@@ -194,7 +196,7 @@ export function emitBlockPlan(e: Emitter, metric: string, metricType: DataType, 
 }
 
 /** merge(x): [B, N, C] → [B, N − r, C] (Identity when the plan does not apply). */
-export function emitMerge(e: Emitter, x: string, xType: DataType, p: MergePlan, label = 'Merge'): string {
+export function emitMerge(e: ToMeEmitter, x: string, xType: DataType, p: MergePlan, label = 'Merge'): string {
   return e.ifNode(p.apply, [xType], (t) => {
     const xf = t.op('Flatten', [x], [attrInt('axis', 2)]);
     const unm = t.op('Gather', [xf, p.unmRows], [attrInt('axis', 0)]);
@@ -215,7 +217,7 @@ export function emitMerge(e: Emitter, x: string, xType: DataType, p: MergePlan, 
 }
 
 /** unmerge(y): [B, N − r, C] → [B, N, C] (Identity when the plan does not apply). */
-export function emitUnmerge(e: Emitter, y: string, yType: DataType, p: MergePlan, label = 'Unmerge'): string {
+export function emitUnmerge(e: ToMeEmitter, y: string, yType: DataType, p: MergePlan, label = 'Unmerge'): string {
   return e.ifNode(p.apply, [yType], (t) => {
     const yf = t.op('Flatten', [y], [attrInt('axis', 2)]);
     return [t.op('Gather', [yf, p.invRows], [attrInt('axis', 0)])];
@@ -230,11 +232,11 @@ export function emitUnmerge(e: Emitter, y: string, yType: DataType, p: MergePlan
  * Used by the tests to check the subgraph against tomesd's reference vectors.
  */
 export function buildMergeModel(
-  names: import('../onnx/graph.js').NameAllocator,
+  names: NameAllocator,
   s: Omit<PlanSettings, 'randInput'> & { useRand: boolean },
   opset = 16,
-): import('../onnx/types.js').ModelProto {
-  const e = new Emitter(names, '/tome', opset);
+): ModelProto {
+  const e = new ToMeEmitter(names, '/tome', opset);
   const gridShape = e.op('Identity', ['grid']);
   const grid: LatentGrid = {
     H: e.op('Gather', [gridShape, e.i64(0)], [attrInt('axis', 0)]),
@@ -249,7 +251,7 @@ export function buildMergeModel(
     ['src_idx', plan.srcIdx, DataType.INT64], ['dst_idx', plan.dstIdx, DataType.INT64],
     ['node_max', plan.nodeMax, DataType.FLOAT], ['node_idx', plan.nodeIdx, DataType.INT64], ['apply', plan.apply, DataType.BOOL],
   ];
-  for (const [name, from] of outs) e.nodes.push({ name: `/tome/out_${name}`, opType: 'Identity', domain: '', input: [from], output: [name], attribute: [] });
+  for (const [name, from] of outs) e.op('Identity', [from], [], { label: `out_${name}`, output: name });
   const vi = (name: string, elemType: DataType, dims: Array<string | number>) => ({
     name,
     type: { tensorType: { elemType, shape: { dim: dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) } } },

@@ -6,7 +6,7 @@
 import { setAttr, attrString, getAttr } from '../onnx/attributes.js';
 import { NameAllocator, checkGraph, ensureOpset, opsetVersion, renameTensorUses, topologicalSort } from '../onnx/graph.js';
 import { DataType, type ModelProto, type ValueInfoProto } from '../onnx/types.js';
-import { Emitter } from './emitter.js';
+import { ToMeEmitter } from './emitter.js';
 import { findBlocks, findSampleInput, type FoundBlock, type SubLayer } from './find-blocks.js';
 import { emitBlockPlan, emitLatentGrid, emitMerge, emitUnmerge } from './merge-graph.js';
 import { validateToMeOptions } from './options.js';
@@ -82,7 +82,7 @@ export function applyToMe(model: ModelProto, o: ToMeOptions): ApplyResult {
 
   const names = new NameAllocator(graph);
   const sample = findSampleInput(graph)!;
-  const top = new Emitter(names, '/tome', opset);
+  const top = new ToMeEmitter(names, '/tome', opset);
   const grid = emitLatentGrid(top, sample);
   const added = [...top.nodes];
   const randInputs: string[] = [];
@@ -103,7 +103,7 @@ export function applyToMe(model: ModelProto, o: ToMeOptions): ApplyResult {
       };
       graph.input.push(vi);
     }
-    const e = new Emitter(names, `/tome/block${k}`, opset);
+    const e = new ToMeEmitter(names, `/tome/block${k}`, opset);
     const plan = emitBlockPlan(e, b.metric, b.elemType, grid, { ...o, randInput });
     const patch = (sub: SubLayer, label: string): void => {
       const merged = emitMerge(e, sub.normOutput, b.elemType, plan, `${label}_merge`);
