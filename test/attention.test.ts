@@ -6,7 +6,7 @@ import ort from 'onnxruntime-node';
 import { decodeModel, encodeModel } from '../src/onnx/proto.js';
 import { checkGraph } from '../src/onnx/graph.js';
 import { loadModel } from '../src/onnx/model-io.js';
-import { attrFloat, attrInt, attrInts } from '../src/onnx/attributes.js';
+import { attrInt, attrInts } from '../src/onnx/attributes.js';
 import { floatTensor, int64Tensor } from '../src/onnx/tensor.js';
 import { DataType, type ModelProto, type NodeProto, type TensorProto } from '../src/onnx/types.js';
 import { chooseAttention, fuseAttention } from '../src/optimize/index.js';

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import ort from 'onnxruntime-node';
 import { xorshiftFill } from '../src/bench/inputs.js';
-import { decodeModel, encodeModel } from '../src/onnx/proto.js';
+import { decodeModel } from '../src/onnx/proto.js';
 import { checkGraph } from '../src/onnx/graph.js';
 import { attrInts, attrString as str } from '../src/onnx/attributes.js';
 import { floatTensor } from '../src/onnx/tensor.js';

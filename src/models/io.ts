@@ -4,7 +4,7 @@
  * input. Pure logic over SessionInfo (testable with hand-written metadata).
  */
 import { SdgenError } from '../errors.js';
-import type { ElementType, SessionInfo, ValueInfo } from './session.js';
+import type { SessionInfo, ValueInfo } from './session.js';
 
 /** Float element types a model may take for latents / embeddings. */
 export type FloatType = 'float32' | 'float16';
@@ -19,8 +19,6 @@ export interface TextEncoderIO {
    */
   hiddenStates: { name: string; type: FloatType }[];
 }
-
-export type TimestepKind = 'float-vector' | 'float-scalar' | 'int-vector' | 'int-scalar';
 
 export interface UnetIO {
   /** `dims`: [B, C, H, W], a number where the export fixed it, else null */
@@ -151,9 +149,4 @@ export function vaeDecoderIO(info: SessionInfo, what = 'vae decoder'): VaeDecode
   const out = pick(info.outputs, ['sample']) ?? info.outputs[0];
   if (!out) throw new SdgenError(`${what}: no outputs`);
   return { latent: { name: latent.name, type: floatType(latent, what) }, output: { name: out.name, type: floatType(out, what) } };
-}
-
-/** Element type check helper for callers building tensors. */
-export function isFloat16(t: ElementType): boolean {
-  return t === 'float16';
 }

@@ -251,8 +251,3 @@ export class SessionManager {
     };
   }
 }
-
-/** Find an input by name (or null). */
-export function findInput(info: SessionInfo, name: string): ValueInfo | null {
-  return info.inputs.find((v) => v.name === name) ?? null;
-}

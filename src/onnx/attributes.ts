@@ -22,16 +22,8 @@ export function attrInts(name: string, v: readonly Int64[]): AttributeProto {
   return { name, type: AttributeType.INTS, ints: [...v] };
 }
 
-export function attrFloats(name: string, v: readonly number[]): AttributeProto {
-  return { name, type: AttributeType.FLOATS, floats: [...v] };
-}
-
 export function attrString(name: string, v: string): AttributeProto {
   return { name, type: AttributeType.STRING, s: encoder.encode(v) };
-}
-
-export function attrStrings(name: string, v: readonly string[]): AttributeProto {
-  return { name, type: AttributeType.STRINGS, strings: v.map((s) => encoder.encode(s)) };
 }
 
 export function attrTensor(name: string, t: TensorProto): AttributeProto {
@@ -52,13 +44,6 @@ export function setAttr(node: NodeProto, attr: AttributeProto): void {
   const i = node.attribute.findIndex((a) => a.name === attr.name);
   if (i >= 0) node.attribute[i] = attr;
   else node.attribute.push(attr);
-}
-
-export function removeAttr(node: NodeProto, name: string): boolean {
-  const i = node.attribute.findIndex((a) => a.name === name);
-  if (i < 0) return false;
-  node.attribute.splice(i, 1);
-  return true;
 }
 
 function missing(node: NodeProto, name: string): never {
@@ -112,25 +97,11 @@ export function getString(node: NodeProto, name: string, dflt?: string): string 
   return a.s ? decoder.decode(a.s) : '';
 }
 
-export function getStrings(node: NodeProto, name: string, dflt?: string[]): string[] {
-  const a = getAttr(node, name);
-  if (a === undefined) return dflt ?? missing(node, name);
-  if (!is(a, AttributeType.STRINGS, a.strings !== undefined)) wrongType(node, a, 'STRINGS');
-  return (a.strings ?? []).map((s) => decoder.decode(s));
-}
-
 export function getTensor(node: NodeProto, name: string): TensorProto {
   const a = getAttr(node, name);
   if (a === undefined) return missing(node, name);
   if (!is(a, AttributeType.TENSOR, a.t !== undefined) || a.t === undefined) wrongType(node, a, 'TENSOR');
   return a.t;
-}
-
-export function getGraph(node: NodeProto, name: string): GraphProto {
-  const a = getAttr(node, name);
-  if (a === undefined) return missing(node, name);
-  if (!is(a, AttributeType.GRAPH, a.g !== undefined) || a.g === undefined) wrongType(node, a, 'GRAPH');
-  return a.g;
 }
 
 /** Every subgraph held by a node's attributes (If branches, Loop/Scan bodies). */

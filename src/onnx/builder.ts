@@ -44,7 +44,6 @@ export type Attrs = Record<string, AttrValue>;
 export const int = (v: number | bigint): AttrValue => ({ int: v });
 export const float = (v: number): AttrValue => ({ float: v });
 export const ints = (v: readonly (number | bigint)[]): AttrValue => ({ ints: v });
-export const floats = (v: readonly number[]): AttrValue => ({ floats: v });
 export const str = (v: string): AttrValue => ({ string: v });
 export const tensorAttr = (v: TensorProto): AttrValue => ({ tensor: v });
 
@@ -118,12 +117,6 @@ export interface BuilderOptions {
   producerName?: string;
   producerVersion?: string;
   graphName?: string;
-}
-
-/** Where torch gives initializer-like value names their numbers: one counter per model. */
-export interface InitializerOptions {
-  /** Raw data; leave undefined for weights filled in later. */
-  data?: Uint8Array;
 }
 
 export class GraphBuilder {

@@ -24,7 +24,6 @@ import {
   PROTOBUF_MAX_BYTES, splitFields,
 } from './proto.js';
 import { byteLength } from './tensor.js';
-import { subgraphsOf } from './attributes.js';
 import {
   DataLocation, type AttributeProto, type GraphProto, type ModelProto, type StringStringEntryProto, type TensorProto,
 } from './types.js';

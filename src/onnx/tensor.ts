@@ -97,11 +97,6 @@ export function int64Tensor(name: string, values: readonly Int64[], dims: readon
   return makeTensor(name, DataType.INT64, dims, BigInt64Array.from(values, (v) => BigInt(v)));
 }
 
-/** An int32 tensor (1-D unless dims given). */
-export function int32Tensor(name: string, values: ArrayLike<number>, dims: readonly Int64[] = [values.length]): TensorProto {
-  return makeTensor(name, DataType.INT32, dims, Int32Array.from(values));
-}
-
 /** A rank-0 tensor holding one value of the given numeric type. */
 export function scalarTensor(name: string, dataType: DataType | number, value: number | bigint): TensorProto {
   switch (dataType) {
