@@ -217,8 +217,8 @@ function dedupeInitializers(g: GraphProto): number {
 
 /**
  * onnxruntime (1.2x) writes some constants it folded inside a control-flow subgraph twice
- * into that subgraph (measured: ToMe's `If` plan branches, `…/Plan_else/Empty_output_0`), and
- * then refuses to load its own file ("initializer name is not unique"). The copies are
+ * into that subgraph (ToMe's `If` plan branches do this, e.g. `…/Plan_else/Empty_output_0`),
+ * and then refuses to load its own file ("initializer name is not unique"). The copies are
  * identical, so the entry is repaired by keeping one of each before it is published.
  */
 export async function repairOptimizedModel(file: string): Promise<number> {
@@ -291,12 +291,11 @@ function mergeExtra(a: unknown, b: unknown): Record<string, unknown> | undefined
 }
 
 /**
- * Default memory settings for CPU sessions (docs/performance.md, "Memory settings"): the arena
- * on (without it every call allocates from the system, 2–4× slower); the memory pattern off.
- * The pattern pre-plans one block per run from the first run's allocations, so the second run
- * allocates that block afresh: the SD 1.5 VAE decoder's second decode took 9.7–10.3 s instead of
- * 6.9–7.2 s, its first 9.1–9.3 instead of 8.4–8.7 s, and the UNet used 0.3 GB more at 512² for
- * the same steady call (5.88 vs 5.83 s).
+ * Default memory settings for CPU sessions (docs/performance.md, "Memory settings" has the
+ * numbers): the arena on, since without it every call allocates from the system; the memory
+ * pattern off. The pattern pre-plans one block per run from the first run's allocations, so the
+ * second run allocates that block afresh and touches fresh memory again: with it the VAE
+ * decoder's early decodes are slower and the UNet holds more memory for no faster steady call.
  */
 export const DEFAULT_MEMORY_OPTIONS: Readonly<Pick<ort.InferenceSession.SessionOptions, 'enableCpuMemArena' | 'enableMemPattern'>> =
   Object.freeze({ enableCpuMemArena: true, enableMemPattern: false });

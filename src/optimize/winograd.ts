@@ -26,7 +26,9 @@
  * - 'graph': computed in the graph from the convolution's own weight (MatMul(MatMul(G, w), Gᵀ)
  *   → Reshape → Transpose), which onnxruntime folds into a constant when it first optimizes the
  *   graph. The rewritten file adds a few small constants only, but the fold holds w, U and their
- *   intermediates at once (a 9.5 GB peak and 30–45 s for SD 1.5's UNet).
+ *   intermediates at once and repeats for every graph variant, so for a large UNet it costs
+ *   several times the weights' memory and tens of seconds per first load (docs/performance.md,
+ *   section 5).
  * - 'initializer': a new float32 initializer [α², K, C] per (weight, tile), listed in
  *   `folds` without data; the caller fills it with {@link winogradU} (sdgen writes them to a
  *   data file shared by every variant of the model, src/optimize/conv-mode.ts). Weights that
@@ -37,10 +39,10 @@
  *
  * Tile choice ('auto'): from each convolution's spatial stride relative to the model's image
  * input, found by propagating strides (Conv) and nearest-neighbour Resize scales from the
- * graph's 4-D inputs. Measured with onnxruntime on x86 (docs/performance.md): m = 4 pays most
- * where the feature map is large (stride ≤ 2 of the latent: 1.9–2.7× per convolution);
- * at stride 4 (16² at 512²) the 1280-channel weights make m = 4's U 4× the weight for little
- * extra gain, so m = 2; at stride ≥ 8 (8² at 512²) there are too few tiles per weight and the
+ * graph's 4-D inputs. m = 4 pays most where the feature map is large (stride ≤ 2 of the
+ * latent: many tiles share each weight read); at stride 4 (16² at 512²) the 1280-channel weights
+ * make m = 4's U 4× the weight for little extra gain, so m = 2; at stride ≥ 8 (8² at 512²)
+ * there are too few tiles per weight and the
  * convolution is left alone, as it is on maps 8× the input or larger (a VAE decoder's image
  * level, whose tile tensors would cost more in memory than they save; its upsampler convolution
  * takes the polyphase form instead, src/optimize/polyphase.ts). An unknown stride gets m = 2.
@@ -169,10 +171,10 @@ export function winogradU(w: Float32Array, K: number, C: number, m: WinogradTile
  *
  * - Maps upsampled 8× or more from the input (a VAE decoder's image-resolution level) stay
  *   direct: their tile tensors (2.25× a 128–256-channel full-size map, twice) dominate the
- *   decode's memory, and a pipeline decodes once per run, so that memory is fresh, and on the
- *   machines measured first-touching it cost more than the smaller GEMMs saved (SD 1.5's decoder
- *   at 1024²: 52 s and 7.8 GB with this level direct, 62 s and 14.7 GB without;
- *   docs/performance.md, section 5).
+ *   decode's memory, and a pipeline decodes once per run, so that memory is fresh and touching
+ *   it for the first time costs more than the smaller GEMMs save; direct, this level roughly
+ *   halves the decode's peak memory and its first decode is faster too (docs/performance.md,
+ *   section 5).
  * - From 4× the input down to ½ of it: m = 4. ¼ of it: m = 2 (m = 4's U is 4× the
  *   1280-channel weights, for few tiles). Smaller maps stay direct: too few tiles per weight
  *   read.
