@@ -10,8 +10,8 @@ import { SdgenError, UsageError } from '../errors.js';
 import type { DeviceName } from './providers.js';
 import type { ConvMode } from '../optimize/conv-mode.js';
 import { ProviderSelector, type ProviderName, type SessionFactory } from './providers.js';
-import { createCachedSession, DEFAULT_MEMORY_OPTIONS, getWinogradModel, useWinograd } from '../optimize/index.js';
-import { defaultCacheDir } from './cache-dir.js';
+import { createCachedSession, DEFAULT_MEMORY_OPTIONS } from '../optimize/index.js';
+import { foldOrtError, ortLogLevel, ortLogOptions } from './ort-log.js';
 
 /** How sessions are created: provider, threads, caches. */
 export interface RuntimeOptions {
@@ -131,8 +131,9 @@ export function sessionOptions(runtime: RuntimeOptions, providers: ProviderName[
     executionMode: 'sequential',
     graphOptimizationLevel: 'all',
     ...DEFAULT_MEMORY_OPTIONS,
-    // ort logs provider-load failures at error level; sdgen prints its own one-line notice instead.
-    logSeverityLevel: quiet && !runtime.verbose ? 4 : runtime.verbose ? 2 : 3,
+    // nothing raw from onnxruntime's logger: its errors reach the user as sdgen's own line
+    // (src/models/ort-log.ts); `quiet` (probing a provider) is thereby quiet too
+    ...ortLogOptions(),
   };
 }
 
@@ -175,25 +176,8 @@ export class SessionManager {
   ) {
     this.selector = new ProviderSelector(runtime.device, onNotice);
     // onnxruntime's process-wide logger prints provider-load failures (and warnings) itself, at
-    // its first session; sdgen reports them as one-line notices instead, unless --verbose.
-    ort.env.logLevel = runtime.verbose ? 'warning' : 'fatal';
-  }
-
-  /**
-   * The file a session on `provider` loads for `path`: its Winograd variant when --conv asks for
-   * one on this provider and the model has convolutions to rewrite (src/optimize/conv-mode.ts),
-   * else `path`. A rewrite that fails loads the model as it is (a notice for an explicit
-   * 'winograd'; the load itself reports a broken model).
-   */
-  private async convVariant(path: string, what: string, provider: string): Promise<string> {
-    if (!useWinograd(this.runtime.conv, provider)) return path;
-    try {
-      const r = await getWinogradModel(path, this.runtime.cacheDir ?? defaultCacheDir());
-      return r.rewritten ? r.path : path;
-    } catch (err) {
-      if (this.runtime.conv === 'winograd') this.onNotice(`${what}: Winograd convolutions not used (${err instanceof Error ? err.message : String(err)})`);
-      return path;
-    }
+    // its first session; sdgen reports them as one-line notices instead (SDGEN_ORT_LOG lets them through).
+    ort.env.logLevel = ortLogLevel();
   }
 
   /**
@@ -205,15 +189,16 @@ export class SessionManager {
     await checkModelFile(path, what);
     let used: ProviderName = 'cpu';
     let fromCache = false;
+    // onnxruntime's exception condensed to its own sentence; the full text stays as the cause
+    const create = (p: string, o: ort.InferenceSession.SessionOptions) => this.createSession(p, o).catch((e: unknown) => Promise.reject(foldOrtError(e)));
     const factory: SessionFactory<ort.InferenceSession> = async (providers) => {
       // While probing `auto`, keep ort's own error log quiet; the selector emits the notice.
       const quiet = this.runtime.device === 'auto' && providers[0] !== 'cpu';
       const options = sessionOptions(this.runtime, providers, quiet);
       let s: ort.InferenceSession | null = null;
-      const file = await this.convVariant(path, what, providers[0]!);
       if (this.optimizedCache && opts.optimizedCache !== false && providers[0] === 'cpu') {
         try {
-          const r = await createCachedSession(file, options, { cacheDir: this.optimizedCache.cacheDir, provider: 'cpu' }, this.createSession);
+          const r = await createCachedSession(path, options, { cacheDir: this.optimizedCache.cacheDir, provider: 'cpu' }, create);
           s = r.session;
           fromCache = r.cached;
         } catch (err) {
@@ -223,7 +208,7 @@ export class SessionManager {
           // (a model that cannot load at all fails again below, with its own error)
         }
       }
-      s ??= await this.createSession(file, options);
+      s ??= await create(path, options);
       used = providers[0]!;
       return s;
     };

@@ -1,24 +1,22 @@
 /**
- * ToMe-patched UNet files: `patchModelFile` (for `sdgen tome-patch IN OUT`) and the on-disk cache
- * of patched UNets (`getPatchedUnet`). The model is loaded with its external data left on disk
- * and written back with the streaming writer, so patching a multi-GB UNet holds little more than
- * its graph in memory; weights go to one file beside the patched model. Cache entries are keyed
- * by the source model file's identity, the options that shape the graph and sdgen's version, and
- * written atomically (temp files renamed into place; the entry's meta.json last).
+ * ToMe-patched UNet files: `patchModelFile` (for `sdgen tome-patch IN OUT`) and the cached
+ * patched UNets runs use (`getPatchedUnet`, on the rewrite cache every graph rewrite shares,
+ * src/optimize/fused-model.ts). The model is loaded with its external data left on disk, so
+ * patching a multi-GB UNet holds little more than its graph in memory; the weights are linked
+ * (or copied by the kernel) rather than rewritten.
  */
-import { createHash } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { copyFile, link, mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { copyFile, link, mkdir, rename, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, normalize, resolve, sep } from 'node:path';
 import { SdgenError } from '../errors.js';
-import { loadedWithExternalData, loadModel, modelFileIdentity, saveModel } from '../onnx/model-io.js';
+import { loadedWithExternalData, loadModel, saveModel } from '../onnx/model-io.js';
+import { getRewrittenModel } from '../optimize/fused-model.js';
 import { encodeModel } from '../onnx/proto.js';
 import { DataLocation, type ModelProto, type StringStringEntryProto } from '../onnx/types.js';
 import { applyToMe, type ApplyResult } from '../tome/rewrite.js';
 import type { PatchedBlockInfo, ToMeOptions } from '../tome/types.js';
-import { SDGEN_VERSION } from '../version.js';
+import { tomeGraphOptions, validateToMeOptions } from '../tome/options.js';
 import { defaultCacheDir } from './cache-dir.js';
-import { exists } from './exists.js';
 
 export type PatchProgress = (stage: string, done: number, total: number) => void;
 
@@ -34,24 +32,11 @@ export interface PatchedUnet {
   fromCache: boolean;
 }
 
-/** The ToMe options that change the rewritten graph (not the size thresholds). */
-export function graphOptions(o: ToMeOptions): Record<string, number | boolean> {
-  return {
-    ratio: o.ratio, sx: o.sx, sy: o.sy, maxDownsample: o.maxDownsample, useRand: o.useRand,
-    mergeAttn: o.mergeAttn, mergeCrossattn: o.mergeCrossattn, mergeMlp: o.mergeMlp,
-  };
-}
-
 /**
- * Bumped whenever the rewrite's graph changes within one sdgen version (2: merges sum with
- * ScatterElements instead of ScatterND, for run-to-run identical results).
+ * Version of the ToMe rewrite's graph, part of every cache key: bumped when the graph it writes
+ * changes within one sdgen version, so that no stale entry is reused.
  */
 export const TOME_GRAPH_VERSION = 2;
-
-/** Cache key: source identity + graph options + sdgen version + the rewrite's graph version. */
-export function tomeCacheKey(identity: string, o: ToMeOptions, version = SDGEN_VERSION): string {
-  return createHash('sha256').update(JSON.stringify({ identity, tome: graphOptions(o), version, graph: TOME_GRAPH_VERSION })).digest('hex').slice(0, 32);
-}
 
 /**
  * Loads `inPath` (external data left on disk), applies ToMe and writes the result to `outPath`
@@ -150,56 +135,33 @@ async function writeKeepingWeights(model: ModelProto, inPath: string, outPath: s
   }
 }
 
-interface Meta {
-  version: string;
-  key: string;
-  source: string;
-  patched: boolean;
-  reason?: string;
+/** What a ToMe cache entry records besides the graph: the blocks that merge, their rand inputs. */
+interface ToMeInfo {
   blocks: PatchedBlockInfo[];
   randInputs: string[];
 }
 
 /**
- * The ToMe-patched version of a UNet, from the cache or made now. When the graph cannot be
- * patched (not understood, nothing selected), `path` is the original model and `reason` says
- * why; that outcome is cached too.
+ * The ToMe-patched version of a UNet, from the rewrite cache (getRewrittenModel: one directory
+ * per source identity + graph-shaping options, the source's weights linked, published
+ * atomically) or made now. When the graph cannot be patched (not understood, nothing selected),
+ * `path` is the original model and `reason` says why; that outcome is cached too.
  */
 export async function getPatchedUnet(
   unetPath: string,
   o: ToMeOptions,
   opts: { cacheDir?: string; onProgress?: PatchProgress } = {},
 ): Promise<PatchedUnet> {
-  const identity = await modelFileIdentity(unetPath);
-  const key = tomeCacheKey(identity, o);
-  const dir = join(opts.cacheDir ?? defaultCacheDir(), 'tome', key);
-  const modelPath = join(dir, 'unet.onnx');
-  const metaPath = join(dir, 'meta.json');
-  try {
-    const meta = JSON.parse(await readFile(metaPath, 'utf8')) as Meta;
-    if (meta.key === key && (!meta.patched || (await exists(modelPath)))) {
-      return {
-        path: meta.patched ? modelPath : unetPath, patched: meta.patched, reason: meta.reason,
-        blocks: meta.blocks, randInputs: meta.randInputs, fromCache: true,
-      };
-    }
-  } catch {
-    // no usable entry: make it
-  }
-  await mkdir(dir, { recursive: true });
-  let res: ApplyResult;
-  let patched = true;
-  try {
-    res = await patchTo(unetPath, modelPath, o, opts.onProgress, 'link');
-  } catch (e) {
-    if (!(e instanceof SdgenError) || !/^cannot apply ToMe/.test(e.message)) throw e;
-    patched = false;
-    res = { patched: false, reason: e.message.replace(/^cannot apply ToMe to .*?: /, ''), blocks: [], randInputs: [] };
-  }
-  const blocks = res.blocks.filter((b) => b.merged.attn || b.merged.crossattn || b.merged.mlp);
-  const meta: Meta = { version: SDGEN_VERSION, key, source: resolve(unetPath), patched, reason: res.reason, blocks, randInputs: res.randInputs };
-  const tmp = `${metaPath}.${process.pid}.tmp`;
-  await writeFile(tmp, JSON.stringify(meta, null, 1));
-  await rename(tmp, metaPath);
-  return { path: patched ? modelPath : unetPath, patched, reason: res.reason, blocks, randInputs: res.randInputs, fromCache: false };
+  validateToMeOptions(o);
+  const r = await getRewrittenModel(unetPath, opts.cacheDir ?? defaultCacheDir(), 'tome', { graph: TOME_GRAPH_VERSION, tome: tomeGraphOptions(o) }, (model) => {
+    opts.onProgress?.('rewrite', 0, 1);
+    const res = applyToMe(model, o);
+    opts.onProgress?.('rewrite', 1, 1);
+    const blocks = res.blocks.filter((b) => b.merged.attn || b.merged.crossattn || b.merged.mlp);
+    const info: ToMeInfo = { blocks, randInputs: res.randInputs };
+    return res.patched ? { count: blocks.length, skipped: [], info } : { count: 0, skipped: [res.reason ?? 'nothing to patch'], info };
+  });
+  const info = (r.info ?? { blocks: [], randInputs: [] }) as ToMeInfo;
+  if (!r.rewritten) return { path: unetPath, patched: false, reason: r.skipped[0] ?? 'nothing to patch', blocks: [], randInputs: [], fromCache: r.cached };
+  return { path: r.path, patched: true, blocks: info.blocks, randInputs: info.randInputs, fromCache: r.cached };
 }

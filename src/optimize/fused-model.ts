@@ -82,11 +82,13 @@ export interface RewriteCount {
   skipped: string[];
   /** external data files the rewrite wrote itself: location in the model → file to link */
   files?: Record<string, string>;
+  /** what the rewrite reports about the graph it made (JSON), kept in the entry's meta.json */
+  info?: unknown;
 }
 
 export type RewrittenModel =
-  | { rewritten: true; path: string; count: number; skipped: string[]; cached: boolean }
-  | { rewritten: false; skipped: string[]; cached: boolean };
+  | { rewritten: true; path: string; count: number; skipped: string[]; cached: boolean; info?: unknown }
+  | { rewritten: false; skipped: string[]; cached: boolean; info?: unknown };
 
 /**
  * A rewritten variant of `modelPath`, cached on disk under `<cacheDir>/<kind>/<key>/`: the
@@ -108,8 +110,8 @@ export async function getRewrittenModel(
   const modelFile = path.join(dir, 'model.onnx');
   if (existsSync(metaFile)) {
     const meta = JSON.parse(await readFile(metaFile, 'utf8')) as RewriteCount;
-    if (meta.count === 0) return { rewritten: false, skipped: meta.skipped, cached: true };
-    if (existsSync(modelFile)) return { rewritten: true, path: modelFile, count: meta.count, skipped: meta.skipped, cached: true };
+    if (meta.count === 0) return { rewritten: false, skipped: meta.skipped, cached: true, info: meta.info };
+    if (existsSync(modelFile)) return { rewritten: true, path: modelFile, count: meta.count, skipped: meta.skipped, cached: true, info: meta.info };
   }
   const model = await loadModel(modelPath, { externalData: 'lazy' });
   const r = await rewrite(model);
@@ -119,7 +121,7 @@ export async function getRewrittenModel(
     else await mkdir(tmp, { recursive: true });
     // files: the data files the rewrite wrote (pruneDerived keeps them while this entry exists)
     const files = r.files ? Object.fromEntries(Object.entries(r.files).map(([k, f]) => [k, path.resolve(f)])) : undefined;
-    await writeFile(path.join(tmp, 'meta.json'), JSON.stringify({ source: path.resolve(modelPath), count: r.count, skipped: r.skipped, ...(files ? { files } : {}) }, null, 2));
+    await writeFile(path.join(tmp, 'meta.json'), JSON.stringify({ source: path.resolve(modelPath), count: r.count, skipped: r.skipped, ...(files ? { files } : {}), ...(r.info !== undefined ? { info: r.info } : {}) }, null, 2));
     await rm(dir, { recursive: true, force: true }); // an entry left incomplete
     try {
       await rename(tmp, dir);
@@ -131,8 +133,8 @@ export async function getRewrittenModel(
     throw err;
   }
   return r.count > 0
-    ? { rewritten: true, path: modelFile, count: r.count, skipped: r.skipped, cached: false }
-    : { rewritten: false, skipped: r.skipped, cached: false };
+    ? { rewritten: true, path: modelFile, count: r.count, skipped: r.skipped, cached: false, info: r.info }
+    : { rewritten: false, skipped: r.skipped, cached: false, info: r.info };
 }
 
 /**

@@ -29,15 +29,14 @@ import type { GeneratedImage, GenerationParams, ProgressEvents } from './types.j
 import type { AttentionMode } from '../optimize/attention-mode.js';
 import type { ToMeOptions } from '../tome/types.js';
 import { loadModelFolder, type ModelFolder } from '../models/folder.js';
-import { SessionManager, checkModelFile, type ModelSession, type RuntimeOptions } from '../models/session.js';
-import { errorReason, type ProviderName } from '../models/providers.js';
-import { chooseAttention, getFusedModel, providerSupportsFusedAttention, type ResolvedAttention } from '../optimize/index.js';
+import { SessionManager, type ModelSession, type RuntimeOptions } from '../models/session.js';
+import { chooseAttention, providerSupportsFusedAttention, type ResolvedAttention } from '../optimize/index.js';
 import { unetIO, vaeDecoderIO, type UnetIO } from '../models/io.js';
 import { TorchGenerator } from '../random/torch-generator.js';
 import { createScheduler, resolveSchedulerName } from '../schedulers/index.js';
 import { guidanceScaleEmbedding } from '../schedulers/lcm.js';
-import { tomeApplies, tomeRandShape, validateToMeOptions } from '../tome/index.js';
-import { getPatchedUnet } from '../models/tome-cache.js';
+import { DEFAULT_TOME, tomeApplies, tomeGraphKey, tomeRandShape, validateToMeOptions } from '../tome/options.js';
+import { resolveGraph, type ResolvedGraph } from '../models/variants.js';
 import { TextEncoder, clipSkipSource, type PromptEmbedding } from './text-encoding.js';
 import { denoiseBatch, initialLatents, throwIfAborted, type TomeRandFeed } from './denoise.js';
 import { VaeDecoder } from './decode.js';
@@ -45,24 +44,13 @@ import { findFinalLayerNorm } from '../models/final-layer-norm.js';
 import { defaultCacheDir } from '../models/cache-dir.js';
 import { imageSeed } from './params.js';
 
-/** One UNet session: the exported or the ToMe-patched graph, in one attention mode. */
+/** The open UNet session: the graph resolveGraph chose for a run's ToMe and attention settings. */
 interface UnetModel {
   model: ModelSession;
   io: UnetIO;
-  /** the UNet file before the attention rewrite (exported or ToMe-patched) */
-  file: string;
-  /** the attention mode this session was opened for (what the run asked for, resolved) */
-  mode: ResolvedAttention;
-  /** the attention the session actually runs ('standard' when the fused rewrite fell back) */
-  attention: ResolvedAttention;
-  /** why a 'fused' request runs standard attention */
-  fallback?: string;
-}
-
-interface PatchedUnet extends UnetModel {
+  /** the ToMe graph key (or null) and the resolved attention it was opened for */
   key: string;
-  /** tome_rand inputs with their shapes per latent size */
-  randShape: (k: number, latentH: number, latentW: number) => number[];
+  graph: ResolvedGraph;
 }
 
 /** Options of one StableDiffusionPipeline.generate call. */
@@ -122,11 +110,6 @@ export function resolveAttention(mode: AttentionMode, provider: string, isFp16: 
   return { attention: chooseAttention(mode, provider, isFp16) };
 }
 
-/** The ToMe options that change the rewritten graph (min sizes only gate it). */
-function tomeGraphKey(o: ToMeOptions): string {
-  return JSON.stringify([o.ratio, o.sx, o.sy, o.maxDownsample, o.useRand, o.mergeAttn, o.mergeCrossattn, o.mergeMlp]);
-}
-
 /** Check the parameters that the pipeline itself depends on; UsageError on a bad value. */
 export function validateGenerationParams(p: GenerationParams, folder?: ModelFolder): void {
   const scale = folder?.vaeScaleFactor ?? 8;
@@ -166,17 +149,10 @@ export function randomSeed(): number {
 }
 
 export class StableDiffusionPipeline {
-  /** the exported UNet graph, opened in the attention mode in use (null: not open right now) */
-  private original: UnetModel | null;
-  /** the ToMe-patched UNet, in the attention mode in use (only one of the two is open) */
-  private patched: PatchedUnet | null;
-  /** ToMe graph keys whose rewrite is not possible for this UNet, with the reason */
-  private readonly unpatchable: Map<string, string>;
-  /** UNet files (exported or ToMe-patched) whose attention cannot be fused, with the reason */
-  private readonly unfusable: Map<string, string>;
-  /** the UNet's I/O and provider (the same for every variant: the rewrites keep the I/O) */
-  private readonly baseIO: UnetIO;
-  private readonly unetProvider: ProviderName;
+  /** the UNet session in use (one at a time; null: not open right now) */
+  private unet: UnetModel | null = null;
+  /** the exported UNet's I/O (the rewrites keep it; a ToMe graph adds its tome_rand inputs) */
+  private baseIO: UnetIO | null = null;
   private disposed = false;
   private busy = false;
 
@@ -186,21 +162,14 @@ export class StableDiffusionPipeline {
     private readonly sessions: SessionManager,
     private readonly textEncoder: TextEncoder,
     private readonly textModel: ModelSession,
-    unet: { original: UnetModel | null; patched: PatchedUnet | null; unfusable: Map<string, string>; unpatchable: Map<string, string> },
     private readonly vaeModel: ModelSession,
     private readonly vae: VaeDecoder,
     private readonly loadEvents: ProgressEvents | undefined,
-  ) {
-    this.original = unet.original;
-    this.patched = unet.patched;
-    this.unfusable = unet.unfusable;
-    this.unpatchable = unet.unpatchable;
-    const open = unet.original ?? unet.patched;
-    if (!open) throw new Error('StableDiffusionPipeline: no UNet session');
-    // the rewrites keep the UNet's I/O; the patched graph adds its tome_rand inputs
-    this.baseIO = unet.original ? unet.original.io : { ...open.io, tomeRand: [] };
-    this.unetProvider = open.model.provider;
-  }
+    /** load through onnxruntime's optimized-graph cache (CPU) */
+    private readonly useOptimized: boolean,
+    /** float type of the UNet until a UNet session says (the text encoder's: exports convert every model) */
+    private readonly guessFp16: boolean,
+  ) {}
 
   /**
    * Open a model folder: reads its layout and creates the three sessions. The UNet is opened in
@@ -224,46 +193,37 @@ export class StableDiffusionPipeline {
       opened.push(textModel);
       const lnorm = await findFinalLayerNorm(folder.paths.textEncoder, textModel.info).catch(() => null);
       const textEncoder = new TextEncoder(textModel, folder.tokenizer, lnorm, clipSkipSource(sessions, folder.paths.textEncoder, cacheDir));
-      events?.onLoad?.('unet', 1, total);
-      // The UNet's float type is known once a UNet session exists; until then the text
-      // encoder's stands for it (exports convert every model). A wrong guess only costs a
-      // reopen at the first run (fp32 UNet) or a rewrite that fuses nothing (fp16 UNet on CPU).
+      // The VAE decoder is opened before the UNet: the first UNet may be a ToMe graph the
+      // first run needs (`options.first`), made from the exported one on the way.
+      events?.onLoad?.('vae_decoder', 1, total);
       const mode = options.attention ?? 'auto';
       const guessFp16 = textEncoder.io.lastHiddenState.type === 'float16';
-      const { attention } = resolveAttention(mode, textModel.provider, guessFp16);
-      const unfusable = new Map<string, string>();
-      const unpatchable = new Map<string, string>();
-      const variantOpts: OpenUnetOptions = { cacheDir, isFp16: guessFp16, unfusable, notice: (m) => events?.onNotice?.(m), explicit: mode === 'fused' };
-      let patched: PatchedUnet | null = null;
-      const first = options.first;
-      if (first && first.tome.ratio > 0 && tomeApplies(first.tome, first.width, first.height).apply) {
-        // a hint only: if the patched graph cannot be made or opened here, load opens the exported
-        // one, and the run that needs ToMe meets (and reports) the problem itself
-        try {
-          validateToMeOptions(first.tome);
-          const res = await patchUnet(folder.paths.unet, first.tome, cacheDir, events);
-          if ('reason' in res) unpatchable.set(tomeGraphKey(first.tome), res.reason);
-          else {
-            patched = patchedUnet(await openUnetVariant(sessions, res.path, 'ToMe unet', attention, variantOpts), first.tome, res.blocks);
-            opened.push(patched.model);
-          }
-        } catch {
-          // opened below: the exported graph
-        }
-      }
-      let original: UnetModel | null = null;
-      if (!patched) {
-        original = await openUnetVariant(sessions, folder.paths.unet, 'unet', attention, variantOpts);
-        opened.push(original.model);
-        if (original.io.tomeRand.length > 0) throw new SdgenError(`unet: ${folder.paths.unet} is a ToMe-patched graph; use the original export`);
-      }
-      events?.onLoad?.('vae_decoder', 2, total);
-      // loaded plainly: its optimization is quick, and its cached graph's first run was slower
-      const vaeModel = await sessions.open(await vaeDecoderFile(folder.paths.vaeDecoder, attention, cacheDir, textModel.provider), 'vae decoder', { optimizedCache: false });
+      const provider = textModel.provider;
+      const vaeGraph = await resolveGraph({
+        file: folder.paths.vaeDecoder,
+        what: 'vae decoder',
+        cacheDir,
+        provider,
+        attention: resolveAttention(mode, provider, guessFp16).attention,
+        conv: runtime.conv,
+        // loaded plainly: its optimization is quick, and its cached graph's first run was slower
+        optimizedCache: false,
+      });
+      const vaeModel = await sessions.open(vaeGraph.file, 'vae decoder', { optimizedCache: vaeGraph.optimizedCache });
       opened.push(vaeModel);
       const vae = new VaeDecoder(vaeModel.session, vaeDecoderIO(vaeModel.info, 'vae decoder'), folder.vaeScalingFactor);
+      const pipe = new StableDiffusionPipeline(folder, runtime, sessions, textEncoder, textModel, vaeModel, vae, events, useOptimized, guessFp16);
+      events?.onLoad?.('unet', 2, total);
+      const first = { tome: { ...DEFAULT_TOME }, width: 0, height: 0, ...options.first, attention: mode };
+      try {
+        await pipe.unetFor(first, undefined);
+      } catch (err) {
+        // the first run's ToMe graph is a hint: if it cannot be made or opened here, load opens
+        // the exported one, and the run that needs ToMe meets (and reports) the problem itself
+        if (!(first.tome.ratio > 0)) throw err;
+        await pipe.unetFor({ ...first, tome: { ...DEFAULT_TOME } }, undefined);
+      }
       events?.onLoad?.('done', total, total);
-      const pipe = new StableDiffusionPipeline(folder, runtime, sessions, textEncoder, textModel, { original, patched, unfusable, unpatchable }, vaeModel, vae, events);
       return pipe;
     } catch (err) {
       await Promise.all(opened.map((s) => s.release().catch(() => {})));
@@ -273,28 +233,28 @@ export class StableDiffusionPipeline {
 
   /** The execution provider the sessions run on ('cpu', 'cuda', …). */
   get provider(): string {
-    return this.unetProvider;
+    return this.textModel.provider;
   }
 
-  /** The UNet's I/O as its metadata reports it. */
+  /** The exported UNet's I/O as its metadata reports it. */
   get unetIO(): UnetIO {
+    if (!this.baseIO) throw new SdgenError('StableDiffusionPipeline: no UNet opened yet');
     return this.baseIO;
   }
 
-  /** What the UNet sessions currently open are (for tests and --verbose): variant and attention. */
+  /** What the UNet session open now is (for tests and --verbose): variant and attention. */
   get openUnets(): { variant: 'original' | 'tome'; attention: ResolvedAttention }[] {
-    const out: { variant: 'original' | 'tome'; attention: ResolvedAttention }[] = [];
-    if (this.original) out.push({ variant: 'original', attention: this.original.attention });
-    if (this.patched) out.push({ variant: 'tome', attention: this.patched.attention });
-    return out;
+    const u = this.unet;
+    return u ? [{ variant: u.graph.tome ? 'tome' : 'original', attention: u.graph.attention }] : [];
   }
 
   /** Per model, whether its session was loaded from onnxruntime's cached optimized graph. */
   get optimizedCacheHits(): { textEncoder: boolean; unet: boolean | null; tomeUnet: boolean | null; vaeDecoder: boolean } {
+    const u = this.unet;
     return {
       textEncoder: this.textModel.fromOptimizedCache,
-      unet: this.original ? this.original.model.fromOptimizedCache : null,
-      tomeUnet: this.patched ? this.patched.model.fromOptimizedCache : null,
+      unet: u && !u.graph.tome ? u.model.fromOptimizedCache : null,
+      tomeUnet: u?.graph.tome ? u.model.fromOptimizedCache : null,
       vaeDecoder: this.vaeModel.fromOptimizedCache,
     };
   }
@@ -304,79 +264,84 @@ export class StableDiffusionPipeline {
   }
 
   /**
-   * The UNet a run uses: the exported or the ToMe-patched graph (params.tome), with the
-   * attention params.attention resolves to for this provider and float type. Fused attention
-   * rewrites the graph the run would otherwise use (ToMe first, then fused: getFusedModel on
-   * the patched file). A rewrite that fuses nothing, or a provider / float type without a
-   * kernel, runs standard attention: one notice for an explicit 'fused', silently for 'auto'.
-   * Only the session in use is kept: one attention mode, and the exported or the patched graph
-   * (a run that needs the other graph releases the open one before opening its own).
+   * The UNet a run uses: the graph resolveGraph chooses for the run's ToMe settings (when ToMe
+   * applies at its size) and attention mode. One UNet session is open at a time: a run that
+   * needs another graph releases the open one before opening its own (peak memory: each
+   * holds a full copy of the weights). Notices say why requested ToMe or fused attention is
+   * not used (the latter silently for 'auto', unless its rewrite failed).
    */
   private async unetFor(
-    params: GenerationParams,
+    params: Pick<GenerationParams, 'tome' | 'width' | 'height' | 'attention'>,
     events: ProgressEvents | undefined,
-  ): Promise<{ unet: UnetModel | PatchedUnet; tome: boolean; attention: ResolvedAttention }> {
-    const isFp16 = this.baseIO.sample.type === 'float16';
+  ): Promise<UnetModel> {
+    const isFp16 = this.baseIO ? this.baseIO.sample.type === 'float16' : this.guessFp16;
     const resolved = resolveAttention(params.attention, this.provider, isFp16);
-    const mode = resolved.attention;
-    // Sessions of the other mode are not needed by this run (nor, usually, the next). A session
-    // that fell back to standard attention serves both modes.
-    const serves = (u: UnetModel): boolean =>
-      u.mode === mode || u.attention === mode || (mode === 'fused' && this.unfusable.has(u.file));
-    if (this.original && !serves(this.original)) await this.releaseUnet('original');
-    if (this.patched && !serves(this.patched)) await this.releaseUnet('patched');
-    const done = (unet: UnetModel | PatchedUnet, tome: boolean) => {
-      if (params.attention === 'fused' && unet.attention !== 'fused') {
-        const why = resolved.reason ?? unet.fallback ?? this.unfusable.get(unet.file) ?? 'not applicable';
-        events?.onNotice?.(`fused attention not used: ${why}; using standard attention`);
-      }
-      return { unet, tome, attention: unet.attention };
-    };
-    const variantOpts = {
-      cacheDir: this.cacheDir,
-      isFp16,
-      unfusable: this.unfusable,
-      notice: (m: string) => events?.onNotice?.(m),
-      explicit: params.attention === 'fused',
-    };
-    const original = async (): Promise<UnetModel> => {
-      await this.releaseUnet('patched');
-      if (!this.original) this.original = await openUnetVariant(this.sessions, this.folder.paths.unet, 'unet', mode, variantOpts);
-      return this.original;
-    };
-
-    if (!(params.tome.ratio > 0)) return done(await original(), false);
-    const decision = tomeApplies(params.tome, params.width, params.height);
-    if (!decision.apply) {
-      events?.onNotice?.(`ToMe skipped: ${decision.reason ?? 'not applicable'}`);
-      return done(await original(), false);
+    let tome: ToMeOptions | null = null;
+    if (params.tome.ratio > 0) {
+      validateToMeOptions(params.tome);
+      const decision = tomeApplies(params.tome, params.width, params.height);
+      if (decision.apply) tome = params.tome;
+      else events?.onNotice?.(`ToMe skipped: ${decision.reason ?? 'not applicable'}`);
     }
-    const key = tomeGraphKey(params.tome);
-    const unpatchable = this.unpatchable.get(key);
-    if (unpatchable !== undefined) {
-      events?.onNotice?.(`ToMe skipped: ${unpatchable}`);
-      return done(await original(), false);
+    const key = JSON.stringify([tome ? tomeGraphKey(tome) : null, resolved.attention]);
+    if (this.unet?.key !== key) {
+      await this.releaseUnet();
+      this.unet = await this.openUnet(tome, resolved.attention, key, events);
     }
-    if (this.patched?.key !== key) {
-      await this.releaseUnet('patched');
-      const res = await patchUnet(this.folder.paths.unet, params.tome, this.cacheDir, events);
-      if ('reason' in res) {
-        this.unpatchable.set(key, res.reason);
-        events?.onNotice?.(`ToMe skipped: ${res.reason}`);
-        return done(await original(), false);
-      }
-      // the exported graph's session goes before the patched one is opened (peak memory)
-      await this.releaseUnet('original');
-      this.patched = patchedUnet(await openUnetVariant(this.sessions, res.path, 'ToMe unet', mode, variantOpts), params.tome, res.blocks);
+    const u = this.unet;
+    if (tome && !u.graph.tome) events?.onNotice?.(`ToMe skipped: ${u.graph.tomeSkipped ?? 'not applicable'}`);
+    const fallback = resolved.reason ?? u.graph.attentionFallback?.reason;
+    if (params.attention === 'fused' && u.graph.attention !== 'fused') {
+      events?.onNotice?.(`fused attention not used: ${fallback ?? 'not applicable'}; using standard attention`);
+    } else if (u.graph.attentionFallback?.failed) {
+      events?.onNotice?.(`${u.graph.attentionFallback.reason}; using standard attention`);
     }
-    return done(this.patched, true);
+    return u;
   }
 
-  /** Releases one UNet session, if open (the next run that needs it reopens it). */
-  private async releaseUnet(which: 'original' | 'patched'): Promise<void> {
-    const u = this[which];
+  /** Opens the UNet graph for these settings (resolveGraph) and checks its I/O. */
+  private async openUnet(tome: ToMeOptions | null, attention: ResolvedAttention, key: string, events: ProgressEvents | undefined): Promise<UnetModel> {
+    const what = tome ? 'ToMe unet' : 'unet';
+    const graph = await resolveGraph({
+      file: this.folder.paths.unet,
+      what,
+      cacheDir: this.cacheDir,
+      provider: this.textModel.provider,
+      tome,
+      attention,
+      conv: this.runtime.conv,
+      optimizedCache: this.useOptimized,
+      onProgress: (stage, d, total) => (events ?? this.loadEvents)?.onLoad?.(`tome: ${stage}`, d, total),
+    });
+    if (graph.winogradFailed !== undefined && this.runtime.conv === 'winograd') {
+      events?.onNotice?.(`${what}: Winograd convolutions not used (${graph.winogradFailed})`);
+    }
+    const model = await this.sessions.open(graph.file, graph.attention === 'fused' ? `${what} (fused attention)` : what, { optimizedCache: graph.optimizedCache });
+    try {
+      const io = unetIO(model.info, what);
+      if (!graph.tome && io.tomeRand.length > 0) throw new SdgenError(`unet: ${this.folder.paths.unet} is a ToMe-patched graph; use the original export`);
+      this.baseIO ??= { ...io, tomeRand: [] };
+      return { model, io, key, graph };
+    } catch (err) {
+      await model.release();
+      throw err;
+    }
+  }
+
+  /** Shape of the k-th tome_rand input of a ToMe graph at latent lh × lw. */
+  private randShape(unet: UnetModel, k: number, lh: number, lw: number, tome: ToMeOptions): number[] {
+    const name = unet.io.tomeRand[k]!.name;
+    const block = unet.graph.tome?.blocks.find((b) => b.randInput === name);
+    const shape = block ? tomeRandShape(block, lh, lw, tome) : null;
+    if (!shape) throw new SdgenError(`ToMe unet: cannot size input ${name} (block level unknown)`);
+    return shape;
+  }
+
+  /** Releases the UNet session, if open (the next run that needs it reopens it). */
+  private async releaseUnet(): Promise<void> {
+    const u = this.unet;
     if (!u) return;
-    this[which] = null;
+    this.unet = null;
     await u.model.release();
   }
 
@@ -411,14 +376,14 @@ export class StableDiffusionPipeline {
     const ev = events ?? this.loadEvents;
     const folder = this.folder;
     validateGenerationParams(params, folder);
-    if (params.tome.ratio > 0) validateToMeOptions(params.tome);
     const seed0 = params.seed === -1 ? randomSeed() : params.seed;
     const schedulerName = resolveSchedulerName(params.scheduler || folder.defaultScheduler);
     const scale = folder.vaeScaleFactor;
     const lh = params.height / scale;
     const lw = params.width / scale;
 
-    const { unet, tome } = await this.unetFor(params, ev);
+    const unet = await this.unetFor(params, ev);
+    const tome = unet.graph.tome !== null;
     const io = unet.io;
     const lcm = io.timestepCond !== null;
     const guided = !lcm && params.cfg > 1;
@@ -470,9 +435,8 @@ export class StableDiffusionPipeline {
       events?.onInitialLatents?.(seeds, latents.map((x) => x.slice()));
       let tomeRand: TomeRandFeed | null = null;
       if (randOn) {
-        const p = unet as PatchedUnet;
         tomeRand = {
-          inputs: io.tomeRand.map((r, k) => ({ name: r.name, type: r.type, shape: p.randShape(k, lh, lw) })),
+          inputs: io.tomeRand.map((r, k) => ({ name: r.name, type: r.type, shape: this.randShape(unet, k, lh, lw, params.tome) })),
           high: params.tome.sx * params.tome.sy,
           generators: seeds.map((s) => new TorchGenerator(s)),
         };
@@ -495,8 +459,7 @@ export class StableDiffusionPipeline {
       });
       throwIfAborted(signal);
       if (options.last && bi === batches - 1) {
-        await this.releaseUnet('original');
-        await this.releaseUnet('patched');
+        await this.releaseUnet();
       }
       events?.onFinalLatents?.(seeds, latents.map((x) => x.slice()));
       const decoded: { rgb: Uint8Array; width: number; height: number; ms: number }[] = [];
@@ -533,106 +496,8 @@ export class StableDiffusionPipeline {
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    const all = [this.textModel, this.vaeModel, ...[this.original, this.patched].flatMap((u) => (u ? [u.model] : []))];
-    this.original = null;
-    this.patched = null;
+    const all = [this.textModel, this.vaeModel, ...(this.unet ? [this.unet.model] : [])];
+    this.unet = null;
     await Promise.all([...all.map((m) => m.release().catch(() => {})), this.textEncoder.release().catch(() => {})]);
   }
-}
-
-/**
- * The VAE decoder file to load: its fused-attention copy (the mid-block's single-head attention
- * over every latent pixel: 4096 tokens at 512², 16384 at 1024², whose score matrix the exported
- * graph materializes) when the run's attention resolves to fused, else the export. A rewrite
- * that fuses nothing or fails loads the export.
- */
-async function vaeDecoderFile(file: string, attention: ResolvedAttention, cacheDir: string, provider: string): Promise<string> {
-  if (attention !== 'fused') return file;
-  try {
-    const r = await getFusedModel(file, { cacheDir, allowFloat16: provider.toLowerCase() !== 'cpu' });
-    return r.fused ? r.path : file;
-  } catch {
-    return file;
-  }
-}
-
-/** The ToMe graph of `unetFile` for `tome` (getPatchedUnet), or why it cannot be made. */
-async function patchUnet(
-  unetFile: string,
-  tome: ToMeOptions,
-  cacheDir: string,
-  events: ProgressEvents | undefined,
-): Promise<{ path: string; blocks: readonly { randInput?: string; level: number | null }[] } | { reason: string }> {
-  const res = await getPatchedUnet(unetFile, tome, {
-    cacheDir,
-    onProgress: (stage: string, d: number, total: number) => events?.onLoad?.(`tome: ${stage}`, d, total),
-  });
-  if (!res.patched) return { reason: res.reason ?? 'the UNet graph could not be patched' };
-  return { path: res.path, blocks: res.blocks };
-}
-
-/** A session of a ToMe-patched UNet, with the shapes of its tome_rand inputs. */
-function patchedUnet(v: UnetModel, tome: ToMeOptions, blocks: readonly { randInput?: string; level: number | null }[]): PatchedUnet {
-  const opts = { ...tome };
-  return {
-    ...v,
-    key: tomeGraphKey(tome),
-    randShape: (k, lh, lw) => {
-      const name = v.io.tomeRand[k]!.name;
-      const block = blocks.find((b) => b.randInput === name);
-      const shape = block ? tomeRandShape(block, lh, lw, opts) : null;
-      if (!shape) throw new SdgenError(`ToMe unet: cannot size input ${name} (block level unknown)`);
-      return shape;
-    },
-  };
-}
-
-interface OpenUnetOptions {
-  cacheDir: string;
-  isFp16: boolean;
-  /** files whose fused rewrite is known not to work (read and updated) */
-  unfusable: Map<string, string>;
-  notice: (message: string) => void;
-  /** the user asked for 'fused' (the caller prints the fallback notice) */
-  explicit: boolean;
-}
-
-/**
- * Opens one UNet file in an attention mode. 'fused': the file's fused copy (getFusedModel,
- * cached on disk), or the file itself with standard attention when the rewrite fuses nothing
- * (remembered in `unfusable`, silently) or fails (a notice unless the caller prints one).
- */
-async function openUnetVariant(
-  sessions: SessionManager,
-  file: string,
-  what: string,
-  mode: ResolvedAttention,
-  o: OpenUnetOptions,
-): Promise<UnetModel> {
-  const open = async (p: string, w: string, attention: ResolvedAttention, fallback?: string): Promise<UnetModel> => {
-    const model = await sessions.open(p, w);
-    try {
-      return { model, io: unetIO(model.info, w), file, mode, attention, ...(fallback !== undefined ? { fallback } : {}) };
-    } catch (err) {
-      await model.release();
-      throw err;
-    }
-  };
-  if (mode === 'standard') return open(file, what, 'standard');
-  let reason = o.unfusable.get(file);
-  if (reason === undefined) {
-    await checkModelFile(file, what);
-    let failed = false;
-    try {
-      const r = await getFusedModel(file, { cacheDir: o.cacheDir, allowFloat16: o.isFp16 });
-      if (r.fused) return await open(r.path, `${what} (fused attention)`, 'fused');
-      reason = r.reason;
-    } catch (err) {
-      failed = true;
-      reason = `the fused ${what} failed (${errorReason(err)})`;
-    }
-    o.unfusable.set(file, reason);
-    if (failed && !o.explicit) o.notice(`${reason}; using standard attention`);
-  }
-  return open(file, what, 'standard', reason);
 }
