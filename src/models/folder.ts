@@ -10,6 +10,7 @@ import { SdgenError } from '../errors.js';
 import { exists } from './exists.js';
 import type { SchedulerConfig } from '../schedulers/types.js';
 import { defaultSchedulerFor } from '../schedulers/index.js';
+import { parseSchedulerConfig } from '../schedulers/config.js';
 import { loadTokenizer } from '../text/load.js';
 import type { ClipTokenizer } from '../text/clip-tokenizer.js';
 
@@ -133,7 +134,13 @@ export async function loadModelFolder(dirIn: string): Promise<ModelFolder> {
   }
 
   const [scheduler, unetConfig, vaeConfig, textConfig, tokenizer] = await Promise.all([
-    readJson(schedulerConfigPath, 'scheduler config') as Promise<SchedulerConfig>,
+    // Python-style JSON (diffusers writes -Infinity), every value checked: one line naming the file and key.
+    readFile(schedulerConfigPath, 'utf8').then(
+      (text) => parseSchedulerConfig(text, path.join(dirIn, 'scheduler', 'scheduler_config.json')),
+      (err: unknown) => {
+        throw new SdgenError(`scheduler config: cannot read ${schedulerConfigPath}`, { cause: err });
+      },
+    ),
     readOptionalJson(path.join(dir, 'unet', 'config.json'), 'unet config'),
     readOptionalJson(path.join(dir, 'vae_decoder', 'config.json'), 'vae_decoder config'),
     readOptionalJson(path.join(dir, 'text_encoder', 'config.json'), 'text_encoder config'),

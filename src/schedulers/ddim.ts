@@ -9,6 +9,7 @@ import {
   BETA_DEFAULTS, clampSample, computeAlphasCumprod, computeBetas, convertModelOutput, discreteTimesteps, drawNoise,
   ensure, f32, indexForTimestep, outputFor, resolveConfig, thresholdSample, unscaledInput,
 } from './common.js';
+import { checkStepCount, checkTimestepRange } from './config.js';
 
 export const DDIM_DEFAULTS = {
   ...BETA_DEFAULTS,
@@ -54,9 +55,10 @@ export class DdimScheduler implements Scheduler {
 
   setTimesteps(steps: number): void {
     const n = this.config.num_train_timesteps;
-    if (steps > n) throw new Error(`DDIM: ${steps} steps exceed num_train_timesteps ${n}`);
+    checkStepCount(steps, n);
     this.numInferenceSteps = steps;
     this.timesteps = discreteTimesteps(this.config.timestep_spacing, n, steps, this.config.steps_offset);
+    checkTimestepRange(this.timesteps, n, steps, this.config.steps_offset);
     this.stepIndex = null;
   }
 

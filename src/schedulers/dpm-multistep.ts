@@ -11,6 +11,7 @@ import {
   BETA_DEFAULTS, THRESHOLDING_DEFAULTS, convertModelOutput, drawNoise, ensure, f32, indexForTimestep, lambdaOf, multistepTimesteps,
   outputFor, resolveConfig, sigmaToAlphaSigma, thresholdSample, unscaledInput,
 } from './common.js';
+import { checkDistinctSigmas, checkFirstTimestep, checkStepCount, checkTimestepRange } from './config.js';
 import { TrainingSchedule, multistepSigmas } from './sigma-base.js';
 
 export const DPM_MULTISTEP_DEFAULTS = {
@@ -52,7 +53,12 @@ export class DpmMultistepScheduler implements Scheduler {
 
   constructor(config?: SchedulerConfig, overrides: Partial<DpmMultistepConfig> = {}, name = 'dpmpp_2m') {
     this.name = name;
-    this.config = { ...resolveConfig(DPM_MULTISTEP_DEFAULTS, config), ...overrides };
+    const resolved = { ...resolveConfig(DPM_MULTISTEP_DEFAULTS, config), ...overrides };
+    // As diffusers' __init__: 'deis' runs as dpmsolver++, and UniPC's / DEIS's solver types
+    // (a UniPC folder sampled with DPM++) as midpoint.
+    if (resolved.algorithm_type === 'deis') resolved.algorithm_type = 'dpmsolver++';
+    if (resolved.solver_type === 'logrho' || resolved.solver_type === 'bh1' || resolved.solver_type === 'bh2') resolved.solver_type = 'midpoint';
+    this.config = resolved;
     const c = this.config;
     const algos = ['dpmsolver', 'dpmsolver++', 'sde-dpmsolver', 'sde-dpmsolver++'];
     if (!algos.includes(c.algorithm_type)) throw new Error(`DPM-Solver: algorithm_type '${c.algorithm_type}' is not supported`);
@@ -68,12 +74,16 @@ export class DpmMultistepScheduler implements Scheduler {
   setTimesteps(steps: number): void {
     const c = this.config;
     const nTrain = c.num_train_timesteps;
+    checkStepCount(steps, nTrain);
     // searchsorted(flip(lambda_t), lambda_min_clipped): how many of the flipped lambdas are below it
     let clipped = 0;
     for (let i = this.lambdaT.length - 1; i >= 0; i--) if (this.lambdaT[i]! < c.lambda_min_clipped) clipped++;
     const last = nTrain - clipped;
     const spaced = multistepTimesteps(c.timestep_spacing, nTrain, steps, c.steps_offset, last);
+    checkTimestepRange(spaced, nTrain, steps, c.steps_offset);
     const { timesteps, sigmas } = multistepSigmas(this.train, spaced, steps, c.use_karras_sigmas);
+    checkDistinctSigmas(sigmas.map(f32), steps, c.timestep_spacing);
+    checkFirstTimestep(timesteps, steps);
     let sigmaLast: number;
     if (c.final_sigmas_type === 'sigma_min') sigmaLast = this.train.sigmas[0]!;
     else if (c.final_sigmas_type === 'zero') sigmaLast = 0;

@@ -4,8 +4,9 @@
  * diffusers' `XScheduler.from_config(folder_config)` (the folder's betas, prediction type and
  * spacing kept, every other option at the target class's default). Pure logic.
  */
-import { UsageError } from '../errors.js';
+import { SdgenError, UsageError } from '../errors.js';
 import type { Scheduler, SchedulerConfig } from './types.js';
+import { checkSamplerSupports, configSource, validateSchedulerConfig } from './config.js';
 import { EulerAncestralScheduler } from './euler-ancestral.js';
 import { EulerScheduler } from './euler.js';
 import { DdimScheduler } from './ddim.js';
@@ -72,8 +73,30 @@ const ALIASES = new Map<string, string>([
   ['lcmscheduler', 'lcm'],
 ]);
 
+/**
+ * What defaultSchedulerFor returns for a folder whose scheduler_config names a class sdgen does
+ * not implement, followed by that class. There is no sensible default then: the class decides
+ * the folder's sampler and its meaning of the config (a DDPM, KDPM2 or EDM folder sampled as
+ * PNDM gives different images without a word), so resolving it fails with a one-line SdgenError,
+ * and the folder runs only when the user names a sampler (--scheduler), which then samples the
+ * folder's noise schedule as from_config would.
+ */
+export const UNSUPPORTED_CLASS = 'unsupported-class:';
+
+/** The diffusers classes sdgen implements, as a readable list. */
+export function supportedClasses(): string {
+  return [...new Set(SAMPLERS.map((s) => s.diffusersClass))].join(', ');
+}
+
 /** Canonical sdgen name for an sdgen or A1111 name (case-insensitive); UsageError otherwise. */
 export function resolveSchedulerName(nameOrA1111: string): string {
+  if (nameOrA1111.startsWith(UNSUPPORTED_CLASS)) {
+    const cls = nameOrA1111.slice(UNSUPPORTED_CLASS.length);
+    throw new SdgenError(
+      `the model's scheduler_config.json names _class_name '${cls}', which sdgen does not implement ` +
+        `(it has ${supportedClasses()}); pass --scheduler NAME to sample this model with one of sdgen's samplers (see: sdgen samplers)`,
+    );
+  }
   const key = nameOrA1111.trim().toLowerCase();
   const hit = byLower.get(key) ?? byLower.get(key.replace(/[-\s]+/g, '_')) ?? ALIASES.get(key);
   if (hit) return hit;
@@ -87,7 +110,11 @@ export function a1111Name(name: string): string {
   return SAMPLERS.find((s) => s.name === canonical)!.a1111;
 }
 
-/** The sdgen scheduler a model folder uses by default, from its scheduler_config `_class_name`. */
+/**
+ * The sdgen scheduler a model folder uses by default, from its scheduler_config `_class_name`:
+ * PNDM when the config names no class (diffusers' StableDiffusionPipeline default), and
+ * UNSUPPORTED_CLASS + the class for a class sdgen does not implement (an error once resolved).
+ */
 export function defaultSchedulerFor(config: SchedulerConfig | undefined): string {
   const cls = config?._class_name;
   switch (cls) {
@@ -112,18 +139,26 @@ export function defaultSchedulerFor(config: SchedulerConfig | undefined): string
       return 'unipc';
     case 'LCMScheduler':
       return 'lcm';
-    default:
-      // No or unknown class: diffusers' StableDiffusionPipeline default for SD 1.x folders.
+    case undefined:
+      // No class: diffusers' StableDiffusionPipeline default for SD 1.x folders.
       return 'pndm';
+    default:
+      return UNSUPPORTED_CLASS + String(cls);
   }
 }
 
-/** Build scheduler `name` (sdgen or A1111 name) from a folder's scheduler config. */
+/**
+ * Build scheduler `name` (sdgen or A1111 name) from a folder's scheduler config. The config is
+ * validated first (SdgenError naming the file and key on a bad value, see ./config.ts); a
+ * sampler's unsupported prediction_type is an SdgenError too.
+ */
 export function createScheduler(name: string, config: SchedulerConfig, opts: CreateSchedulerOptions = {}): Scheduler {
+  validateSchedulerConfig(config, configSource(config));
   // A diffusers class name ("DPMSolverMultistepScheduler") takes its variant from the config, as
   // from_config does (use_karras_sigmas, algorithm_type); sdgen and A1111 names fix it.
   const cls = SAMPLERS.find((s) => s.diffusersClass.toLowerCase() === name.trim().toLowerCase())?.diffusersClass;
   const canonical = cls ? defaultSchedulerFor({ ...config, _class_name: cls }) : resolveSchedulerName(name);
+  checkSamplerSupports(canonical, config);
   switch (canonical) {
     case 'euler_a':
       return new EulerAncestralScheduler(config);

@@ -10,6 +10,8 @@ import {
   BETA_DEFAULTS, THRESHOLDING_DEFAULTS, clampSample, convertModelOutput, computeAlphasCumprod, computeBetas, drawNoise,
   ensure, f32, indexForTimestep, outputFor, resolveConfig, thresholdSample, unscaledInput,
 } from './common.js';
+import { checkStepCount } from './config.js';
+import { UsageError } from '../errors.js';
 
 export const LCM_DEFAULTS = {
   ...BETA_DEFAULTS,
@@ -36,8 +38,8 @@ const SIGMA_DATA = 0.5;
  */
 export function lcmTimesteps(numTrain: number, originalSteps: number, n: number, strength = 1): number[] {
   if (originalSteps > numTrain) throw new Error(`LCM: original_inference_steps ${originalSteps} exceeds num_train_timesteps ${numTrain}`);
-  if (n > numTrain) throw new Error(`LCM: ${n} steps exceed num_train_timesteps ${numTrain}`);
-  if (n > originalSteps) throw new Error(`LCM: ${n} steps exceed original_inference_steps ${originalSteps}`);
+  checkStepCount(n, numTrain);
+  if (n > originalSteps) throw new UsageError(`${n} steps exceed the LCM schedule's original_inference_steps (${originalSteps}); use at most ${originalSteps}`);
   const k = Math.floor(numTrain / originalSteps);
   const count = Math.floor(originalSteps * strength);
   const origin: number[] = [];

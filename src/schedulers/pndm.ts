@@ -11,6 +11,8 @@ import {
   BETA_DEFAULTS, computeAlphasCumprod, computeBetas, f32, outputFor, resolveConfig, roundHalfEven, npArange, npLinspace,
   unscaledInput,
 } from './common.js';
+import { checkStepCount, checkTimestepRange } from './config.js';
+import { UsageError } from '../errors.js';
 
 const SIXTH = f32(1 / 6);
 const THIRD = f32(1 / 3);
@@ -54,6 +56,9 @@ export class PndmScheduler implements Scheduler {
   setTimesteps(steps: number): void {
     const c = this.config;
     const N = c.num_train_timesteps;
+    checkStepCount(steps, N);
+    // Without skip_prk_steps one step leaves no timestep at all (diffusers then returns the noise).
+    if (!c.skip_prk_steps && steps < 2) throw new UsageError('PNDM with PRK steps (skip_prk_steps false) needs at least 2 steps');
     this.numInferenceSteps = steps;
     // ascending base timesteps
     let base: number[];
@@ -69,7 +74,8 @@ export class PndmScheduler implements Scheduler {
     let plms: number[];
     if (c.skip_prk_steps) {
       this.prkTimesteps = [];
-      const withRepeat = [...base.slice(0, -1), base[base.length - 2]!, base[base.length - 1]!];
+      // np.concatenate([ts[:-1], ts[-2:-1], ts[-1:]]): one step is just the last timestep
+      const withRepeat = [...base.slice(0, -1), ...base.slice(-2, -1), ...base.slice(-1)];
       plms = withRepeat.reverse();
     } else {
       const half = Math.floor(Math.floor(N / steps) / 2);
@@ -83,6 +89,7 @@ export class PndmScheduler implements Scheduler {
       plms = base.slice(0, -3).reverse();
     }
     this.timesteps = [...this.prkTimesteps, ...plms];
+    checkTimestepRange(this.timesteps, N, steps, c.steps_offset);
     this.counter = 0;
     this.spare.push(...this.ets);
     this.ets = [];

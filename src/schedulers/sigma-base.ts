@@ -12,6 +12,7 @@ import {
   sigmaInitNoise, sigmaSchedulerTimesteps, sigmaToT, trainSigmas,
   type BetaConfig,
 } from './common.js';
+import { checkFirstTimestep, checkStepCount, checkTimestepRange } from './config.js';
 
 export interface SigmaGridConfig extends BetaConfig {
   timestep_spacing: string;
@@ -56,7 +57,10 @@ export class TrainingSchedule {
 
 /** Timesteps and sigmas for n steps, as Euler/LMS/Heun/DPM-SDE's set_timesteps compute them. */
 export function sigmaGrid(train: TrainingSchedule, cfg: SigmaGridConfig, n: number, float64Timesteps = false): SigmaGrid {
+  checkStepCount(n, cfg.num_train_timesteps);
   let timesteps = sigmaSchedulerTimesteps(cfg.timestep_spacing, cfg.num_train_timesteps, n, cfg.steps_offset, float64Timesteps);
+  // Past N − 1 the interpolated sigmas repeat (np.interp clamps), which LMS's coefficients divide by.
+  checkTimestepRange(timesteps, cfg.num_train_timesteps, n, cfg.steps_offset);
   let sigmas: number[];
   const interp = cfg.interpolation_type ?? 'linear';
   if (interp === 'linear') {
@@ -75,6 +79,7 @@ export function sigmaGrid(train: TrainingSchedule, cfg: SigmaGridConfig, n: numb
     const sMax = cfg.sigma_max ?? sigmas[0]!;
     sigmas = karrasSigmas(sMin, sMax, n);
     timesteps = sigmas.map((s) => Math.fround(sigmaToT(s, train.logSigmas)));
+    checkFirstTimestep(timesteps, n);
   }
   return { timesteps, sigmas: sigmas.map(Math.fround), sigmas64: sigmas };
 }

@@ -11,6 +11,7 @@ import {
   BETA_DEFAULTS, THRESHOLDING_DEFAULTS, convertModelOutput, ensure, f32, lambdaOf, multistepTimesteps, outputFor, resolveConfig,
   sigmaToAlphaSigma, thresholdSample, unscaledInput,
 } from './common.js';
+import { checkDistinctSigmas, checkFirstTimestep, checkStepCount, checkTimestepRange } from './config.js';
 import { TrainingSchedule, multistepSigmas } from './sigma-base.js';
 
 export const UNIPC_DEFAULTS = {
@@ -73,6 +74,8 @@ export class UniPcScheduler implements Scheduler {
   constructor(config?: SchedulerConfig) {
     this.config = resolveConfig(UNIPC_DEFAULTS, config);
     const c = this.config;
+    // As diffusers' __init__: DPM-Solver's and DEIS's solver types (a DPM++ folder sampled with UniPC) run as bh2.
+    if (c.solver_type === 'midpoint' || c.solver_type === 'heun' || c.solver_type === 'logrho') c.solver_type = 'bh2';
     if (c.solver_type !== 'bh1' && c.solver_type !== 'bh2') throw new Error(`UniPC: solver_type '${c.solver_type}' is not supported`);
     if (c.solver_p != null) throw new Error('UniPC: solver_p is not supported');
     this.train = new TrainingSchedule(c, true);
@@ -80,8 +83,12 @@ export class UniPcScheduler implements Scheduler {
 
   setTimesteps(steps: number): void {
     const c = this.config;
+    checkStepCount(steps, c.num_train_timesteps);
     const spaced = multistepTimesteps(c.timestep_spacing, c.num_train_timesteps, steps, c.steps_offset);
+    checkTimestepRange(spaced, c.num_train_timesteps, steps, c.steps_offset);
     const { timesteps, sigmas } = multistepSigmas(this.train, spaced, steps, c.use_karras_sigmas);
+    checkDistinctSigmas(sigmas.map(f32), steps, c.timestep_spacing);
+    checkFirstTimestep(timesteps, steps);
     let sigmaLast = c.use_karras_sigmas ? sigmas[sigmas.length - 1]! : this.train.sigmas[0]!;
     if (c.final_sigmas_type === 'zero') sigmaLast = 0;
     else if (c.final_sigmas_type === 'sigma_min') sigmaLast = this.train.sigmas[0]!;
