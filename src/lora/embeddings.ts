@@ -1,0 +1,184 @@
+/**
+ * Textual-inversion embeddings, as A1111 uses them: each `.safetensors` file of a directory is
+ * an embedding named after its file (without the extension); where that name appears as a word
+ * in a prompt, its tokens are replaced by the embedding's vectors.
+ *
+ * On an ONNX text encoder this is done without touching the graph's structure: the vectors are
+ * appended as new rows of the token-embedding initializer (the Gather table of
+ * `text_model.embeddings.token_embedding`), and the tokenizer maps the name's token ids to the
+ * new rows' ids (withEmbeddings). The text encoder variant holding the extra rows is cached like
+ * a LoRA variant (variant.ts).
+ *
+ * File layouts: A1111's `emb_params` [n, dim], the flattened `string_to_param.*` of its .pt
+ * format, SDXL's `clip_l` [n, 768] + `clip_g` [n, 1280] (one per text encoder), or any file with
+ * a single tensor. An embedding whose width does not fit the text encoder is left out with a
+ * note (an SD 2 embedding in an SD 1.5 run), as A1111 does.
+ */
+import { readdir } from 'node:fs/promises';
+import { basename, extname, join } from 'node:path';
+import { UsageError } from '../errors.js';
+import type { ClipTokenizer } from '../text/clip-tokenizer.js';
+import type { GraphProto, TensorProto } from '../onnx/types.js';
+import { modulePathOfNode } from './map.js';
+import { safetensorsHashes, type FileHashes } from './hash.js';
+import { withSafetensors } from './safetensors.js';
+
+export interface EmbeddingVectors {
+  /** vectors (tokens) of the embedding */
+  count: number;
+  dim: number;
+  /** [count, dim] float32 */
+  values: Float32Array;
+}
+
+export interface Embedding {
+  name: string;
+  path: string;
+  hashes: FileHashes;
+  /** by tensor role: 'default' (SD 1/2), 'clip_l', 'clip_g' (SDXL) */
+  vectors: Map<string, EmbeddingVectors>;
+}
+
+/** Which text encoder a vector set is for: SDXL files name it; others fit by width. */
+export type EncoderSlot = 'text_encoder' | 'text_encoder_2';
+
+async function readVectors(file: Parameters<Parameters<typeof withSafetensors>[1]>[0], key: string, label: string): Promise<EmbeddingVectors> {
+  const e = file.entry(key);
+  let count: number;
+  let dim: number;
+  if (e.shape.length === 1) [count, dim] = [1, e.shape[0]!];
+  else if (e.shape.length === 2) [count, dim] = [e.shape[0]!, e.shape[1]!];
+  else throw new UsageError(`${label}: tensor "${key}" has shape [${e.shape.join(', ')}]; an embedding is [tokens, width]`);
+  if (count === 0 || dim === 0) throw new UsageError(`${label}: tensor "${key}" is empty`);
+  return { count, dim, values: await file.readFloats(key) };
+}
+
+/** Reads one embedding file. */
+export async function loadEmbedding(path: string, name = basename(path, extname(path))): Promise<Embedding> {
+  const vectors = await withSafetensors(path, async (f) => {
+    const keys = [...f.tensors.keys()];
+    const out = new Map<string, EmbeddingVectors>();
+    if (f.tensors.has('clip_l') || f.tensors.has('clip_g')) {
+      for (const k of ['clip_l', 'clip_g']) if (f.tensors.has(k)) out.set(k, await readVectors(f, k, path));
+    } else if (f.tensors.has('emb_params')) {
+      out.set('default', await readVectors(f, 'emb_params', path));
+    } else {
+      const stp = keys.filter((k) => k.startsWith('string_to_param.'));
+      if (stp.length === 1) out.set('default', await readVectors(f, stp[0]!, path));
+      else if (keys.length === 1) out.set('default', await readVectors(f, keys[0]!, path));
+      else throw new UsageError(`${path}: not a textual-inversion embedding (expected emb_params, string_to_param.*, clip_l/clip_g or a single tensor; found ${keys.slice(0, 4).join(', ')}${keys.length > 4 ? ', …' : ''})`);
+    }
+    return out;
+  });
+  return { name, path, hashes: await safetensorsHashes(path), vectors };
+}
+
+/** Every `.safetensors` embedding of a directory, sorted by name. */
+export async function loadEmbeddingsDir(dir: string): Promise<Embedding[]> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (e) {
+    throw new UsageError(`embeddings directory not found or unreadable: ${dir}`, { cause: e });
+  }
+  const files = names.filter((n) => n.toLowerCase().endsWith('.safetensors')).sort();
+  const out: Embedding[] = [];
+  for (const f of files) out.push(await loadEmbedding(join(dir, f), f.slice(0, -'.safetensors'.length)));
+  return out;
+}
+
+/** The vectors of an embedding for a text encoder of width `dim` (undefined when none fits). */
+export function vectorsFor(e: Embedding, slot: EncoderSlot, dim: number): EmbeddingVectors | undefined {
+  const named = e.vectors.get(slot === 'text_encoder_2' ? 'clip_g' : 'clip_l');
+  const v = named ?? e.vectors.get('default');
+  return v !== undefined && v.dim === dim ? v : undefined;
+}
+
+/** The token-embedding table of a CLIP text encoder graph: the Gather of `…token_embedding`. */
+export function findTokenEmbedding(graph: GraphProto): TensorProto | undefined {
+  const inits = new Map<string, TensorProto>();
+  for (const t of graph.initializer) if (t.name !== undefined) inits.set(t.name, t);
+  let best: TensorProto | undefined;
+  for (const n of graph.node) {
+    if (n.opType !== 'Gather') continue;
+    const t = inits.get(n.input[0] ?? '');
+    if (t === undefined || t.dims.length !== 2) continue;
+    const path = modulePathOfNode(n.name) ?? t.name ?? '';
+    if (path.includes('token_embedding')) return t;
+    if (best === undefined || Number(t.dims[0]) > Number(best.dims[0])) best = t;
+  }
+  return best;
+}
+
+/** An embedding placed in a text encoder: its name and the ids of its new rows. */
+export interface PlacedEmbedding {
+  name: string;
+  firstId: number;
+  count: number;
+}
+
+/**
+ * Which embeddings fit an encoder of `vocab` rows and width `dim`, and the ids their rows get
+ * when appended in this order. Pure.
+ */
+export function placeEmbeddings(embeddings: readonly Embedding[], slot: EncoderSlot, vocab: number, dim: number): { placed: PlacedEmbedding[]; rows: Float32Array[]; skipped: string[] } {
+  const placed: PlacedEmbedding[] = [];
+  const rows: Float32Array[] = [];
+  const skipped: string[] = [];
+  let next = vocab;
+  for (const e of embeddings) {
+    const v = vectorsFor(e, slot, dim);
+    if (v === undefined) {
+      const widths = [...e.vectors.values()].map((x) => x.dim).join('/');
+      skipped.push(`${e.name}: width ${widths} does not fit this text encoder (${dim})`);
+      continue;
+    }
+    placed.push({ name: e.name, firstId: next, count: v.count });
+    rows.push(v.values);
+    next += v.count;
+  }
+  return { placed, rows, skipped };
+}
+
+/** Replaces every run of `pattern` in `ids` by `replacement`, longest patterns first. Pure. */
+export function replaceIdRuns(ids: readonly number[], table: readonly { pattern: readonly number[]; replacement: readonly number[] }[]): number[] {
+  const sorted = [...table].filter((t) => t.pattern.length > 0).sort((a, b) => b.pattern.length - a.pattern.length);
+  const out: number[] = [];
+  for (let i = 0; i < ids.length; ) {
+    const hit = sorted.find((t) => t.pattern.every((p, k) => ids[i + k] === p));
+    if (hit !== undefined) {
+      out.push(...hit.replacement);
+      i += hit.pattern.length;
+    } else {
+      out.push(ids[i]!);
+      i++;
+    }
+  }
+  return out;
+}
+
+/**
+ * A tokenizer that encodes each placed embedding's name as its rows' ids (as A1111 finds
+ * embeddings by the token ids of their names). The base tokenizer is untouched; the result
+ * behaves like it otherwise (chunking, padding, comma lookup).
+ */
+export function withEmbeddings<T extends ClipTokenizer>(tok: T, placed: readonly PlacedEmbedding[]): T {
+  if (placed.length === 0) return tok;
+  const table = placed.map((p) => ({ pattern: tok.encode(p.name), replacement: Array.from({ length: p.count }, (_, k) => p.firstId + k) }));
+  const wrapped = Object.create(tok) as T;
+  Object.defineProperty(wrapped, 'encode', {
+    value: (text: string): number[] => replaceIdRuns(tok.encode(text), table),
+  });
+  return wrapped;
+}
+
+/** Names of the placed embeddings a prompt uses (for the TI hashes of its metadata). */
+export function embeddingsUsed(tok: ClipTokenizer, placed: readonly PlacedEmbedding[], text: string): string[] {
+  const ids = tok.encode(text);
+  return placed.filter((p) => {
+    const pat = tok.encode(p.name);
+    if (pat.length === 0) return false;
+    for (let i = 0; i + pat.length <= ids.length; i++) if (pat.every((x, k) => ids[i + k] === x)) return true;
+    return false;
+  }).map((p) => p.name);
+}

@@ -1,0 +1,251 @@
+/**
+ * The LoRA'd (and embedding-extended) variant of an exported model, cached on disk.
+ *
+ * ONNX external data is per tensor (a location, an offset and a length each), so a variant needs
+ * to hold only what changed: `<cacheDir>/lora/<key>/` gets the graph (`model.onnx`, small), the
+ * changed weights (`lora.weights`: a few MB for an SD 1.5 UNet LoRA) and links to the base
+ * model's data files (hard link, else symbolic link, else copy: linkOrCopy). A base model with
+ * inline weights (a text encoder exported in one file) is linked too, as `base-model.onnx`, and
+ * the variant's unchanged initializers point into it by offset — protobuf stores raw tensor bytes
+ * contiguously, so an inline tensor is a valid external range of its own file. Either way the
+ * variant costs megabytes, not a copy of the model.
+ *
+ * Everything downstream (ToMe, fused attention, Winograd, onnxruntime's optimized-graph cache)
+ * derives from the variant's path as from any model file, so they all see the merged weights.
+ *
+ * Key: the model file's identity, the target, each active LoRA's SHA-256 and scale (in order),
+ * the embeddings' names and SHA-256, sdgen's version. The entry is written under a temporary
+ * name and published by rename, so a failure (a bad LoRA, a full disk) leaves nothing half
+ * written. A request that changes nothing (every scale 0) is the base model itself.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, statSync } from 'node:fs';
+import { mkdir, open, readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { SdgenError, UsageError } from '../errors.js';
+import { loadModel, modelFileIdentity } from '../onnx/model-io.js';
+import { encodeModel } from '../onnx/proto.js';
+import { DataLocation, type ModelProto, type TensorProto } from '../onnx/types.js';
+import { externalLocations, linkOrCopy } from '../optimize/fused-model.js';
+import { SDGEN_VERSION } from '../version.js';
+import { findTokenEmbedding, placeEmbeddings, type Embedding, type EncoderSlot, type PlacedEmbedding } from './embeddings.js';
+import { safetensorsHashes } from './hash.js';
+import type { LoraTarget } from './keys.js';
+import { mergeLoras, openLora, setWeightValues, weightValues, type LoraApplication, type LoraMergeReport, type OpenLora } from './merge.js';
+
+/** A LoRA to apply: file, scale (strength) and the name shown in messages and metadata. */
+export interface LoraRef {
+  path: string;
+  scale: number;
+  name?: string;
+}
+
+export interface LoraVariantRequest {
+  cacheDir: string;
+  /** which modules of the LoRAs apply: the UNet's or one text encoder's */
+  target: LoraTarget;
+  loras: readonly LoraRef[];
+  /** textual-inversion embeddings (text encoders only) */
+  embeddings?: readonly Embedding[];
+  /** the model in messages ("the UNet") */
+  what?: string;
+}
+
+export interface LoraVariant {
+  /** the model file to load: the variant, or the base model when nothing changes */
+  path: string;
+  /** initializers changed */
+  changed: number;
+  reports: LoraMergeReport[];
+  /** embeddings added to the token table (text encoders), with their ids */
+  placed: PlacedEmbedding[];
+  /** embeddings left out and why */
+  skipped: string[];
+  cached: boolean;
+}
+
+/** Name of the variant's file of changed weights. */
+export const LORA_WEIGHTS_FILE = 'lora.weights';
+/** Name under which a base model with inline weights is linked into its variant. */
+export const BASE_MODEL_LINK = 'base-model.onnx';
+const ALIGN = 64;
+/** Inline tensors smaller than this stay inline in the variant's graph. */
+const INLINE_MAX = 1024;
+
+interface VariantMeta {
+  source: string;
+  count: number;
+  reports: LoraMergeReport[];
+  placed: PlacedEmbedding[];
+  skipped: string[];
+}
+
+function baseName(p: string): string {
+  return path.basename(p).replace(/\.safetensors$/i, '');
+}
+
+/** The cache key of a request (hashes every LoRA and embedding file; memoized per file version). */
+export async function loraVariantKey(modelPath: string, req: LoraVariantRequest): Promise<string> {
+  const loras = [];
+  for (const l of req.loras) {
+    if (l.scale === 0) continue;
+    loras.push({ sha256: (await safetensorsHashes(l.path)).sha256, scale: l.scale });
+  }
+  const emb = (req.embeddings ?? []).map((e) => ({ name: e.name, sha256: e.hashes.sha256 }));
+  const material = JSON.stringify({ v: 1, sdgen: SDGEN_VERSION, id: await modelFileIdentity(modelPath), target: req.target, loras, emb });
+  return createHash('sha256').update(material).digest('hex').slice(0, 32);
+}
+
+/** Appends the embeddings' rows to the token table; returns where they went. */
+async function extendTokenTable(model: ModelProto, embeddings: readonly Embedding[], slot: EncoderSlot, what: string): Promise<{ placed: PlacedEmbedding[]; skipped: string[]; table?: TensorProto }> {
+  const table = findTokenEmbedding(model.graph!);
+  if (table === undefined) throw new SdgenError(`${what} has no token-embedding table to add textual-inversion embeddings to`);
+  const [vocab, dim] = table.dims.map(Number) as [number, number];
+  const { placed, rows, skipped } = placeEmbeddings(embeddings, slot, vocab, dim);
+  if (placed.length === 0) return { placed, skipped };
+  const base = await weightValues(table);
+  const extra = rows.reduce((s, r) => s + r.length, 0);
+  const all = new Float32Array(base.length + extra);
+  all.set(base);
+  let off = base.length;
+  for (const r of rows) {
+    all.set(r, off);
+    off += r.length;
+  }
+  table.dims = [vocab + extra / dim, dim];
+  setWeightValues(table, all);
+  return { placed, skipped, table };
+}
+
+/**
+ * Points inline initializers of at least INLINE_MAX bytes at their own bytes in the base model
+ * file (linked as BASE_MODEL_LINK). Only possible when the decoded model's tensors are views of
+ * one buffer holding exactly the file; returns false (nothing changed) otherwise.
+ */
+function referenceInlineWeights(model: ModelProto, fileSize: number, keep: ReadonlySet<TensorProto>): boolean {
+  const inline = model.graph!.initializer.filter((t) => !keep.has(t) && t.rawData !== undefined && t.rawData.length >= INLINE_MAX);
+  if (inline.length === 0) return false;
+  if (!inline.every((t) => t.rawData!.buffer.byteLength === fileSize)) return false;
+  for (const t of inline) {
+    const raw = t.rawData!;
+    t.externalData = [
+      { key: 'location', value: BASE_MODEL_LINK },
+      { key: 'offset', value: String(raw.byteOffset) },
+      { key: 'length', value: String(raw.length) },
+    ];
+    t.dataLocation = DataLocation.EXTERNAL;
+    delete t.rawData;
+  }
+  return true;
+}
+
+/** Writes the changed tensors to `file` and points them at it. */
+async function writeChanged(changed: readonly TensorProto[], file: string): Promise<number> {
+  const fh = await open(file, 'wx');
+  let offset = 0;
+  try {
+    for (const t of changed) {
+      const raw = t.rawData!;
+      offset = Math.ceil(offset / ALIGN) * ALIGN;
+      let done = 0;
+      while (done < raw.length) done += (await fh.write(raw, done, raw.length - done, offset + done)).bytesWritten;
+      t.externalData = [
+        { key: 'location', value: LORA_WEIGHTS_FILE },
+        { key: 'offset', value: String(offset) },
+        { key: 'length', value: String(raw.length) },
+      ];
+      t.dataLocation = DataLocation.EXTERNAL;
+      delete t.rawData;
+      offset += raw.length;
+    }
+  } finally {
+    await fh.close();
+  }
+  return offset;
+}
+
+function targetName(t: LoraTarget): string {
+  return t === 'unet' ? 'the UNet' : t === 'text_encoder' ? 'the text encoder' : 'the second text encoder';
+}
+
+/**
+ * The variant of `modelPath` with the LoRAs (and, for a text encoder, the embeddings) applied:
+ * from the cache, else written now. See the module comment.
+ */
+export async function getLoraVariant(modelPath: string, req: LoraVariantRequest): Promise<LoraVariant> {
+  const what = req.what ?? targetName(req.target);
+  for (const l of req.loras) {
+    if (!Number.isFinite(l.scale)) throw new UsageError(`LoRA ${l.path}: the scale must be a number, got ${l.scale}`);
+  }
+  const active = req.loras.filter((l) => l.scale !== 0);
+  const embeddings = req.target === 'unet' ? [] : (req.embeddings ?? []);
+  if (active.length === 0 && embeddings.length === 0) {
+    return { path: modelPath, changed: 0, reports: [], placed: [], skipped: [], cached: true };
+  }
+  const key = await loraVariantKey(modelPath, { ...req, embeddings });
+  const dir = path.join(req.cacheDir, 'lora', key);
+  const metaFile = path.join(dir, 'meta.json');
+  const modelFile = path.join(dir, 'model.onnx');
+  if (existsSync(metaFile)) {
+    try {
+      const meta = JSON.parse(await readFile(metaFile, 'utf8')) as VariantMeta;
+      const now = new Date();
+      await utimes(metaFile, now, now).catch(() => {});
+      if (meta.count === 0) return { path: modelPath, changed: 0, reports: meta.reports, placed: [], skipped: meta.skipped, cached: true };
+      if (existsSync(modelFile)) return { path: modelFile, changed: meta.count, reports: meta.reports, placed: meta.placed, skipped: meta.skipped, cached: true };
+    } catch {
+      // unreadable entry: written anew below
+    }
+  }
+
+  const opened: OpenLora[] = [];
+  const tmp = `${dir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  try {
+    const apps: LoraApplication[] = [];
+    for (const l of req.loras) {
+      const lora = await openLora(l.path, l.name ?? baseName(l.path));
+      opened.push(lora);
+      apps.push({ lora, scale: l.scale });
+    }
+    const model = await loadModel(modelPath, { externalData: 'lazy' });
+    if (model.graph === undefined) throw new SdgenError(`${modelPath}: the model has no graph`);
+    const { changed, reports } = await mergeLoras(model, apps, [req.target], what);
+    const slot: EncoderSlot = req.target === 'text_encoder_2' ? 'text_encoder_2' : 'text_encoder';
+    const ext = embeddings.length > 0 ? await extendTokenTable(model, embeddings, slot, what) : { placed: [], skipped: [] };
+    if (ext.table !== undefined && !changed.includes(ext.table)) changed.push(ext.table);
+
+    await mkdir(tmp, { recursive: true });
+    const meta: VariantMeta = { source: path.resolve(modelPath), count: changed.length, reports, placed: ext.placed, skipped: ext.skipped };
+    if (changed.length > 0) {
+      const locations = externalLocations(model);
+      const linkBase = referenceInlineWeights(model, statSync(modelPath).size, new Set(changed));
+      if (linkBase && locations.includes(BASE_MODEL_LINK)) throw new SdgenError(`${modelPath}: an external data file is named ${BASE_MODEL_LINK}, which sdgen's LoRA variants reserve`);
+      if (locations.includes(LORA_WEIGHTS_FILE)) throw new SdgenError(`${modelPath}: an external data file is named ${LORA_WEIGHTS_FILE}, which sdgen's LoRA variants reserve`);
+      await writeChanged(changed, path.join(tmp, LORA_WEIGHTS_FILE));
+      for (const loc of locations) {
+        const target = path.join(tmp, loc);
+        if (path.relative(tmp, target).startsWith('..')) throw new SdgenError(`external data location ${loc} leaves the model folder`);
+        await mkdir(path.dirname(target), { recursive: true });
+        await linkOrCopy(path.join(path.dirname(modelPath), loc), target);
+      }
+      if (linkBase) await linkOrCopy(modelPath, path.join(tmp, BASE_MODEL_LINK));
+      await writeFile(path.join(tmp, 'model.onnx'), encodeModel(model));
+    }
+    await writeFile(path.join(tmp, 'meta.json'), JSON.stringify(meta, null, 2));
+    await rm(dir, { recursive: true, force: true }); // an entry left incomplete
+    try {
+      await rename(tmp, dir);
+    } catch {
+      await rm(tmp, { recursive: true, force: true }); // published by a concurrent run
+    }
+    return changed.length > 0
+      ? { path: modelFile, changed: changed.length, reports, placed: ext.placed, skipped: ext.skipped, cached: false }
+      : { path: modelPath, changed: 0, reports, placed: [], skipped: ext.skipped, cached: false };
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true });
+    throw err;
+  } finally {
+    for (const l of opened) await l.file.close();
+  }
+}
+
