@@ -6,7 +6,7 @@ import { resolveOptions, type PartialOptions } from '../config/options.js';
 import { loadRc } from '../config/rc.js';
 import { listPresets } from '../config/presets.js';
 import { tomeFromFlat, validateToMeOptions } from '../tome/options.js';
-import { makeChalk } from './ui.js';
+import { escapeControls, makeChalk, safeJson } from './ui.js';
 import type { ToMeOptions } from '../tome/types.js';
 
 type Out = NodeJS.WritableStream;
@@ -40,15 +40,16 @@ export async function cmdPresets(flags: CommonFlags & { config?: string }, out: 
   const rc = await loadRc({ configFile: flags.config });
   const presets = listPresets({ rc });
   if (flags.json) {
-    for (const p of presets.values()) out.write(JSON.stringify({ name: p.name, kind: p.kind, source: p.source, description: p.description, options: p.options }) + '\n');
+    for (const p of presets.values()) out.write(safeJson({ name: p.name, kind: p.kind, source: p.source, description: p.description, options: p.options }) + '\n');
     return;
   }
   const c = makeChalk(process.stdout, flags.color);
+  // names, descriptions and values come from preset and config files: printed with controls escaped
   for (const p of presets.values()) {
-    out.write(`${c.bold(p.name)}  ${c.dim(`(${p.kind}: ${p.source})`)}\n`);
-    if (p.description) out.write(`  ${p.description}\n`);
-    const vals = Object.entries(p.options).map(([k, v]) => `${k}=${typeof v === 'string' ? JSON.stringify(v) : String(v)}`);
-    out.write(`  ${vals.join(' ') || '(no options)'}\n`);
+    out.write(`${c.bold(escapeControls(p.name))}  ${c.dim(`(${p.kind}: ${escapeControls(p.source)})`)}\n`);
+    if (p.description) out.write(`  ${escapeControls(p.description)}\n`);
+    const vals = Object.entries(p.options).map(([k, v]) => `${k}=${typeof v === 'string' ? safeJson(v) : String(v)}`);
+    out.write(`  ${escapeControls(vals.join(' ')) || '(no options)'}\n`);
   }
 }
 
@@ -56,8 +57,9 @@ export async function cmdMetadata(file: string, flags: CommonFlags, out: Out = p
   const { readImageMetadata } = await import('../image/metadata.js');
   const meta = await readImageMetadata(file);
   if (flags.json) {
+    // safeJson: JSON.stringify leaves DEL and C1 controls raw
     out.write(
-      JSON.stringify({
+      safeJson({
         file,
         parameters: meta.parameters ?? null,
         parsed: meta.parsed ?? null,
@@ -69,11 +71,14 @@ export async function cmdMetadata(file: string, flags: CommonFlags, out: Out = p
   }
   if (meta.chunks.length === 0) throw new SdgenError(`${file}: no text metadata in this PNG`);
   const c = makeChalk(process.stdout, flags.color);
-  if (meta.parameters !== undefined) out.write(`${c.bold('parameters')}\n${meta.parameters}\n`);
-  if (meta.sdgen) out.write(`${c.bold('sdgen')}\n${JSON.stringify(meta.sdgen, null, 2)}\n`);
+  // The chunks are the file's text, whoever wrote it: control characters (ESC, OSC, CSI, CR, …)
+  // are shown escaped, not sent to the terminal; line breaks and tabs are kept.
+  const text = (t: string): string => escapeControls(t, { newline: true, tab: true });
+  if (meta.parameters !== undefined) out.write(`${c.bold('parameters')}\n${text(meta.parameters)}\n`);
+  if (meta.sdgen) out.write(`${c.bold('sdgen')}\n${safeJson(meta.sdgen, 2)}\n`);
   for (const ch of meta.chunks) {
     if (ch.keyword === 'parameters' || (ch.keyword === 'sdgen' && meta.sdgen)) continue;
-    out.write(`${c.bold(ch.keyword)}\n${ch.text}\n`);
+    out.write(`${c.bold(escapeControls(ch.keyword))}\n${text(ch.text)}\n`);
   }
 }
 
@@ -96,12 +101,12 @@ export async function cmdTokens(prompt: string, model: string | undefined, flags
       o.chunks = chunked.chunks.map((ch) => ({ ids: ch.ids, weights: ch.weights }));
       o.token_count = chunked.tokenCount;
     }
-    out.write(JSON.stringify(o) + '\n');
+    out.write(safeJson(o) + '\n');
     return;
   }
   out.write(`count: ${ids.length}${ids.length > tok.maxLength - 2 ? ` (more than ${tok.maxLength - 2}: ${chunked.chunks.length} chunks)` : ''}\n`);
   out.write(`ids: ${ids.join(' ')}\n`);
-  out.write(`tokens: ${ids.map((i) => tok.decode([i]).trim() || '·').join(' | ')}\n`);
+  out.write(`tokens: ${ids.map((i) => escapeControls(tok.decode([i]).trim()) || '·').join(' | ')}\n`);
   out.write(`input_ids (${inputIds.length}): ${inputIds.join(' ')}\n`);
   if (chunked.chunks.length > 1) {
     chunked.chunks.forEach((ch, k) => {

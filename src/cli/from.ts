@@ -1,8 +1,9 @@
 /** `--from FILE.png`: generation options recorded in an image (sdgen JSON first, else A1111 infotext). */
-import type { PartialOptions } from '../config/options.js';
+import { coerceOption, SPEC_BY_KEY, type PartialOptions } from '../config/options.js';
 import type { ImageMetadata } from '../image/metadata.js';
 import type { ToMeOptions } from '../tome/types.js';
-import { SdgenError } from '../errors.js';
+import { SdgenError, UsageError } from '../errors.js';
+import { checkPromptLength } from '../text/limits.js';
 
 export interface FromImage {
   prompt: string;
@@ -25,12 +26,38 @@ function tomeOptions(t: Partial<ToMeOptions>): PartialOptions {
   };
 }
 
-/** Options that regenerate the image alone (batch size 1, one batch). Pure. */
+/**
+ * Every recorded value through the flags' own coercion and limits (src/config/options.ts), so a
+ * crafted or damaged PNG cannot ask for what the command line would refuse (5000 steps, a seed
+ * past 2^53, a 100000-pixel width); undefined values are dropped. Throws a one-line UsageError
+ * naming the file and the key.
+ */
+function checked(file: string, o: PartialOptions): PartialOptions {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(o)) {
+    if (v === undefined) continue;
+    const spec = SPEC_BY_KEY.get(k);
+    if (!spec) throw new UsageError(`${file}: recorded option "${k}" is not an sdgen option`);
+    out[k] = coerceOption(spec, v, `${file}: recorded ${spec.flag}`);
+  }
+  return out as PartialOptions;
+}
+
+/** The recorded prompt (and negative prompt) within the prompt length limits. */
+function checkedPrompt(file: string, prompt: unknown, o: PartialOptions): string {
+  if (typeof prompt !== 'string') throw new UsageError(`${file}: the recorded prompt is not text`);
+  checkPromptLength(prompt, `${file}: recorded prompt`);
+  if (o.negativePrompt !== undefined) checkPromptLength(o.negativePrompt, `${file}: recorded negative prompt`);
+  return prompt;
+}
+
+/** Options that regenerate the image alone (batch size 1, one batch), validated like flags. Pure. */
 export function optionsFromMetadata(meta: ImageMetadata): FromImage {
   const rec = meta.sdgen;
   if (rec) {
     const p = rec.params;
-    const t = p.tome ?? {};
+    if (p === null || typeof p !== 'object') throw new UsageError(`${meta.file}: the sdgen record has no parameters`);
+    const t: Partial<ToMeOptions> = p.tome !== null && typeof p.tome === 'object' ? p.tome : {};
     const o: PartialOptions = {
       negativePrompt: p.negativePrompt,
       width: p.width,
@@ -49,7 +76,8 @@ export function optionsFromMetadata(meta: ImageMetadata): FromImage {
       tomeMinWidth: t.minWidth,
       tomeMinHeight: t.minHeight,
     };
-    return { prompt: p.prompt, options: o, modelName: rec.model };
+    const options = checked(meta.file, o);
+    return { prompt: checkedPrompt(meta.file, p.prompt, options), options, modelName: rec.model };
   }
   const ip = meta.infotextParams;
   if (!ip) throw new SdgenError(`${meta.file}: no generation parameters in this PNG (no "sdgen" or "parameters" text chunk)`);
@@ -68,5 +96,6 @@ export function optionsFromMetadata(meta: ImageMetadata): FromImage {
     nIter: 1,
     ...tomeOptions(ip.tome),
   };
-  return { prompt: ip.prompt, options: o, modelName: ip.modelName };
+  const options = checked(meta.file, o);
+  return { prompt: checkedPrompt(meta.file, ip.prompt, options), options, modelName: ip.modelName };
 }

@@ -5,8 +5,12 @@
  * Errors: a UsageError exits 2, an SdgenError exits 1, each with one line on stderr (the stack
  * only with --verbose); any other error is a bug and prints its stack.
  */
+import { spawn } from 'node:child_process';
+import { closeSync, readFileSync, statSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import { SdgenError, UsageError } from '../errors.js';
+import { checkPromptLength } from '../text/limits.js';
+import { errorLine, errorText, systemErrorLine } from './ui.js';
 import { SDGEN_VERSION } from '../version.js';
 import { addOptionFlags, explicitOptions, GENERATION_SPECS, TOME_SPECS } from './flags.js';
 
@@ -35,7 +39,7 @@ export function buildProgram(): Command {
     .version(SDGEN_VERSION, '-V, --version')
     .showSuggestionAfterError(true)
     .exitOverride()
-    .configureOutput({ outputError: (str, write) => write(str.trimEnd().split('\n')[0]! + '\n') })
+    .configureOutput({ outputError: (str, write) => write(errorLine(str.trimEnd().split('\n')[0]!) + '\n') })
     .addHelpText(
       'after',
       '\nGenerating is the default command: sdgen "a red fox" --model DIR [flags]\n' +
@@ -54,12 +58,17 @@ export function buildProgram(): Command {
     .option('--strict', 'with --prompts: report every bad line and stop before generating anything')
     .option('--resume', 'continue an interrupted run into the same --out: same names, finished images skipped')
     .option('--dry-run', 'print the job list (prompt, seed, size, sampler, ToMe) without loading a model')
+    .option('--shard <I/N|auto>', 'make only shard I (0-based) of N of the plan; auto: from the job engine (Kubernetes, Slurm, AWS Batch; see docs/scale-out.md)')
+    .option('--shard-count <n>', 'N for --shard auto where the environment does not give it (also: SDGEN_SHARD_COUNT)')
     .option('--from <png>', "regenerate from an image's metadata (flags given explicitly still override)")
     .option('-q, --quiet', 'no progress, no summary; only errors');
   addCommon(gen);
   gen.action(async (prompt: string | undefined, _o: unknown, cmd: Command) => {
     const explicit = explicitOptions(cmd, GENERATION_SPECS);
     const o = cmd.opts();
+    if (prompt !== undefined) checkPromptLength(prompt, 'prompt');
+    if (explicit.negativePrompt !== undefined) checkPromptLength(explicit.negativePrompt, '--negative-prompt');
+    if (explicit.cacheDir !== undefined) checkCacheDir(explicit.cacheDir, '--cache-dir');
     const { runGenerate } = await import('./generate.js');
     const res = await runGenerate(prompt, explicit, {
       ...common(cmd),
@@ -70,6 +79,8 @@ export function buildProgram(): Command {
       resume: o.resume === true,
       dryRun: o.dryRun === true,
       from: o.from,
+      shard: o.shard,
+      shardCount: o.shardCount,
     });
     exitCode = res.exitCode;
   });
@@ -103,6 +114,7 @@ export function buildProgram(): Command {
   addCommon(tokens);
   tokens.action(async (prompt: string, _o: unknown, cmd: Command) => {
     const o = cmd.opts();
+    checkPromptLength(prompt, 'prompt');
     const { cmdTokens } = await import('./commands.js');
     await cmdTokens(prompt, o.model, { ...common(cmd), emphasis: o.emphasis !== false });
   });
@@ -115,6 +127,18 @@ export function buildProgram(): Command {
     await cmdMetadata(file, common(cmd));
   });
   program.addCommand(metadata);
+
+  const status = new Command('status')
+    .description('what the runs in an output directory have done: images done / missing / failed per shard and overall')
+    .argument('<dir>', 'output directory')
+    .option('--merge <file>', 'also write every run\'s manifest records into one JSONL file')
+    .exitOverride();
+  addCommon(status);
+  status.action(async (dir: string, _o: unknown, cmd: Command) => {
+    const { cmdStatus } = await import('./status.js');
+    exitCode = await cmdStatus(dir, { ...common(cmd), merge: cmd.opts().merge });
+  });
+  program.addCommand(status);
 
   const samplers = new Command('samplers').description('list the samplers with their A1111 names').exitOverride();
   addCommon(samplers);
@@ -156,13 +180,19 @@ export function buildProgram(): Command {
     .option('--config <file>', 'config file')
     .option('-q, --quiet', 'no progress')
     .option('--copy-weights', 'copy the external weights file instead of hard-linking it (same filesystem only)')
+    .option('--overwrite', 'replace an existing OUT and its weights files (never the input model or its weights)')
     .exitOverride();
   addOptionFlags(patch, TOME_SPECS);
   addCommon(patch);
   patch.action(async (input: string, output: string, _o: unknown, cmd: Command) => {
     const explicit = explicitOptions(cmd, TOME_SPECS);
     const { cmdTomePatch } = await import('./tome-commands.js');
-    await cmdTomePatch(input, output, explicit, { ...common(cmd), config: cmd.opts().config, copyWeights: cmd.opts().copyWeights === true });
+    await cmdTomePatch(input, output, explicit, {
+      ...common(cmd),
+      config: cmd.opts().config,
+      copyWeights: cmd.opts().copyWeights === true,
+      overwrite: cmd.opts().overwrite === true,
+    });
   });
   program.addCommand(patch);
 
@@ -197,10 +227,113 @@ export function buildProgram(): Command {
   return program;
 }
 
+/** A cache directory given explicitly must be a directory (or not exist yet). */
+function checkCacheDir(dir: string, what: string): void {
+  let isDir: boolean;
+  try {
+    isDir = statSync(dir).isDirectory();
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return; // made when first used
+    throw new UsageError(`${what}: cannot use ${dir} (${code ?? (e as Error).message})`);
+  }
+  if (!isDir) throw new UsageError(`${what}: ${dir} is not a directory`);
+}
+
+/**
+ * Long command lines. onnxruntime-node 1.30 reads the process's command line
+ * (/proc/self/cmdline) when it creates its first session and matches it recursively, about
+ * 290 bytes of stack per byte of command line: past ~29 KB on an 8 MB main-thread stack the
+ * process dies with SIGSEGV and no message (a 30,000-character prompt on argv; gdb shows ~87,000
+ * recursive frames inside libonnxruntime). Node cannot shorten its own /proc/self/cmdline
+ * (process.argv is a copy; process.title only reuses argv[0]'s bytes), so a command line over
+ * ARGV_RELAY_BYTES runs the CLI again in a child process whose command line is short and whose
+ * arguments arrive through a pipe (fd 3); stdin, stdout and stderr are the parent's.
+ */
+export const ARGV_RELAY_BYTES = 4096;
+const ARGV_FD_ENV = 'SDGEN_ARGV_FD';
+
+/** Bytes of the command line as the kernel holds it (each argument NUL-terminated). */
+export function commandLineBytes(argv: readonly string[] = process.argv, execArgv: readonly string[] = process.execArgv): number {
+  let n = 0;
+  for (const a of [...execArgv, ...argv]) n += Buffer.byteLength(a) + 1;
+  return n;
+}
+
+/** In a relayed child: the arguments the parent sent (argv[0], argv[1] are this process's); else null. */
+function relayedArgv(): string[] | null {
+  const fd = process.env[ARGV_FD_ENV];
+  if (fd === undefined) return null;
+  delete process.env[ARGV_FD_ENV]; // not for this process's own children
+  let args: unknown;
+  try {
+    args = JSON.parse(readFileSync(Number(fd), 'utf8'));
+    closeSync(Number(fd));
+  } catch (e) {
+    throw new SdgenError(`cannot read the arguments passed on by the parent sdgen process (${(e as Error).message})`);
+  }
+  if (!Array.isArray(args) || !args.every((a) => typeof a === 'string')) throw new SdgenError('the arguments passed on by the parent sdgen process are damaged');
+  return [process.argv[0]!, process.argv[1]!, ...(args as string[])];
+}
+
+/** Runs this CLI again with `argv`'s arguments sent through a pipe; resolves to its exit code. */
+function relay(argv: readonly string[]): Promise<number> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!], {
+      stdio: ['inherit', 'inherit', 'inherit', 'pipe'],
+      env: { ...process.env, [ARGV_FD_ENV]: '3' },
+    });
+    // Ctrl-C reaches the child from the terminal itself (same process group): the parent only
+    // waits. A SIGTERM or SIGHUP sent to the parent alone is passed on.
+    const ignore = (): void => {};
+    const forward = (sig: NodeJS.Signals): void => {
+      child.kill(sig);
+    };
+    process.on('SIGINT', ignore);
+    process.on('SIGTERM', forward);
+    process.on('SIGHUP', forward);
+    const done = (): void => {
+      process.off('SIGINT', ignore);
+      process.off('SIGTERM', forward);
+      process.off('SIGHUP', forward);
+    };
+    child.on('error', (e) => {
+      done();
+      process.stderr.write(`sdgen: cannot start sdgen for a long command line (${(e as NodeJS.ErrnoException).code ?? e.message})\n`);
+      resolve(1);
+    });
+    child.on('exit', (code, signal) => {
+      done();
+      if (signal) {
+        // end the same way the child did (a shell then reports the signal)
+        process.kill(process.pid, signal);
+        resolve(128 + (osSignals[signal] ?? 0));
+      } else resolve(code ?? 1);
+    });
+    const pipe = child.stdio[3] as NodeJS.WritableStream;
+    pipe.on('error', () => {}); // a child that died early: its exit reports it
+    pipe.end(JSON.stringify(argv.slice(2)));
+  });
+}
+
+const osSignals: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGTERM: 15 };
+
 const EPIPE_HOOK = Symbol.for('sdgen.epipe-hook');
 
 /** Runs the CLI; returns the exit code (never calls process.exit except on a second Ctrl-C). */
 export async function main(argv: string[] = process.argv): Promise<number> {
+  // the process's own command line: passed on by a relaying parent, or relayed when too long
+  if (argv === process.argv) {
+    let passed: string[] | null;
+    try {
+      passed = relayedArgv();
+    } catch (e) {
+      process.stderr.write(`sdgen: ${(e as Error).message}\n`);
+      return 1;
+    }
+    if (passed) argv = process.argv = passed;
+    else if (commandLineBytes() > ARGV_RELAY_BYTES) return relay(argv);
+  }
   const verbose = argv.includes('--verbose');
   exitCode = 0;
   // `sdgen … | head`: a closed pipe ends the output quietly.
@@ -225,10 +358,16 @@ export async function main(argv: string[] = process.argv): Promise<number> {
       return 2;
     }
     if (e instanceof SdgenError) {
-      process.stderr.write(`sdgen: ${verbose ? (e.stack ?? e.message) : e.message}\n`);
+      process.stderr.write(`sdgen: ${errorText(e, verbose)}\n`);
       return e instanceof UsageError ? 2 : e.exitCode;
     }
-    process.stderr.write(`sdgen: internal error (please report): ${(e as Error)?.stack ?? String(e)}\n`);
+    // a failure of the machine (permissions, full disk, a file where a folder should be)
+    const sys = systemErrorLine(e);
+    if (sys !== null) {
+      process.stderr.write(`sdgen: ${verbose ? errorText(e, true) : sys}\n`);
+      return 1;
+    }
+    process.stderr.write(`sdgen: internal error (please report): ${errorText(e, true)}\n`);
     return 1;
   }
 }

@@ -45,15 +45,92 @@ export function summaryLine(s: RunSummary): string {
   return line;
 }
 
-export function errorText(e: unknown, verbose: boolean): string {
-  if (e instanceof SdgenError && !verbose) return e.message;
-  if (e instanceof Error) return verbose || !(e instanceof SdgenError) ? (e.stack ?? e.message) : e.message;
-  return String(e);
+/**
+ * Text from files (PNG text chunks, prompt files, model folders, config files) made safe to
+ * print: C0 controls, DEL and C1 controls become visible escapes (`\x1b`, `\x7f`, `\u009b`),
+ * so an ESC/OSC sequence hidden in a file cannot drive the terminal (set its title, rewrite the
+ * screen, hide text). Tab and newline are kept where they are meaningful (`keep`); carriage
+ * return never is (it overwrites what was printed). Backslashes are left alone (A1111 prompts
+ * use `\(` escapes). Pure.
+ */
+export function escapeControls(text: string, keep: { newline?: boolean; tab?: boolean } = {}): string {
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => {
+    if ((c === '\n' && keep.newline) || (c === '\t' && keep.tab)) return c;
+    const code = c.charCodeAt(0);
+    return code < 0x80 ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
+  });
 }
+
+/**
+ * JSON.stringify for output that may reach a terminal: JSON.stringify escapes C0 controls inside
+ * strings but not DEL or C1 controls (U+007F–U+009F); those are written as \u escapes, which is
+ * still the same JSON value. Pure.
+ */
+export function safeJson(value: unknown, space?: number): string {
+  return JSON.stringify(value, null, space).replace(/[\u007f-\u009f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+/** A message as one printable line: line breaks (and the spaces around them) become one space, other controls are escaped. Pure. */
+export function errorLine(message: string): string {
+  return escapeControls(message.trim().replace(/\s*[\r\n]+\s*/g, ' '), { tab: true });
+}
+
+/** The messages of an error's cause chain after the error itself (onnxruntime's full text, the errno error, …). */
+function causes(e: Error): string[] {
+  const out: string[] = [];
+  let c: unknown = e.cause;
+  for (let depth = 0; c !== undefined && c !== null && depth < 8; depth++) {
+    out.push(c instanceof Error ? (c.stack ?? c.message) : String(c));
+    c = c instanceof Error ? c.cause : undefined;
+  }
+  return out;
+}
+
+/**
+ * An error as the user sees it. Without --verbose: one line, the message of an SdgenError, or
+ * `what: CODE` for a Node.js system error (EACCES, ENOSPC, ENOTDIR: a failure of the machine,
+ * not of sdgen); other errors are bugs and keep their stack. With --verbose: the stack and every
+ * cause (an onnxruntime error in full).
+ */
+export function errorText(e: unknown, verbose: boolean): string {
+  if (!(e instanceof Error)) return errorLine(String(e));
+  if (verbose) return [e.stack ?? e.message, ...causes(e).map((c) => `caused by: ${c}`)].join('\n');
+  if (e instanceof SdgenError) return errorLine(e.message);
+  const sys = systemErrorLine(e);
+  if (sys !== null) return sys;
+  return e.stack ?? e.message;
+}
+
+/**
+ * A Node.js system error (fs, spawn: `code` "E…" and `syscall`) as one line, e.g. "cannot mkdir
+ * /x/cache/tome: not a directory (ENOTDIR)"; null for any other error.
+ */
+export function systemErrorLine(e: unknown): string | null {
+  const err = e as NodeJS.ErrnoException;
+  if (!(e instanceof Error) || typeof err.code !== 'string' || !/^E[A-Z0-9]+$/.test(err.code) || typeof err.syscall !== 'string') return null;
+  const target = err.path !== undefined ? ` ${err.path}` : '';
+  const why = SYSTEM_ERRORS[err.code] ?? err.message.replace(/^E[A-Z0-9]+:\s*/, '').split(',')[0]!;
+  return errorLine(`cannot ${err.syscall}${target}: ${why} (${err.code})`);
+}
+
+const SYSTEM_ERRORS: Readonly<Record<string, string>> = {
+  ENOENT: 'no such file or directory',
+  ENOTDIR: 'a part of the path is not a directory',
+  EISDIR: 'is a directory',
+  EACCES: 'permission denied',
+  EPERM: 'operation not permitted',
+  EEXIST: 'already exists',
+  ENOSPC: 'no space left on the device',
+  EDQUOT: 'disk quota exceeded',
+  EROFS: 'read-only file system',
+  EMFILE: 'too many open files',
+  ENAMETOOLONG: 'name too long',
+  EIO: 'input/output error',
+};
 
 /** JSON line for --json: one per image written. */
 export function jsonImageLine(file: string, out: GeneratedImage, img: PlannedImage, job: Job): string {
-  return JSON.stringify({
+  return safeJson({
     path: file,
     seed: out.seed,
     parameters: out.params,
@@ -87,18 +164,18 @@ export class LineReporter implements RunReporter {
     if (!this.ui.json) this.say(`loading model ${model}`);
   }
   notice(message: string): void {
-    this.say(this.c.yellow(message));
+    this.say(this.c.yellow(escapeControls(message, { newline: true, tab: true })));
   }
   imageWritten(img: PlannedImage, job: Job, file: string, out: GeneratedImage): void {
     this.count++;
     if (this.ui.json) this.out.write(jsonImageLine(file, out, img, job) + '\n');
-    else this.say(`[${this.count}/${this.total}] ${this.c.green(displayPath(file))}  seed ${out.seed}  ${fmtSeconds(out.timings.totalMs)}`);
+    else this.say(`[${this.count}/${this.total}] ${this.c.green(escapeControls(displayPath(file)))}  seed ${out.seed}  ${fmtSeconds(out.timings.totalMs)}`);
   }
   imageSkipped(): void {
     // counted in start()
   }
   jobFailed(job: Job, error: unknown, images: number): void {
-    const where = job.source ? `${job.source.file}:${job.source.line}: ` : '';
+    const where = job.source ? `${escapeControls(job.source.file)}:${job.source.line}: ` : '';
     this.err.write(this.c.red(`${where}failed (${images} image${images === 1 ? '' : 's'}): ${errorText(error, this.ui.verbose)}`) + '\n');
   }
   finish(s: RunSummary): void {
@@ -161,7 +238,7 @@ export class BarReporter implements RunReporter {
     this.runBar?.update(this.done, { status: `loading ${stage} (${done}/${total})` });
   }
   notice(message: string): void {
-    this.log(this.c.yellow(message));
+    this.log(this.c.yellow(escapeControls(message, { newline: true, tab: true })));
   }
   imageStart(img: PlannedImage, job: Job): void {
     this.runBar?.update(this.done, { status: `job ${job.index + 1}, seed ${img.seed}` });
@@ -187,7 +264,7 @@ export class BarReporter implements RunReporter {
   }
   imageSkipped(): void {}
   jobFailed(job: Job, error: unknown, images: number): void {
-    const where = job.source ? `${job.source.file}:${job.source.line}: ` : '';
+    const where = job.source ? `${escapeControls(job.source.file)}:${job.source.line}: ` : '';
     this.log(this.c.red(`${where}failed (${images} image${images === 1 ? '' : 's'}): ${errorText(error, this.ui.verbose)}`));
   }
   finish(s: RunSummary): void {

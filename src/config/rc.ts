@@ -71,12 +71,30 @@ export async function loadRc(opts: LoadRcOptions = {}): Promise<RcConfig> {
       result = await explorer.search(opts.cwd ?? process.cwd());
     }
   } catch (e) {
-    const err = e as NodeJS.ErrnoException & { filepath?: string; mark?: { line: number } };
+    const err = e as NodeJS.ErrnoException & { filepath?: string; reason?: string; mark?: { line: number; column: number } };
     if (err.code === 'ENOENT' || err.code === 'EISDIR') throw new UsageError(`--config: cannot read ${opts.configFile}`);
     const file = err.filepath ?? opts.configFile ?? 'config';
-    const msg = String(err.message ?? e).split('\n')[0];
-    throw new UsageError(`${file}: ${msg}`);
+    throw new UsageError(configErrorLine(file, err));
   }
   if (!result) return { options: {}, presets: {} };
   return rcFromObject(result.isEmpty ? {} : result.config, result.filepath);
+}
+
+/**
+ * A config file's parse error as one line that keeps the parser's reason (pure). cosmiconfig 9
+ * prefixes js-yaml's and parse-json's messages with "YAML Error in FILE:\n" / "JSON Error in
+ * FILE:\n" and js-yaml appends a code snippet after a blank line; js-yaml's own `reason` and
+ * `mark` (0-based line and column) give "FILE:3:1: invalid YAML: unexpected end of the stream
+ * within a flow collection".
+ */
+export function configErrorLine(file: string, err: { message?: string; reason?: string; mark?: { line: number; column: number } }): string {
+  const raw = String(err.message ?? err);
+  const kind = /^(YAML|JSON) Error in /.exec(raw)?.[1];
+  if (err.reason && err.mark && typeof err.mark.line === 'number') {
+    return `${file}:${err.mark.line + 1}:${err.mark.column + 1}: invalid ${kind ?? 'YAML'}: ${err.reason}`;
+  }
+  // drop cosmiconfig's "… Error in FILE:" line and any snippet after a blank line; join the rest
+  const body = raw.replace(/^(YAML|JSON) Error in [^\n]*:\n/, '').split(/\n\s*\n/)[0]!;
+  const reason = body.replace(/\s*\n\s*/g, ' ').trim() || raw.replace(/\s+/g, ' ').trim();
+  return `${file}: ${kind ? `invalid ${kind}: ` : ''}${reason}`;
 }
