@@ -5,11 +5,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { parsePromptFile, splitShellLike } from '../src/run/prompt-file.js';
 import {
-  leadingIndex, Manifest, nextIndexFrom, parseNameTemplate, readResumeState, renderName, safeFileName, uniqueName, writeFileAtomic,
-  type NameValues,
+  leadingIndex, Manifest, manifestPath, nextIndexFrom, parseNameTemplate, readManifest, renderName, safeFileName, uniqueName, writeFileAtomic,
+  writeNewFile, ensureDir, type NameValues,
 } from '../src/run/output.js';
-import { buildJobs, planImages, type JobContext, type JobSpec } from '../src/run/jobs.js';
-import { finishedFiles, orderJobs, runJobs, type PipelineLike, type RunReporter } from '../src/run/runner.js';
+import { buildJobs, ImageNamer, planImages, withModelDefaults, type JobContext, type JobSpec } from '../src/run/jobs.js';
+import { finishedImages, orderJobs, runJobs, type PipelineLike, type RunReporter } from '../src/run/runner.js';
 import { resolveOptions, type PartialOptions } from '../src/config/options.js';
 import { UsageError } from '../src/errors.js';
 import type { GeneratedImage, GenerationParams, ProgressEvents } from '../src/pipeline/types.js';
@@ -195,16 +195,21 @@ class FakePipeline implements PipelineLike {
   constructor(private readonly abortAfterImages = Infinity, private readonly controller?: AbortController, private readonly failPrompt?: string) {}
   produced = 0;
   readonly lastFlags: boolean[] = [];
-  async *generate(params: GenerationParams, events?: ProgressEvents, signal?: AbortSignal, options?: { last?: boolean }): AsyncGenerator<GeneratedImage> {
+  /** [prompt, first image, count] of each call */
+  slices: Array<[string, number, number]> = [];
+  async *generate(
+    params: GenerationParams, events?: ProgressEvents, signal?: AbortSignal, options?: { images?: { first: number; count: number }; last?: boolean },
+  ): AsyncGenerator<GeneratedImage> {
     this.calls.push(params);
     this.lastFlags.push(options?.last === true);
+    const { first, count } = options?.images ?? { first: 0, count: params.batchSize * params.nIter };
+    this.slices.push([params.prompt, first, count]);
     if (params.prompt === this.failPrompt) throw new UsageError('width must be a multiple of 16 for this model');
-    const n = params.batchSize * params.nIter;
     for (let s = 1; s <= params.steps; s++) {
       if (signal?.aborted) throw Object.assign(new Error('aborted'), { name: 'AbortError' });
       events?.onStep?.(s, params.steps, 1, 1);
     }
-    for (let i = 0; i < n; i++) {
+    for (let i = first; i < first + count; i++) {
       const seed = params.seed + i;
       const rgb = new Uint8Array(params.width * params.height * 3).fill((seed * 31 + params.prompt.length) & 255);
       this.produced++;
@@ -231,7 +236,7 @@ function quietReporter(): RunReporter & { failed: string[] } {
 function planFor(dir: string, specs: JobSpec[]) {
   const { jobs } = buildJobs(specs, ctx());
   const images = planImages(jobs, { template: '{index:05}-{seed}', startIndex: 1, exists: (f) => existsSync(path.join(dir, f)), overwrite: false });
-  return { jobs, images, outDir: dir };
+  return { jobs, images, outDir: dir, manifest: manifestPath(dir, 't') };
 }
 
 const encode = async (out: GeneratedImage) => Buffer.concat([Buffer.from(`${out.params.prompt}|${out.seed}|`), Buffer.from(out.rgb)]);
@@ -258,9 +263,9 @@ test('runJobs: each model is loaded for its first job in run order (ToMe off fir
     assert.equal(s.written, 4);
     assert.deepEqual(loads, [['/a', 'p'], ['/b', 'u']]);
     // each model's last generate call says so (the pipeline may release its UNet before decoding)
-    assert.deepEqual(pipes.map((p) => [p.calls.map((c) => `${c.prompt}${c.seed}`), p.lastFlags]), [
-      [['p2', 't1'], [false, true]],
-      [['u3', 'u4'], [false, true]],
+    assert.deepEqual(pipes.map((p) => [p.slices.map(([prompt, first]) => `${prompt}${first}`), p.lastFlags]), [
+      [['p0', 't0'], [false, true]],
+      [['u0', 'u1'], [false, true]],
     ]);
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -274,13 +279,14 @@ test('runJobs: writes every image, one manifest line each, no temp files', async
     const fake = new FakePipeline();
     const s = await runJobs(planFor(dir, specs), { loadPipeline: async () => fake, encode, reporter: quietReporter() });
     assert.deepEqual([s.written, s.skipped, s.failed, s.interrupted], [5, 0, 0, false]);
-    assert.deepEqual(readdirSync(dir).sort(), ['00001-1.png', '00002-10.png', '00003-11.png', '00004-12.png', '00005-13.png', 'sdgen-run.jsonl']);
-    const lines = readFileSync(path.join(dir, 'sdgen-run.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-    assert.deepEqual(lines.map((l) => [l.file, l.seed, l.params.seed, l.params.nIter]), [
-      ['00001-1.png', 1, 1, 1], ['00002-10.png', 10, 10, 2], ['00003-11.png', 11, 11, 2], ['00004-12.png', 12, 12, 2], ['00005-13.png', 13, 13, 2],
+    assert.deepEqual(readdirSync(dir).sort(), ['00001-1.png', '00002-10.png', '00003-11.png', '00004-12.png', '00005-13.png', 'sdgen-run-t.jsonl']);
+    const lines = readFileSync(path.join(dir, 'sdgen-run-t.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    assert.deepEqual(lines.map((l) => [l.file, l.index, l.seed, l.params.seed, l.params.batchSize, l.params.nIter]), [
+      ['00001-1.png', 0, 1, 1, 1, 1], ['00002-10.png', 1, 10, 10, 2, 2], ['00003-11.png', 2, 11, 11, 2, 2], ['00004-12.png', 3, 12, 12, 2, 2], ['00005-13.png', 4, 13, 13, 2, 2],
     ]);
-    // one generate call per batch, seeds advance by the batch size
-    assert.deepEqual(fake.calls.map((c) => [c.prompt, c.seed, c.batchSize, c.nIter]), [['a', 1, 1, 1], ['b', 10, 2, 1], ['b', 12, 2, 1]]);
+    // one generate call per batch: the job's own params and the slice of its images
+    assert.deepEqual(fake.calls.map((c) => [c.prompt, c.seed, c.batchSize, c.nIter]), [['a', 1, 1, 1], ['b', 10, 2, 2], ['b', 10, 2, 2]]);
+    assert.deepEqual(fake.slices, [['a', 0, 1], ['b', 0, 2], ['b', 2, 2]]);
     assert.ok(fake.disposed);
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -304,21 +310,21 @@ test('runJobs: interrupted then resumed ends with the same files as an uninterru
     assert.equal(s1.interrupted, true);
     assert.equal(s1.written, 2);
     // a partial batch: 'two' iteration 0 wrote its first image only
-    const done = finishedFiles(part);
-    assert.deepEqual([...done].sort(), ['00001-1.png', '00002-20.png']);
+    const done = finishedImages(part, plan.manifest);
+    assert.deepEqual([...done].sort(), [0, 1]);
     const resumed = new FakePipeline();
     const s2 = await runJobs({ ...plan, done }, { loadPipeline: async () => resumed, encode, reporter: quietReporter() });
     assert.deepEqual([s2.written, s2.skipped, s2.interrupted], [4, 2, false]);
     // the unfinished batch is redone whole (same composition), finished jobs are not called
-    assert.deepEqual(resumed.calls.map((c) => [c.prompt, c.seed]), [['two', 20], ['two', 22], ['three', 30]]);
+    assert.deepEqual(resumed.slices, [['two', 0, 2], ['two', 2, 2], ['three', 0, 1]]);
     const names = (d: string) => readdirSync(d).filter((f) => f.endsWith('.png')).sort();
     assert.deepEqual(names(part), names(full));
     for (const f of names(full)) assert.deepEqual(readFileSync(path.join(part, f)), readFileSync(path.join(full, f)), f);
-    const manifestFiles = readFileSync(path.join(part, 'sdgen-run.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).file);
+    const manifestFiles = readFileSync(plan.manifest, 'utf8').trim().split('\n').map((l) => JSON.parse(l).file);
     assert.deepEqual([...manifestFiles].sort(), names(full), 'one manifest line per image, none duplicated');
     // resuming a finished run does nothing
     const idle = new FakePipeline();
-    const s3 = await runJobs({ ...plan, done: finishedFiles(part) }, { loadPipeline: async () => idle, encode, reporter: quietReporter() });
+    const s3 = await runJobs({ ...plan, done: finishedImages(part, plan.manifest) }, { loadPipeline: async () => idle, encode, reporter: quietReporter() });
     assert.deepEqual([s3.written, s3.skipped, idle.calls.length], [0, 6, 0]);
   } finally {
     rmSync(full, { recursive: true, force: true });
@@ -339,7 +345,7 @@ test('runJobs: a failing job is reported and the run goes on', async () => {
   }
 });
 
-test('writeFileAtomic and Manifest', () => {
+test('writeFileAtomic, writeNewFile and the manifest', () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-io-'));
   try {
     const f = path.join(dir, 'x.png');
@@ -347,12 +353,45 @@ test('writeFileAtomic and Manifest', () => {
     writeFileAtomic(f, 'def');
     assert.equal(readFileSync(f, 'utf8'), 'def');
     assert.deepEqual(readdirSync(dir), ['x.png']);
-    const m = new Manifest(dir);
-    m.append({ file: 'x.png', index: 0, job: 0, image: 0, seed: 1, tomeApplied: false, params: {}, timings: {}, time: 't' });
-    writeFileSync(m.file, readFileSync(m.file, 'utf8') + '{"file": "torn');
-    assert.deepEqual([...m.recordedFiles()], ['x.png']);
-    assert.equal(readResumeState(dir), null);
     assert.throws(() => writeFileAtomic(path.join(dir, 'missing', 'y.png'), 'z'), /cannot write/);
+    // a taken name is never replaced: the next one is claimed
+    const next = (_t: string, k: number) => `x-${k + 1}.png`;
+    assert.deepEqual(writeNewFile(dir, 'x.png', Buffer.from('new'), { next }), { name: 'x-2.png', adopted: false });
+    assert.deepEqual(writeNewFile(dir, 'x.png', Buffer.from('newer'), { next }), { name: 'x-3.png', adopted: false });
+    assert.equal(readFileSync(f, 'utf8'), 'def');
+    assert.equal(readFileSync(path.join(dir, 'x-3.png'), 'utf8'), 'newer');
+    // a resumed run takes a file with its very bytes as its own, not a copy under a new name
+    assert.deepEqual(writeNewFile(dir, 'x.png', Buffer.from('def'), { next, adoptIdentical: true }), { name: 'x.png', adopted: true });
+    assert.deepEqual(writeNewFile(dir, 'x.png', Buffer.from('other'), { next, adoptIdentical: true }), { name: 'x-4.png', adopted: false });
+    assert.deepEqual(writeNewFile(dir, 'x.png', Buffer.from('over'), { next, overwrite: true }), { name: 'x.png', adopted: false });
+    assert.equal(readFileSync(f, 'utf8'), 'over');
+    assert.deepEqual(readdirSync(dir).filter((n) => n.endsWith('.tmp')), [], 'no temporary files left');
+
+    const m = new Manifest(manifestPath(dir, 'k'));
+    const rec = (file: string, index: number) => ({ file, index, job: 0, image: index, seed: 1, tomeApplied: false, params: {}, timings: {}, time: 't' });
+    m.append(rec('x.png', 0));
+    writeFileSync(m.file, readFileSync(m.file, 'utf8') + '{"file": "torn');
+    assert.deepEqual(readManifest(m.file).records.map((r) => r.file), ['x.png']);
+    assert.equal(readManifest(m.file).bad, 1, 'the torn line is counted');
+    // the next process cuts the torn line before it appends: its record starts on a line of its own
+    const m2 = new Manifest(m.file);
+    m2.append(rec('x-2.png', 1));
+    assert.equal(readFileSync(m.file, 'utf8').split('\n').length, 3);
+    assert.deepEqual(readManifest(m.file), { records: [rec('x.png', 0), rec('x-2.png', 1)], bad: 0 });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('ensureDir: creates parents; a path that cannot be made is one error, not a hang', () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-mk-'));
+  try {
+    ensureDir(path.join(dir, 'a', 'b', 'c'));
+    assert.ok(existsSync(path.join(dir, 'a', 'b', 'c')));
+    ensureDir(path.join(dir, 'a', 'b', 'c'));
+    writeFileSync(path.join(dir, 'file'), '');
+    assert.throws(() => ensureDir(path.join(dir, 'file', 'x')), /cannot create the output directory \(not a directory, ENOTDIR\)/);
+    if (existsSync('/proc/self')) assert.throws(() => ensureDir('/proc/sdgen-x/y'), /cannot create the output directory/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

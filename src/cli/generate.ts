@@ -2,16 +2,22 @@
  * The default command: generate images from a prompt, a prompt file or an image's metadata.
  * Loads onnxruntime (through the pipeline) and sharp only when images are actually generated.
  */
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { SdgenError, UsageError } from '../errors.js';
 import { resolveOptions, type PartialOptions, type SdgenOptions } from '../config/options.js';
 import { loadRc } from '../config/rc.js';
 import { findPreset } from '../config/presets.js';
 import { parsePromptFile, formatLineError, type PromptFileEntry } from '../run/prompt-file.js';
-import { buildJobs, planImages, type Job, type JobContext, type JobSpec, type ModelDefaults, type PlannedImage } from '../run/jobs.js';
-import { listDir, nextIndexFrom, readResumeState, writeResumeState } from '../run/output.js';
-import { finishedFiles, runJobs, type PipelineLike, type RunSummary } from '../run/runner.js';
+import {
+  buildJobs, ImageNamer, imagesFromNames, planImages, withModelDefaults, type Job, type JobContext, type JobSpec, type ModelDefaults, type PlannedImage,
+} from '../run/jobs.js';
+import {
+  createRunState, ensureDir, listDir, listRunStates, manifestPath, nextIndexFrom, parseNameTemplate, updateRunState, type RunState,
+} from '../run/output.js';
+import { finishedImages, runJobs, type PipelineLike, type RunSummary } from '../run/runner.js';
+import { assignShards, imagesOfShard, parseShard, shardLabel, shardSizes, type Shard } from '../run/shard.js';
 import { makeChalk, makeReporter, type UiOptions } from './ui.js';
 import { optionsFromMetadata } from './from.js';
 import type { RuntimeOptions } from '../models/session.js';
@@ -25,6 +31,10 @@ export interface GenerateFlags extends UiOptions {
   resume: boolean;
   dryRun: boolean;
   from?: string;
+  /** `I/N` or `auto` */
+  shard?: string;
+  /** N for `--shard auto` where the environment does not give it */
+  shardCount?: string;
 }
 
 export interface GenerateResult {
@@ -65,15 +75,52 @@ async function makeContext(models: Map<string, ModelDefaults>): Promise<JobConte
   };
 }
 
-async function loadModelDefaults(models: Iterable<string>): Promise<Map<string, ModelDefaults>> {
-  const out = new Map<string, ModelDefaults>();
+/**
+ * The defaults of each model folder the jobs use. A folder that cannot be read fails the jobs
+ * that use it: a prompt-file line gets its own `FILE:LINE:` error (returned), a job from the
+ * command line ends the run.
+ */
+async function loadModelDefaults(jobs: readonly Job[]): Promise<{ defaults: Map<string, ModelDefaults>; failed: Map<string, string> }> {
+  const defaults = new Map<string, ModelDefaults>();
+  const failed = new Map<string, string>();
   const { loadModelFolder } = await import('../models/folder.js');
-  for (const m of models) {
-    if (out.has(m)) continue;
-    const f = await loadModelFolder(m);
-    out.set(m, { name: f.name, width: f.defaultWidth, height: f.defaultHeight, scheduler: f.defaultScheduler });
+  for (const job of jobs) {
+    const m = job.model;
+    if (m === undefined || defaults.has(m) || failed.has(m)) continue;
+    try {
+      const f = await loadModelFolder(m);
+      defaults.set(m, { name: f.name, width: f.defaultWidth, height: f.defaultHeight, scheduler: f.defaultScheduler });
+    } catch (e) {
+      if (!(e instanceof SdgenError) || !job.source) throw e;
+      failed.set(m, e.message);
+    }
   }
-  return out;
+  return { defaults, failed };
+}
+
+/** What identifies a plan across processes: the job list as requested and the name template. */
+function planIdentity(jobsHash: string, template: string): string {
+  return createHash('sha256').update(`${jobsHash}\n${template}`).digest('hex').slice(0, 32);
+}
+
+function runKey(planHash: string, shard: Shard | null): string {
+  const base = planHash.slice(0, 12);
+  return shard ? `${base}.shard-${shard.index}-of-${shard.count}` : base;
+}
+
+/**
+ * The run `--resume` continues: among the runs recorded in the directory for this plan (and
+ * this shard), the newest that is not finished, else the newest.
+ */
+function findOwnRun(outDir: string, states: readonly RunState[], planHash: string, shard: Shard | null): RunState | null {
+  const mine = states.filter((s) =>
+    s.planHash === planHash && (shard ? s.shard?.index === shard.index && s.shard.count === shard.count : s.shard === null));
+  if (mine.length === 0) return null;
+  for (const s of [...mine].reverse()) {
+    const done = finishedImages(outDir, manifestPath(outDir, s.key));
+    if (s.ordinals.some((o) => !done.has(o))) return s;
+  }
+  return mine.at(-1)!;
 }
 
 function tomeLabel(job: Job): string {
@@ -175,66 +222,141 @@ export async function runGenerate(positional: string | undefined, explicit: Part
     specs.push({ prompt: basePrompt, options: base });
   }
 
-  // Every value is checked before any model is read (the model only supplies defaults), so
-  // --strict reports all bad lines and stops before touching a model.
-  const ctx = await makeContext(new Map());
-  for (const e of buildJobs(specs, ctx).errors) lineErrors.push(formatLineError(e));
-  lineErrors.sort((a, b) => lineNo(a) - lineNo(b));
-  for (const l of lineErrors) process.stderr.write(err.red(l) + '\n');
-  if (lineErrors.length > 0 && flags.strict) {
-    throw new UsageError(`${lineErrors.length} bad line${lineErrors.length === 1 ? '' : 's'} in ${flags.prompts}; nothing generated (--strict)`);
+  let shard: Shard | null = null;
+  if (flags.shard !== undefined) {
+    let count: number | undefined;
+    if (flags.shardCount !== undefined) {
+      if (!/^\d+$/.test(flags.shardCount.trim())) throw new UsageError(`--shard-count: expected a positive integer, got ${JSON.stringify(flags.shardCount)}`);
+      count = Number(flags.shardCount.trim());
+    }
+    shard = parseShard(flags.shard, process.env, count);
+  } else if (flags.shardCount !== undefined) {
+    throw new UsageError('--shard-count goes with --shard auto');
   }
 
-  const models = new Set(specs.map((s) => s.options.model).filter((m): m is string => m !== undefined));
+  // The job list is built once. Every value is checked (and random seeds drawn) before any model
+  // folder is read, so --strict can stop before touching a model; the folders' defaults then
+  // fill in size and scheduler (withModelDefaults).
+  const ctx = await makeContext(new Map());
+  const built = buildJobs(specs, ctx);
+  for (const e of built.errors) lineErrors.push(formatLineError(e));
+  const report = () => {
+    lineErrors.sort((a, b) => lineNo(a) - lineNo(b));
+    for (const l of lineErrors) process.stderr.write(err.red(l) + '\n');
+  };
+  const strictStop = () => {
+    report();
+    throw new UsageError(`${lineErrors.length} bad line${lineErrors.length === 1 ? '' : 's'} in ${flags.prompts}; nothing generated (--strict)`);
+  };
+  if (lineErrors.length > 0 && flags.strict) strictStop();
+
   if (!flags.dryRun && specs.some((s) => s.options.model === undefined)) {
+    report();
     const hint = fromModel ? ` (the image was made with model "${fromModel}")` : '';
     throw new UsageError(`no model: pass --model DIR or set "model" in .sdgenrc${hint}`);
   }
-  const defaults = await loadModelDefaults(models);
-  const modelCtx: JobContext = { ...ctx, modelDefaults: (m) => (m === undefined ? undefined : defaults.get(m)) };
+  const { defaults, failed: badModels } = await loadModelDefaults(built.jobs);
+  // Jobs whose model folder cannot be read stay in the plan's numbering (so every other job's
+  // names and shard do not depend on it) but are not run.
+  const skippedJobs = new Set<number>();
+  const jobs = built.jobs.map((j) => {
+    const bad = j.model !== undefined ? badModels.get(j.model) : undefined;
+    if (bad !== undefined && j.source) {
+      skippedJobs.add(j.index);
+      lineErrors.push(formatLineError({ file: j.source.file, line: j.source.line, message: bad }));
+    }
+    return withModelDefaults(j, j.model === undefined ? undefined : defaults.get(j.model));
+  });
+  if (lineErrors.length > 0 && flags.strict) strictStop();
+  report();
+  if (jobs.length === skippedJobs.size) throw new UsageError(flags.prompts !== undefined ? `${flags.prompts}: no valid prompt line` : 'nothing to generate');
+
+  if (shard) {
+    // every worker must plan exactly the same images with the same names
+    const random = jobs.find((j) => j.requestedSeed === -1);
+    if (random) {
+      throw new UsageError(`--shard needs fixed seeds (workers would draw different random ones): give --seed N${random.source ? ` (first job without one: ${random.source.file}:${random.source.line})` : ''}`);
+    }
+    const clock = parseNameTemplate(base.name).find((p) => 'field' in p && (p.field === 'date' || p.field === 'time'));
+    if (clock) throw new UsageError('--shard: the name template uses {date} or {time}, which differ between workers; put the date in --out instead');
+  }
 
   const outDir = path.resolve(base.out);
-  const state = flags.resume ? readResumeState(outDir) : null;
-  const built = buildJobs(specs, modelCtx, state?.seeds);
-  if (built.jobs.length === 0) throw new UsageError(flags.prompts !== undefined ? `${flags.prompts}: no valid prompt line` : 'nothing to generate');
+  const planHash = planIdentity(built.planHash, base.name);
+  let state: RunState | null = null;
+  if (flags.resume) {
+    const states = listRunStates(outDir);
+    state = findOwnRun(outDir, states, planHash, shard);
+    if (!state && !shard && states.some((s) => s.shard === null)) {
+      throw new UsageError(`--resume: the job list or --name differs from the run recorded in ${outDir}; run without --resume to start a new run`);
+    }
+  }
 
-  // The plan is the job list and the name template (names come from it).
-  const planHash = `${built.planHash}:${base.name}`;
-  if (flags.resume && state && state.planHash !== planHash) {
-    throw new UsageError(`--resume: the job list or --name differs from the run recorded in ${outDir}; run without --resume to start a new run`);
-  }
+  let runJobsList = jobs;
   let images: PlannedImage[];
-  const totalImages = built.jobs.reduce((n, j) => n + j.imageCount, 0);
-  if (state && state.names.length === totalImages) {
-    let k = 0;
-    images = [];
-    for (const j of built.jobs) for (let i = 0; i < j.imageCount; i++, k++) images.push({ job: j.index, image: i, ordinal: k, seed: j.params.seed + i, file: state.names[k]! });
+  let namer: ImageNamer;
+  let sizes: number[] | undefined;
+  let total: number;
+  if (state) {
+    // the seeds the run drew, and the names it planned, recorded in its state
+    const seeds = state.seeds;
+    if (seeds.length === jobs.length) runJobsList = jobs.map((j, i) => (j.requestedSeed === -1 ? { ...j, params: { ...j.params, seed: seeds[i]! } } : j));
+    images = imagesFromNames(runJobsList, new Map(state.ordinals.map((o, i) => [o, state!.names[i]!])));
+    namer = new ImageNamer(base.name, state.startIndex, new Date(state.created));
+    total = state.total;
+    sizes = state.shardSizes;
   } else {
-    const existing = new Set(listDir(outDir).map((f) => f.toLowerCase()));
-    images = planImages(built.jobs, {
-      template: base.name,
-      startIndex: nextIndexFrom(existing),
-      exists: (f) => existing.has(f.toLowerCase()),
-      overwrite: base.overwrite,
-    });
+    const now = new Date();
+    if (shard) {
+      // names from the plan alone: not from the directory, which other workers are filling
+      namer = new ImageNamer(base.name, 1, now);
+      const all = planImages(jobs, { template: base.name, startIndex: 1, exists: () => false, overwrite: base.overwrite, now });
+      const assignment = assignShards(jobs, shard.count);
+      sizes = shardSizes(assignment, shard.count);
+      images = imagesOfShard(all, assignment, shard);
+      total = all.length;
+    } else {
+      const existing = new Set(listDir(outDir).map((f) => f.toLowerCase()));
+      const startIndex = nextIndexFrom(existing);
+      namer = new ImageNamer(base.name, startIndex, now);
+      images = planImages(jobs, { template: base.name, startIndex, exists: (f) => existing.has(f.toLowerCase()), overwrite: base.overwrite, now });
+      total = images.length;
+    }
   }
+  const runImages = images.filter((i) => !skippedJobs.has(i.job));
+  const shownJobs = runJobsList.filter((j) => !skippedJobs.has(j.index));
 
   if (flags.dryRun) {
-    process.stdout.write(formatPlan(built.jobs, images, path.relative(process.cwd(), outDir) || '.', flags.json));
+    process.stdout.write(formatPlan(shownJobs, runImages, path.relative(process.cwd(), outDir) || '.', flags.json));
     return { exitCode: lineErrors.length > 0 ? 1 : 0 };
   }
 
   cacheMaxBytes(); // a bad SDGEN_CACHE_MAX_GB ends the run before anything is written
   if (flags.resume && !state && !flags.quiet) process.stderr.write(`--resume: no interrupted run in ${outDir}; starting a new run\n`);
-  try {
-    mkdirSync(outDir, { recursive: true });
-  } catch (e) {
-    throw new SdgenError(`${outDir}: cannot create the output directory (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-  }
+  ensureDir(outDir);
+  const resuming = state !== null;
   if (!state) {
-    writeResumeState(outDir, { version: 1, planHash, seeds: built.jobs.map((j) => j.params.seed), names: images.map((i) => i.file) });
+    state = createRunState(
+      outDir,
+      runKey(planHash, shard),
+      {
+        version: 2,
+        planHash,
+        shard,
+        total,
+        shardSizes: sizes,
+        seeds: jobs.map((j) => j.params.seed),
+        ordinals: images.map((i) => i.ordinal),
+        names: images.map((i) => i.file),
+        failed: [],
+        startIndex: namer.startIndex,
+        created: new Date().toISOString(),
+      },
+      shard !== null,
+    );
   }
-  const done = flags.resume ? finishedFiles(outDir) : new Set<string>();
+  const manifest = manifestPath(outDir, state.key);
+  const done = resuming ? finishedImages(outDir, manifest) : new Set<number>();
 
   const runtime: RuntimeOptions = { device: base.device, threads: base.threads, verbose: flags.verbose, cacheDir: base.cacheDir, conv: base.conv };
   const reporter = await makeReporter(flags);
@@ -262,7 +384,17 @@ export async function runGenerate(positional: string | undefined, explicit: Part
   let summary: RunSummary;
   try {
     summary = await runJobs(
-      { jobs: built.jobs, images, outDir, done },
+      {
+        jobs: runJobsList,
+        images: runImages,
+        outDir,
+        manifest,
+        done,
+        fallbackName: (img, job, k) => namer.fallback(job, img, k),
+        overwrite: base.overwrite,
+        resuming,
+        shard: shard ? shardLabel(shard) : undefined,
+      },
       {
         loadPipeline: async (model, events, first): Promise<PipelineLike> => {
           if (!existsSync(model!)) throw new SdgenError(`model folder not found: ${model}`);
@@ -280,8 +412,20 @@ export async function runGenerate(positional: string | undefined, explicit: Part
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
+  recordFailures(outDir, state, summary);
   if (summary.interrupted) return { exitCode: 130, summary };
   return { exitCode: summary.failed > 0 || lineErrors.length > 0 ? 1 : 0, summary };
+}
+
+/** The run's failed images go into its state, for `sdgen status`; a state that cannot be written is left as it was. */
+function recordFailures(outDir: string, state: RunState, summary: RunSummary): void {
+  const failed = summary.failedImages;
+  if (failed.length === 0 && state.failed.length === 0) return;
+  try {
+    updateRunState(outDir, { ...state, failed: [...new Set(failed)].sort((a, b) => a - b) });
+  } catch {
+    // the images themselves are what counts; status then shows them as missing
+  }
 }
 
 function safeA1111(fn: (n: string) => string, name: string): string {

@@ -4,17 +4,22 @@
  * names. Pure: model defaults, scheduler names, ToMe checks and random seeds come in through
  * JobContext, so the same code serves `--dry-run` (no model loaded) and real runs.
  *
+ * The list is built once per run: values are checked and random seeds drawn before any model
+ * folder is read; a model folder's defaults then fill in only what they can (width, height,
+ * scheduler — and the ToMe decision that follows from the size), see withModelDefaults.
+ *
  * Seeds: a job with `--seed -1` draws one random seed for the job when the plan is built; image i
- * of the job (i = iteration·batchSize + position) gets seed + i. `--resume` reuses the seeds the
- * interrupted run recorded in the output folder (.sdgen-resume.json), so it plans the same images.
+ * of the job (i = iteration·batchSize + position) gets imageSeed(params, i) = seed + i. `--resume`
+ * reuses the seeds the interrupted run recorded in its run state, so it plans the same images.
  */
 import { createHash } from 'node:crypto';
 import { UsageError } from '../errors.js';
 import type { SdgenOptions } from '../config/options.js';
 import type { GenerationParams } from '../pipeline/types.js';
+import { imageSeed } from '../pipeline/params.js';
 import { tomeApplies, tomeFromFlat, validateToMeOptions } from '../tome/options.js';
 import type { PromptFileError } from './prompt-file.js';
-import { parseNameTemplate, renderName, uniqueName, type NameValues } from './output.js';
+import { parseNameTemplate, renderName, suffixedName, uniqueName, type NameValues } from './output.js';
 
 export interface ModelDefaults {
   /** folder name (A1111 "Model") */
@@ -53,6 +58,8 @@ export interface Job {
   tomeReason?: string;
   /** batchSize × nIter */
   imageCount: number;
+  /** what the job asked for itself; a model folder's defaults fill in the rest */
+  requested: { width?: number; height?: number; scheduler?: string };
 }
 
 export interface PlannedImage {
@@ -65,29 +72,22 @@ export interface PlannedImage {
   file: string;
 }
 
-export function whereOf(source: JobSpec['source']): string {
-  return source ? `${source.file}:${source.line}: ` : '';
-}
-
 /** One job from resolved options; throws a UsageError (without location) on a bad value. */
 export function buildJob(spec: JobSpec, index: number, ctx: JobContext, seed?: number): Job {
   const o = spec.options;
-  const defaults = ctx.modelDefaults(o.model);
-  const width = o.width ?? defaults?.width ?? 512;
-  const height = o.height ?? defaults?.height ?? 512;
-  const scheduler = o.scheduler !== undefined && o.scheduler !== '' ? ctx.resolveScheduler(o.scheduler) : (defaults?.scheduler ?? '');
+  const scheduler = o.scheduler !== undefined && o.scheduler !== '' ? ctx.resolveScheduler(o.scheduler) : undefined;
   const tome = tomeFromFlat(o);
   validateToMeOptions(tome);
   const resolvedSeed = o.seed === -1 ? (seed ?? ctx.randomSeed()) : o.seed;
   const params: GenerationParams = {
     prompt: spec.prompt,
     negativePrompt: o.negativePrompt,
-    width,
-    height,
+    width: 0,
+    height: 0,
     steps: o.steps,
     cfg: o.cfg,
     seed: resolvedSeed,
-    scheduler,
+    scheduler: '',
     batchSize: o.batchSize,
     nIter: o.nIter,
     eta: o.eta,
@@ -96,17 +96,35 @@ export function buildJob(spec: JobSpec, index: number, ctx: JobContext, seed?: n
     tome,
     attention: o.attention,
   };
-  const decision = tome.ratio > 0 ? tomeApplies(tome, width, height) : { apply: false, reason: 'ratio 0' };
-  return {
+  const job: Job = {
     index,
     source: spec.source,
     model: o.model,
-    modelName: defaults?.name,
     params,
     requestedSeed: o.seed,
+    tomeOn: false,
+    imageCount: o.batchSize * o.nIter,
+    requested: { width: o.width, height: o.height, scheduler },
+  };
+  return withModelDefaults(job, ctx.modelDefaults(o.model));
+}
+
+/**
+ * The job with a model folder's defaults (or, without them, 512×512 and the scheduler left to
+ * the pipeline) where the job did not ask for a value itself. Seeds and every other value stay.
+ */
+export function withModelDefaults(job: Job, defaults: ModelDefaults | undefined): Job {
+  const width = job.requested.width ?? defaults?.width ?? 512;
+  const height = job.requested.height ?? defaults?.height ?? 512;
+  const scheduler = job.requested.scheduler ?? defaults?.scheduler ?? '';
+  const tome = job.params.tome;
+  const decision = tome.ratio > 0 ? tomeApplies(tome, width, height) : { apply: false, reason: 'ratio 0' };
+  return {
+    ...job,
+    modelName: defaults?.name,
+    params: { ...job.params, width, height, scheduler },
     tomeOn: decision.apply,
     tomeReason: decision.reason,
-    imageCount: o.batchSize * o.nIter,
   };
 }
 
@@ -137,7 +155,10 @@ export function buildJobs(specs: readonly JobSpec[], ctx: JobContext, seeds?: re
       throw e;
     }
     jobs.push(job);
-    hash.update(JSON.stringify([job.model ?? null, { ...job.params, seed: job.requestedSeed }]) + '\n');
+    // as requested: random seeds and a model folder's defaults do not change the plan's identity
+    const r = job.requested;
+    const asked = { ...job.params, seed: job.requestedSeed, width: r.width ?? null, height: r.height ?? null, scheduler: r.scheduler ?? null };
+    hash.update(JSON.stringify([job.model ?? null, asked]) + '\n');
   }
   return { jobs, errors, planHash: hash.digest('hex').slice(0, 32) };
 }
@@ -157,37 +178,72 @@ function pad2(n: number): string {
   return String(n).padStart(2, '0');
 }
 
+/** Renders the file names of a plan from its template; also the names to fall back on at write time. */
+export class ImageNamer {
+  private readonly parts: ReturnType<typeof parseNameTemplate>;
+  private readonly date: string;
+  private readonly time: string;
+  readonly usesIndex: boolean;
+  constructor(template: string, readonly startIndex: number, now: Date = new Date()) {
+    this.parts = parseNameTemplate(template);
+    this.date = `${now.getFullYear()}-${pad2(now.getMonth() + 1)}-${pad2(now.getDate())}`;
+    this.time = `${pad2(now.getHours())}${pad2(now.getMinutes())}${pad2(now.getSeconds())}`;
+    this.usesIndex = this.parts.some((p) => 'field' in p && p.field === 'index');
+  }
+  /** The name of image `image` of `job` at plan position `ordinal`, its `{index}` moved on by `shift`. */
+  render(job: Job, image: number, ordinal: number, shift = 0): string {
+    const p = job.params;
+    const values: NameValues = {
+      index: this.startIndex + ordinal + shift,
+      seed: imageSeed(p, image),
+      prompt: p.prompt,
+      negative: p.negativePrompt,
+      steps: p.steps,
+      cfg: p.cfg,
+      sampler: p.scheduler || 'default',
+      width: p.width,
+      height: p.height,
+      job: job.index + 1,
+      model: job.modelName ?? '',
+      date: this.date,
+      time: this.time,
+    };
+    return renderName(this.parts, values);
+  }
+  /**
+   * The k-th name to try (k = 1, 2, …) when the planned name of `img` is found taken at write
+   * time: the next `{index}` for templates that have one, else the planned name with -2, -3, ….
+   */
+  fallback(job: Job, img: PlannedImage, k: number): string {
+    return this.usesIndex ? this.render(job, img.image, img.ordinal, k) : suffixedName(img.file, k + 1);
+  }
+}
+
 /** Every image of the plan with a unique, safe file name. */
 export function planImages(jobs: readonly Job[], opts: NamePlanOptions): PlannedImage[] {
-  const parts = parseNameTemplate(opts.template);
-  const now = opts.now ?? new Date();
-  const date = `${now.getFullYear()}-${pad2(now.getMonth() + 1)}-${pad2(now.getDate())}`;
-  const time = `${pad2(now.getHours())}${pad2(now.getMinutes())}${pad2(now.getSeconds())}`;
+  const namer = new ImageNamer(opts.template, opts.startIndex, opts.now);
   const used = new Set<string>();
   const lower = (s: string) => s.toLowerCase(); // case-insensitive file systems
   const out: PlannedImage[] = [];
   for (const job of jobs) {
     for (let i = 0; i < job.imageCount; i++) {
       const ordinal = out.length;
-      const seed = job.params.seed + i;
-      const values: NameValues = {
-        index: opts.startIndex + ordinal,
-        seed,
-        prompt: job.params.prompt,
-        negative: job.params.negativePrompt,
-        steps: job.params.steps,
-        cfg: job.params.cfg,
-        sampler: job.params.scheduler || 'default',
-        width: job.params.width,
-        height: job.params.height,
-        job: job.index + 1,
-        model: job.modelName ?? '',
-        date,
-        time,
-      };
-      const file = uniqueName(renderName(parts, values), (n) => used.has(lower(n)) || (!opts.overwrite && opts.exists(n)));
+      const file = uniqueName(namer.render(job, i, ordinal), (n) => used.has(lower(n)) || (!opts.overwrite && opts.exists(n)));
       used.add(lower(file));
-      out.push({ job: job.index, image: i, ordinal, seed, file });
+      out.push({ job: job.index, image: i, ordinal, seed: imageSeed(job.params, i), file });
+    }
+  }
+  return out;
+}
+
+/** The images of the plan with the names a run state recorded (in plan order). */
+export function imagesFromNames(jobs: readonly Job[], names: ReadonlyMap<number, string>): PlannedImage[] {
+  const out: PlannedImage[] = [];
+  let ordinal = 0;
+  for (const job of jobs) {
+    for (let i = 0; i < job.imageCount; i++, ordinal++) {
+      const file = names.get(ordinal);
+      if (file !== undefined) out.push({ job: job.index, image: i, ordinal, seed: imageSeed(job.params, i), file });
     }
   }
   return out;

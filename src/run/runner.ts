@@ -1,24 +1,35 @@
 /**
  * Runs a planned job list: one pipeline per model, loaded once and reused; jobs grouped by model,
  * then by ToMe decision and size, so sessions are not rebuilt needlessly; each job split into its
- * batches (one generate call per batch: seed + iteration·batchSize) so that `--resume` can redo
- * exactly the unfinished batches. Images are written through a temporary file and a rename, and
- * the manifest gets one flushed line per image. An abort (SIGINT/SIGTERM) stops after the
- * current step: the batch in progress is dropped, no partial file is left.
+ * batches (one generate call per batch, for the slice of the job's images that batch makes) so
+ * that `--resume` and shards redo or make exactly their batches. Each image is claimed under its
+ * name atomically (writeNewFile: a name taken meanwhile by another process moves on to the next
+ * free one) and then recorded in the run's own manifest; it counts as written only when both are
+ * on disk. An abort (SIGINT/SIGTERM) stops after the current step: the batch in progress is
+ * dropped, no partial file is left. A write error in the output directory (full disk, …) stops
+ * the run with that one error.
  */
-import { existsSync, mkdirSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { SdgenError } from '../errors.js';
 import { SDGEN_VERSION } from '../version.js';
 import type { GeneratedImage, GenerationParams, ProgressEvents } from '../pipeline/types.js';
 import type { Job, PlannedImage } from './jobs.js';
-import { Manifest, listDir, removeStaleTemps, writeFileAtomic, type ManifestRecord } from './output.js';
+import {
+  Manifest, OutputError, ensureDir, listDir, readManifest, removeStaleTemps, suffixedName, writeNewFile, type ManifestRecord, type WriteFn,
+} from './output.js';
 import type { InfotextExtras } from '../image/infotext.js';
 
 /** What the runner needs of a StableDiffusionPipeline (a fake one in tests). */
 export interface PipelineLike {
   /** `options.last`: no generate call follows before dispose (the pipeline may release sessions early) */
-  generate(params: GenerationParams, events?: ProgressEvents, signal?: AbortSignal, options?: { last?: boolean }): AsyncGenerator<GeneratedImage>;
+  /** `options.images`: only images first…first+count−1 of the job (seeds imageSeed(params, i)) */
+  generate(
+    params: GenerationParams,
+    events?: ProgressEvents,
+    signal?: AbortSignal,
+    options?: { images?: { first: number; count: number }; last?: boolean },
+  ): AsyncGenerator<GeneratedImage>;
   dispose(): Promise<void>;
 }
 
@@ -41,6 +52,8 @@ export interface RunSummary {
   skipped: number;
   failed: number;
   interrupted: boolean;
+  /** plan positions of the images that failed */
+  failedImages: number[];
   /** wall time of the images written, ms */
   elapsedMs: number;
   secondsPerImage: number | null;
@@ -48,10 +61,21 @@ export interface RunSummary {
 
 export interface RunPlan {
   jobs: Job[];
+  /** the images this run makes (all of the plan, or a shard's) with their planned names */
   images: PlannedImage[];
   outDir: string;
-  /** files that count as done (resume): in the manifest and on disk */
-  done?: ReadonlySet<string>;
+  /** this run's own manifest file */
+  manifest: string;
+  /** plan positions that count as done (resume): recorded in this run's manifest and on disk */
+  done?: ReadonlySet<number>;
+  /** the k-th name to try when an image's planned name is taken at write time (default: name-2, name-3, …) */
+  fallbackName?: (img: PlannedImage, job: Job, k: number) => string;
+  /** --overwrite: replace files of the planned names */
+  overwrite?: boolean;
+  /** a resumed run: an existing file with the very bytes of an image is that image (see writeNewFile) */
+  resuming?: boolean;
+  /** recorded in each manifest record of a sharded run (`I/N`) */
+  shard?: string;
 }
 
 export interface RunDeps {
@@ -63,6 +87,8 @@ export interface RunDeps {
   samplerName?(scheduler: string): string;
   reporter: RunReporter;
   signal?: AbortSignal;
+  /** write(2) for images and the manifest (fault-injection tests) */
+  write?: WriteFn;
 }
 
 export function isAbortError(e: unknown): boolean {
@@ -83,45 +109,61 @@ export function orderJobs(jobs: readonly Job[]): Job[] {
   );
 }
 
+interface Unit {
+  job: Job;
+  /** this run's images of one batch of the job, by image index */
+  images: PlannedImage[];
+}
+
+/** A job's batches that hold images of this run (a shard may hold only some of them). */
+function unitsOf(job: Job, imgs: readonly PlannedImage[]): Unit[] {
+  const byIter = new Map<number, PlannedImage[]>();
+  for (const img of imgs) {
+    const it = Math.floor(img.image / job.params.batchSize);
+    let arr = byIter.get(it);
+    if (!arr) byIter.set(it, (arr = []));
+    arr.push(img);
+  }
+  return [...byIter.keys()].sort((a, b) => a - b).map((it) => ({ job, images: byIter.get(it)!.sort((a, b) => a.image - b.image) }));
+}
+
 export async function runJobs(plan: RunPlan, deps: RunDeps): Promise<RunSummary> {
   const { reporter, signal } = deps;
   const outDir = plan.outDir;
-  try {
-    mkdirSync(outDir, { recursive: true });
-  } catch (e) {
-    throw new SdgenError(`${outDir}: cannot create the output directory (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-  }
+  ensureDir(outDir);
   removeStaleTemps(outDir);
-  const manifest = new Manifest(outDir);
+  const manifest = new Manifest(plan.manifest, deps.write);
   const byJob = new Map<number, PlannedImage[]>();
   for (const img of plan.images) {
     let arr = byJob.get(img.job);
     if (!arr) byJob.set(img.job, (arr = []));
     arr.push(img);
   }
-  const done = plan.done ?? new Set<string>();
-  const summary: RunSummary = { planned: plan.images.length, written: 0, skipped: 0, failed: 0, interrupted: false, elapsedMs: 0, secondsPerImage: null };
-  const alreadyDone = plan.images.filter((i) => done.has(i.file)).length;
+  const done = plan.done ?? new Set<number>();
+  const isDone = (i: PlannedImage) => done.has(i.ordinal);
+  const summary: RunSummary = {
+    planned: plan.images.length, written: 0, skipped: 0, failed: 0, failedImages: [], interrupted: false, elapsedMs: 0, secondsPerImage: null,
+  };
+  const fail = (imgs: readonly PlannedImage[]) => {
+    summary.failed += imgs.length;
+    for (const i of imgs) summary.failedImages.push(i.ordinal);
+  };
+  const alreadyDone = plan.images.filter(isDone).length;
   reporter.start(plan.images.length, alreadyDone);
 
   let pipe: PipelineLike | null = null;
   let pipeModel: string | undefined | null = null;
-  const ordered = orderJobs(plan.jobs);
+  const ordered = orderJobs(plan.jobs.filter((j) => byJob.has(j.index)));
+  const units = new Map<number, Unit[]>(ordered.map((j) => [j.index, unitsOf(j, byJob.get(j.index)!)]));
   // per model, the last generate call with images to write: after it the pipeline is disposed
-  // (one generate call per iteration: its batch of planned images)
-  const unitImages = (job: Job, it: number) => (byJob.get(job.index) ?? []).slice(it * job.params.batchSize, (it + 1) * job.params.batchSize);
-  const unitOf = (job: Job, it: number) => `${job.index}/${it}`;
-  const lastUnit = new Map<string, string>();
-  for (const job of ordered) {
-    for (let it = 0; it < job.params.nIter; it++) {
-      if (unitImages(job, it).some((i) => !done.has(i.file))) lastUnit.set(job.model ?? '', unitOf(job, it));
-    }
-  }
+  const lastUnit = new Map<string, Unit>();
+  for (const job of ordered) for (const u of units.get(job.index)!) if (u.images.some((i) => !isDone(i))) lastUnit.set(job.model ?? '', u);
+  let fatal: OutputError | null = null;
   try {
     for (const job of ordered) {
       if (signal?.aborted) break;
-      const imgs = byJob.get(job.index) ?? [];
-      if (imgs.every((i) => done.has(i.file))) {
+      const imgs = byJob.get(job.index)!;
+      if (imgs.every(isDone)) {
         for (const i of imgs) reporter.imageSkipped?.(i, job);
         summary.skipped += imgs.length;
         continue;
@@ -142,79 +184,100 @@ export async function runJobs(plan: RunPlan, deps: RunDeps): Promise<RunSummary>
           pipeModel = job.model ?? undefined;
         } catch (e) {
           // A model that cannot be loaded fails every job that uses it; other models go on.
-          const remaining = imgs.filter((i) => !done.has(i.file)).length;
-          reporter.jobFailed(job, e, remaining);
-          summary.failed += remaining;
-          summary.skipped += imgs.length - remaining;
+          const remaining = imgs.filter((i) => !isDone(i));
+          reporter.jobFailed(job, e, remaining.length);
+          fail(remaining);
+          summary.skipped += imgs.length - remaining.length;
           pipeModel = null;
           if (!(e instanceof SdgenError)) throw e;
           continue;
         }
       }
-      const bs = job.params.batchSize;
-      for (let it = 0; it < job.params.nIter; it++) {
+      const jobUnits = units.get(job.index)!;
+      for (const [u, unit] of jobUnits.entries()) {
         if (signal?.aborted) break;
-        const unit = unitImages(job, it);
-        if (unit.every((i) => done.has(i.file))) {
-          for (const i of unit) reporter.imageSkipped?.(i, job);
-          summary.skipped += unit.length;
+        if (unit.images.every(isDone)) {
+          for (const i of unit.images) reporter.imageSkipped?.(i, job);
+          summary.skipped += unit.images.length;
           continue;
         }
-        const params: GenerationParams = { ...job.params, tome: { ...job.params.tome }, seed: job.params.seed + it * bs, nIter: 1 };
-        let produced = 0;
+        const first = unit.images[0]!.image;
+        const count = unit.images.at(-1)!.image - first + 1;
+        const byImage = new Map(unit.images.map((i) => [i.image, i]));
+        const finished = new Set<number>();
         const started = performance.now();
         try {
-          reporter.imageStart?.(unit[0]!, job);
-          const last = lastUnit.get(job.model ?? '') === unitOf(job, it);
-          for await (const out of pipe.generate(params, { onStep: (s, t) => reporter.step?.(s, t), onNotice: (m) => reporter.notice(m) }, signal, { last })) {
-            const img = unit[out.index];
-            produced++;
+          reporter.imageStart?.(unit.images[0]!, job);
+          const last = lastUnit.get(job.model ?? '') === unit;
+          const events: ProgressEvents = { onStep: (s, t) => reporter.step?.(s, t), onNotice: (m) => reporter.notice(m) };
+          for await (const out of pipe.generate(job.params, events, signal, { images: { first, count }, last })) {
+            const img = byImage.get(out.index);
             if (!img) continue;
+            finished.add(img.image);
             if (out.seed !== img.seed) throw new Error(`internal: image seed ${out.seed} ≠ planned ${img.seed}`);
-            if (done.has(img.file)) {
+            if (isDone(img)) {
               reporter.imageSkipped?.(img, job);
               summary.skipped++;
-            } else {
-              // Record the job's own batch settings with this image's seed.
-              const rec: GeneratedImage = { ...out, params: { ...out.params, batchSize: job.params.batchSize, nIter: job.params.nIter } };
-              const file = path.join(outDir, img.file);
-              const png = await deps.encode(rec, { samplerName: deps.samplerName?.(rec.params.scheduler), version: `sdgen ${SDGEN_VERSION}` }, job);
-              writeFileAtomic(file, png);
-              const line: ManifestRecord = {
-                file: img.file,
-                index: img.ordinal,
-                job: job.index,
-                image: img.image,
-                seed: out.seed,
-                model: out.modelName,
-                tomeApplied: out.tomeApplied,
-                params: rec.params,
-                timings: out.timings,
-                source: job.source ? `${job.source.file}:${job.source.line}` : undefined,
-                time: new Date().toISOString(),
-              };
-              manifest.append(line);
-              summary.written++;
-              reporter.imageWritten(img, job, file, rec);
+              continue;
             }
+            const png = await deps.encode(out, { samplerName: deps.samplerName?.(out.params.scheduler), version: `sdgen ${SDGEN_VERSION}` }, job);
+            let got: { name: string; adopted: boolean };
+            try {
+              got = writeNewFile(outDir, img.file, png, {
+                next: (_taken, k) => (plan.fallbackName ? plan.fallbackName(img, job, k) : suffixedName(img.file, k + 1)),
+                overwrite: plan.overwrite,
+                adoptIdentical: plan.resuming,
+                write: deps.write,
+              });
+            } catch (e) {
+              fail([img]);
+              throw e;
+            }
+            const line: ManifestRecord = {
+              file: got.name,
+              index: img.ordinal,
+              job: job.index,
+              image: img.image,
+              seed: out.seed,
+              model: out.modelName,
+              tomeApplied: out.tomeApplied,
+              params: out.params,
+              timings: out.timings,
+              source: job.source ? `${job.source.file}:${job.source.line}` : undefined,
+              shard: plan.shard,
+              time: new Date().toISOString(),
+            };
+            try {
+              manifest.append(line);
+            } catch (e) {
+              // not recorded: the image is not kept either (a resumed run makes it again)
+              if (!got.adopted) rmSync(path.join(outDir, got.name), { force: true });
+              fail([img]);
+              throw e;
+            }
+            summary.written++;
+            reporter.imageWritten({ ...img, file: got.name }, job, path.join(outDir, got.name), out);
           }
           summary.elapsedMs += performance.now() - started;
         } catch (e) {
+          if (e instanceof OutputError) {
+            fatal = e;
+            break;
+          }
           if (isAbortError(e) || signal?.aborted) {
             summary.interrupted = true;
             break;
           }
-          const left = unit.length - produced;
-          reporter.jobFailed(job, e, left);
-          summary.failed += left;
+          const left = unit.images.filter((i) => !finished.has(i.image) && !isDone(i));
+          reporter.jobFailed(job, e, left.length);
+          fail(left);
           if (!(e instanceof SdgenError)) reporter.notice(`(this is a bug) ${(e as Error).stack ?? String(e)}`);
           // the rest of this job would fail the same way
-          const rest = imgs.slice((it + 1) * bs).filter((i) => !done.has(i.file)).length;
-          summary.failed += rest;
+          fail(jobUnits.slice(u + 1).flatMap((x) => x.images).filter((i) => !isDone(i)));
           break;
         }
       }
-      if (summary.interrupted) break;
+      if (summary.interrupted || fatal) break;
     }
     if (signal?.aborted) summary.interrupted = true;
   } finally {
@@ -222,12 +285,17 @@ export async function runJobs(plan: RunPlan, deps: RunDeps): Promise<RunSummary>
   }
   summary.secondsPerImage = summary.written > 0 ? summary.elapsedMs / 1000 / summary.written : null;
   reporter.finish(summary);
+  if (fatal) throw fatal;
   return summary;
 }
 
-/** Files counted as finished for --resume: recorded in the manifest and present on disk. */
-export function finishedFiles(outDir: string): Set<string> {
-  const onDisk = new Set(existsSync(outDir) ? listDir(outDir) : []);
-  const recorded = new Manifest(outDir).recordedFiles();
-  return new Set([...recorded].filter((f) => onDisk.has(f)));
+/**
+ * Plan positions counted as finished for --resume: recorded in the run's manifest (a torn last
+ * line does not count) with the file on disk.
+ */
+export function finishedImages(outDir: string, manifestFile: string): Set<number> {
+  const onDisk = new Set(listDir(outDir));
+  const out = new Set<number>();
+  for (const r of readManifest(manifestFile).records) if (onDisk.has(r.file)) out.add(r.index);
+  return out;
 }
