@@ -151,7 +151,7 @@ async function runImage(job: Extract<WorkerJob, { kind: 'image' }>): Promise<Ima
   const { StableDiffusionPipeline } = await import('../pipeline/pipeline.js');
   const { DEFAULT_TOME } = await import('../tome/options.js');
   const { generationParams } = await import('../pipeline/params.js');
-  const { encodeRgbPng } = await import('../image/png.js');
+  const { encodeRgbPng } = await import('../metadata/png.js');
   const params = generationParams({
     prompt: 'a photograph of an astronaut riding a horse',
     width: job.size,

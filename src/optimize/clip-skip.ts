@@ -25,7 +25,7 @@
  * except getClipSkipModel.
  */
 import { SdgenError } from '../errors.js';
-import { finalLayerNormNode } from '../models/final-layer-norm.js';
+import { finalLayerNormNode } from './final-layer-norm.js';
 import { attrInt } from '../onnx/attributes.js';
 import { uniqueName } from '../onnx/graph.js';
 import { DataType, type GraphProto, type ModelProto, type NodeProto, type ValueInfoProto } from '../onnx/types.js';

@@ -17,7 +17,7 @@
  *
  * Clip skip N > 1 (A1111: `final_layer_norm(hidden_states[-N])`) reads output
  * `hidden_states.{L+1-N}` of an export with per-layer outputs `hidden_states.0 … L`, and applies
- * the text model's final layer norm read from the graph (src/models/final-layer-norm.ts). For an
+ * the text model's final layer norm read from the graph (src/optimize/final-layer-norm.ts). For an
  * export without them, the first run that asks for clip skip opens a second session on the graph
  * rewritten to have them (src/optimize/clip-skip.ts, cached on disk), so that runs without clip
  * skip keep running the exported graph as it is (its outputs to the bit).
@@ -28,7 +28,7 @@ import type { ClipTokenizer } from '../text/clip-tokenizer.js';
 import { applyEmphasis, padChunks, tokenizeChunks, type ChunkedPrompt } from '../text/chunks.js';
 import type { ModelSession, SessionManager } from '../models/session.js';
 import { textEncoderIO, type TextEncoderIO } from '../models/io.js';
-import { findFinalLayerNorm } from '../models/final-layer-norm.js';
+import { findFinalLayerNorm } from '../optimize/final-layer-norm.js';
 import { getClipSkipModel } from '../optimize/clip-skip.js';
 import { toFloat32 } from './tensors.js';
 

@@ -12,7 +12,6 @@
 import { loadModel } from '../onnx/model-io.js';
 import { tensorFloats, tensorValues } from '../onnx/tensor.js';
 import type { GraphProto, NodeProto, TensorProto } from '../onnx/types.js';
-import type { SessionInfo } from './session.js';
 
 export interface LayerNormParams {
   weight: Float32Array;
@@ -118,7 +117,7 @@ export function finalLayerNormOf(graph: GraphProto, outputName = 'last_hidden_st
  */
 export async function findFinalLayerNorm(
   modelPath: string,
-  info: SessionInfo,
+  info: { outputs: readonly { name: string }[] },
 ): Promise<((hidden: Float32Array, dim: number) => Float32Array) | null> {
   if (!info.outputs.some((o) => /^hidden_states[._]\d+$/.test(o.name))) return null;
   const model = await loadModel(modelPath);
