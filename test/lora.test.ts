@@ -610,3 +610,62 @@ test('A1111 short hash of a LoRA is the SHA-256 of its tensor data, 12 hex digit
   assert.equal(a1111LoraShortHash(h), createHash('sha256').update(buf.subarray(8 + l.header_json_bytes)).digest('hex').slice(0, 12));
   assert.ok(existsSync(fx(`lora/${l.file}`)));
 });
+
+// ---------------------------------------------------------------------------------------------
+// Through the library: StableDiffusionPipeline with LoRAs (option and prompt tag) vs diffusers
+
+describe('StableDiffusionPipeline with LoRAs vs diffusers (tiny-sd1)', () => {
+  test('both fixture cases: prompt embeddings, final latents and the image within 2/255', async () => {
+    const { StableDiffusionPipeline } = await import('../src/pipeline/pipeline.js');
+    const { generationParams } = await import('../src/pipeline/params.js');
+    const { defaultSchedulerFor } = await import('../src/schedulers/index.js');
+    const cacheDir = tmp();
+    const notices: string[] = [];
+    const pipe = await StableDiffusionPipeline.load(fx('tiny-sd1'), { device: 'cpu', cacheDir }, { onNotice: (m) => notices.push(m) });
+    let n = 0;
+    try {
+      for (const c of manifest.cases as (ManifestCase & { args: Record<string, unknown>; scheduler_config: Record<string, unknown> })[]) {
+        const a = c.args as { scheduler: string; prompt: string; negative_prompt: string | null; guidance_scale: number; height: number; width: number; num_inference_steps: number; seed: number };
+        const l = c.loras[0]!;
+        // the first case passes its LoRA as an option, the second as an A1111 prompt tag
+        const viaTag = n === 1;
+        const p = generationParams({
+          prompt: viaTag ? `${a.prompt} <lora:${l.file.replace('.safetensors', '')}:${l.scale}>` : a.prompt,
+          negativePrompt: a.negative_prompt ?? '',
+          cfg: a.guidance_scale,
+          width: a.width,
+          height: a.height,
+          steps: a.num_inference_steps,
+          seed: a.seed,
+          scheduler: defaultSchedulerFor({ ...c.scheduler_config, _class_name: a.scheduler }),
+          ...(viaTag ? { loraDir: fx('lora') } : { loras: [{ path: fx(`lora/${l.file}`), scale: l.scale }] }),
+        });
+        const seen: { cond?: Float32Array; final?: Float32Array } = {};
+        const images = [];
+        for await (const img of pipe.generate(p, { onPrompts: (cond) => (seen.cond = cond.data), onFinalLatents: (_s, x) => (seen.final = x[0]) })) images.push(img);
+        assert.equal(images.length, 1);
+        const img = images[0]!;
+        const de = maxAbsDiff(seen.cond!, caseTensor(c, 'prompt_embeds_cond') as Float32Array);
+        assert.ok(de <= 1e-4, `${c.id}: prompt embeddings ${de}`);
+        const ref = caseTensor(c, 'final_latents') as Float32Array;
+        let absmax = 0;
+        for (const v of ref) absmax = Math.max(absmax, Math.abs(v));
+        const dl = maxAbsDiff(seen.final!, ref);
+        assert.ok(dl <= 1e-4 * Math.max(1, absmax), `${c.id}: final latents ${dl} (absmax ${absmax})`);
+        const buf = readFileSync(fx(`lora/${c.bin}`));
+        const t = c.tensors['image_u8']!;
+        const dImg = maxAbsDiff(img.rgb, buf.subarray(t.offset, t.offset + t.nbytes));
+        assert.ok(dImg <= 2, `${c.id}: image differs by ${dImg}/255`);
+        const lm = manifest.loras.find((x) => x.id === l.id)!;
+        assert.equal(img.loras?.length, 1);
+        assert.deepEqual([img.loras![0]!.sha256, img.loras![0]!.scale, img.loras![0]!.from], [lm.sha256, l.scale, viaTag ? 'prompt' : 'option']);
+        assert.equal(img.params.prompt, p.prompt, 'the image keeps the prompt as written, tags included');
+        n++;
+      }
+    } finally {
+      await pipe.dispose();
+    }
+    assert.equal(n, 2);
+    assert.deepEqual(notices.filter((m) => /LoRA/.test(m)), []);
+  });
+});

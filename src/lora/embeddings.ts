@@ -20,7 +20,7 @@ import { UsageError } from '../errors.js';
 import type { ClipTokenizer } from '../text/clip-tokenizer.js';
 import type { GraphProto, TensorProto } from '../onnx/types.js';
 import { modulePathOfNode } from './map.js';
-import { safetensorsHashes, type FileHashes } from './hash.js';
+import { a1111EmbeddingShortHash, safetensorsHashes, type FileHashes } from './hash.js';
 import { withSafetensors } from './safetensors.js';
 
 export interface EmbeddingVectors {
@@ -170,6 +170,21 @@ export function withEmbeddings<T extends ClipTokenizer>(tok: T, placed: readonly
     value: (text: string): number[] => replaceIdRuns(tok.encode(text), table),
   });
   return wrapped;
+}
+
+/** An embedding a run's prompts used (what the image's metadata records). */
+export interface UsedEmbedding {
+  name: string;
+  path: string;
+  sha256: string;
+  /** A1111's short hash (`TI hashes`) */
+  shortHash: string;
+}
+
+/** The embeddings of `all` that any of `texts` uses, with their hashes. */
+export function usedEmbeddings(tok: ClipTokenizer, placed: readonly PlacedEmbedding[], all: readonly Embedding[], texts: readonly string[]): UsedEmbedding[] {
+  const names = new Set(texts.flatMap((t) => embeddingsUsed(tok, placed, t)));
+  return all.filter((e) => names.has(e.name)).map((e) => ({ name: e.name, path: e.path, sha256: e.hashes.sha256, shortHash: a1111EmbeddingShortHash(e.hashes) }));
 }
 
 /** Names of the placed embeddings a prompt uses (for the TI hashes of its metadata). */

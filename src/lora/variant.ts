@@ -36,8 +36,15 @@ import { mergeLoras, openLora, setWeightValues, weightValues, type LoraApplicati
 /** A LoRA to apply: file, scale (strength) and the name shown in messages and metadata. */
 export interface LoraRef {
   path: string;
+  /** strength; the text encoder's, and the UNet's unless unetScale is given (A1111's te/unet multipliers) */
   scale: number;
+  unetScale?: number;
   name?: string;
+}
+
+/** The scale a LoRA has on a target. */
+export function scaleFor(l: LoraRef, target: LoraTarget): number {
+  return target === 'unet' ? (l.unetScale ?? l.scale) : l.scale;
 }
 
 export interface LoraVariantRequest {
@@ -88,8 +95,9 @@ function baseName(p: string): string {
 export async function loraVariantKey(modelPath: string, req: LoraVariantRequest): Promise<string> {
   const loras = [];
   for (const l of req.loras) {
-    if (l.scale === 0) continue;
-    loras.push({ sha256: (await safetensorsHashes(l.path)).sha256, scale: l.scale });
+    const scale = scaleFor(l, req.target);
+    if (scale === 0) continue;
+    loras.push({ sha256: (await safetensorsHashes(l.path)).sha256, scale });
   }
   const emb = (req.embeddings ?? []).map((e) => ({ name: e.name, sha256: e.hashes.sha256 }));
   const material = JSON.stringify({ v: 1, sdgen: SDGEN_VERSION, id: await modelFileIdentity(modelPath), target: req.target, loras, emb });
@@ -175,9 +183,10 @@ function targetName(t: LoraTarget): string {
 export async function getLoraVariant(modelPath: string, req: LoraVariantRequest): Promise<LoraVariant> {
   const what = req.what ?? targetName(req.target);
   for (const l of req.loras) {
-    if (!Number.isFinite(l.scale)) throw new UsageError(`LoRA ${l.path}: the scale must be a number, got ${l.scale}`);
+    const s = scaleFor(l, req.target);
+    if (!Number.isFinite(s)) throw new UsageError(`LoRA ${l.path}: the scale must be a number, got ${s}`);
   }
-  const active = req.loras.filter((l) => l.scale !== 0);
+  const active = req.loras.filter((l) => scaleFor(l, req.target) !== 0);
   const embeddings = req.target === 'unet' ? [] : (req.embeddings ?? []);
   if (active.length === 0 && embeddings.length === 0) {
     return { path: modelPath, changed: 0, reports: [], placed: [], skipped: [], cached: true };
@@ -205,7 +214,7 @@ export async function getLoraVariant(modelPath: string, req: LoraVariantRequest)
     for (const l of req.loras) {
       const lora = await openLora(l.path, l.name ?? baseName(l.path));
       opened.push(lora);
-      apps.push({ lora, scale: l.scale });
+      apps.push({ lora, scale: scaleFor(l, req.target) });
     }
     const model = await loadModel(modelPath, { externalData: 'lazy' });
     if (model.graph === undefined) throw new SdgenError(`${modelPath}: the model has no graph`);

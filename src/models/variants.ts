@@ -3,7 +3,8 @@
  * through a chain of rewrites, each on the previous step's file and each cached on disk
  * (src/optimize/fused-model.ts getRewrittenModel):
  *
- *   exported → ToMe (UNet, when the run merges) → fused attention → Winograd convolutions
+ *   exported → LoRA'd (when the run has LoRAs) → ToMe (UNet, when the run merges) → fused
+ *   attention → Winograd convolutions
  *
  * and the session then loads the result through onnxruntime's optimized-graph cache (CPU) or
  * plainly. A new rewrite (e.g. a LoRA'd base graph) is a new step here, placed where what it
@@ -19,6 +20,8 @@ import type { ConvMode } from '../optimize/conv-mode.js';
 import type { PatchedBlockInfo, ToMeOptions } from '../tome/types.js';
 import { errorReason, type ProviderName } from './providers.js';
 import { getPatchedUnet, type PatchProgress } from './tome-cache.js';
+import { getLoraVariant, type LoraRef, type LoraVariant } from '../lora/variant.js';
+import type { LoraTarget } from '../lora/keys.js';
 
 export interface GraphRequest {
   /** the exported graph */
@@ -36,6 +39,8 @@ export interface GraphRequest {
   /** load through onnxruntime's optimized-graph cache when the provider is the CPU */
   optimizedCache: boolean;
   onProgress?: PatchProgress;
+  /** LoRAs to merge into the exported graph first (src/lora), with the modules they apply to */
+  lora?: { target: LoraTarget; loras: readonly LoraRef[] };
 }
 
 export interface ResolvedGraph {
@@ -55,11 +60,20 @@ export interface ResolvedGraph {
   /** why requested Winograd convolutions are not used (the rewrite failed) */
   winogradFailed?: string;
   optimizedCache: boolean;
+  /** the LoRA variant the chain started from (absent: the exported graph) */
+  lora?: LoraVariant;
 }
 
 /** Resolves the chain of rewrites for one session (see the header). */
 export async function resolveGraph(req: GraphRequest): Promise<ResolvedGraph> {
   let file = req.file;
+  // LoRAs first: ToMe, fused attention and Winograd then derive from the merged weights; a bad
+  // LoRA file is the user's error (UsageError) and propagates
+  let lora: LoraVariant | undefined;
+  if (req.lora && req.lora.loras.length > 0) {
+    lora = await getLoraVariant(file, { cacheDir: req.cacheDir, target: req.lora.target, loras: req.lora.loras });
+    file = lora.path;
+  }
   let tome: ResolvedGraph['tome'] = null;
   let tomeSkipped: string | undefined;
   if (req.tome && req.tome.ratio > 0) {
@@ -110,5 +124,6 @@ export async function resolveGraph(req: GraphRequest): Promise<ResolvedGraph> {
     winograd,
     ...(winogradFailed !== undefined ? { winogradFailed } : {}),
     optimizedCache: req.optimizedCache && req.provider === 'cpu',
+    ...(lora ? { lora } : {}),
   };
 }

@@ -40,15 +40,18 @@ import { resolveGraph, type ResolvedGraph } from '../models/variants.js';
 import { TextEncoder, clipSkipSource, type PromptEmbedding } from './text-encoding.js';
 import { denoiseBatch, initialLatents, throwIfAborted, type TomeRandFeed } from './denoise.js';
 import { VaeDecoder } from './decode.js';
-import { findFinalLayerNorm } from '../models/final-layer-norm.js';
+import { findFinalLayerNorm } from '../optimize/final-layer-norm.js';
 import { defaultCacheDir } from '../models/cache-dir.js';
 import { imageSeed } from './params.js';
+import { getLoraVariant, scaleFor, type LoraRef } from '../lora/variant.js';
+import { loraSignature, resolveRunLoras } from '../lora/resolve.js';
+import { loadEmbeddingsDir, usedEmbeddings, withEmbeddings, type Embedding, type PlacedEmbedding } from '../lora/embeddings.js';
 
 /** The open UNet session: the graph resolveGraph chose for a run's ToMe and attention settings. */
 interface UnetModel {
   model: ModelSession;
   io: UnetIO;
-  /** the ToMe graph key (or null) and the resolved attention it was opened for */
+  /** the ToMe graph key (or null), the resolved attention and the LoRAs it was opened for */
   key: string;
   graph: ResolvedGraph;
 }
@@ -84,13 +87,18 @@ export interface PipelineLoadOptions {
    * ToMe-patched UNet instead of the exported one (which is then opened only if a later run
    * needs it). Default: the exported UNet.
    */
-  first?: Pick<GenerationParams, 'tome' | 'width' | 'height'>;
+  first?: Pick<GenerationParams, 'tome' | 'width' | 'height' | 'loras'>;
   /**
    * Load CPU sessions through onnxruntime's optimized-graph cache in the cache directory
    * (default: on, unless the environment sets SDGEN_OPTIMIZED_CACHE=0). Costs disk: the
    * optimized graph holds its own copy of the weights (one per UNet variant used).
    */
   optimizedCache?: boolean;
+  /**
+   * Textual-inversion embeddings (`*.safetensors`, src/lora/embeddings.ts): each file's name used
+   * as a word in a prompt stands for its vectors, added to the text encoder's token table.
+   */
+  embeddingsDir?: string;
 }
 
 /**
@@ -155,13 +163,19 @@ export class StableDiffusionPipeline {
   private baseIO: UnetIO | null = null;
   private disposed = false;
   private busy = false;
+  /** textual-inversion embeddings (PipelineLoadOptions.embeddingsDir) and their token ids */
+  private embeddings: Embedding[] = [];
+  private placed: PlacedEmbedding[] = [];
+  /** the LoRAs (loraSignature) the open text encoder has, and its file */
+  private textKey = '[]';
+  private textFile = '';
 
   private constructor(
     readonly folder: ModelFolder,
     readonly runtime: RuntimeOptions,
     private readonly sessions: SessionManager,
-    private readonly textEncoder: TextEncoder,
-    private readonly textModel: ModelSession,
+    private textEncoder: TextEncoder,
+    private textModel: ModelSession,
     private readonly vaeModel: ModelSession,
     private readonly vae: VaeDecoder,
     private readonly loadEvents: ProgressEvents | undefined,
@@ -189,10 +203,14 @@ export class StableDiffusionPipeline {
     try {
       const total = 3;
       events?.onLoad?.('text_encoder', 0, total);
-      const textModel = await sessions.open(folder.paths.textEncoder, 'text encoder');
+      // with embeddings, the text encoder is its variant with their rows (the base file otherwise)
+      const embeddings = options.embeddingsDir !== undefined ? await loadEmbeddingsDir(options.embeddingsDir) : [];
+      const te = await getLoraVariant(folder.paths.textEncoder, { cacheDir, target: 'text_encoder', loras: [], embeddings });
+      for (const m of te.skipped) events?.onNotice?.(`embedding ${m}`);
+      const textModel = await sessions.open(te.path, 'text encoder');
       opened.push(textModel);
-      const lnorm = await findFinalLayerNorm(folder.paths.textEncoder, textModel.info).catch(() => null);
-      const textEncoder = new TextEncoder(textModel, folder.tokenizer, lnorm, clipSkipSource(sessions, folder.paths.textEncoder, cacheDir));
+      const lnorm = await findFinalLayerNorm(te.path, textModel.info).catch(() => null);
+      const textEncoder = new TextEncoder(textModel, withEmbeddings(folder.tokenizer, te.placed), lnorm, clipSkipSource(sessions, te.path, cacheDir));
       // The VAE decoder is opened before the UNet: the first UNet may be a ToMe graph the
       // first run needs (`options.first`), made from the exported one on the way.
       events?.onLoad?.('vae_decoder', 1, total);
@@ -213,6 +231,9 @@ export class StableDiffusionPipeline {
       opened.push(vaeModel);
       const vae = new VaeDecoder(vaeModel.session, vaeDecoderIO(vaeModel.info, 'vae decoder'), folder.vaeScalingFactor);
       const pipe = new StableDiffusionPipeline(folder, runtime, sessions, textEncoder, textModel, vaeModel, vae, events, useOptimized, guessFp16);
+      pipe.embeddings = embeddings;
+      pipe.placed = te.placed;
+      pipe.textFile = te.path;
       events?.onLoad?.('unet', 2, total);
       const first = { tome: { ...DEFAULT_TOME }, width: 0, height: 0, ...options.first, attention: mode };
       try {
@@ -271,7 +292,7 @@ export class StableDiffusionPipeline {
    * not used (the latter silently for 'auto', unless its rewrite failed).
    */
   private async unetFor(
-    params: Pick<GenerationParams, 'tome' | 'width' | 'height' | 'attention'>,
+    params: Pick<GenerationParams, 'tome' | 'width' | 'height' | 'attention' | 'loras'>,
     events: ProgressEvents | undefined,
   ): Promise<UnetModel> {
     const isFp16 = this.baseIO ? this.baseIO.sample.type === 'float16' : this.guessFp16;
@@ -283,10 +304,11 @@ export class StableDiffusionPipeline {
       if (decision.apply) tome = params.tome;
       else events?.onNotice?.(`ToMe skipped: ${decision.reason ?? 'not applicable'}`);
     }
-    const key = JSON.stringify([tome ? tomeGraphKey(tome) : null, resolved.attention]);
+    const loras = params.loras ?? [];
+    const key = JSON.stringify([tome ? tomeGraphKey(tome) : null, resolved.attention, loraSignature(loras, (l) => scaleFor(l, 'unet'))]);
     if (this.unet?.key !== key) {
       await this.releaseUnet();
-      this.unet = await this.openUnet(tome, resolved.attention, key, events);
+      this.unet = await this.openUnet(tome, resolved.attention, key, events, loras);
     }
     const u = this.unet;
     if (tome && !u.graph.tome) events?.onNotice?.(`ToMe skipped: ${u.graph.tomeSkipped ?? 'not applicable'}`);
@@ -300,9 +322,10 @@ export class StableDiffusionPipeline {
   }
 
   /** Opens the UNet graph for these settings (resolveGraph) and checks its I/O. */
-  private async openUnet(tome: ToMeOptions | null, attention: ResolvedAttention, key: string, events: ProgressEvents | undefined): Promise<UnetModel> {
+  private async openUnet(tome: ToMeOptions | null, attention: ResolvedAttention, key: string, events: ProgressEvents | undefined, loras: readonly LoraRef[] = []): Promise<UnetModel> {
     const what = tome ? 'ToMe unet' : 'unet';
     const graph = await resolveGraph({
+      ...(loras.length > 0 ? { lora: { target: 'unet' as const, loras } } : {}),
       file: this.folder.paths.unet,
       what,
       cacheDir: this.cacheDir,
@@ -313,6 +336,9 @@ export class StableDiffusionPipeline {
       optimizedCache: this.useOptimized,
       onProgress: (stage, d, total) => (events ?? this.loadEvents)?.onLoad?.(`tome: ${stage}`, d, total),
     });
+    for (const r of graph.lora?.reports ?? []) {
+      if (r.unmatched.length > 0) events?.onNotice?.(`LoRA ${r.name}: ${r.unmatched.length} of its ${r.total} UNet modules match nothing in this model (e.g. ${r.unmatched[0]})`);
+    }
     if (graph.winogradFailed !== undefined && this.runtime.conv === 'winograd') {
       events?.onNotice?.(`${what}: Winograd convolutions not used (${graph.winogradFailed})`);
     }
@@ -326,6 +352,30 @@ export class StableDiffusionPipeline {
       await model.release();
       throw err;
     }
+  }
+
+  /**
+   * Makes the open text encoder the one for these LoRAs (their text-encoder modules merged, and
+   * the embeddings' rows): from the LoRA variant cache; the previous session is released.
+   */
+  private async textEncoderFor(loras: readonly LoraRef[], events: ProgressEvents | undefined): Promise<void> {
+    const key = loraSignature(loras, (l) => scaleFor(l, 'text_encoder'));
+    if (key === this.textKey) return;
+    const v = await getLoraVariant(this.folder.paths.textEncoder, { cacheDir: this.cacheDir, target: 'text_encoder', loras, embeddings: this.embeddings });
+    for (const r of v.reports) {
+      if (r.unmatched.length > 0) events?.onNotice?.(`LoRA ${r.name}: ${r.unmatched.length} of its ${r.total} text encoder modules match nothing in this model (e.g. ${r.unmatched[0]})`);
+    }
+    if (v.path !== this.textFile) {
+      const model = await this.sessions.open(v.path, v.changed > 0 ? 'text encoder (LoRA)' : 'text encoder');
+      const lnorm = await findFinalLayerNorm(v.path, model.info).catch(() => null);
+      const encoder = new TextEncoder(model, withEmbeddings(this.folder.tokenizer, v.placed), lnorm, clipSkipSource(this.sessions, v.path, this.cacheDir));
+      const [oldModel, oldEncoder] = [this.textModel, this.textEncoder];
+      this.textModel = model;
+      this.textEncoder = encoder;
+      this.textFile = v.path;
+      await Promise.all([oldModel.release().catch(() => {}), oldEncoder.release().catch(() => {})]);
+    }
+    this.textKey = key;
   }
 
   /** Shape of the k-th tome_rand input of a ToMe graph at latent lh × lw. */
@@ -382,7 +432,10 @@ export class StableDiffusionPipeline {
     const lh = params.height / scale;
     const lw = params.width / scale;
 
-    const unet = await this.unetFor(params, ev);
+    // LoRAs: the options', then the prompt's <lora:…> tags (removed from the text it encodes)
+    const lora = await resolveRunLoras(params.prompt, params.loras, params.loraDir);
+    await this.textEncoderFor(lora.loras, ev);
+    const unet = await this.unetFor({ ...params, loras: lora.loras }, ev);
     const tome = unet.graph.tome !== null;
     const io = unet.io;
     const lcm = io.timestepCond !== null;
@@ -392,7 +445,7 @@ export class StableDiffusionPipeline {
     const t0 = performance.now();
     const cache = new Map<string, PromptEmbedding>();
     const { cond, uncond } = await this.textEncoder.encodePair(
-      params.prompt,
+      lora.prompt,
       params.negativePrompt,
       guided,
       { emphasis: params.emphasis, clipSkip: params.clipSkip, longPrompt: params.longPrompt ?? 'chunk' },
@@ -400,6 +453,7 @@ export class StableDiffusionPipeline {
     );
     const textMs = performance.now() - t0;
     events?.onPrompts?.(cond, uncond);
+    const usedTi = this.placed.length > 0 ? usedEmbeddings(this.folder.tokenizer, this.placed, this.embeddings, [lora.prompt, ...(guided ? [params.negativePrompt] : [])]) : [];
 
     let timestepCond: Float32Array | null = null;
     if (io.timestepCond) {
@@ -481,6 +535,8 @@ export class StableDiffusionPipeline {
           params: { ...params, tome: { ...params.tome }, seed: seeds[j]!, scheduler: schedulerName },
           tomeApplied: tome,
           modelName: folder.name,
+          ...(lora.loras.length > 0 ? { loras: lora.loras } : {}),
+          ...(usedTi.length > 0 ? { embeddings: usedTi } : {}),
           timings: {
             textEncoderMs: bi === 0 ? textMs / count : 0,
             unetMs: unetMs / count,

@@ -1,5 +1,8 @@
 import type { ToMeOptions } from '../tome/types.js';
 import type { AttentionMode } from '../optimize/attention-mode.js';
+import type { LoraRef } from '../lora/variant.js';
+import type { AppliedLora } from '../lora/resolve.js';
+import type { UsedEmbedding } from '../lora/embeddings.js';
 
 
 /** Everything that determines one image (what the PNG metadata records). */
@@ -33,6 +36,13 @@ export interface GenerationParams {
    * tokens, the same ids diffusers' StableDiffusionPipeline feeds). Identical for ≤ 75 tokens.
    */
   longPrompt?: 'chunk' | 'truncate';
+  /**
+   * LoRAs merged into the UNet and text encoder for this job (src/lora), in order; the prompt's
+   * `<lora:NAME:SCALE>` tags add to them, resolved in `loraDir`, and are removed from its text.
+   */
+  loras?: LoraRef[];
+  /** where `<lora:NAME:SCALE>` prompt tags find NAME.safetensors (searched recursively) */
+  loraDir?: string;
 }
 
 export interface ImageTimings {
@@ -56,6 +66,10 @@ export interface GeneratedImage {
   tomeApplied: boolean;
   /** model folder name (A1111 "Model") */
   modelName: string;
+  /** the LoRAs applied (options, then prompt tags), with their hashes; absent when none */
+  loras?: AppliedLora[];
+  /** the textual-inversion embeddings the prompts used, with their hashes; absent when none */
+  embeddings?: UsedEmbedding[];
   timings: ImageTimings;
 }
 
