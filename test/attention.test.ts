@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import { xorshiftFill } from '../src/bench/inputs.js';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import ort from 'onnxruntime-node';
 import { decodeModel, encodeModel } from '../src/onnx/proto.js';
 import { checkGraph } from '../src/onnx/graph.js';
@@ -10,7 +10,8 @@ import { attrInt, attrInts } from '../src/onnx/attributes.js';
 import { floatTensor, int64Tensor } from '../src/onnx/tensor.js';
 import { DataType, type ModelProto, type NodeProto, type TensorProto } from '../src/onnx/types.js';
 import { chooseAttention, fuseAttention } from '../src/optimize/index.js';
-import { maxAbsDiff, fx } from './helpers.js';
+import { applyToMe, type ToMeOptions } from '../src/tome/index.js';
+import { maxAbsDiff, fx, unetFeeds } from './helpers.js';
 
 
 const rand = xorshiftFill;
@@ -26,14 +27,6 @@ async function session(m: ModelProto | Uint8Array): Promise<ort.InferenceSession
 async function runFirst(s: ort.InferenceSession, feeds: Record<string, ort.Tensor>): Promise<Float32Array> {
   const out = await s.run(feeds);
   return out[s.outputNames[0]!]!.data as Float32Array;
-}
-
-function unetFeeds(b: number, h: number, w: number, seq: number, seed: number): Record<string, ort.Tensor> {
-  return {
-    sample: new ort.Tensor('float32', rand(b * 4 * h * w, seed), [b, 4, h, w]),
-    timestep: new ort.Tensor('float32', Float32Array.from({ length: b }, (_, i) => 981 - 250 * i), [b]),
-    encoder_hidden_states: new ort.Tensor('float32', rand(b * seq * 32, seed + 7), [b, seq, 32]),
-  };
 }
 
 const UNET_CASES = [
@@ -75,7 +68,7 @@ test('tiny-unet: fused matches standard (≤ 1e-4) for several sizes, batch 1 an
   const s0 = await session(buf);
   const s1 = await session(fused);
   for (const c of UNET_CASES) {
-    const feeds = unetFeeds(c.b, c.h, c.w, c.seq, 11 + c.h);
+    const feeds = unetFeeds(c.b, c.h, c.w, { seq: c.seq, seed: 11 + c.h, textSeed: 18 + c.h });
     const d = maxAbsDiff(await runFirst(s0, feeds), await runFirst(s1, feeds));
     assert.ok(d <= 1e-4, `B${c.b} ${c.h}×${c.w} seq ${c.seq}: max abs ${d}`);
   }
@@ -89,7 +82,7 @@ test('tiny-sd1 UNet (external data) and VAE decoder: fused matches standard', as
   assert.deepEqual(checkGraph(unet), []);
   const u0 = await session(ref);
   const u1 = await session(unet);
-  const feeds = unetFeeds(2, 8, 10, 77, 5);
+  const feeds = unetFeeds(2, 8, 10, { seed: 5, textSeed: 12 });
   const du = maxAbsDiff(await runFirst(u0, feeds), await runFirst(u1, feeds));
   assert.ok(du <= 1e-4, `unet max abs ${du}`);
 
@@ -330,25 +323,12 @@ test('chooseAttention encodes the measurements', () => {
 // ---------------------------------------------------------------------------------------------
 // Composition with the ToMe rewrite (src/tome): merge before q/k/v, unmerge after to_out.
 
-const tomeIndex = new URL('../src/tome/index.ts', import.meta.url);
-const haveToMe = existsSync(tomeIndex);
-
-interface ToMeModule {
-  applyToMe(model: ModelProto, opts: Record<string, unknown>): { patched: boolean; reason?: string };
-}
-
-async function loadToMe(): Promise<ToMeModule> {
-  const path = '../src/tome/index.js';
-  return (await import(path)) as ToMeModule;
-}
-
-const TOME_OPTS = {
+const TOME_OPTS: ToMeOptions = {
   ratio: 0.5, sx: 2, sy: 2, maxDownsample: 1, useRand: false,
   mergeAttn: true, mergeCrossattn: true, mergeMlp: false, minWidth: 0, minHeight: 0,
 };
 
-test('ToMe then fuse matches ToMe alone; fuse then ToMe too', { skip: haveToMe ? false : 'src/tome/index.ts not there yet' }, async () => {
-  const { applyToMe } = await loadToMe();
+test('ToMe then fuse matches ToMe alone; fuse then ToMe too', async () => {
   const buf = readFileSync(fx('tiny-unet/model.onnx'));
   const tomeOnly = decodeModel(buf);
   assert.equal(applyToMe(tomeOnly, { ...TOME_OPTS }).patched, true);
@@ -366,7 +346,7 @@ test('ToMe then fuse matches ToMe alone; fuse then ToMe too', { skip: haveToMe ?
   const s1 = await session(tomeFused);
   const s2 = await session(fusedFirst);
   for (const c of [UNET_CASES[0]!, UNET_CASES[1]!, { b: 2, h: 12, w: 12, seq: 77 }, { b: 1, h: 10, w: 14, seq: 77 }]) {
-    const feeds = unetFeeds(c.b, c.h, c.w, c.seq, 31 + c.w);
+    const feeds = unetFeeds(c.b, c.h, c.w, { seq: c.seq, seed: 31 + c.w, textSeed: 38 + c.w });
     const ref = await runFirst(s0, feeds);
     const d = maxAbsDiff(ref, await runFirst(s1, feeds));
     assert.ok(d <= 1e-4, `ToMe→fuse B${c.b} ${c.h}×${c.w}: ${d}`);
@@ -392,7 +372,7 @@ test('getFusedModel writes a cached fused UNet that links the source weights and
     assert.equal(statSync(path.join(dir, 'weights.pb')).size, statSync(fx('tiny-sd1/unet/weights.pb')).size);
     const s0 = await ort.InferenceSession.create(src);
     const s1 = await ort.InferenceSession.create(b.fused ? b.path : '');
-    const feeds = unetFeeds(1, 8, 8, 77, 9);
+    const feeds = unetFeeds(1, 8, 8, { seed: 9, textSeed: 16 });
     const d = maxAbsDiff(await runFirst(s0, feeds), await runFirst(s1, feeds));
     assert.ok(d <= 1e-4, `max abs ${d}`);
   } finally {

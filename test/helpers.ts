@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import ort from 'onnxruntime-node';
+import { xorshiftFill } from '../src/bench/inputs.js';
 import { encodeModel } from '../src/onnx/proto.js';
 import type { ModelProto } from '../src/onnx/types.js';
 
@@ -62,4 +63,53 @@ export async function runFeeds(m: ModelProto | Uint8Array, feeds: Record<string,
   } finally {
     await s.release();
   }
+}
+
+/** Where a fixture's manifest.json places one tensor in its .bin file (little-endian, packed). */
+export interface TensorEntry {
+  dtype: string;
+  shape: number[];
+  offset: number;
+  nbytes: number;
+}
+
+/**
+ * One fixture tensor read from the bytes of its .bin file: float32, float64, int64 or uint8,
+ * copied into an aligned buffer of its own.
+ */
+export function readTensor(buf: Uint8Array, e: TensorEntry): Float32Array | Float64Array | BigInt64Array | Uint8Array {
+  const bytes = Uint8Array.prototype.slice.call(buf, e.offset, e.offset + e.nbytes);
+  switch (e.dtype) {
+    case 'float32':
+      return new Float32Array(bytes.buffer);
+    case 'float64':
+      return new Float64Array(bytes.buffer);
+    case 'int64':
+      return new BigInt64Array(bytes.buffer);
+    case 'uint8':
+      return bytes;
+    default:
+      throw new Error(`fixture tensor of unsupported dtype ${e.dtype}`);
+  }
+}
+
+/**
+ * Inputs of the tiny UNets (4 latent channels, 32-wide text states): `sample` [b, 4, h, w]
+ * (given, or xorshift noise from `seed`, default 3), `timestep` per batch item (`timestep` for
+ * all, or 981, 731, … by default) and `encoder_hidden_states` [b, seq (77), 32] from `textSeed`
+ * (default `seed` + 1).
+ */
+export function unetFeeds(
+  b: number,
+  h: number,
+  w: number,
+  o: { seq?: number; seed?: number; textSeed?: number; sample?: Float32Array; timestep?: number } = {},
+): Record<string, ort.Tensor> {
+  const seed = o.seed ?? 3;
+  const seq = o.seq ?? 77;
+  return {
+    sample: new ort.Tensor('float32', o.sample ?? xorshiftFill(b * 4 * h * w, seed), [b, 4, h, w]),
+    timestep: new ort.Tensor('float32', Float32Array.from({ length: b }, (_, i) => o.timestep ?? 981 - 250 * i), [b]),
+    encoder_hidden_states: new ort.Tensor('float32', xorshiftFill(b * seq * 32, o.textSeed ?? seed + 1), [b, seq, 32]),
+  };
 }

@@ -14,7 +14,7 @@ import {
   renameTensorUses, removeUnused, getValueInfoShape, insertNodesBefore,
   loadModel, saveModel, modelFileIdentity, externalSource, loadTensorData,
 } from '../src/onnx/index.js';
-import { FIXTURES_DIR as FIX } from './helpers.js';
+import { FIXTURES_DIR as FIX, unetFeeds } from './helpers.js';
 
 const TINY_UNET = join(FIX, 'tiny-unet/model.onnx');
 const SD1 = join(FIX, 'tiny-sd1');
@@ -70,12 +70,6 @@ function assertSameInitializers(a: ModelProto, b: ModelProto): void {
     assert.ok(bytes.equals(other), `initializer ${name} bytes identical`);
   }
 }
-
-const unetFeeds = (): Record<string, ort.Tensor> => ({
-  sample: new ort.Tensor('float32', lcgFloats(2 * 4 * 16 * 16, 1), [2, 4, 16, 16]),
-  timestep: new ort.Tensor('float32', Float32Array.of(981, 1), [2]),
-  encoder_hidden_states: new ort.Tensor('float32', lcgFloats(2 * 7 * 32, 2), [2, 7, 32]),
-});
 
 // ------------------------------------------------------------------------------------------------
 
@@ -431,7 +425,7 @@ describe('model files', () => {
       assert.ok(len >= 1024);
     }
 
-    const feeds = unetFeeds();
+    const feeds = unetFeeds(2, 16, 16, { seq: 7 });
     const ref = await runModel(src, feeds);
     for (const p of [inlinePath, extPath]) {
       const out = await runModel(p, feeds);

@@ -20,11 +20,11 @@ import type { PromptEmbedding } from '../src/pipeline/text-encoding.js';
 import type { GeneratedImage, GenerationParams } from '../src/pipeline/types.js';
 import type { RuntimeOptions } from '../src/models/session.js';
 import { DEFAULT_TOME } from '../src/tome/options.js';
-import { generationParams as params, maxAbsDiff, FIXTURES_DIR as FIXTURES } from './helpers.js';
+import { generationParams as params, maxAbsDiff, readTensor, FIXTURES_DIR as FIXTURES } from './helpers.js';
 import { defaultSchedulerFor } from '../src/schedulers/index.js';
 import { SessionManager } from '../src/models/session.js';
 import { TextEncoder } from '../src/pipeline/text-encoding.js';
-import { findFinalLayerNorm, finalLayerNormOf, layerNorm } from '../src/models/final-layer-norm.js';
+import { findFinalLayerNorm, finalLayerNormOf, layerNorm } from '../src/optimize/final-layer-norm.js';
 import { loadModel, saveModel } from '../src/onnx/model-io.js';
 import { valueInfo } from '../src/onnx/builder.js';
 import { DataType } from '../src/onnx/types.js';
@@ -63,20 +63,6 @@ interface E2ECase {
   scheduler_config: Record<string, unknown>;
   do_classifier_free_guidance: boolean;
   tensors: Record<string, TensorEntry>;
-}
-
-function readTensor(buf: Buffer, e: TensorEntry): Float32Array | Float64Array | BigInt64Array | Uint8Array {
-  const bytes = Uint8Array.prototype.slice.call(buf, e.offset, e.offset + e.nbytes);
-  switch (e.dtype) {
-    case 'float32':
-      return new Float32Array(bytes.buffer);
-    case 'float64':
-      return new Float64Array(bytes.buffer);
-    case 'int64':
-      return new BigInt64Array(bytes.buffer);
-    case 'uint8':
-      return bytes;
-  }
 }
 
 

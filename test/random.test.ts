@@ -4,14 +4,9 @@ import { readFileSync } from 'node:fs';
 import { TorchGenerator } from '../src/random/torch-generator.js';
 import { MT19937 } from '../src/random/mt19937.js';
 import { fmaf } from '../src/random/float32-math.js';
-import { FIXTURES_URL as FIXTURES } from './helpers.js';
+import { readTensor, FIXTURES_URL as FIXTURES, type TensorEntry } from './helpers.js';
 
 
-interface TensorRef { dtype: string; shape: number[]; offset: number; nbytes: number }
-
-function slice(buf: Buffer, t: TensorRef): ArrayBuffer {
-  return buf.buffer.slice(buf.byteOffset + t.offset, buf.byteOffset + t.offset + t.nbytes) as ArrayBuffer;
-}
 
 function assertBitsEqual(got: Float32Array, exp: Float32Array, label: string): void {
   assert.equal(got.length, exp.length, `${label}: length`);
@@ -47,15 +42,16 @@ test('fmaf rounds once (differs from two roundings where it must)', () => {
 const rngDir = new URL('rng/', FIXTURES);
 const rngManifest = JSON.parse(readFileSync(new URL('manifest.json', rngDir), 'utf8')) as {
   file: string;
-  cases: { shape: number[]; seed: number; tensors: { first: TensorRef; second: TensorRef } }[];
+  cases: { shape: number[]; seed: number; tensors: { first: TensorEntry; second: TensorEntry } }[];
 };
 const rngBin = readFileSync(new URL(rngManifest.file, rngDir));
+test('the rng fixture lists its 4 cases', () => assert.ok(rngManifest.cases.length >= 4, `${rngManifest.cases.length} cases`));
 
 for (const c of rngManifest.cases) {
   test(`randn ${JSON.stringify(c.shape)} seed ${c.seed}: first and second draw bit-identical to torch`, () => {
     const g = new TorchGenerator(c.seed);
-    assertBitsEqual(g.randn(c.shape), new Float32Array(slice(rngBin, c.tensors.first)), 'first');
-    assertBitsEqual(g.randn(c.shape), new Float32Array(slice(rngBin, c.tensors.second)), 'second');
+    assertBitsEqual(g.randn(c.shape), readTensor(rngBin, c.tensors.first) as Float32Array, 'first');
+    assertBitsEqual(g.randn(c.shape), readTensor(rngBin, c.tensors.second) as Float32Array, 'second');
   });
 }
 
@@ -79,14 +75,16 @@ test('seeds use the low 32 bits of the 64-bit seed, as torch\'s mt19937 does', (
 
 const tomeDir = new URL('tome-merge/', FIXTURES);
 const tomeManifest = JSON.parse(readFileSync(new URL('manifest.json', tomeDir), 'utf8')) as {
-  cases: { name: string; file: string; params: { no_rand: boolean; rand_seed?: number; data_seed: number; sx: number; sy: number; batch: number; N: number; channels: number; metric_channels: number }; tensors: Record<string, TensorRef> }[];
+  cases: { name: string; file: string; params: { no_rand: boolean; rand_seed?: number; data_seed: number; sx: number; sy: number; batch: number; N: number; channels: number; metric_channels: number }; tensors: Record<string, TensorEntry> }[];
 };
 
-for (const c of tomeManifest.cases.filter((k) => !k.params.no_rand)) {
+const randCases = tomeManifest.cases.filter((k) => !k.params.no_rand);
+test('the tome-merge fixture lists its 2 cases with random destinations', () => assert.ok(randCases.length >= 2, `${randCases.length} cases`));
+for (const c of randCases) {
   test(`randint reproduces tomesd's rand_idx (${c.name})`, () => {
     const bin = readFileSync(new URL(c.file, tomeDir));
     const ref = c.tensors['rand_idx']!;
-    const exp = new BigInt64Array(slice(bin, ref));
+    const exp = readTensor(bin, ref) as BigInt64Array;
     const got = new TorchGenerator(c.params.rand_seed!).randint(c.params.sx * c.params.sy, ref.shape);
     assert.deepEqual(Array.from(got), Array.from(exp));
   });
@@ -95,7 +93,7 @@ for (const c of tomeManifest.cases.filter((k) => !k.params.no_rand)) {
     const g = new TorchGenerator(c.params.data_seed);
     const metric = c.tensors['metric']!;
     const x = c.tensors['x']!;
-    assertBitsEqual(g.randn(metric.shape), new Float32Array(slice(bin, metric)), 'metric');
-    assertBitsEqual(g.randn(x.shape), new Float32Array(slice(bin, x)), 'x');
+    assertBitsEqual(g.randn(metric.shape), readTensor(bin, metric) as Float32Array, 'metric');
+    assertBitsEqual(g.randn(x.shape), readTensor(bin, x) as Float32Array, 'x');
   });
 }

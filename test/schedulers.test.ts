@@ -6,11 +6,9 @@ import type { Scheduler, SchedulerConfig } from '../src/schedulers/types.js';
 import { TorchGenerator } from '../src/random/torch-generator.js';
 import { createScheduler } from '../src/schedulers/index.js';
 import { computeAlphasCumprod, computeBetas } from '../src/schedulers/common.js';
-import { maxAbsDiff, FIXTURES_URL as FIXTURES } from './helpers.js';
+import { maxAbsDiff, readTensor, FIXTURES_URL as FIXTURES, type TensorEntry } from './helpers.js';
 
 const TOL = 1e-5;
-
-interface TensorRef { dtype: string; shape: number[]; offset: number; nbytes: number }
 
 /** Python's json writes -Infinity / Infinity / NaN bare; parse them. */
 function parsePythonJson(text: string): any {
@@ -19,15 +17,8 @@ function parsePythonJson(text: string): any {
     v === '__-Infinity' ? -Infinity : v === '__Infinity' ? Infinity : v === '__NaN' ? NaN : v);
 }
 
-function reader(buf: Buffer) {
-  return (t: TensorRef): Float32Array | Float64Array | BigInt64Array => {
-    const ab = buf.buffer.slice(buf.byteOffset + t.offset, buf.byteOffset + t.offset + t.nbytes) as ArrayBuffer;
-    if (t.dtype === 'float32') return new Float32Array(ab);
-    if (t.dtype === 'float64') return new Float64Array(ab);
-    if (t.dtype === 'int64') return new BigInt64Array(ab);
-    throw new Error(`dtype ${t.dtype}`);
-  };
-}
+/** The tensors of one fixture .bin file, by manifest entry. */
+const reader = (buf: Uint8Array) => (t: TensorEntry) => readTensor(buf, t);
 
 
 /** Element-wise |got − exp| ≤ tol · max(1, |exp|): absolute for values up to 1, relative above
@@ -96,8 +87,9 @@ test('alphas_cumprod of the SD 1.5 schedule is bit-identical to diffusers (torch
  * tools/diffusers-scheduler-refs.py writes from diffusers' scheduler sources): schedule, model
  * inputs and each step against diffusers, then a whole free-running trajectory.
  */
-function referenceSuite(label: string, dir: URL, set: any): void {
+function referenceSuite(label: string, dir: URL, set: any, minRuns: number): void {
   const base: SchedulerConfig = set.sd15_scheduler_config;
+  test(`${label}: the fixture lists its ${minRuns} runs`, () => assert.ok(set.runs.length >= minRuns, `${set.runs.length} runs`));
   for (const run of set.runs) {
     const overrides: Record<string, unknown> = run.config_overrides ?? {};
     const name = sdgenNameFor(run.class, overrides);
@@ -137,7 +129,7 @@ function referenceSuite(label: string, dir: URL, set: any): void {
       for (const st of brownian ? run.steps.slice(0, 1) : run.steps) {
         const tStep = Number(sched.timesteps[st.i]);
         assert.ok(Math.abs(tStep - st.t) <= 1e-3, `t at step ${st.i}: ${tStep} vs ${st.t}`);
-        const noises = ((st.noise ?? []) as TensorRef[]).map((t) => read(t) as Float32Array);
+        const noises = ((st.noise ?? []) as TensorEntry[]).map((t) => read(t) as Float32Array);
         // the recorded draws are what the seeded generator gives, in order
         for (const n of noises) assert.deepEqual(torchGen.randn([n.length]), n, `noise at step ${st.i}`);
         const replay = new Replay(noises);
@@ -171,14 +163,15 @@ function referenceSuite(label: string, dir: URL, set: any): void {
   }
 }
 
-referenceSuite('diffusers 0.27.2', schedDir, manifest);
+referenceSuite('diffusers 0.27.2', schedDir, manifest, 4);
 const moreDir = new URL('fixtures/diffusers-schedulers/', import.meta.url);
-referenceSuite('diffusers sources', moreDir, parsePythonJson(readFileSync(new URL('manifest.json', moreDir), 'utf8')));
+referenceSuite('diffusers sources', moreDir, parsePythonJson(readFileSync(new URL('manifest.json', moreDir), 'utf8')), 71);
 
 const e2eDir = new URL('e2e/', FIXTURES);
 const e2e = parsePythonJson(readFileSync(new URL('manifest.json', e2eDir), 'utf8'));
 const folderConfig: SchedulerConfig = JSON.parse(readFileSync(new URL('tiny-sd1/scheduler/scheduler_config.json', FIXTURES), 'utf8'));
 
+test('the e2e fixture lists its 2 cases', () => assert.ok(e2e.cases.length >= 2, `${e2e.cases.length} cases`));
 for (const c of e2e.cases) {
   const cls: string = c.args.scheduler;
   test(`e2e ${cls} from the tiny-sd1 folder config: timesteps, sigmas, init sigma and generator order`, () => {

@@ -57,6 +57,8 @@ test('fixture vocabulary has the documented shape', () => {
   assert.equal(clip.maxLength, 77);
 });
 
+test('the clip fixture lists its 21 prompts', () => assert.ok(fixture.prompts.length >= 21, `${fixture.prompts.length} prompts`));
+
 for (const [i, p] of fixture.prompts.entries()) {
   test(`CLIP reference prompt #${i}: ${JSON.stringify(p.prompt).slice(0, 50)}`, () => {
     const d = clip.tokenizeDetailed(p.prompt);

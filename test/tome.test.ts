@@ -16,20 +16,16 @@ import {
 import { getPatchedUnet, patchModelFile } from '../src/models/tome-cache.js';
 import { synthesize } from '../src/synth/index.js';
 import { fuseAttention } from '../src/optimize/index.js';
-import { maxAbsDiff, FIXTURES_URL as FIX } from './helpers.js';
+import { xorshiftFill as noise } from '../src/bench/inputs.js';
+import { maxAbsDiff, readTensor, unetFeeds, FIXTURES_URL as FIX, type TensorEntry } from './helpers.js';
 
 
-interface TensorMeta { dtype: 'float32' | 'int64' | 'float64' | 'uint8'; shape: number[]; offset: number; nbytes: number }
+type FixtureTensor = { data: ReturnType<typeof readTensor>; shape: number[] };
 
-function readTensor(file: URL, m: TensorMeta): { data: Float32Array | BigInt64Array; shape: number[] } {
-  const buf = readFileSync(file).subarray(m.offset, m.offset + m.nbytes);
-  const copy = new Uint8Array(buf).buffer;
-  if (m.dtype === 'float32') return { data: new Float32Array(copy), shape: m.shape };
-  if (m.dtype === 'int64') return { data: new BigInt64Array(copy), shape: m.shape };
-  throw new Error(`dtype ${m.dtype}`);
-}
+/** Tensor `e` of the fixture file `file`, with its shape. */
+const fixtureTensor = (file: URL, e: TensorEntry): FixtureTensor => ({ data: readTensor(readFileSync(file), e), shape: e.shape });
 
-const f32 = (t: { data: Float32Array | BigInt64Array; shape: number[] }): ort.Tensor => new ort.Tensor('float32', t.data as Float32Array, t.shape);
+const f32 = (t: FixtureTensor): ort.Tensor => new ort.Tensor('float32', t.data as Float32Array, t.shape);
 const nums = (t: ort.Tensor | { data: unknown }): number[] => Array.from(t.data as ArrayLike<number | bigint>, Number);
 
 
@@ -42,13 +38,13 @@ interface MergeCase {
   params: { w: number; h: number; sx: number; sy: number; ratio: number; batch: number; channels: number; N: number; r_requested: number; r_effective: number; num_dst: number | null; no_rand: boolean };
   identity: boolean;
   order_is_well_conditioned?: boolean;
-  tensors: Record<string, TensorMeta>;
+  tensors: Record<string, TensorEntry>;
 }
 
 describe('merge subgraph vs tomesd reference vectors', () => {
   const dir = new URL('tome-merge/', FIX);
   const manifest = JSON.parse(readFileSync(new URL('manifest.json', dir), 'utf8')) as { cases: MergeCase[] };
-  assert.ok(manifest.cases.length >= 35);
+  test('the tome-merge fixture lists its 35 cases', () => assert.ok(manifest.cases.length >= 35, `${manifest.cases.length} cases`));
   const sessions = new Map<string, Promise<ort.InferenceSession>>();
   const session = (p: MergeCase['params']): Promise<ort.InferenceSession> => {
     const key = `${p.sx},${p.sy},${p.ratio},${p.no_rand}`;
@@ -66,7 +62,7 @@ describe('merge subgraph vs tomesd reference vectors', () => {
   for (const c of manifest.cases) {
     test(c.name, async () => {
       const file = new URL(c.file, dir);
-      const T = (k: string) => readTensor(file, c.tensors[k]!);
+      const T = (k: string) => fixtureTensor(file, c.tensors[k]!);
       const p = c.params;
       const feeds: Record<string, ort.Tensor> = {
         metric: f32(T('metric')),
@@ -159,17 +155,6 @@ function mergeFeeds(metric: Float32Array, x: Float32Array, B: number, N: number,
     x: new ort.Tensor('float32', x, [B, N, C]),
     grid: new ort.Tensor('int64', BigInt64Array.from([BigInt(h), BigInt(w)]), [2]),
   };
-}
-
-/** Deterministic pseudo-random floats in [-1, 1). */
-function noise(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
-    out[i] = (s / 2 ** 32) * 2 - 1;
-  }
-  return out;
 }
 
 describe('merge subgraph properties', () => {
@@ -308,18 +293,18 @@ interface UnetCase {
   name: string; inputs: string; patched: boolean;
   tome_args: null | { ratio: number; max_downsample: number; sx: number; sy: number; use_rand: boolean; merge_attn: boolean; merge_crossattn: boolean; merge_mlp: boolean };
   merge_calls: Array<{ N: number; C: number; w: number; h: number; sx: number; sy: number; r: number; no_rand: boolean }>;
-  tensors: Record<string, TensorMeta>;
+  tensors: Record<string, TensorEntry>;
 }
 
 /** The tome-unet fixture case `name`: its manifest entry, UNet input feeds and reference out_sample. */
 function tomeUnetCase(name: string): { c: UnetCase; feeds: Record<string, ort.Tensor>; ref: Float32Array } {
   const dir = new URL('tome-unet/', FIX);
-  const man = JSON.parse(readFileSync(new URL('manifest.json', dir), 'utf8')) as { inputs: Record<string, { tensors: Record<string, TensorMeta> }>; cases: UnetCase[] };
+  const man = JSON.parse(readFileSync(new URL('manifest.json', dir), 'utf8')) as { inputs: Record<string, { tensors: Record<string, TensorEntry> }>; cases: UnetCase[] };
   const c = man.cases.find((x) => x.name === name)!;
   const t = man.inputs[c.inputs]!.tensors;
   const feeds: Record<string, ort.Tensor> = {};
-  for (const k of ['sample', 'timestep', 'encoder_hidden_states']) feeds[k] = f32(readTensor(new URL('inputs.bin', dir), t[k]!));
-  return { c, feeds, ref: readTensor(new URL('outputs.bin', dir), c.tensors.out_sample!).data as Float32Array };
+  for (const k of ['sample', 'timestep', 'encoder_hidden_states']) feeds[k] = f32(fixtureTensor(new URL('inputs.bin', dir), t[k]!));
+  return { c, feeds, ref: fixtureTensor(new URL('outputs.bin', dir), c.tensors.out_sample!).data as Float32Array };
 }
 const R50_CASE = 'h32_w32_b2_tome_r50_md1_sx2sy2_a1c0m0';
 
@@ -331,13 +316,8 @@ const toOpts = (a: NonNullable<UnetCase['tome_args']>): ToMeOptions => ({
   mergeAttn: a.merge_attn, mergeCrossattn: a.merge_crossattn, mergeMlp: a.merge_mlp,
 });
 
-function unetFeeds(sample: Float32Array, B: number, H: number, W: number, t = 500, seed = 3): Record<string, ort.Tensor> {
-  return {
-    sample: new ort.Tensor('float32', sample, [B, 4, H, W]),
-    timestep: new ort.Tensor('float32', new Float32Array(B).fill(t), [B]),
-    encoder_hidden_states: new ort.Tensor('float32', noise(B * 77 * 32, seed), [B, 77, 32]),
-  };
-}
+/** UNet inputs at timestep 500 with the text states of seed 3 (test/helpers.ts unetFeeds). */
+const FEEDS = { timestep: 500, textSeed: 3 };
 
 async function runModel(model: ModelProto | Uint8Array, feeds: Record<string, ort.Tensor>): Promise<Float32Array> {
   const bytes = model instanceof Uint8Array ? model : encodeModel(model);
@@ -353,12 +333,13 @@ async function runModel(model: ModelProto | Uint8Array, feeds: Record<string, or
 describe('rewritten tiny UNet vs torch + tomesd', () => {
   const dir = new URL('tome-unet/', FIX);
   const manifest = JSON.parse(readFileSync(new URL('manifest.json', dir), 'utf8')) as {
-    inputs: Record<string, { tensors: Record<string, TensorMeta> }>; cases: UnetCase[];
+    inputs: Record<string, { tensors: Record<string, TensorEntry> }>; cases: UnetCase[];
   };
+  test('the tome-unet fixture lists its 8 cases', () => assert.ok(manifest.cases.length >= 8, `${manifest.cases.length} cases`));
   const inputFeeds = (key: string): Record<string, ort.Tensor> => {
     const t = manifest.inputs[key]!.tensors;
     const f: Record<string, ort.Tensor> = {};
-    for (const k of ['sample', 'timestep', 'encoder_hidden_states']) f[k] = f32(readTensor(new URL('inputs.bin', dir), t[k]!));
+    for (const k of ['sample', 'timestep', 'encoder_hidden_states']) f[k] = f32(fixtureTensor(new URL('inputs.bin', dir), t[k]!));
     return f;
   };
 
@@ -400,7 +381,7 @@ describe('rewritten tiny UNet vs torch + tomesd', () => {
 
   for (const c of manifest.cases) {
     test(c.name, async () => {
-      const ref = readTensor(new URL('outputs.bin', dir), c.tensors.out_sample!).data as Float32Array;
+      const ref = fixtureTensor(new URL('outputs.bin', dir), c.tensors.out_sample!).data as Float32Array;
       const feeds = inputFeeds(c.inputs);
       if (!c.patched) {
         assert.ok(maxAbsDiff(await runModel(tinyBytes, feeds), ref) < 1e-4);
@@ -455,7 +436,7 @@ describe('rewritten tiny UNet vs torch + tomesd', () => {
     assert.deepEqual(b.blocks.map((x) => [x.level, x.merged]), a.blocks.map((x) => [x.level, x.merged]));
     assert.ok(b.blocks.every((x) => x.name === ''));
     assert.deepEqual(checkGraph(renamed), []);
-    const feeds = unetFeeds(noise(2 * 4 * 16 * 16, 11), 2, 16, 16);
+    const feeds = unetFeeds(2, 16, 16, { ...FEEDS, seed: 11 });
     assert.deepEqual(await runModel(renamed, feeds), await runModel(plain, feeds));
   });
 
@@ -467,7 +448,7 @@ describe('rewritten tiny UNet vs torch + tomesd', () => {
     const s = await ort.InferenceSession.create(bytes);
     const base = await ort.InferenceSession.create(tinyBytes);
     for (const [B, H, W] of [[1, 18, 14], [2, 10, 22], [2, 32, 32], [1, 4, 2]] as const) {
-      const feeds = unetFeeds(noise(B * 4 * H * W, H * W), B, H, W);
+      const feeds = unetFeeds(B, H, W, { ...FEEDS, seed: H * W });
       const out = (await s.run(feeds)).out_sample!.data as Float32Array;
       const ref = (await base.run(feeds)).out_sample!.data as Float32Array;
       assert.equal(out.length, B * 4 * H * W);
@@ -478,7 +459,7 @@ describe('rewritten tiny UNet vs torch + tomesd', () => {
     // ratio 0.2 at 2×2: r = int(4·0.2) = 0 in every block, so exactly the original computation.
     const small = loadTiny();
     assert.equal(applyToMe(small, { ...o, ratio: 0.2 }).patched, true);
-    const feeds = unetFeeds(noise(4 * 2 * 2, 5), 1, 2, 2);
+    const feeds = unetFeeds(1, 2, 2, { ...FEEDS, seed: 5 });
     assert.deepEqual(await runModel(small, feeds), (await base.run(feeds)).out_sample!.data);
     await s.release();
     await base.release();
@@ -505,7 +486,7 @@ describe('rewritten tiny UNet vs torch + tomesd', () => {
       return f;
     };
     for (const B of [1, 2]) {
-      const feeds = unetFeeds(noise(B * 4 * H * W, 21), B, H, W);
+      const feeds = unetFeeds(B, H, W, { ...FEEDS, seed: 21 });
       const ref = (await p.run(feeds)).out_sample!.data as Float32Array;
       const zeros = (await s.run({ ...feeds, ...randFeeds(() => 0) })).out_sample!.data as Float32Array;
       assert.deepEqual(zeros, ref);

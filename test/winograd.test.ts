@@ -19,7 +19,7 @@ import type { ModelProto, NodeProto } from '../src/onnx/types.js';
 import { autoTile, getWinogradModel, spatialStrides, useWinograd, winogradConvs, winogradTransforms, winogradU } from '../src/optimize/index.js';
 import { WINOGRAD_WEIGHTS_FILE } from '../src/optimize/conv-mode.js';
 import { saveModel } from '../src/onnx/model-io.js';
-import { maxAbsDiff, runFeeds, fx } from './helpers.js';
+import { maxAbsDiff, runFeeds, fx, unetFeeds } from './helpers.js';
 
 
 test('F(2,3) and F(4,3): Aᵀ[(G·g) ⊙ (Bᵀ·d)] is the correlation of d with g (float64, 1e-12)', () => {
@@ -176,14 +176,6 @@ test('spatial strides through Upsample / Resize-10 scales; a Resize to computed 
   const r = winogradConvs(m, { minChannels: 1 });
   assert.deepEqual(r.byTile, { 2: 1, 4: 2 }); // c1 (stride ½) and c3 (stride 2): 4; c2 (unknown): 2; c0 strided
 });
-
-function unetFeeds(b: number, h: number, w: number): Record<string, ort.Tensor> {
-  return {
-    sample: new ort.Tensor('float32', xorshiftFill(b * 4 * h * w, 3), [b, 4, h, w]),
-    timestep: new ort.Tensor('float32', Float32Array.from({ length: b }, (_, i) => 981 - 250 * i), [b]),
-    encoder_hidden_states: new ort.Tensor('float32', xorshiftFill(b * 77 * 32, 4), [b, 77, 32]),
-  };
-}
 
 test('the torch-exported UNet in Winograd form matches the export (≤ 1e-4), at sizes the tiles do not divide', async () => {
   const bytes = readFileSync(fx('tiny-unet/model.onnx'));
