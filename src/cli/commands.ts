@@ -54,7 +54,7 @@ export async function cmdPresets(flags: CommonFlags & { config?: string }, out: 
 }
 
 export async function cmdMetadata(file: string, flags: CommonFlags, out: Out = process.stdout): Promise<void> {
-  const { readImageMetadata } = await import('../image/metadata.js');
+  const { readImageMetadata } = await import('../metadata/metadata.js');
   const meta = await readImageMetadata(file);
   if (flags.json) {
     // safeJson: JSON.stringify leaves DEL and C1 controls raw

@@ -1,6 +1,6 @@
 /** `--from FILE.png`: generation options recorded in an image (sdgen JSON first, else A1111 infotext). */
 import { coerceOption, SPEC_BY_KEY, type PartialOptions } from '../config/options.js';
-import type { ImageMetadata } from '../image/metadata.js';
+import type { ImageMetadata } from '../metadata/metadata.js';
 import type { ToMeOptions } from '../tome/types.js';
 import { SdgenError, UsageError } from '../errors.js';
 import { checkPromptLength } from '../text/limits.js';
