@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fx, spawnCli, type Ran } from './helpers.js';
-import { readImageMetadata } from '../src/image/metadata.js';
+import { readImageMetadata } from '../src/metadata/metadata.js';
 import { buildJobs, planImages, type JobContext } from '../src/run/jobs.js';
 import { finishedImages, runJobs, type PipelineLike, type RunReporter, type RunSummary } from '../src/run/runner.js';
 import { manifestPath, readManifest, type WriteFn } from '../src/run/output.js';

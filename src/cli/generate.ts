@@ -188,7 +188,7 @@ export async function runGenerate(positional: string | undefined, explicit: Part
   let fromOptions: PartialOptions | undefined;
   let fromModel: string | undefined;
   if (flags.from) {
-    const { readImageMetadata } = await import('../image/metadata.js');
+    const { readImageMetadata } = await import('../metadata/metadata.js');
     const f = optionsFromMetadata(await readImageMetadata(flags.from));
     fromPrompt = f.prompt;
     fromOptions = f.options;
@@ -324,7 +324,8 @@ export async function runGenerate(positional: string | undefined, explicit: Part
     }
   }
   const runImages = images.filter((i) => !skippedJobs.has(i.job));
-  const shownJobs = runJobsList.filter((j) => !skippedJobs.has(j.index));
+  const withImages = new Set(runImages.map((i) => i.job));
+  const shownJobs = runJobsList.filter((j) => withImages.has(j.index));
 
   if (flags.dryRun) {
     process.stdout.write(formatPlan(shownJobs, runImages, path.relative(process.cwd(), outDir) || '.', flags.json));
@@ -362,7 +363,7 @@ export async function runGenerate(positional: string | undefined, explicit: Part
   const reporter = await makeReporter(flags);
   const [{ StableDiffusionPipeline }, png, sched] = await Promise.all([
     import('../pipeline/pipeline.js'),
-    import('../image/png.js'),
+    import('../metadata/png.js'),
     import('../schedulers/index.js'),
   ]);
   const { SDGEN_VERSION } = await import('../version.js');
