@@ -256,6 +256,10 @@ async function ensureModel(): Promise<string> {
 }
 
 const pngs = (d: string) => readdirSync(d).filter((f) => f.endsWith('.png')).sort();
+/** The records of every run's manifest in `d` (each run writes its own sdgen-run-KEY.jsonl). */
+const manifestRecords = (d: string) =>
+  readdirSync(d).filter((f) => /^sdgen-run-.+\.jsonl$/.test(f)).sort()
+    .flatMap((f) => readFileSync(path.join(d, f), 'utf8').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l)));
 const pixels = (f: string) => sharp(f).raw().toBuffer();
 
 test('end to end: --json lines, same command twice → identical image under a new name, metadata, --from', async () => {
@@ -281,7 +285,7 @@ test('end to end: --json lines, same command twice → identical image under a n
   assert.equal(r2.stdout + r3.stdout + r2.stderr + r3.stderr, '', '--quiet prints nothing');
   assert.deepEqual(pngs(out), ['00001-42.png', '00002-43.png', '00003-42.png', '00004-42.png']);
   assert.deepEqual(readFileSync(path.join(out, '00003-42.png')), readFileSync(path.join(out, '00004-42.png')), 'byte-identical');
-  assert.equal(readFileSync(path.join(out, 'sdgen-run.jsonl'), 'utf8').trim().split('\n').length, 4);
+  assert.equal(manifestRecords(out).length, 4);
 
   const fromOut = path.join(tmp, 'e2e-from');
   const [meta, rf, plan] = await Promise.all([
@@ -308,7 +312,7 @@ test('end to end: ToMe recorded when applied, skipped below the thresholds', asy
     run([...base('tome-off'), '--tome', '0']),
   ]);
   for (const r of [on, skipped, off]) assert.equal(r.status, 0, r.stderr);
-  const { readImageMetadata } = await import('../src/image/metadata.js');
+  const { readImageMetadata } = await import('../src/metadata/metadata.js');
   const text = async (d: string) => (await readImageMetadata(path.join(tmp, d, '00001-5.png'))).parameters!;
   assert.match(await text('tome-on'), /Token merging ratio: 0.5, ToMe sx: 2, ToMe sy: 2, ToMe max downsample: 1, ToMe rand: False, ToMe merged: attn/);
   assert.doesNotMatch(await text('tome-skip'), /Token merging/);
@@ -353,7 +357,7 @@ test('end to end: a 20-line mixed prompt file writes exactly the valid jobs, one
   // 15 valid jobs; "two images" and "iter" make 2 each
   assert.equal(written.length, 17);
   assert.equal(pngs(out).length, 17);
-  const manifest = readFileSync(path.join(out, 'sdgen-run.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  const manifest = manifestRecords(out);
   assert.deepEqual(manifest.map((x) => x.file).sort(), pngs(out));
   const byPrompt = (p: string) => manifest.filter((x) => x.params.prompt === p);
   assert.deepEqual(byPrompt('two images').map((x) => x.seed).sort(), [20, 21]);
@@ -445,7 +449,7 @@ test('end to end: SIGINT then --resume ends with the same files as an uninterrup
   assert.equal(pngs(full).length, 7);
   assert.deepEqual(pngs(part), pngs(full));
   for (const f of pngs(full)) assert.deepEqual(readFileSync(path.join(part, f)), readFileSync(path.join(full, f)), f);
-  const recorded = readFileSync(path.join(part, 'sdgen-run.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).file).sort();
+  const recorded = manifestRecords(part).map((r) => r.file).sort();
   assert.deepEqual(recorded, pngs(full), 'one manifest line per image');
 });
 

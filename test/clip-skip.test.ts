@@ -25,7 +25,7 @@ import { tensorFloats } from '../src/onnx/tensor.js';
 import { DataType, type ModelProto } from '../src/onnx/types.js';
 import { encoderLayerOutputs, exposeHiddenStates, getClipSkipModel } from '../src/optimize/clip-skip.js';
 import { TextEncoder, clipSkipSource } from '../src/pipeline/text-encoding.js';
-import { findFinalLayerNorm } from '../src/models/final-layer-norm.js';
+import { findFinalLayerNorm } from '../src/optimize/final-layer-norm.js';
 import { fx, maxAbsDiff, spawnCli } from './helpers.js';
 
 const TINY = fx('tiny-sd1');
@@ -225,7 +225,8 @@ test('CLI: --clip-skip 2 on tiny-sd1 runs and differs from clip skip 1', async (
     const dir = path.join(tmp, `out-${clipSkip}`);
     const pngs = readdirSync(dir).filter((f) => f.endsWith('.png'));
     assert.equal(pngs.length, 1);
-    const manifest = JSON.parse(readFileSync(path.join(dir, 'sdgen-run.jsonl'), 'utf8').trim()) as { params: { clipSkip: number } };
+    const manifestFile = readdirSync(dir).find((f) => /^sdgen-run-.+\.jsonl$/.test(f))!; // each run's own manifest
+    const manifest = JSON.parse(readFileSync(path.join(dir, manifestFile), 'utf8').trim()) as { params: { clipSkip: number } };
     assert.equal(manifest.params.clipSkip, clipSkip);
     const { data, info } = await sharp(path.join(dir, pngs[0]!)).raw().toBuffer({ resolveWithObject: true });
     assert.deepEqual([info.width, info.height], [64, 64]);
