@@ -177,6 +177,29 @@ test('planImages: seeds advance per image, names unique against disk and run', (
   assert.deepEqual(idx.map((i) => i.file), ['00012-5.png', '00013-6.png', '00014-7.png', '00015-8.png', '00016-6.png']);
 });
 
+test('withModelDefaults fills in only size and scheduler: seeds, values and the plan hash stay', () => {
+  const noModels: JobContext = { ...ctx([77, 88]), modelDefaults: () => undefined };
+  const b = buildJobs([spec('a', { tome: 0.5, tomeMinWidth: 200 }), spec('b', { width: 64, scheduler: 'ddim' })], noModels);
+  assert.deepEqual(b.jobs.map((j) => [j.params.width, j.params.height, j.params.scheduler, j.params.seed]), [[512, 512, '', 77], [64, 512, 'ddim', 88]]);
+  const d = { name: 'tiny', width: 128, height: 96, scheduler: 'pndm' };
+  const [a, bb] = b.jobs.map((j) => withModelDefaults(j, d)) as [typeof b.jobs[0], typeof b.jobs[0]];
+  assert.deepEqual([a.params.width, a.params.height, a.params.scheduler, a.params.seed, a.modelName], [128, 96, 'pndm', 77, 'tiny']);
+  assert.deepEqual([bb.params.width, bb.params.height, bb.params.scheduler, bb.params.seed], [64, 96, 'ddim', 88]);
+  // the ToMe decision follows the size: 512 wide applies, 128 wide is below the 200 minimum
+  assert.deepEqual([b.jobs[0]!.tomeOn, a.tomeOn], [true, false]);
+  assert.equal(buildJobs([spec('a', { tome: 0.5, tomeMinWidth: 200 }), spec('b', { width: 64, scheduler: 'ddim' })], ctx()).planHash, b.planHash, 'model defaults do not change the plan hash');
+});
+
+test('ImageNamer.fallback: the next {index}, or -2, -3 without one', () => {
+  const { jobs } = buildJobs([spec('x', { seed: 5, nIter: 2 })], ctx());
+  const imgs = planImages(jobs, { template: '{index:05}-{seed}', startIndex: 3, exists: () => false, overwrite: false });
+  const idx = new ImageNamer('{index:05}-{seed}', 3);
+  assert.deepEqual([1, 2].map((k) => idx.fallback(jobs[0]!, imgs[1]!, k)), ['00005-6.png', '00006-6.png']);
+  const plain = new ImageNamer('{prompt}-{seed}', 1);
+  const p = planImages(jobs, { template: '{prompt}-{seed}', startIndex: 1, exists: () => false, overwrite: false });
+  assert.deepEqual([1, 2].map((k) => plain.fallback(jobs[0]!, p[0]!, k)), ['x-5-2.png', 'x-5-3.png']);
+});
+
 test('orderJobs groups by model, ToMe decision and size, stably', () => {
   const specs = [
     spec('1', { model: '/a', width: 512 }), spec('2', { model: '/b' }), spec('3', { model: '/a', tome: 0.5 }),
