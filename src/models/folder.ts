@@ -1,8 +1,9 @@
 /**
  * A Stable Diffusion ONNX model folder in the diffusers / Optimum layout: model_index.json,
  * text_encoder/, unet/, vae_decoder/ (model.onnx, external data beside it), tokenizer/,
- * scheduler/scheduler_config.json and the config.json files. Reads and validates the layout;
- * opens no ONNX session.
+ * scheduler/scheduler_config.json and the config.json files; an SDXL folder
+ * (StableDiffusionXLPipeline / ORTStableDiffusionXLPipeline) adds text_encoder_2/ and
+ * tokenizer_2/. Reads and validates the layout; opens no ONNX session.
  */
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
@@ -23,6 +24,11 @@ export interface ModelFolder {
   name: string;
   /** model_index.json `_class_name` */
   pipelineClass: string;
+  /**
+   * The model family, which picks the pipeline's stages: 'sd' (SD 1.x/2.x) or 'sdxl'
+   * (StableDiffusionXLPipeline: two text encoders, `text_embeds` and `time_ids` UNet inputs).
+   */
+  family: 'sd' | 'sdxl';
   paths: {
     textEncoder: string;
     unet: string;
@@ -31,6 +37,9 @@ export interface ModelFolder {
     vaeEncoder: string | null;
     tokenizer: string;
     schedulerConfig: string;
+    /** SDXL's second text encoder (CLIPTextModelWithProjection) and its tokenizer; null for SD 1.x/2.x */
+    textEncoder2: string | null;
+    tokenizer2: string | null;
   };
   configs: {
     modelIndex: JsonObject;
@@ -38,8 +47,16 @@ export interface ModelFolder {
     unet: JsonObject | null;
     vaeDecoder: JsonObject | null;
     textEncoder: JsonObject | null;
+    textEncoder2?: JsonObject | null;
   };
   tokenizer: ClipTokenizer;
+  /** SDXL's second tokenizer (pads with `!` per its config); null for SD 1.x/2.x */
+  tokenizer2: ClipTokenizer | null;
+  /**
+   * model_index.json `force_zeros_for_empty_prompt` (SDXL; default true as in diffusers): an
+   * empty negative prompt gives zero embeddings instead of the encoded "".
+   */
+  forceZerosForEmptyPrompt: boolean;
   /** pixels per latent cell: 2^(len(vae block_out_channels) − 1), else 8 */
   vaeScaleFactor: number;
   /** latents are divided by this before decoding (default 0.18215) */
@@ -97,6 +114,8 @@ function sampleSizeOf(unetConfig: JsonObject | null): [number, number] | null {
 }
 
 const UNSUPPORTED_PIPELINES = /XL|Cascade|Flux|SD3|StableDiffusion3|Kandinsky|Wuerstchen/i;
+/** diffusers' and Optimum's SDXL pipeline classes (base layout: both text encoders). */
+const SDXL_PIPELINES = /^(ORT)?StableDiffusionXL(Img2Img|Inpaint)?Pipeline$/;
 
 export async function loadModelFolder(dirIn: string): Promise<ModelFolder> {
   const dir = path.resolve(dirIn);
@@ -113,12 +132,19 @@ export async function loadModelFolder(dirIn: string): Promise<ModelFolder> {
   }
   const modelIndex = await readJson(indexPath, 'model_index.json');
   const pipelineClass = typeof modelIndex['_class_name'] === 'string' ? modelIndex['_class_name'] : 'unknown';
-  if (UNSUPPORTED_PIPELINES.test(pipelineClass) || (await exists(path.join(dir, 'text_encoder_2')))) {
-    throw new SdgenError(`model folder ${dirIn}: ${pipelineClass} is not supported (sdgen runs SD 1.x/2.x pipelines)`);
+  const hasEncoder2 = await exists(path.join(dir, 'text_encoder_2'));
+  const family: ModelFolder['family'] = SDXL_PIPELINES.test(pipelineClass) || (hasEncoder2 && !UNSUPPORTED_PIPELINES.test(pipelineClass)) ? 'sdxl' : 'sd';
+  if (family === 'sd' && (UNSUPPORTED_PIPELINES.test(pipelineClass) || hasEncoder2)) {
+    throw new SdgenError(`model folder ${dirIn}: ${pipelineClass} is not supported (sdgen runs SD 1.x/2.x and SDXL pipelines)`);
+  }
+  if (family === 'sdxl' && !(await exists(path.join(dir, 'text_encoder')))) {
+    // the SDXL refiner has text_encoder_2 only (and other UNet inputs)
+    throw new SdgenError(`model folder ${dirIn}: an SDXL folder without text_encoder/ (a refiner?) is not supported`);
   }
 
   // One after the other, so the first missing part is always the one reported.
   const textEncoder = await requireModel(dir, 'text_encoder');
+  const textEncoder2 = family === 'sdxl' ? await requireModel(dir, 'text_encoder_2') : null;
   const unet = await requireModel(dir, 'unet');
   const vaeDecoder = await requireModel(dir, 'vae_decoder');
   const vaeEncoderPath = path.join(dir, 'vae_encoder', 'model.onnx');
@@ -128,12 +154,16 @@ export async function loadModelFolder(dirIn: string): Promise<ModelFolder> {
   if (!(await exists(path.join(tokenizerDir, 'vocab.json'))) || !(await exists(path.join(tokenizerDir, 'merges.txt')))) {
     throw new SdgenError(`model folder ${dirIn}: missing tokenizer/vocab.json or tokenizer/merges.txt`);
   }
+  const tokenizer2Dir = family === 'sdxl' ? path.join(dir, 'tokenizer_2') : null;
+  if (tokenizer2Dir && (!(await exists(path.join(tokenizer2Dir, 'vocab.json'))) || !(await exists(path.join(tokenizer2Dir, 'merges.txt'))))) {
+    throw new SdgenError(`model folder ${dirIn}: missing tokenizer_2/vocab.json or tokenizer_2/merges.txt`);
+  }
   const schedulerConfigPath = path.join(dir, 'scheduler', 'scheduler_config.json');
   if (!(await exists(schedulerConfigPath))) {
     throw new SdgenError(`model folder ${dirIn}: missing scheduler/scheduler_config.json`);
   }
 
-  const [scheduler, unetConfig, vaeConfig, textConfig, tokenizer] = await Promise.all([
+  const [scheduler, unetConfig, vaeConfig, textConfig, tokenizer, textConfig2, tokenizer2] = await Promise.all([
     // Python-style JSON (diffusers writes -Infinity), every value checked: one line naming the file and key.
     readFile(schedulerConfigPath, 'utf8').then(
       (text) => parseSchedulerConfig(text, path.join(dirIn, 'scheduler', 'scheduler_config.json')),
@@ -145,6 +175,8 @@ export async function loadModelFolder(dirIn: string): Promise<ModelFolder> {
     readOptionalJson(path.join(dir, 'vae_decoder', 'config.json'), 'vae_decoder config'),
     readOptionalJson(path.join(dir, 'text_encoder', 'config.json'), 'text_encoder config'),
     loadTokenizer(tokenizerDir),
+    family === 'sdxl' ? readOptionalJson(path.join(dir, 'text_encoder_2', 'config.json'), 'text_encoder_2 config') : null,
+    tokenizer2Dir ? loadTokenizer(tokenizer2Dir) : null,
   ]);
 
   const vaeScaleFactor = vaeScaleFactorOf(vaeConfig);
@@ -159,9 +191,15 @@ export async function loadModelFolder(dirIn: string): Promise<ModelFolder> {
     dir,
     name: path.basename(dir),
     pipelineClass,
-    paths: { textEncoder, unet, vaeDecoder, vaeEncoder, tokenizer: tokenizerDir, schedulerConfig: schedulerConfigPath },
-    configs: { modelIndex, scheduler, unet: unetConfig, vaeDecoder: vaeConfig, textEncoder: textConfig },
+    family,
+    paths: {
+      textEncoder, unet, vaeDecoder, vaeEncoder, tokenizer: tokenizerDir, schedulerConfig: schedulerConfigPath,
+      textEncoder2, tokenizer2: tokenizer2Dir,
+    },
+    configs: { modelIndex, scheduler, unet: unetConfig, vaeDecoder: vaeConfig, textEncoder: textConfig, textEncoder2: textConfig2 },
     tokenizer,
+    tokenizer2,
+    forceZerosForEmptyPrompt: modelIndex['force_zeros_for_empty_prompt'] !== false,
     vaeScaleFactor,
     vaeScalingFactor,
     defaultWidth,

@@ -18,6 +18,16 @@ export interface TextEncoderIO {
    * index 0 = embeddings, L = last layer before the final layer norm); empty otherwise.
    */
   hiddenStates: { name: string; type: FloatType }[];
+  /** the projected pooled output of a CLIPTextModelWithProjection (`text_embeds`, SDXL's text_encoder_2), else null */
+  textEmbeds?: { name: string; type: FloatType } | null;
+}
+
+/** A [B, dim] float input of the UNet that is not the sample, timestep or text embeddings (SDXL's `text_embeds`, `time_ids`). */
+export interface UnetExtraInput {
+  name: string;
+  type: FloatType;
+  /** fixed width, else null */
+  dim: number | null;
 }
 
 export interface UnetIO {
@@ -34,6 +44,9 @@ export interface UnetIO {
   encoderHiddenStates: { name: string; type: FloatType; /** fixed embedding width, else null */ dim: number | null };
   /** LCM guidance embedding input, when present */
   timestepCond: { name: string; type: FloatType; dim: number | null } | null;
+  /** SDXL's added conditioning (`addition_embed_type: text_time`): pooled text embeddings [B, 1280] and time ids [B, 6]; null otherwise */
+  textEmbeds?: UnetExtraInput | null;
+  timeIds?: UnetExtraInput | null;
   /** `tome_rand_<k>` inputs of a ToMe-patched UNet, in k order */
   tomeRand: { name: string; type: 'int64' | 'int32' }[];
   output: { name: string; type: FloatType };
@@ -65,7 +78,7 @@ function rejectUnknownInputs(info: SessionInfo, known: Set<string>, what: string
   for (const v of info.inputs) {
     if (!known.has(v.name)) {
       throw new SdgenError(
-        `${what}: unsupported input "${v.name}" (${v.type} [${v.shape.join(', ')}]); sdgen supports SD 1.x/2.x exports`,
+        `${what}: unsupported input "${v.name}" (${v.type} [${v.shape.join(', ')}]); sdgen supports SD 1.x/2.x and SDXL exports`,
       );
     }
   }
@@ -87,10 +100,12 @@ export function textEncoderIO(info: SessionInfo, what = 'text encoder'): TextEnc
     if (m) hs.push({ name: o.name, type: floatType(o, what), index: Number(m[1]) });
   }
   hs.sort((a, b) => a.index - b.index);
+  const pooled = pick(info.outputs, ['text_embeds']);
   return {
     inputIds: { name: ids.name, type: ids.type, seqLen: fixedDim(ids.shape[1]) },
     lastHiddenState: { name: last.name, type: floatType(last, what) },
     hiddenStates: hs.every((h, i) => h.index === i) ? hs.map(({ name, type }) => ({ name, type })) : [],
+    textEmbeds: pooled ? { name: pooled.name, type: floatType(pooled, what) } : null,
   };
 }
 
@@ -112,6 +127,17 @@ export function unetIO(info: SessionInfo, what = 'unet'): UnetIO {
   }
   if (ts.shape.length > 1) throw new SdgenError(`${what}: input "${ts.name}" has rank ${ts.shape.length}; expected a scalar or [B]`);
   const cond = pick(info.inputs, ['timestep_cond']);
+  const extra = (n: string): UnetExtraInput | null => {
+    const v = pick(info.inputs, [n]);
+    if (!v) return null;
+    if (v.shape.length !== 2) throw new SdgenError(`${what}: input "${n}" has rank ${v.shape.length}; expected 2 [B, dim]`);
+    return { name: v.name, type: floatType(v, what), dim: fixedDim(v.shape[1]) };
+  };
+  const textEmbeds = extra('text_embeds');
+  const timeIds = extra('time_ids');
+  if ((textEmbeds === null) !== (timeIds === null)) {
+    throw new SdgenError(`${what}: has input "${textEmbeds ? 'text_embeds' : 'time_ids'}" without "${textEmbeds ? 'time_ids' : 'text_embeds'}" (SDXL UNets take both)`);
+  }
   const tomeRand: UnetIO['tomeRand'] = [];
   const rands = info.inputs
     .map((v) => ({ v, m: /^tome_rand_(\d+)$/.exec(v.name) }))
@@ -121,7 +147,10 @@ export function unetIO(info: SessionInfo, what = 'unet'): UnetIO {
     if (v.type !== 'int64' && v.type !== 'int32') throw new SdgenError(`${what}: input "${v.name}" has element type ${v.type}; expected int64`);
     tomeRand.push({ name: v.name, type: v.type });
   }
-  const known = new Set([sample.name, ts.name, ehs.name, ...(cond ? [cond.name] : []), ...tomeRand.map((r) => r.name)]);
+  const known = new Set([
+    sample.name, ts.name, ehs.name, ...(cond ? [cond.name] : []), ...tomeRand.map((r) => r.name),
+    ...(textEmbeds ? [textEmbeds.name] : []), ...(timeIds ? [timeIds.name] : []),
+  ]);
   rejectUnknownInputs(info, known, what);
   const out = pick(info.outputs, ['out_sample', 'sample']) ?? info.outputs[0];
   if (!out) throw new SdgenError(`${what}: no outputs`);
@@ -136,6 +165,8 @@ export function unetIO(info: SessionInfo, what = 'unet'): UnetIO {
     },
     encoderHiddenStates: { name: ehs.name, type: floatType(ehs, what), dim: fixedDim(ehs.shape[2]) },
     timestepCond: cond ? { name: cond.name, type: floatType(cond, what), dim: fixedDim(cond.shape[1]) } : null,
+    textEmbeds,
+    timeIds,
     tomeRand,
     output: { name: out.name, type: floatType(out, what) },
   };

@@ -9,7 +9,7 @@ import ort from 'onnxruntime-node';
 import { SdgenError } from '../errors.js';
 import type { Scheduler } from '../schedulers/types.js';
 import type { TorchGenerator } from '../random/torch-generator.js';
-import type { UnetIO } from '../models/io.js';
+import type { FloatType, UnetIO } from '../models/io.js';
 import { FloatInput, toFloat32 } from './tensors.js';
 import { float32ToFloat16Into } from './tensors.js';
 import type { PromptEmbedding } from './text-encoding.js';
@@ -55,9 +55,24 @@ export interface DenoiseArgs {
   /** LCM guidance embedding [dim] for every row, when the UNet has timestep_cond */
   timestepCond: Float32Array | null;
   tomeRand: TomeRandFeed | null;
+  /**
+   * Further [rows, dim] UNet inputs given per row (SDXL's `text_embeds` and `time_ids`, from its
+   * conditioning stage): the loop feeds them as it feeds the text embeddings, uncond rows first,
+   * without knowing what they mean. Built once per batch.
+   */
+  extraInputs?: ExtraUnetInput[];
   signal?: AbortSignal;
   /** after each step (1-based) */
   onStep?: (step: number, total: number) => void;
+}
+
+/** One extra UNet input: `cond` for the conditional rows, `uncond` (same length) for the unconditional ones. */
+export interface ExtraUnetInput {
+  name: string;
+  type: FloatType;
+  cond: Float32Array;
+  /** required when the run has an unconditional pass */
+  uncond: Float32Array | null;
 }
 
 export interface DenoiseResult {
@@ -195,6 +210,18 @@ export async function denoiseBatch(args: DenoiseArgs): Promise<DenoiseResult> {
     const tc = new FloatInput(io.timestepCond.type, [rows, dim]);
     for (let r = 0; r < rows; r++) tc.data.set(args.timestepCond, r * dim);
     feeds[io.timestepCond.name] = tc.sync();
+  }
+  for (const x of args.extraInputs ?? []) {
+    const dim = x.cond.length;
+    if (guided && (!x.uncond || x.uncond.length !== dim)) throw new Error(`denoiseBatch: extra input ${x.name} needs an uncond value of width ${dim}`);
+    const f = new FloatInput(x.type, [rows, dim]);
+    for (let b = 0; b < B; b++) {
+      if (guided) {
+        f.data.set(x.uncond!, b * dim);
+        f.data.set(x.cond, (B + b) * dim);
+      } else f.data.set(x.cond, b * dim);
+    }
+    feeds[x.name] = f.sync();
   }
   const rand = args.tomeRand;
   const randBufs: (BigInt64Array | Int32Array)[] = [];
