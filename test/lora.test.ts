@@ -669,3 +669,97 @@ describe('StableDiffusionPipeline with LoRAs vs diffusers (tiny-sd1)', () => {
     assert.deepEqual(notices.filter((m) => /LoRA/.test(m)), []);
   });
 });
+
+// ---------------------------------------------------------------------------------------------
+// Prompt tags, flags, options, metadata and lora-info
+
+describe('LoRA prompt tags, flags and metadata', () => {
+  test('A1111 tags are parsed and removed; other extra networks stay', async () => {
+    const { extractLoraTags } = await import('../src/lora/prompt.js');
+    const r = extractLoraTags('a <lora:foo:0.5> cat, <LORA:bar> <lyco:baz:0.3:0.8> <lora:q:te=0.2:unet=0> <hypernet:x:1>');
+    assert.equal(r.prompt, 'a  cat,    <hypernet:x:1>');
+    assert.deepEqual(r.tags.map(({ name, scale, unetScale }) => ({ name, scale, unetScale })), [
+      { name: 'foo', scale: 0.5, unetScale: undefined },
+      { name: 'bar', scale: 1, unetScale: undefined },
+      { name: 'baz', scale: 0.3, unetScale: 0.8 },
+      { name: 'q', scale: 0.2, unetScale: 0 },
+    ]);
+    assert.throws(() => extractLoraTags('x <lora:foo:strong>'), (e: unknown) => e instanceof UsageError && /"strong" is not a number/.test(e.message));
+  });
+
+  test('--lora FILE[:SCALE]: the scale is optional, a drive letter is no scale; options take a list', async () => {
+    const { parseLoraFlag } = await import('../src/lora/prompt.js');
+    const { loraParams } = await import('../src/lora/options.js');
+    const { coerceOption, SPEC_BY_KEY } = await import('../src/config/options.js');
+    assert.deepEqual(parseLoraFlag('styles/ink.safetensors:0.7'), { path: 'styles/ink.safetensors', scale: 0.7 });
+    assert.deepEqual(parseLoraFlag('ink.safetensors'), { path: 'ink.safetensors', scale: 1 });
+    assert.deepEqual(parseLoraFlag('ink.safetensors:-1.5e-1'), { path: 'ink.safetensors', scale: -0.15 });
+    assert.deepEqual(parseLoraFlag('C:\\loras\\ink.safetensors'), { path: 'C:\\loras\\ink.safetensors', scale: 1 });
+    assert.deepEqual(parseLoraFlag('C:\\loras\\ink.safetensors:0.5'), { path: 'C:\\loras\\ink.safetensors', scale: 0.5 });
+    const spec = SPEC_BY_KEY.get('lora')!;
+    assert.deepEqual(coerceOption(spec, 'a.safetensors:0.5', '--lora'), ['a.safetensors:0.5']);
+    assert.deepEqual(coerceOption(spec, ['a', 'b:2'], 'preset: lora'), ['a', 'b:2']);
+    assert.throws(() => coerceOption(spec, 3, 'preset: lora'), UsageError);
+    assert.deepEqual(loraParams({ lora: ['x/ink.safetensors:0.5', 'y.safetensors'], loraDir: '/l' }), {
+      loras: [{ path: 'x/ink.safetensors', scale: 0.5, name: 'ink' }, { path: 'y.safetensors', scale: 1, name: 'y' }],
+      loraDir: '/l',
+    });
+    assert.deepEqual(loraParams({}), {});
+  });
+
+  test('tags resolve in the LoRA directory (case-insensitively, in subfolders) or fail with one line', async () => {
+    const { resolveRunLoras } = await import('../src/lora/resolve.js');
+    const dir = tmp();
+    const { mkdirSync, copyFileSync } = await import('node:fs');
+    mkdirSync(path.join(dir, 'styles'));
+    copyFileSync(fx('lora/unet-attn_r4_a2_f32.safetensors'), path.join(dir, 'styles', 'Ink.safetensors'));
+    const r = await resolveRunLoras('a cat <lora:ink:0.6>', [{ path: fx('lora/full_r8_a8_f16.safetensors'), scale: 1 }], dir);
+    assert.equal(r.prompt, 'a cat ');
+    assert.deepEqual(r.loras.map((l) => [l.name, l.scale, l.from, l.sha256]), [
+      ['full_r8_a8_f16', 1, 'option', manifest.loras[1]!.sha256],
+      ['ink', 0.6, 'prompt', manifest.loras[0]!.sha256],
+    ]);
+    await rejectsOneLine(resolveRunLoras('a <lora:nope:1>', [], dir), /LoRA "nope" of <lora:nope:1> not found in/);
+    await rejectsOneLine(resolveRunLoras('a <lora:ink:1>'), /no LoRA directory is set \(--lora-dir\)/);
+  });
+
+  test('infotext: Lora hashes and TI hashes as A1111 writes them', async () => {
+    const { formatInfotext, parseInfotext } = await import('../src/metadata/infotext.js');
+    const { generationParams } = await import('../src/pipeline/params.js');
+    const p = generationParams({ prompt: 'a cat <lora:ink:0.6>', steps: 4 });
+    const text = formatInfotext(p, { loras: [{ name: 'ink', shortHash: 'fd50bf6365e6' }, { name: 'full', shortHash: '0123456789ab' }], embeddings: [{ name: 'catdog', shortHash: 'aaaabbbbcccc' }] });
+    assert.match(text, /, Lora hashes: "ink: fd50bf6365e6, full: 0123456789ab", TI hashes: "catdog: aaaabbbbcccc"/);
+    const back = parseInfotext(text);
+    assert.equal(back.fields['Lora hashes'], 'ink: fd50bf6365e6, full: 0123456789ab');
+    assert.equal(back.prompt, 'a cat <lora:ink:0.6>');
+    // without extras, the option LoRAs a pipeline image carries in its params give the key
+    const h = await safetensorsHashes(fx('lora/unet-attn_r4_a2_f32.safetensors'));
+    const withParams = formatInfotext({ ...p, loras: [{ path: 'x', scale: 1, name: 'unet-attn', shortHash: a1111LoraShortHash(h) } as never] });
+    assert.match(withParams, new RegExp(`Lora hashes: "unet-attn: ${a1111LoraShortHash(h)}"`));
+    assert.doesNotMatch(formatInfotext(p), /Lora hashes|TI hashes/);
+  });
+
+  test('lora-info: format, rank, alpha and how the modules map onto the model', async () => {
+    const { cmdLoraInfo } = await import('../src/cli/lora-info.js');
+    let text = '';
+    await cmdLoraInfo(fx('lora/full_r8_a8_f16.safetensors'), fx('tiny-sd1'), { json: false }, { write: (s: string) => (text += s) });
+    assert.match(text, /format: LoRA, kohya keys; F16; rank 8; alpha 8\/rank/);
+    assert.match(text, /modules: 72 UNet, 18 text encoder \(78 linear, 12 convolution\)/);
+    assert.match(text, /UNet: 72 of 72 modules map onto the model/);
+    assert.match(text, /text encoder: 18 of 18 modules map onto the model/);
+    assert.equal(text.split('\n').filter((l) => l.startsWith('  ')).length, 90);
+    let json = '';
+    await cmdLoraInfo(fx('lora/unet-attn_r4_a2_f32.safetensors'), undefined, { json: true }, { write: (s: string) => (json += s) });
+    const o = JSON.parse(json) as { ranks: number[]; alphas: unknown[]; modules: Record<string, number>; shortHash: string };
+    assert.deepEqual([o.ranks, o.alphas, o.modules.unet, o.modules.text_encoder], [[4], [2], 48, 0]);
+  });
+
+  test('a separate UNet scale (A1111 <lora:NAME:TE:UNET>) applies to the UNet only', async () => {
+    const { scaleFor } = await import('../src/lora/variant.js');
+    const ref = { path: 'x', scale: 0.3, unetScale: 0 };
+    assert.deepEqual([scaleFor(ref, 'unet'), scaleFor(ref, 'text_encoder')], [0, 0.3]);
+    const cacheDir = tmp();
+    const v = await getLoraVariant(UNET, { cacheDir, target: 'unet', loras: [{ path: fx('lora/full_r8_a8_f16.safetensors'), scale: 0.7, unetScale: 0 }] });
+    assert.equal(v.path, UNET);
+  });
+});

@@ -36,12 +36,17 @@ const HELP: Partial<Record<OptionKey, string>> = {
   mergeMlp: 'ToMe merges around the feed-forward (default: off)',
   tomeMinWidth: 'ToMe only when the image is at least this wide (default: 0)',
   tomeMinHeight: 'ToMe only when the image is at least this high (default: 0)',
+  lora: 'apply a LoRA (.safetensors) at SCALE (default 1); repeatable, the deltas add; also <lora:NAME:SCALE> in the prompt with --lora-dir',
+  loraDir: 'directory searched for the NAME.safetensors of <lora:NAME:SCALE> prompt tags (default: none)',
+  embeddingsDir: 'directory of textual-inversion embeddings (.safetensors); a file name used as a word in a prompt stands for its vectors',
 };
 
 function valueName(s: OptionSpec): string {
   if (s.kind === 'int') return 'n';
   if (s.kind === 'float') return 'x';
   if (s.kind === 'enum') return 'value';
+  if (s.kind === 'list') return s.key === 'lora' ? 'file[:scale]' : 'value';
+  if (s.key === 'loraDir' || s.key === 'embeddingsDir') return 'dir';
   if (s.key === 'model' || s.key === 'out' || s.key === 'cacheDir') return 'dir';
   return 'text';
 }
@@ -60,6 +65,9 @@ export function addOptionFlags(cmd: Command, specs: readonly OptionSpec[]): Comm
         cmd.addOption(new Option(`--${s.flag}`, help));
         cmd.addOption(new Option(`--no-${s.flag}`, `turn --${s.flag} off`).hideHelp(s.key !== 'mergeAttn'));
       }
+    } else if (s.kind === 'list') {
+      // repeatable: each occurrence adds a value
+      cmd.addOption(new Option(`${short}--${s.flag} <${valueName(s)}>`, help).argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]));
     } else {
       cmd.addOption(new Option(`${short}--${s.flag} <${valueName(s)}>`, help));
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * sdgen's command line (commander 14). The default command generates images; subcommands:
- * synth, tokens, metadata, samplers, presets, info, tome-patch, bench.
+ * synth, tokens, lora-info, metadata, samplers, presets, info, tome-patch, bench.
  * Errors: a UsageError exits 2, an SdgenError exits 1, each with one line on stderr (the stack
  * only with --verbose); any other error is a bug and prints its stack.
  */
@@ -119,6 +119,18 @@ export function buildProgram(): Command {
     await cmdTokens(prompt, o.model, { ...common(cmd), emphasis: o.emphasis !== false });
   });
   program.addCommand(tokens);
+
+  const loraInfoCmd = new Command('lora-info')
+    .description('what a LoRA file is (format, rank, alpha, touched layers) and, with --model, how many of its modules map onto the model')
+    .argument('<file>', 'LoRA .safetensors file')
+    .option('--model <dir>', 'model folder to map the LoRA onto')
+    .exitOverride();
+  addCommon(loraInfoCmd);
+  loraInfoCmd.action(async (file: string, _o: unknown, cmd: Command) => {
+    const { cmdLoraInfo } = await import('./lora-info.js');
+    await cmdLoraInfo(file, cmd.opts().model, common(cmd));
+  });
+  program.addCommand(loraInfoCmd);
 
   const metadata = new Command('metadata').description('print the generation parameters stored in a PNG').argument('<file>', 'PNG file').exitOverride();
   addCommon(metadata);

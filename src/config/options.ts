@@ -35,6 +35,12 @@ export interface SdgenOptions extends ToMeFlatOptions {
   device: DeviceName;
   threads?: number;
   cacheDir?: string;
+  /** LoRAs, `FILE[:SCALE]` each (--lora, repeatable; src/lora) */
+  lora?: string[];
+  /** where `<lora:NAME:SCALE>` prompt tags find NAME.safetensors */
+  loraDir?: string;
+  /** textual-inversion embeddings (`*.safetensors`), used by file name in prompts */
+  embeddingsDir?: string;
 }
 
 export type OptionKey = keyof SdgenOptions;
@@ -59,7 +65,8 @@ export const DEFAULT_OPTIONS: Readonly<SdgenOptions> = Object.freeze({
   ...tomeToFlat(DEFAULT_TOME),
 } satisfies SdgenOptions);
 
-type Kind = 'int' | 'float' | 'string' | 'bool' | 'enum';
+/** 'list': strings, a flag given once per value (--lora a --lora b) */
+type Kind = 'int' | 'float' | 'string' | 'bool' | 'enum' | 'list';
 
 export interface OptionSpec {
   key: OptionKey;
@@ -106,6 +113,9 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'device', flag: 'device', kind: 'enum', choices: DEVICES, perJob: false, help: 'execution provider' },
   { key: 'threads', flag: 'threads', kind: 'int', min: 1, max: 1024, perJob: false, help: 'CPU threads' },
   { key: 'cacheDir', flag: 'cache-dir', kind: 'string', perJob: false, help: 'patched-model cache directory' },
+  { key: 'lora', flag: 'lora', kind: 'list', perJob: true, help: 'LoRA FILE[:SCALE] (repeatable)' },
+  { key: 'loraDir', flag: 'lora-dir', kind: 'string', perJob: false, help: 'directory of LoRAs for <lora:NAME:SCALE> prompt tags' },
+  { key: 'embeddingsDir', flag: 'embeddings-dir', kind: 'string', perJob: false, help: 'directory of textual-inversion embeddings' },
   { key: 'tome', flag: 'tome', kind: 'float', min: 0, max: 1, perJob: true, tome: true, help: 'ToMe ratio' },
   { key: 'sx', flag: 'sx', kind: 'int', min: 1, max: 64, perJob: true, tome: true, help: 'ToMe stride x' },
   { key: 'sy', flag: 'sy', kind: 'int', min: 1, max: 64, perJob: true, tome: true, help: 'ToMe stride y' },
@@ -150,6 +160,10 @@ export function coerceOption(spec: OptionSpec, raw: unknown, where: string): unk
     case 'string':
       if (typeof raw !== 'string') bad('a string');
       return raw;
+    case 'list':
+      if (typeof raw === 'string') return [raw];
+      if (!Array.isArray(raw) || !raw.every((x) => typeof x === 'string')) bad('a string or a list of strings');
+      return [...(raw as string[])];
     case 'bool':
       if (typeof raw === 'boolean') return raw;
       if (raw === 'true' || raw === 'True' || raw === '1') return true;
@@ -202,7 +216,7 @@ export function validateConfigObject(
 }
 
 /** Option keys holding a path. */
-export const PATH_KEYS: ReadonlySet<string> = new Set(['model', 'out', 'cacheDir']);
+export const PATH_KEYS: ReadonlySet<string> = new Set(['model', 'out', 'cacheDir', 'loraDir', 'embeddingsDir']);
 
 
 function suggest(k: string): string {

@@ -16,6 +16,15 @@ export interface InfotextExtras {
   tomeApplied?: boolean;
   /** sdgen version for the `Version` key; omitted when absent */
   version?: string;
+  /** LoRAs applied (`Lora hashes`); default: those of params.loras that carry a short hash */
+  loras?: readonly { name: string; shortHash: string }[];
+  /** textual-inversion embeddings the prompts used (`TI hashes`) */
+  embeddings?: readonly { name: string; shortHash: string }[];
+}
+
+/** A1111's `name: hash, name: hash` list of its `Lora hashes` / `TI hashes` keys. */
+export function hashList(items: readonly { name: string; shortHash: string }[]): string {
+  return items.map((i) => `${i.name}: ${i.shortHash}`).join(', ');
 }
 
 /** A1111's quoting: JSON-quote a value that contains `,`, `:` or a newline. */
@@ -57,6 +66,9 @@ export function infotextFields(params: GenerationParams, extras: InfotextExtras 
     f.push(['ToMe rand', tome.useRand ? 'True' : 'False']);
     f.push(['ToMe merged', tomeMergedLabel(tome)]);
   }
+  const loras = extras.loras ?? (params.loras ?? []).filter((l): l is typeof l & { name: string; shortHash: string } => typeof (l as { shortHash?: unknown }).shortHash === 'string' && typeof l.name === 'string');
+  if (loras.length > 0) f.push(['Lora hashes', hashList(loras)]);
+  if (extras.embeddings && extras.embeddings.length > 0) f.push(['TI hashes', hashList(extras.embeddings)]);
   if (extras.version) f.push(['Version', extras.version]);
   return f;
 }

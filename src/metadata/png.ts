@@ -2,6 +2,8 @@
 import type { GenerationParams } from '../pipeline/types.js';
 import { formatInfotext, type InfotextExtras } from './infotext.js';
 import { insertPngText } from './png-text.js';
+import type { AppliedLora } from '../lora/resolve.js';
+import type { UsedEmbedding } from '../lora/embeddings.js';
 
 /** The complete record stored in the `sdgen` iTXt chunk (JSON). */
 export interface SdgenImageRecord {
@@ -10,6 +12,10 @@ export interface SdgenImageRecord {
   params: GenerationParams;
   model?: string;
   tomeApplied: boolean;
+  /** LoRAs applied (options and prompt tags): name, path, scale, SHA-256, A1111 short hash */
+  loras?: AppliedLora[];
+  /** textual-inversion embeddings the prompts used: name, path, SHA-256, A1111 short hash */
+  embeddings?: UsedEmbedding[];
 }
 
 export const SDGEN_CHUNK = 'sdgen';
@@ -29,7 +35,7 @@ export async function encodeRgbPng(rgb: Uint8Array, width: number, height: numbe
 /** Adds the A1111 `parameters` chunk and the `sdgen` JSON chunk to an encoded PNG. */
 export function addImageMetadata(png: Buffer, record: SdgenImageRecord, extras: InfotextExtras): Buffer {
   return insertPngText(png, [
-    { keyword: A1111_CHUNK, text: formatInfotext(record.params, { ...extras, tomeApplied: record.tomeApplied, modelName: record.model }) },
+    { keyword: A1111_CHUNK, text: formatInfotext(record.params, { ...extras, tomeApplied: record.tomeApplied, modelName: record.model, ...(record.loras ? { loras: record.loras } : {}), ...(record.embeddings ? { embeddings: record.embeddings } : {}) }) },
     { keyword: SDGEN_CHUNK, text: JSON.stringify(record), international: true },
   ]);
 }

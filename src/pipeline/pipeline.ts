@@ -532,7 +532,8 @@ export class StableDiffusionPipeline {
           width: d.width,
           height: d.height,
           rgb: d.rgb,
-          params: { ...params, tome: { ...params.tome }, seed: seeds[j]!, scheduler: schedulerName },
+          // the option LoRAs as resolved (with their hashes); prompt tags stay in the prompt
+          params: { ...params, tome: { ...params.tome }, seed: seeds[j]!, scheduler: schedulerName, ...(params.loras ? { loras: lora.loras.filter((l) => l.from === 'option') } : {}) },
           tomeApplied: tome,
           modelName: folder.name,
           ...(lora.loras.length > 0 ? { loras: lora.loras } : {}),
