@@ -8,10 +8,11 @@ import { join } from 'node:path';
 import { NameAllocator, checkGraph, GraphIndex } from '../src/onnx/graph.js';
 import { decodeModel, encodeModel } from '../src/onnx/proto.js';
 import type { ModelProto, NodeProto } from '../src/onnx/types.js';
+import { UsageError } from '../src/errors.js';
 import { buildMergeModel } from '../src/tome/merge-graph.js';
 import {
   applyToMe, blockMergeParams, DEFAULT_TOME, describeBlocks, findTransformerBlocks, tomeApplies, tomeRandShape,
-  validateToMeOptions, type ToMeOptions,
+  validateToMeOptions, toMeOptionsProblem, type ToMeOptions,
 } from '../src/tome/index.js';
 import { getPatchedUnet, patchModelFile } from '../src/models/tome-cache.js';
 import { synthesize } from '../src/synth/index.js';
@@ -255,16 +256,17 @@ describe('merge subgraph properties', () => {
 // Options.
 
 describe('options', () => {
-  test('validateToMeOptions', () => {
-    assert.equal(validateToMeOptions({ ...DEFAULT_TOME, ratio: 0.5 }), null);
-    assert.equal(validateToMeOptions({ ...DEFAULT_TOME, ratio: 0.75 }), null);
-    assert.match(validateToMeOptions({ ...DEFAULT_TOME, ratio: 0.76 })!, /1 − 1\/\(sx·sy\)/);
-    assert.match(validateToMeOptions({ ...DEFAULT_TOME, ratio: 0.6, sx: 1, sy: 2 })!, /ratio/);
-    assert.match(validateToMeOptions({ ...DEFAULT_TOME, ratio: -0.1 })!, /ratio/);
-    assert.match(validateToMeOptions({ ...DEFAULT_TOME, sx: 0 })!, /sx/);
-    assert.match(validateToMeOptions({ ...DEFAULT_TOME, sy: 1.5 })!, /sy/);
-    assert.match(validateToMeOptions({ ...DEFAULT_TOME, maxDownsample: 3 })!, /1, 2, 4 or 8/);
-    assert.match(validateToMeOptions({ ...DEFAULT_TOME, minWidth: -1 })!, /min width/);
+  test('validateToMeOptions / toMeOptionsProblem', () => {
+    assert.throws(() => validateToMeOptions({ ...DEFAULT_TOME, ratio: 0.9 }), (e: unknown) => e instanceof UsageError && /1 − 1\/\(sx·sy\)/.test((e as Error).message));
+    assert.equal(toMeOptionsProblem({ ...DEFAULT_TOME, ratio: 0.5 }), null);
+    assert.equal(toMeOptionsProblem({ ...DEFAULT_TOME, ratio: 0.75 }), null);
+    assert.match(toMeOptionsProblem({ ...DEFAULT_TOME, ratio: 0.76 })!, /1 − 1\/\(sx·sy\)/);
+    assert.match(toMeOptionsProblem({ ...DEFAULT_TOME, ratio: 0.6, sx: 1, sy: 2 })!, /ratio/);
+    assert.match(toMeOptionsProblem({ ...DEFAULT_TOME, ratio: -0.1 })!, /ratio/);
+    assert.match(toMeOptionsProblem({ ...DEFAULT_TOME, sx: 0 })!, /sx/);
+    assert.match(toMeOptionsProblem({ ...DEFAULT_TOME, sy: 1.5 })!, /sy/);
+    assert.match(toMeOptionsProblem({ ...DEFAULT_TOME, maxDownsample: 3 })!, /1, 2, 4 or 8/);
+    assert.match(toMeOptionsProblem({ ...DEFAULT_TOME, minWidth: -1 })!, /min width/);
   });
 
   test('tomeApplies', () => {

@@ -18,7 +18,7 @@ import type { Job, PlannedImage } from './jobs.js';
 import {
   Manifest, OutputError, ensureDir, listDir, readManifest, removeStaleTemps, suffixedName, writeNewFile, type ManifestRecord, type WriteFn,
 } from './output.js';
-import type { InfotextExtras } from '../image/infotext.js';
+import type { InfotextExtras } from '../metadata/infotext.js';
 
 /** What the runner needs of a StableDiffusionPipeline (a fake one in tests). */
 export interface PipelineLike {

@@ -45,12 +45,11 @@ export function mergedSublayers(b: BlockInfo, o: ToMeOptions, selected: boolean)
 }
 
 /**
- * Rewrites `model` in place. With ratio 0 (or nothing to merge) the model is not touched and
+ * Rewrites `model` in place; invalid options are a UsageError. With ratio 0 (or nothing to merge) the model is not touched and
  * `patched` is false; a graph that is not understood is not touched either (`reason` says why).
  */
 export function applyToMe(model: ModelProto, o: ToMeOptions): ApplyResult {
-  const bad = validateToMeOptions(o);
-  if (bad) return { patched: false, reason: bad, blocks: [], randInputs: [] };
+  validateToMeOptions(o);
   if (model.metadataProps?.some((e) => e.key === TOME_METADATA_KEY)) {
     return { patched: false, reason: 'the model is already ToMe-patched', blocks: [], randInputs: [] };
   }
