@@ -39,6 +39,8 @@ import { DEFAULT_TOME, tomeApplies, tomeGraphKey, tomeRandShape, validateToMeOpt
 import { resolveGraph, type ResolvedGraph } from '../models/variants.js';
 import { TextEncoder, clipSkipSource, type PromptEmbedding } from './text-encoding.js';
 import { denoiseBatch, initialLatents, throwIfAborted, type TomeRandFeed } from './denoise.js';
+import type { ExtraUnetInput } from './denoise.js';
+import { SdxlConditioner, type SdxlConditioning } from './sdxl-conditioning.js';
 import { VaeDecoder } from './decode.js';
 import { findFinalLayerNorm } from '../optimize/final-layer-norm.js';
 import { defaultCacheDir } from '../models/cache-dir.js';
@@ -144,6 +146,8 @@ export function validateGenerationParams(p: GenerationParams, folder?: ModelFold
  */
 export interface GenerationInspector {
   onPrompts?(cond: PromptEmbedding, uncond: PromptEmbedding | null): void;
+  /** SDXL runs: both encoders' ids, the pooled embeddings and the time ids */
+  onSdxlConditioning?(c: SdxlConditioning): void;
   onTimesteps?(timesteps: readonly number[]): void;
   /** per batch, after the initial latents are drawn (before denoising) */
   onInitialLatents?(seeds: readonly number[], latents: readonly Float32Array[]): void;
@@ -168,6 +172,8 @@ export class StableDiffusionPipeline {
   private placed: PlacedEmbedding[] = [];
   /** the LoRAs (loraSignature) the open text encoder has, and its file */
   private textKey = '[]';
+  /** SDXL folders: the second text encoder's session and the conditioning stage over both encoders */
+  private sdxl: { model2: ModelSession; conditioner: SdxlConditioner } | null = null;
   private textFile = '';
 
   private constructor(
@@ -234,6 +240,17 @@ export class StableDiffusionPipeline {
       pipe.embeddings = embeddings;
       pipe.placed = te.placed;
       pipe.textFile = te.path;
+      if (folder.family === 'sdxl') {
+        const file2 = folder.paths.textEncoder2!;
+        const model2 = await sessions.open(file2, 'text encoder 2');
+        opened.push(model2);
+        const conditioner = new SdxlConditioner(
+          { model: textModel, tokenizer: folder.tokenizer, hiddenStatesSource: clipSkipSource(sessions, te.path, cacheDir) },
+          { model: model2, tokenizer: folder.tokenizer2!, hiddenStatesSource: clipSkipSource(sessions, file2, cacheDir) },
+          folder.forceZerosForEmptyPrompt,
+        );
+        pipe.sdxl = { model2, conditioner };
+      }
       events?.onLoad?.('unet', 2, total);
       const first = { tome: { ...DEFAULT_TOME }, width: 0, height: 0, ...options.first, attention: mode };
       try {
@@ -434,6 +451,7 @@ export class StableDiffusionPipeline {
 
     // LoRAs: the options', then the prompt's <lora:…> tags (removed from the text it encodes)
     const lora = await resolveRunLoras(params.prompt, params.loras, params.loraDir);
+    if (this.sdxl && lora.loras.length > 0) throw new UsageError('LoRAs are not supported on SDXL models yet');
     await this.textEncoderFor(lora.loras, ev);
     const unet = await this.unetFor({ ...params, loras: lora.loras }, ev);
     const tome = unet.graph.tome !== null;
@@ -444,13 +462,18 @@ export class StableDiffusionPipeline {
     // Text embeddings, once per distinct prompt in this call.
     const t0 = performance.now();
     const cache = new Map<string, PromptEmbedding>();
-    const { cond, uncond } = await this.textEncoder.encodePair(
-      lora.prompt,
-      params.negativePrompt,
-      guided,
-      { emphasis: params.emphasis, clipSkip: params.clipSkip, longPrompt: params.longPrompt ?? 'chunk' },
-      cache,
-    );
+    const { cond, uncond, extra } = this.sdxl
+      ? await this.sdxlConditioning(this.sdxl.conditioner, lora.prompt, params, guided, io, events, ev)
+      : {
+          ...(await this.textEncoder.encodePair(
+            lora.prompt,
+            params.negativePrompt,
+            guided,
+            { emphasis: params.emphasis, clipSkip: params.clipSkip, longPrompt: params.longPrompt ?? 'chunk' },
+            cache,
+          )),
+          extra: [] as ExtraUnetInput[],
+        };
     const textMs = performance.now() - t0;
     events?.onPrompts?.(cond, uncond);
     const usedTi = this.placed.length > 0 ? usedEmbeddings(this.folder.tokenizer, this.placed, this.embeddings, [lora.prompt, ...(guided ? [params.negativePrompt] : [])]) : [];
@@ -508,6 +531,7 @@ export class StableDiffusionPipeline {
         cfg: params.cfg,
         timestepCond,
         tomeRand,
+        extraInputs: extra,
         signal,
         onStep: (step, total) => ev?.onStep?.(step, total, bi + 1, batches),
       });
@@ -549,12 +573,57 @@ export class StableDiffusionPipeline {
     }
   }
 
+  /**
+   * SDXL's conditioning stage (src/pipeline/sdxl-conditioning.ts): the prompt embeddings of both
+   * encoders, and the UNet's `text_embeds` (pooled) and `time_ids` inputs per row.
+   */
+  private async sdxlConditioning(
+    conditioner: SdxlConditioner,
+    prompt: string,
+    params: GenerationParams,
+    guided: boolean,
+    io: UnetIO,
+    inspector: GenerationInspector | undefined,
+    ev: ProgressEvents | undefined,
+  ): Promise<{ cond: PromptEmbedding; uncond: PromptEmbedding | null; extra: ExtraUnetInput[] }> {
+    const te = io.textEmbeds;
+    const ti = io.timeIds;
+    if (!te || !ti) throw new SdgenError(`unet: ${this.folder.paths.unet} has no "text_embeds" and "time_ids" inputs; an SDXL folder needs an SDXL UNet`);
+    if (params.clipSkip > 1) ev?.onNotice?.(`clip skip ${params.clipSkip} not applied: SDXL reads the penultimate layer of both text encoders (as A1111 does)`);
+    const c = await conditioner.encode(prompt, params.negativePrompt, guided, params.width, params.height, {
+      emphasis: params.emphasis,
+      longPrompt: params.longPrompt ?? 'chunk',
+      encodeEmptyNegative: params.encodeEmptyNegative ?? false,
+    }, {
+      ...(params.originalSize ? { originalSize: params.originalSize } : {}),
+      ...(params.cropTopLeft ? { cropTopLeft: params.cropTopLeft } : {}),
+      ...(params.targetSize ? { targetSize: params.targetSize } : {}),
+    });
+    inspector?.onSdxlConditioning?.(c);
+    if (te.dim !== null && te.dim !== c.cond.pooled.length) {
+      throw new SdgenError(`unet: input "${te.name}" takes width ${te.dim}, text encoder 2 gives ${c.cond.pooled.length}`);
+    }
+    if (ti.dim !== null && ti.dim !== c.timeIds.length) throw new SdgenError(`unet: input "${ti.name}" takes width ${ti.dim}; SDXL time ids have ${c.timeIds.length}`);
+    return {
+      cond: c.cond.embedding,
+      uncond: c.uncond?.embedding ?? null,
+      extra: [
+        { name: te.name, type: te.type, cond: c.cond.pooled, uncond: c.uncond?.pooled ?? null },
+        { name: ti.name, type: ti.type, cond: c.timeIds, uncond: c.uncond ? c.timeIds : null },
+      ],
+    };
+  }
+
   /** Release every session. */
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    const all = [this.textModel, this.vaeModel, ...(this.unet ? [this.unet.model] : [])];
+    const all = [this.textModel, this.vaeModel, ...(this.unet ? [this.unet.model] : []), ...(this.sdxl ? [this.sdxl.model2] : [])];
     this.unet = null;
-    await Promise.all([...all.map((m) => m.release().catch(() => {})), this.textEncoder.release().catch(() => {})]);
+    await Promise.all([
+      ...all.map((m) => m.release().catch(() => {})),
+      this.textEncoder.release().catch(() => {}),
+      ...(this.sdxl ? [this.sdxl.conditioner.release().catch(() => {})] : []),
+    ]);
   }
 }

@@ -37,6 +37,19 @@ export interface GenerationParams {
    */
   longPrompt?: 'chunk' | 'truncate';
   /**
+   * SDXL size and crop conditioning (`time_ids`; diffusers' `original_size`, `crops_coords_top_left`,
+   * `target_size`), in pixels; absent: the image size and (0, 0). Ignored by SD 1.x/2.x.
+   */
+  originalSize?: { width: number; height: number };
+  cropTopLeft?: { top: number; left: number };
+  targetSize?: { width: number; height: number };
+  /**
+   * SDXL: encode an empty negative prompt (diffusers given `negative_prompt=""`) instead of the
+   * zeros a folder with `force_zeros_for_empty_prompt` gives it (default; diffusers with no
+   * negative prompt, A1111).
+   */
+  encodeEmptyNegative?: boolean;
+  /**
    * LoRAs merged into the UNet and text encoder for this job (src/lora), in order; the prompt's
    * `<lora:NAME:SCALE>` tags add to them, resolved in `loraDir`, and are removed from its text.
    */
