@@ -122,11 +122,13 @@ export async function getRewrittenModel(
     // files: the data files the rewrite wrote (pruneDerived keeps them while this entry exists)
     const files = r.files ? Object.fromEntries(Object.entries(r.files).map(([k, f]) => [k, path.resolve(f)])) : undefined;
     await writeFile(path.join(tmp, 'meta.json'), JSON.stringify({ source: path.resolve(modelPath), count: r.count, skipped: r.skipped, ...(files ? { files } : {}), ...(r.info !== undefined ? { info: r.info } : {}) }, null, 2));
-    await rm(dir, { recursive: true, force: true }); // an entry left incomplete
+    // An entry is published whole (one rename) and never replaced: a concurrent run may be
+    // loading it. A directory without meta.json is not an entry (an old incomplete one) and goes.
+    if (existsSync(dir) && !existsSync(metaFile)) await rm(dir, { recursive: true, force: true });
     try {
       await rename(tmp, dir);
     } catch {
-      await rm(tmp, { recursive: true, force: true }); // published by a concurrent run
+      await rm(tmp, { recursive: true, force: true }); // published by a concurrent run first
     }
   } catch (err) {
     await rm(tmp, { recursive: true, force: true });

@@ -5,6 +5,7 @@
  */
 import ort from 'onnxruntime-node';
 import { SdgenError } from '../errors.js';
+import { ortErrorMessage } from '../models/ort-log.js';
 import type { VaeDecoderIO } from '../models/io.js';
 import { FloatInput, toFloat32 } from './tensors.js';
 
@@ -52,7 +53,7 @@ export class VaeDecoder {
     try {
       out = await this.session.run({ [this.io.latent.name]: input.sync() }, [this.io.output.name]);
     } catch (err) {
-      throw new SdgenError(`vae decoder failed: ${(err as Error).message.split('\n')[0]}`, { cause: err });
+      throw new SdgenError(`vae decoder failed: ${ortErrorMessage(err)}`, { cause: err });
     }
     const t = out[this.io.output.name] as ort.Tensor;
     const dims = t.dims;

@@ -7,6 +7,7 @@
  */
 import ort from 'onnxruntime-node';
 import { SdgenError } from '../errors.js';
+import { ortErrorMessage } from '../models/ort-log.js';
 import type { Scheduler } from '../schedulers/types.js';
 import type { TorchGenerator } from '../random/torch-generator.js';
 import type { FloatType, UnetIO } from '../models/io.js';
@@ -281,7 +282,7 @@ export async function denoiseBatch(args: DenoiseArgs): Promise<DenoiseResult> {
     try {
       result = await session.run(feeds, fetches);
     } catch (err) {
-      throw new SdgenError(`unet failed at step ${i + 1}: ${(err as Error).message.split('\n')[0]}`, { cause: err });
+      throw new SdgenError(`unet failed at step ${i + 1}: ${ortErrorMessage(err)}`, { cause: err });
     }
     unetMs += performance.now() - t0;
     const produced = result[io.output.name] as ort.Tensor | undefined;

@@ -44,7 +44,9 @@ import { SdxlConditioner, type SdxlConditioning } from './sdxl-conditioning.js';
 import { VaeDecoder } from './decode.js';
 import { findFinalLayerNorm } from '../optimize/final-layer-norm.js';
 import { defaultCacheDir } from '../models/cache-dir.js';
-import { imageSeed } from './params.js';
+import { imageSeed, validateGenerationParams } from './params.js';
+
+export { validateGenerationParams };
 import { getLoraVariant, scaleFor, type LoraRef } from '../lora/variant.js';
 import { loraSignature, resolveRunLoras } from '../lora/resolve.js';
 import { loadEmbeddingsDir, usedEmbeddings, withEmbeddings, type Embedding, type PlacedEmbedding } from '../lora/embeddings.js';
@@ -118,26 +120,6 @@ export function resolveAttention(mode: AttentionMode, provider: string, isFp16: 
     return { attention: 'standard', reason };
   }
   return { attention: chooseAttention(mode, provider, isFp16) };
-}
-
-/** Check the parameters that the pipeline itself depends on; UsageError on a bad value. */
-export function validateGenerationParams(p: GenerationParams, folder?: ModelFolder): void {
-  const scale = folder?.vaeScaleFactor ?? 8;
-  for (const [k, v] of [['width', p.width], ['height', p.height]] as const) {
-    if (!Number.isInteger(v) || v <= 0) throw new UsageError(`${k} must be a positive integer (got ${v})`);
-    if (v % 8 !== 0) throw new UsageError(`${k} must be a multiple of 8 (got ${v})`);
-    if (v % scale !== 0) throw new UsageError(`${k} must be a multiple of ${scale} for this model (got ${v})`);
-  }
-  if (!Number.isInteger(p.steps) || p.steps < 1) throw new UsageError(`steps must be a positive integer (got ${p.steps})`);
-  if (!Number.isInteger(p.batchSize) || p.batchSize < 1) throw new UsageError(`batch size must be a positive integer (got ${p.batchSize})`);
-  if (!Number.isInteger(p.nIter) || p.nIter < 1) throw new UsageError(`batch count must be a positive integer (got ${p.nIter})`);
-  if (!Number.isFinite(p.cfg)) throw new UsageError(`cfg must be a number (got ${p.cfg})`);
-  if (!Number.isInteger(p.seed) || p.seed < -1) throw new UsageError(`seed must be an integer ≥ 0, or -1 for random (got ${p.seed})`);
-  if (!Number.isInteger(p.clipSkip) || p.clipSkip < 1) throw new UsageError(`clip skip must be an integer ≥ 1 (got ${p.clipSkip})`);
-  if (!Number.isFinite(p.eta) || p.eta < 0) throw new UsageError(`eta must be ≥ 0 (got ${p.eta})`);
-  if (p.longPrompt !== undefined && p.longPrompt !== 'chunk' && p.longPrompt !== 'truncate') {
-    throw new UsageError(`long prompt mode must be 'chunk' or 'truncate' (got ${String(p.longPrompt)})`);
-  }
 }
 
 /**
@@ -455,6 +437,8 @@ export class StableDiffusionPipeline {
     await this.textEncoderFor(lora.loras, ev);
     const unet = await this.unetFor({ ...params, loras: lora.loras }, ev);
     const tome = unet.graph.tome !== null;
+    // the ToMe options as applied: max downsample 'auto' resolved from the graph's blocks
+    const tomeUsed = unet.graph.tome ? { ...params.tome, maxDownsample: unet.graph.tome.maxDownsample } : params.tome;
     const io = unet.io;
     const lcm = io.timestepCond !== null;
     const guided = !lcm && params.cfg > 1;
@@ -513,7 +497,7 @@ export class StableDiffusionPipeline {
       let tomeRand: TomeRandFeed | null = null;
       if (randOn) {
         tomeRand = {
-          inputs: io.tomeRand.map((r, k) => ({ name: r.name, type: r.type, shape: this.randShape(unet, k, lh, lw, params.tome) })),
+          inputs: io.tomeRand.map((r, k) => ({ name: r.name, type: r.type, shape: this.randShape(unet, k, lh, lw, tomeUsed) })),
           high: params.tome.sx * params.tome.sy,
           generators: seeds.map((s) => new TorchGenerator(s)),
         };
@@ -557,7 +541,7 @@ export class StableDiffusionPipeline {
           height: d.height,
           rgb: d.rgb,
           // the option LoRAs as resolved (with their hashes); prompt tags stay in the prompt
-          params: { ...params, tome: { ...params.tome }, seed: seeds[j]!, scheduler: schedulerName, ...(params.loras ? { loras: lora.loras.filter((l) => l.from === 'option') } : {}) },
+          params: { ...params, tome: { ...tomeUsed }, seed: seeds[j]!, scheduler: schedulerName, ...(params.loras ? { loras: lora.loras.filter((l) => l.from === 'option') } : {}) },
           tomeApplied: tome,
           modelName: folder.name,
           ...(lora.loras.length > 0 ? { loras: lora.loras } : {}),
