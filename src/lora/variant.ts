@@ -20,7 +20,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, utimes, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { SdgenError, UsageError } from '../errors.js';
 import { loadModel, modelFileIdentity } from '../onnx/model-io.js';
@@ -147,29 +147,34 @@ function referenceInlineWeights(model: ModelProto, fileSize: number, keep: Reado
   return true;
 }
 
-/** Writes the changed tensors to `file` and points them at it. */
-async function writeChanged(changed: readonly TensorProto[], file: string): Promise<number> {
-  const fh = await open(file, 'wx');
-  let offset = 0;
-  try {
-    for (const t of changed) {
-      const raw = t.rawData!;
-      offset = Math.ceil(offset / ALIGN) * ALIGN;
-      let done = 0;
-      while (done < raw.length) done += (await fh.write(raw, done, raw.length - done, offset + done)).bytesWritten;
-      t.externalData = [
-        { key: 'location', value: LORA_WEIGHTS_FILE },
-        { key: 'offset', value: String(offset) },
-        { key: 'length', value: String(raw.length) },
-      ];
-      t.dataLocation = DataLocation.EXTERNAL;
-      delete t.rawData;
-      offset += raw.length;
-    }
-  } finally {
-    await fh.close();
+/** Writes tensors one by one to a data file of the variant and points each at its range there. */
+class ChangedWriter {
+  private offset = 0;
+  private constructor(private readonly fh: FileHandle) {}
+
+  static async create(file: string): Promise<ChangedWriter> {
+    return new ChangedWriter(await open(file, 'wx'));
   }
-  return offset;
+
+  /** Appends the tensor's bytes and makes it external (its inline data is dropped). */
+  async add(t: TensorProto): Promise<void> {
+    const raw = t.rawData!;
+    const offset = Math.ceil(this.offset / ALIGN) * ALIGN;
+    let done = 0;
+    while (done < raw.length) done += (await this.fh.write(raw, done, raw.length - done, offset + done)).bytesWritten;
+    t.externalData = [
+      { key: 'location', value: LORA_WEIGHTS_FILE },
+      { key: 'offset', value: String(offset) },
+      { key: 'length', value: String(raw.length) },
+    ];
+    t.dataLocation = DataLocation.EXTERNAL;
+    delete t.rawData;
+    this.offset = offset + raw.length;
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
 }
 
 function targetName(t: LoraTarget): string {
@@ -218,19 +223,32 @@ export async function getLoraVariant(modelPath: string, req: LoraVariantRequest)
     }
     const model = await loadModel(modelPath, { externalData: 'lazy' });
     if (model.graph === undefined) throw new SdgenError(`${modelPath}: the model has no graph`);
-    const { changed, reports } = await mergeLoras(model, apps, [req.target], what);
-    const slot: EncoderSlot = req.target === 'text_encoder_2' ? 'text_encoder_2' : 'text_encoder';
-    const ext = embeddings.length > 0 ? await extendTokenTable(model, embeddings, slot, what) : { placed: [], skipped: [] };
-    if (ext.table !== undefined && !changed.includes(ext.table)) changed.push(ext.table);
-
+    const locations = externalLocations(model);
+    for (const reserved of [LORA_WEIGHTS_FILE, BASE_MODEL_LINK]) {
+      if (locations.includes(reserved)) throw new SdgenError(`${modelPath}: an external data file is named ${reserved}, which sdgen's LoRA variants reserve`);
+    }
     await mkdir(tmp, { recursive: true });
+    // changed weights stream to the variant's data file as each is merged
+    const writer = await ChangedWriter.create(path.join(tmp, LORA_WEIGHTS_FILE));
+    let changed: TensorProto[];
+    let reports: LoraMergeReport[];
+    let ext: { placed: PlacedEmbedding[]; skipped: string[] };
+    try {
+      ({ changed, reports } = await mergeLoras(model, apps, [req.target], what, (t) => writer.add(t)));
+      const slot: EncoderSlot = req.target === 'text_encoder_2' ? 'text_encoder_2' : 'text_encoder';
+      const e = embeddings.length > 0 ? await extendTokenTable(model, embeddings, slot, what) : { placed: [], skipped: [] };
+      ext = { placed: e.placed, skipped: e.skipped };
+      if (e.table !== undefined) {
+        await writer.add(e.table);
+        if (!changed.includes(e.table)) changed.push(e.table);
+      }
+    } finally {
+      await writer.close();
+    }
     const meta: VariantMeta = { source: path.resolve(modelPath), count: changed.length, reports, placed: ext.placed, skipped: ext.skipped };
     if (changed.length > 0) {
-      const locations = externalLocations(model);
+      // unchanged inline weights: referenced in the (linked) base file; changed ones are external now
       const linkBase = referenceInlineWeights(model, statSync(modelPath).size, new Set(changed));
-      if (linkBase && locations.includes(BASE_MODEL_LINK)) throw new SdgenError(`${modelPath}: an external data file is named ${BASE_MODEL_LINK}, which sdgen's LoRA variants reserve`);
-      if (locations.includes(LORA_WEIGHTS_FILE)) throw new SdgenError(`${modelPath}: an external data file is named ${LORA_WEIGHTS_FILE}, which sdgen's LoRA variants reserve`);
-      await writeChanged(changed, path.join(tmp, LORA_WEIGHTS_FILE));
       for (const loc of locations) {
         const target = path.join(tmp, loc);
         if (path.relative(tmp, target).startsWith('..')) throw new SdgenError(`external data location ${loc} leaves the model folder`);
@@ -239,6 +257,8 @@ export async function getLoraVariant(modelPath: string, req: LoraVariantRequest)
       }
       if (linkBase) await linkOrCopy(modelPath, path.join(tmp, BASE_MODEL_LINK));
       await writeFile(path.join(tmp, 'model.onnx'), encodeModel(model));
+    } else {
+      await rm(path.join(tmp, LORA_WEIGHTS_FILE), { force: true });
     }
     await writeFile(path.join(tmp, 'meta.json'), JSON.stringify(meta, null, 2));
     await rm(dir, { recursive: true, force: true }); // an entry left incomplete
