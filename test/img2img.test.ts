@@ -28,6 +28,11 @@ import { TorchGenerator } from '../src/random/torch-generator.js';
 import type { RandomSource } from '../src/random/types.js';
 import { UsageError } from '../src/errors.js';
 import { SessionManager } from '../src/models/session.js';
+import { unetIO, vaeDecoderIO } from '../src/models/io.js';
+import { denoiseBatch } from '../src/pipeline/denoise.js';
+import { VaeDecoder } from '../src/pipeline/decode.js';
+import type { PromptEmbedding } from '../src/pipeline/text-encoding.js';
+import { TailScheduler, img2imgStart, inpaintStart, noisedStart } from '../src/pipeline/img2img.js';
 
 // ---------------------------------------------------------------------------------------------
 // Fixture reading
@@ -565,4 +570,117 @@ describe('init pictures', () => {
     assert.deepEqual([l.width, l.height], [16, 12]);
     assert.ok(l.rgb.every((v) => v === 77));
   });
+});
+
+// ---------------------------------------------------------------------------------------------
+// End to end through the denoising loop (denoiseBatch with TailScheduler), from the reference's
+// prompt embeddings: final latents and the image within 2/255 of diffusers'
+
+describe('img2img, inpainting and hires through the denoising loop', () => {
+  let cacheDir: string;
+  let sessions: SessionManager;
+  const opened = new Map<string, { unet: Awaited<ReturnType<SessionManager['open']>>; dec: VaeDecoder; enc: VaeEncoder }>();
+  before(() => {
+    cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-i2i-e2e-'));
+    sessions = new SessionManager({ device: 'cpu', cacheDir }, () => {});
+  });
+  after(async () => {
+    for (const o of opened.values()) await o.unet.release();
+    rmSync(cacheDir, { recursive: true, force: true });
+  });
+  async function models(pipeline: string) {
+    let o = opened.get(pipeline);
+    if (!o) {
+      const dir = path.join(FIXTURES_DIR, pipeline);
+      const unet = await sessions.open(path.join(dir, 'unet', 'model.onnx'), 'unet', { optimizedCache: false });
+      const d = await sessions.open(path.join(dir, 'vae_decoder', 'model.onnx'), 'vae decoder', { optimizedCache: false });
+      const r = await getEncoderParamsModel(path.join(dir, 'vae_encoder', 'model.onnx'), cacheDir);
+      const e = await sessions.open(r.path, 'vae encoder', { optimizedCache: false });
+      o = { unet, dec: new VaeDecoder(d.session, vaeDecoderIO(d.info), 0.18215), enc: new VaeEncoder(e.session, vaeEncoderIO(e.info), 0.18215) };
+      opened.set(pipeline, o);
+    }
+    return o;
+  }
+  const emb = (c: Img2ImgCase, name: string): PromptEmbedding => ({ data: f32t(c, name), seqLen: 77, dim: 32, ids: [], chunks: 1, tokenCount: 0 });
+
+  async function denoise(c: Img2ImgCase, m: Awaited<ReturnType<typeof models>>, sched: Scheduler, gen: TorchGenerator, start: Float32Array, lh: number, lw: number, cfg: number): Promise<Float32Array> {
+    const latents = [start];
+    await denoiseBatch({
+      session: m.unet.session, io: unetIO(m.unet.info), schedulers: [sched], generators: [gen], latents,
+      latentHeight: lh, latentWidth: lw, cond: emb(c, 'prompt_embeds_cond'), uncond: emb(c, 'prompt_embeds_uncond'),
+      cfg, timestepCond: null, tomeRand: null,
+    });
+    return latents[0]!;
+  }
+
+  /** |Δ| of the final latents relative to their largest value, and the image's largest u8 difference. */
+  async function check(c: Img2ImgCase, m: Awaited<ReturnType<typeof models>>, final: Float32Array): Promise<void> {
+    const rel = relDiff(final, f32t(c, 'final_latents'));
+    assert.ok(rel < 2e-3, `final latents ${rel}`);
+    const img = await m.dec.decode(final, c.height / 8, c.width / 8);
+    const d = maxAbsDiff(img.rgb, tensor(c, 'image_u8') as Uint8Array);
+    assert.ok(d <= 2, `image differs by ${d}/255`);
+  }
+
+  const byMode = (mode: string) => CASES.filter((c) => c.mode === mode);
+  test('case counts: two img2img, one inpaint, one hires', () => {
+    assert.deepEqual([byMode('img2img').length, byMode('inpaint').length, byMode('hires').length], [2, 1, 1]);
+  });
+
+  for (const c of byMode('img2img')) {
+    test(`${c.id}`, async () => {
+      const m = await models(c.pipeline);
+      const img = await loadInitImage(path.join(DIR, c.init_image!), c.width, c.height);
+      const gen = new TorchGenerator(c.seeds[0]!);
+      const sched = TailScheduler.create(createScheduler(c.scheduler.class, { ...c.scheduler.config, _class_name: c.scheduler.class }), stepsOf(c), c.strength);
+      const start = await img2imgStart(m.enc, img, sched, gen);
+      assert.ok(relDiff(start.latents, f32t(c, 'noised_latents')) < ENC_TOL);
+      const final = await denoise(c, m, sched, gen, start.latents, c.height / 8, c.width / 8, 7.5);
+      await check(c, m, final);
+    });
+  }
+
+  for (const c of byMode('inpaint')) {
+    test(`${c.id}`, async () => {
+      const m = await models(c.pipeline);
+      const img = await loadInitImage(path.join(DIR, c.init_image!), c.width, c.height);
+      const mask = await loadMask(path.join(DIR, c.mask_image!), c.width, c.height);
+      const binary = binarizeMask(mask.gray);
+      const gen = new TorchGenerator(c.seeds[0]!);
+      const inner = createScheduler(c.scheduler.class, { ...c.scheduler.config, _class_name: c.scheduler.class });
+      inner.setTimesteps(stepsOf(c));
+      const tr = truncatedSchedule(inner, stepsOf(c), c.strength);
+      const probe = new TailScheduler(inner, tr);
+      const st = await inpaintStart(m.enc, img, binary, latentMask(binary, c.width, c.height, 8), probe, c.strength, gen, 4);
+      assert.equal(maxAbsDiff(st.latents, f32t(c, 'noised_latents')), 0);
+      const inner2 = createScheduler(c.scheduler.class, { ...c.scheduler.config, _class_name: c.scheduler.class });
+      const sched = TailScheduler.create(inner2, stepsOf(c), c.strength, st.blend);
+      const final = await denoise(c, m, sched, gen, st.latents, c.height / 8, c.width / 8, 7.5);
+      await check(c, m, final);
+    });
+  }
+
+  for (const c of byMode('hires')) {
+    test(`${c.id}`, async () => {
+      const m = await models(c.pipeline);
+      const fp = c.first_pass!;
+      const cls = c.scheduler.class;
+      // pass 1: txt2img at the low size
+      const g1 = new TorchGenerator(c.seeds[0]!);
+      const s1 = createScheduler(cls, { ...c.scheduler.config, _class_name: cls });
+      s1.setTimesteps((c.steps as { first: number }).first);
+      const x1 = g1.randn([1, 4, fp.height / 8, fp.width / 8]).map((v) => Math.fround(v * Math.fround(s1.initNoiseSigma)));
+      assert.ok(maxAbsDiff(x1, f32t(c, 'pass1_initial_latents')) <= 1e-6);
+      const p1 = await denoise(c, m, s1, g1, x1, fp.height / 8, fp.width / 8, 7.5);
+      assert.ok(relDiff(p1, f32t(c, 'pass1_final_latents')) < 2e-3, `pass 1 ${relDiff(p1, f32t(c, 'pass1_final_latents'))}`);
+      // upscale, then img2img with a fresh generator
+      const up = interpolate(p1, [1, 4, fp.height / 8, fp.width / 8], c.height / 8, c.width / 8, 'bilinear');
+      const g2 = new TorchGenerator(c.seeds[0]!);
+      const s2 = TailScheduler.create(createScheduler(cls, { ...c.scheduler.config, _class_name: cls }), stepsOf(c), c.strength);
+      const { latents } = noisedStart(s2, up, g2);
+      assert.ok(relDiff(latents, f32t(c, 'noised_latents')) < 2e-3);
+      const final = await denoise(c, m, s2, g2, latents, c.height / 8, c.width / 8, 7.5);
+      await check(c, m, final);
+    });
+  }
 });
