@@ -471,3 +471,27 @@ test('a reader that closes the pipe early (`sdgen --dry-run … | head -1`) ends
     assert.doesNotMatch(stderr, /EPIPE|Unhandled|\n\s+at /, `${cli.join(' ')}: ${stderr}`);
   }
 });
+
+test('prompt-file lines are checked against their model before any model loads: limits are that line\'s error, the other lines go on', async () => {
+  const file = path.join(tmp, 'limits.txt');
+  const tooManyTokens = 'a, '.repeat(5000); // 15,000 characters but 10,000 CLIP tokens (limit 4,800)
+  const tooLong = 'x'.repeat(20_001);
+  writeFileSync(file, ['a red fox', tooManyTokens, `--prompt "${tooLong}"`, 'a blue car'].join('\n') + '\n');
+  const model = path.join(FIXTURES, 'tiny-sd1');
+  const r = await run(['--prompts', file, '--model', model, '--dry-run', '--seed', '1']);
+  assert.equal(r.status, 1, r.stderr);
+  const errs = r.stderr.trimEnd().split('\n');
+  assert.equal(errs.length, 2, r.stderr);
+  assert.match(errs[0]!, /limits\.txt:2: prompt: 10,000 tokens \(134 chunks of 75\), over the limit of 4,800/);
+  assert.match(errs[1]!, /limits\.txt:3: prompt: 20,001 characters, over the limit of 20,000/);
+  assert.match(r.stdout, /dry run: 2 jobs, 2 images/);
+  assert.match(r.stdout, /"a red fox"/);
+  assert.match(r.stdout, /"a blue car"/);
+  // --strict stops at the first check, before any model folder is read: the character limit
+  const s = await run(['--prompts', file, '--model', model, '--dry-run', '--seed', '1', '--strict']);
+  assert.equal(s.status, 2, s.stderr);
+  assert.deepEqual(s.stderr.trimEnd().split('\n').map((l) => l.replaceAll(file, 'limits.txt')), [
+    'limits.txt:3: prompt: 20,001 characters, over the limit of 20,000 (see README "Limits")',
+    'sdgen: 1 bad line in limits.txt; nothing generated (--strict)',
+  ]);
+});

@@ -18,9 +18,10 @@ import {
 } from '../run/output.js';
 import { finishedImages, runJobs, type PipelineLike, type RunSummary } from '../run/runner.js';
 import { assignShards, imagesOfShard, parseShard, shardLabel, shardSizes, type Shard } from '../run/shard.js';
-import { makeChalk, makeReporter, type UiOptions } from './ui.js';
+import { errorLine, escapeControls, makeChalk, makeReporter, safeJson, type UiOptions } from './ui.js';
 import { optionsFromMetadata } from './from.js';
 import type { RuntimeOptions } from '../models/session.js';
+import type { ModelFolder } from '../models/folder.js';
 import { cacheMaxBytes } from '../optimize/cache-prune.js';
 
 export interface GenerateFlags extends UiOptions {
@@ -80,8 +81,11 @@ async function makeContext(models: Map<string, ModelDefaults>): Promise<JobConte
  * that use it: a prompt-file line gets its own `FILE:LINE:` error (returned), a job from the
  * command line ends the run.
  */
-async function loadModelDefaults(jobs: readonly Job[]): Promise<{ defaults: Map<string, ModelDefaults>; failed: Map<string, string> }> {
+async function loadModelDefaults(
+  jobs: readonly Job[],
+): Promise<{ defaults: Map<string, ModelDefaults>; folders: Map<string, ModelFolder>; failed: Map<string, string> }> {
   const defaults = new Map<string, ModelDefaults>();
+  const folders = new Map<string, ModelFolder>();
   const failed = new Map<string, string>();
   const { loadModelFolder } = await import('../models/folder.js');
   for (const job of jobs) {
@@ -90,12 +94,24 @@ async function loadModelDefaults(jobs: readonly Job[]): Promise<{ defaults: Map<
     try {
       const f = await loadModelFolder(m);
       defaults.set(m, { name: f.name, width: f.defaultWidth, height: f.defaultHeight, scheduler: f.defaultScheduler });
+      folders.set(m, f);
     } catch (e) {
       if (!(e instanceof SdgenError) || !job.source) throw e;
       failed.set(m, e.message);
     }
   }
-  return { defaults, failed };
+  return { defaults, folders, failed };
+}
+
+/**
+ * What a job's values mean for its model, checked before any model loads: the engine's checks
+ * with the folder (size multiples, CLIP token count, steps against the scheduler's training
+ * range) and a scheduler the folder names but sdgen does not implement (unless the job names one).
+ */
+async function checkJobForModel(job: Job, folder: ModelFolder): Promise<void> {
+  const [{ validateGenerationParams }, { resolveSchedulerName }] = await Promise.all([import('../pipeline/params.js'), import('../schedulers/index.js')]);
+  validateGenerationParams(job.params, folder);
+  if (job.params.scheduler) resolveSchedulerName(job.params.scheduler);
 }
 
 /** What identifies a plan across processes: the job list as requested and the name template. */
@@ -148,7 +164,7 @@ export function formatPlan(jobs: readonly Job[], images: readonly PlannedImage[]
     const p = j.params;
     if (json) {
       lines.push(
-        JSON.stringify({
+        safeJson({
           job: j.index + 1,
           source: j.source ? `${j.source.file}:${j.source.line}` : undefined,
           model: j.model,
@@ -171,8 +187,8 @@ export function formatPlan(jobs: readonly Job[], images: readonly PlannedImage[]
       const first = imgs[0]?.file ?? '';
       const more = imgs.length > 1 ? ` (+${imgs.length - 1})` : '';
       lines.push(
-        `${String(j.index + 1).padStart(5)}  ${first}${more}  seed ${p.seed}  ${p.width}x${p.height}  ${p.scheduler || 'model default'}  ` +
-          `${p.steps} steps  cfg ${p.cfg}  ${tomeLabel(j)}  ${JSON.stringify(oneLine(p.prompt, 80))}`,
+        `${String(j.index + 1).padStart(5)}  ${escapeControls(first)}${more}  seed ${p.seed}  ${p.width}x${p.height}  ${p.scheduler || 'model default'}  ` +
+          `${p.steps} steps  cfg ${p.cfg}  ${tomeLabel(j)}  ${safeJson(oneLine(p.prompt, 80))}`,
       );
     }
   }
@@ -242,7 +258,7 @@ export async function runGenerate(positional: string | undefined, explicit: Part
   for (const e of built.errors) lineErrors.push(formatLineError(e));
   const report = () => {
     lineErrors.sort((a, b) => lineNo(a) - lineNo(b));
-    for (const l of lineErrors) process.stderr.write(err.red(l) + '\n');
+    for (const l of lineErrors) process.stderr.write(err.red(errorLine(l)) + '\n');
   };
   const strictStop = () => {
     report();
@@ -255,18 +271,30 @@ export async function runGenerate(positional: string | undefined, explicit: Part
     const hint = fromModel ? ` (the image was made with model "${fromModel}")` : '';
     throw new UsageError(`no model: pass --model DIR or set "model" in .sdgenrc${hint}`);
   }
-  const { defaults, failed: badModels } = await loadModelDefaults(built.jobs);
-  // Jobs whose model folder cannot be read stay in the plan's numbering (so every other job's
-  // names and shard do not depend on it) but are not run.
+  const { defaults, folders, failed: badModels } = await loadModelDefaults(built.jobs);
+  // Jobs whose model folder cannot be read, or whose values do not fit their model, stay in the
+  // plan's numbering (so every other job's names and shard do not depend on them) but are not run.
   const skippedJobs = new Set<number>();
-  const jobs = built.jobs.map((j) => {
+  const jobs: Job[] = [];
+  for (const j of built.jobs) {
     const bad = j.model !== undefined ? badModels.get(j.model) : undefined;
     if (bad !== undefined && j.source) {
       skippedJobs.add(j.index);
       lineErrors.push(formatLineError({ file: j.source.file, line: j.source.line, message: bad }));
     }
-    return withModelDefaults(j, j.model === undefined ? undefined : defaults.get(j.model));
-  });
+    const job = withModelDefaults(j, j.model === undefined ? undefined : defaults.get(j.model));
+    const folder = j.model === undefined ? undefined : folders.get(j.model);
+    if (folder && !skippedJobs.has(j.index)) {
+      try {
+        await checkJobForModel(job, folder);
+      } catch (e) {
+        if (!(e instanceof SdgenError) || !j.source) throw e;
+        skippedJobs.add(j.index);
+        lineErrors.push(formatLineError({ file: j.source.file, line: j.source.line, message: e.message }));
+      }
+    }
+    jobs.push(job);
+  }
   if (lineErrors.length > 0 && flags.strict) strictStop();
   report();
   if (jobs.length === skippedJobs.size) throw new UsageError(flags.prompts !== undefined ? `${flags.prompts}: no valid prompt line` : 'nothing to generate');

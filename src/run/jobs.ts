@@ -17,6 +17,7 @@ import { UsageError } from '../errors.js';
 import type { SdgenOptions } from '../config/options.js';
 import type { GenerationParams } from '../pipeline/types.js';
 import { imageSeed } from '../pipeline/params.js';
+import { validateGenerationParams } from '../pipeline/params.js';
 import { tomeApplies, tomeFromFlat, validateToMeOptions } from '../tome/options.js';
 import type { PromptFileError } from './prompt-file.js';
 import { parseNameTemplate, renderName, suffixedName, uniqueName, type NameValues } from './output.js';
@@ -106,7 +107,10 @@ export function buildJob(spec: JobSpec, index: number, ctx: JobContext, seed?: n
     imageCount: o.batchSize * o.nIter,
     requested: { width: o.width, height: o.height, scheduler },
   };
-  return withModelDefaults(job, ctx.modelDefaults(o.model));
+  const built = withModelDefaults(job, ctx.modelDefaults(o.model));
+  // the engine's own checks that need no model (prompt length, counts, sizes)
+  validateGenerationParams(built.params);
+  return built;
 }
 
 /**

@@ -271,7 +271,9 @@ export async function runJobs(plan: RunPlan, deps: RunDeps): Promise<RunSummary>
           const left = unit.images.filter((i) => !finished.has(i.image) && !isDone(i));
           reporter.jobFailed(job, e, left.length);
           fail(left);
-          if (!(e instanceof SdgenError)) reporter.notice(`(this is a bug) ${(e as Error).stack ?? String(e)}`);
+          // an error of the system (a file, the disk) is the run's, not a bug in sdgen
+          const system = e instanceof Error && typeof (e as NodeJS.ErrnoException).syscall === 'string';
+          if (!(e instanceof SdgenError) && !system) reporter.notice(`(this is a bug) ${(e as Error).stack ?? String(e)}`);
           // the rest of this job would fail the same way
           fail(jobUnits.slice(u + 1).flatMap((x) => x.images).filter((i) => !isDone(i)));
           break;
