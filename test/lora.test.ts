@@ -763,3 +763,26 @@ describe('LoRA prompt tags, flags and metadata', () => {
     assert.equal(v.path, UNET);
   });
 });
+
+test('--from: the recorded LoRAs are re-applied when found (by path, else by name with the same SHA-256), else listed as missing', async () => {
+  const { lorasFromRecord } = await import('../src/lora/from.js');
+  const dir = tmp();
+  const { copyFileSync } = await import('node:fs');
+  copyFileSync(fx('lora/full_r8_a8_f16.safetensors'), path.join(dir, 'full.safetensors'));
+  const r = await lorasFromRecord({
+    prompt: 'a cat <lora:full:0.5> <lora:gone:1>',
+    loraDir: dir,
+    loras: [
+      { path: fx('lora/unet-attn_r4_a2_f32.safetensors'), scale: 0.8, name: 'unet-attn', sha256: manifest.loras[0]!.sha256 },
+      { path: '/moved/full.safetensors', scale: 0.3, name: 'full', sha256: manifest.loras[1]!.sha256 },
+      { path: '/moved/other.safetensors', scale: 1, name: 'other', sha256: 'x' },
+      { path: fx('lora/unet-attn_r4_a2_f32.safetensors'), scale: 1, name: 'changed', sha256: '0'.repeat(64) },
+    ],
+  });
+  assert.deepEqual(r.options, { loraDir: dir, lora: [`${fx('lora/unet-attn_r4_a2_f32.safetensors')}:0.8`, `${path.join(dir, 'full.safetensors')}:0.3`] });
+  assert.deepEqual(r.missing, [
+    'LoRA other (/moved/other.safetensors) not found',
+    `LoRA changed (${fx('lora/unet-attn_r4_a2_f32.safetensors')}) not found`,
+    `LoRA gone of the prompt's <lora:gone:1> not found in ${dir}`,
+  ]);
+});
