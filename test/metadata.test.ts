@@ -29,7 +29,8 @@ test('infotext: Clip skip only when > 1, ToMe keys only when applied', () => {
   const keys = (p: GenerationParams, applied: boolean) => infotextFields(p, { samplerName: 'Euler a', tomeApplied: applied }).map(([k]) => k);
   assert.ok(!keys(params({ clipSkip: 1 }), false).includes('Clip skip'));
   assert.ok(keys(params({ clipSkip: 2 }), false).includes('Clip skip'));
-  const tome = { ...DEFAULT_TOME, ratio: 0.5 };
+  // the pipeline records the effective max downsample ('auto' resolved from the UNet's blocks)
+  const tome = { ...DEFAULT_TOME, ratio: 0.5, maxDownsample: 1 };
   assert.ok(!keys(params({ tome }), false).includes('Token merging ratio'), 'skipped ToMe writes nothing');
   const text = formatInfotext(params({ clipSkip: 2, tome }), { samplerName: 'Euler a', modelName: 'm', tomeApplied: true, version: 'sdgen 1' });
   assert.equal(

@@ -15,6 +15,12 @@ import { sdxlTimeIds } from '../src/pipeline/sdxl-conditioning.js';
 import type { GeneratedImage } from '../src/pipeline/types.js';
 import { defaultSchedulerFor } from '../src/schedulers/index.js';
 import { generationParams as params, maxAbsDiff, readTensor, fx, type TensorEntry } from './helpers.js';
+import ort from 'onnxruntime-node';
+import { readFile } from 'node:fs/promises';
+import { decodeModel, encodeModel } from '../src/onnx/proto.js';
+import { applyToMe } from '../src/tome/rewrite.js';
+import { DEFAULT_TOME, autoMaxDownsample, resolveMaxDownsample } from '../src/tome/options.js';
+import { resolveGraph } from '../src/models/variants.js';
 
 const TINY_SDXL = fx('tiny-sdxl');
 const SDXL = fx('sdxl');
@@ -176,4 +182,102 @@ describe('end to end vs diffusers StableDiffusionXLPipeline (tiny-sdxl)', () => 
       assert.ok(dImg <= 2, `image max diff ${dImg}/255`);
     });
   }
+});
+
+// ---------------------------------------------------------------------------------------------
+// ToMe on SDXL: max downsample 'auto' = the highest-resolution level with transformer blocks
+
+describe('ToMe on SDXL (max downsample auto)', () => {
+  const TOME = fx('sdxl/tome/');
+  interface TomeCase { name: string; inputs: string; tome_args: { ratio: number; max_downsample: number; sx: number; sy: number; use_rand: boolean; merge_attn: boolean; merge_crossattn: boolean; merge_mlp: boolean } | null; num_merge_calls: number; tensors: Record<string, TensorEntry> }
+  const man = JSON.parse(readFileSync(path.join(TOME, 'manifest.json'), 'utf8')) as {
+    inputs: Record<string, { tensors: Record<string, TensorEntry> }>;
+    cases: TomeCase[];
+    basic_transformer_blocks_forward_order: string[];
+  };
+  const UNET = path.join(TINY_SDXL, 'unet', 'model.onnx');
+
+  /** The recorded inputs (timestep as the rank-0 input the export takes) and a case's out_sample. */
+  function caseData(c: TomeCase): { feeds: Record<string, ort.Tensor>; ref: Float32Array } {
+    const inBuf = readFileSync(path.join(TOME, 'inputs.bin'));
+    const outBuf = readFileSync(path.join(TOME, 'outputs.bin'));
+    const t = man.inputs[c.inputs]!.tensors;
+    const feeds: Record<string, ort.Tensor> = {};
+    for (const k of ['sample', 'encoder_hidden_states', 'text_embeds', 'time_ids']) {
+      feeds[k] = new ort.Tensor('float32', readTensor(inBuf, t[k]!) as Float32Array, t[k]!.shape);
+    }
+    feeds['timestep'] = new ort.Tensor('float32', readTensor(inBuf, t['timestep']!) as Float32Array, []);
+    return { feeds, ref: readTensor(outBuf, c.tensors['out_sample']!) as Float32Array };
+  }
+  async function run(bytes: Uint8Array, feeds: Record<string, ort.Tensor>): Promise<Float32Array> {
+    const s = await ort.InferenceSession.create(bytes, { intraOpNumThreads: 1 });
+    try {
+      const out = await s.run(feeds);
+      return out[s.outputNames[0]!]!.data as Float32Array;
+    } finally {
+      await s.release();
+    }
+  }
+
+  test('auto resolves from block levels: the smallest known level, else 1', () => {
+    assert.equal(autoMaxDownsample([1, 1, 2, 4, 8]), 1); // SD 1.x/2.x
+    assert.equal(autoMaxDownsample([2, 2, 4, 4, 4, null]), 2); // SDXL
+    assert.equal(autoMaxDownsample([null]), 1);
+    assert.equal(resolveMaxDownsample({ maxDownsample: 4 }, [2]), 4);
+    assert.equal(DEFAULT_TOME.maxDownsample, 'auto');
+  });
+
+  test('the fixture holds its four cases', () => assert.equal(man.cases.length, 4));
+
+  test('ratio 0.5 at auto merges the level-2 blocks and matches tomesd at max_downsample 2', async (t) => {
+    const c = man.cases.find((x) => x.tome_args?.max_downsample === 2 && x.tome_args.ratio === 0.5)!;
+    assert.ok(c);
+    const model = decodeModel(await readFile(UNET));
+    const res = applyToMe(model, { ...DEFAULT_TOME, ratio: 0.5 });
+    assert.equal(res.patched, true, res.reason);
+    const merged = res.blocks.filter((b) => b.merged.attn);
+    assert.equal(merged.length, c.num_merge_calls); // 5: down_blocks.1 ×2, up_blocks.1 ×3
+    assert.ok(merged.every((b) => b.level === 2), 'only level-2 blocks merge');
+    assert.equal(res.blocks.length, man.basic_transformer_blocks_forward_order.length);
+    const { feeds, ref } = caseData(c);
+    const out = await run(encodeModel(model), feeds);
+    const d = maxAbsDiff(out, ref);
+    t.diagnostic(`max |sdgen − tomesd| = ${d}`);
+    assert.ok(d <= 1e-4, `out_sample max diff ${d}`);
+    // and it does merge: the unpatched output differs from it
+    const plain = man.cases.find((x) => x.tome_args === null)!;
+    assert.ok(maxAbsDiff(caseData(plain).ref, ref) > 1e-3);
+  });
+
+  test('an explicit max downsample 1 merges nothing and says so in one line', () => {
+    const model = decodeModel(readFileSync(UNET));
+    const res = applyToMe(model, { ...DEFAULT_TOME, ratio: 0.5, maxDownsample: 1 });
+    assert.equal(res.patched, false);
+    assert.equal(res.reason, 'max downsample 1 merges nothing on this model: its transformer blocks are at downsample 2, 4 (auto: 2)');
+  });
+
+  test('resolveGraph reports the effective max downsample; the pipeline records it', async () => {
+    const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-sdxl-tome-'));
+    try {
+      const g = await resolveGraph({ file: UNET, what: 'unet', cacheDir, provider: 'cpu', tome: { ...DEFAULT_TOME, ratio: 0.5 }, attention: 'standard', optimizedCache: false });
+      assert.ok(g.tome);
+      assert.equal(g.tome.maxDownsample, 2);
+      assert.equal(g.tome.blocks.length, 5);
+      const notices: string[] = [];
+      const pipe = await StableDiffusionPipeline.load(TINY_SDXL, { device: 'cpu', cacheDir }, { onNotice: (m) => notices.push(m) }, { attention: 'standard' });
+      try {
+        const p = params({ prompt: 'a photo of a cat', width: 256, height: 256, steps: 2, cfg: 5, seed: 3, scheduler: 'euler', tome: { ...DEFAULT_TOME, ratio: 0.5 }, attention: 'standard' });
+        const [img] = await collect(pipe.generate(p));
+        assert.equal(img!.tomeApplied, true);
+        assert.equal(img!.params.tome.maxDownsample, 2);
+        const [one] = await collect(pipe.generate({ ...p, tome: { ...DEFAULT_TOME, ratio: 0.5, maxDownsample: 1 } }));
+        assert.equal(one!.tomeApplied, false);
+        assert.deepEqual(notices.filter((m) => /ToMe/.test(m)), ['ToMe skipped: max downsample 1 merges nothing on this model: its transformer blocks are at downsample 2, 4 (auto: 2)']);
+      } finally {
+        await pipe.dispose();
+      }
+    } finally {
+      rmSync(cacheDir, { recursive: true, force: true });
+    }
+  });
 });

@@ -29,7 +29,7 @@ const HELP: Partial<Record<OptionKey, string>> = {
   tome: 'ToMe ratio: fraction of tokens merged, 0 ≤ R ≤ 1 − 1/(sx·sy) (default: 0 = off)',
   sx: 'ToMe destination stride x (default: 2)',
   sy: 'ToMe destination stride y (default: 2)',
-  maxDownsample: 'ToMe only in blocks downsampled at most this much: 1|2|4|8 (default: 1)',
+  maxDownsample: 'ToMe only in blocks downsampled at most this much: 1|2|4|8|auto (default: auto = the highest-resolution level with transformer blocks: 1 on SD 1.x/2.x, 2 on SDXL)',
   tomeRand: 'ToMe random destination in each cell (default: off, as A1111)',
   mergeAttn: 'ToMe merges around self-attention (default: on)',
   mergeCrossattn: 'ToMe merges around cross-attention (default: off)',

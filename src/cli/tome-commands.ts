@@ -277,7 +277,8 @@ export async function cmdTomePatch(
     out.write(`${escapeControls(output)}: not patched: ${escapeControls(result.reason ?? 'no transformer block found')}\n`);
     return;
   }
-  const n = result.blocks.length;
+  // the blocks that merge (result.blocks lists every block found, merging or not)
+  const n = result.blocks.filter((b) => b.merged.attn || b.merged.crossattn || b.merged.mlp).length;
   const rand = result.randInputs.length ? `; extra inputs ${result.randInputs.join(', ')}` : '';
   out.write(`wrote ${escapeControls(output)} (${n} block${n === 1 ? '' : 's'} patched${escapeControls(rand)}) in ${secs.toFixed(1)} s\n`);
 }

@@ -120,8 +120,8 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'sx', flag: 'sx', kind: 'int', min: 1, max: 64, perJob: true, tome: true, help: 'ToMe stride x' },
   { key: 'sy', flag: 'sy', kind: 'int', min: 1, max: 64, perJob: true, tome: true, help: 'ToMe stride y' },
   {
-    key: 'maxDownsample', flag: 'max-downsample', kind: 'enum', choices: ['1', '2', '4', '8'], numericChoices: true,
-    perJob: true, tome: true, help: 'ToMe max downsample',
+    key: 'maxDownsample', flag: 'max-downsample', kind: 'enum', choices: ['1', '2', '4', '8', 'auto'], numericChoices: true,
+    perJob: true, tome: true, help: 'ToMe max downsample (auto: the highest-resolution level with transformer blocks)',
   },
   { key: 'tomeRand', flag: 'tome-rand', kind: 'bool', perJob: true, tome: true, help: 'ToMe random destinations' },
   { key: 'mergeAttn', flag: 'merge-attn', kind: 'bool', perJob: true, tome: true, help: 'merge around self-attention' },
@@ -172,7 +172,8 @@ export function coerceOption(spec: OptionSpec, raw: unknown, where: string): unk
     case 'enum': {
       const s = typeof raw === 'number' ? String(raw) : raw;
       if (typeof s !== 'string' || !spec.choices!.includes(s)) bad(`one of ${spec.choices!.join(', ')}`);
-      return spec.numericChoices ? Number(s) : s;
+      // numeric choices become numbers; a word among them ('auto') stays a word
+      return spec.numericChoices && /^\d+$/.test(s as string) ? Number(s) : s;
     }
     case 'int':
     case 'float': {

@@ -62,7 +62,7 @@ export function infotextFields(params: GenerationParams, extras: InfotextExtras 
   if (tome) {
     f.push(['ToMe sx', num(tome.sx)]);
     f.push(['ToMe sy', num(tome.sy)]);
-    f.push(['ToMe max downsample', num(tome.maxDownsample)]);
+    f.push(['ToMe max downsample', typeof tome.maxDownsample === 'number' ? num(tome.maxDownsample) : tome.maxDownsample]);
     f.push(['ToMe rand', tome.useRand ? 'True' : 'False']);
     f.push(['ToMe merged', tomeMergedLabel(tome)]);
   }

@@ -20,6 +20,7 @@ import type { ConvMode } from '../optimize/conv-mode.js';
 import type { PatchedBlockInfo, ToMeOptions } from '../tome/types.js';
 import { errorReason, type ProviderName } from './providers.js';
 import { getPatchedUnet, type PatchProgress } from './tome-cache.js';
+import { resolveMaxDownsample } from '../tome/options.js';
 import { getLoraVariant, type LoraRef, type LoraVariant } from '../lora/variant.js';
 import type { LoraTarget } from '../lora/keys.js';
 
@@ -48,8 +49,12 @@ export interface ResolvedGraph {
   file: string;
   /** the graph before the attention and convolution rewrites (exported or ToMe-patched) */
   baseFile: string;
-  /** ToMe as applied: the merging blocks and their rand inputs; null when the run does not merge */
-  tome: { blocks: PatchedBlockInfo[]; randInputs: string[] } | null;
+  /**
+   * ToMe as applied: the merging blocks, their rand inputs and the effective max downsample
+   * (max downsample 'auto' resolved: the smallest level among the merging blocks, which are
+   * exactly the blocks of the highest-resolution level that has any); null when the run does not merge
+   */
+  tome: { blocks: PatchedBlockInfo[]; randInputs: string[]; maxDownsample: number } | null;
   /** why requested ToMe is not applied */
   tomeSkipped?: string;
   /** the attention the loaded graph runs */
@@ -80,7 +85,7 @@ export async function resolveGraph(req: GraphRequest): Promise<ResolvedGraph> {
     const p = await getPatchedUnet(file, req.tome, { cacheDir: req.cacheDir, onProgress: req.onProgress });
     if (p.patched) {
       file = p.path;
-      tome = { blocks: p.blocks, randInputs: p.randInputs };
+      tome = { blocks: p.blocks, randInputs: p.randInputs, maxDownsample: resolveMaxDownsample(req.tome, p.blocks.map((b) => b.level)) };
     } else tomeSkipped = p.reason ?? 'the UNet graph could not be patched';
   }
   const baseFile = file;

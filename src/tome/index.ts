@@ -6,6 +6,7 @@ import type { ModelProto } from '../onnx/types.js';
 import { findBlocks } from './find-blocks.js';
 import { mergedSublayers, selectedBlocks } from './rewrite.js';
 import type { BlockInfo, ToMeOptions } from './types.js';
+import { resolveMaxDownsample } from './options.js';
 
 export type { BlockInfo, PatchedBlockInfo, ToMeOptions } from './types.js';
 export {
@@ -19,6 +20,8 @@ export {
   tomeApplies,
   tomeRandShape,
   blockMergeParams,
+  autoMaxDownsample,
+  resolveMaxDownsample,
 } from './options.js';
 export type { ToMeFlatOptions } from './options.js';
 export { applyToMe, TOME_METADATA_KEY, TOME_MIN_OPSET, type ApplyResult } from './rewrite.js';
@@ -37,8 +40,13 @@ export function findTransformerBlocks(model: ModelProto): { blocks: BlockInfo[] 
  */
 export function describeBlocks(blocks: BlockInfo[], o: ToMeOptions): string[] {
   const selected = new Set(selectedBlocks(blocks, o));
-  const levels = [...new Set(blocks.map((b) => b.level))].map((l) => (l === null ? '?' : String(l))).join(', ');
-  const lines = [`${blocks.length} transformer block${blocks.length === 1 ? '' : 's'} (levels ${levels})`];
+  const distinct = [...new Set(blocks.map((b) => b.level))];
+  const levels = distinct.map((l) => (l === null ? '?' : String(l))).join(', ');
+  // blocks per level, and the max downsample that applies ('auto' resolved: SDXL's first level has no blocks)
+  const perLevel = distinct.map((l) => `level ${l ?? '?'} ×${blocks.filter((b) => b.level === l).length}`).join(', ');
+  const max = resolveMaxDownsample(o, blocks.map((b) => b.level));
+  const maxText = o.maxDownsample === 'auto' ? `auto = ${max}` : `${max}${blocks.some((b) => b.level !== null && b.level <= max) ? '' : ' (merges nothing here)'}`;
+  const lines = [`${blocks.length} transformer block${blocks.length === 1 ? '' : 's'} (levels ${levels}): ${perLevel}; max downsample ${maxText}`];
   for (const b of blocks) {
     const m = mergedSublayers(b, o, selected.has(b) && o.ratio > 0);
     const what = [m.attn && 'attn', m.crossattn && 'crossattn', m.mlp && 'mlp'].filter(Boolean).join('+') || '-';

@@ -11,12 +11,15 @@ import type { BlockInfo, ToMeOptions } from './types.js';
 
 const MAX_DOWNSAMPLES = [1, 2, 4, 8];
 
-/** tomesd's defaults (A1111 extension's too), with ToMe off (ratio 0) and no size threshold. */
+/**
+ * tomesd's defaults (A1111 extension's too), with ToMe off (ratio 0) and no size threshold, except
+ * max downsample 'auto': tomesd's 1 on SD 1.x/2.x, 2 on SDXL, where 1 merges nothing.
+ */
 export const DEFAULT_TOME: Readonly<ToMeOptions> = Object.freeze({
   ratio: 0,
   sx: 2,
   sy: 2,
-  maxDownsample: 1,
+  maxDownsample: 'auto',
   useRand: false,
   mergeAttn: true,
   mergeCrossattn: false,
@@ -30,7 +33,7 @@ export interface ToMeFlatOptions {
   tome: number;
   sx: number;
   sy: number;
-  maxDownsample: number;
+  maxDownsample: number | 'auto';
   tomeRand: boolean;
   mergeAttn: boolean;
   mergeCrossattn: boolean;
@@ -100,7 +103,9 @@ export function toMeOptionsProblem(o: ToMeOptions): string | null {
   if (o.ratio < 0 || o.ratio > max) {
     return `ToMe ratio must satisfy 0 ≤ R ≤ 1 − 1/(sx·sy) = ${+max.toFixed(6)} for sx=${o.sx}, sy=${o.sy} (got ${o.ratio})`;
   }
-  if (!MAX_DOWNSAMPLES.includes(o.maxDownsample)) return `ToMe max downsample must be 1, 2, 4 or 8 (got ${o.maxDownsample})`;
+  if (o.maxDownsample !== 'auto' && !MAX_DOWNSAMPLES.includes(o.maxDownsample)) {
+    return `ToMe max downsample must be 1, 2, 4 or 8, or auto (got ${o.maxDownsample})`;
+  }
   for (const [k, v] of [['min width', o.minWidth], ['min height', o.minHeight]] as const) {
     if (!Number.isFinite(v) || v < 0) return `ToMe ${k} must be ≥ 0 (got ${v})`;
   }
@@ -117,9 +122,29 @@ export function tomeApplies(o: ToMeOptions, width: number, height: number): { ap
   return { apply: true };
 }
 
+/**
+ * Max downsample 'auto' for a UNet whose transformer blocks sit at these levels: the smallest
+ * known level (the highest resolution that has blocks: SD 1.x/2.x 1, SDXL 2); 1 (tomesd's
+ * default) when no level is known.
+ */
+export function autoMaxDownsample(levels: readonly (number | null)[]): number {
+  let m = Infinity;
+  for (const l of levels) if (l !== null && l < m) m = l;
+  return Number.isFinite(m) ? m : 1;
+}
+
+/** The max downsample that applies to a UNet with blocks at `levels`: the option, 'auto' resolved. */
+export function resolveMaxDownsample(o: Pick<ToMeOptions, 'maxDownsample'>, levels: readonly (number | null)[]): number {
+  return o.maxDownsample === 'auto' ? autoMaxDownsample(levels) : o.maxDownsample;
+}
+
 const ceilDiv = (a: number, b: number): number => Math.floor((a + b - 1) / b);
 
-/** tomesd's per-block numbers at latent H×W for a block seeing `tokens` tokens. */
+/**
+ * tomesd's per-block numbers at latent H×W for a block seeing `tokens` tokens. Max downsample
+ * 'auto' is resolved from the graph's blocks first (resolveMaxDownsample); unresolved, it sets no
+ * level limit here.
+ */
 export function blockMergeParams(
   latentH: number, latentW: number, tokens: number, o: ToMeOptions,
 ): { downsample: number; w: number; h: number; r: number; numDst: number; apply: boolean } {
@@ -129,7 +154,8 @@ export function blockMergeParams(
   const h = ceilDiv(latentH, downsample);
   const r = Math.min(Math.trunc(tokens * o.ratio), tokens - Math.floor(h / o.sy) * Math.floor(w / o.sx));
   const numDst = Math.floor(h / o.sy) * Math.floor(w / o.sx);
-  const apply = downsample <= o.maxDownsample && r > 0 && numDst > 0 && h * w === tokens;
+  const limit = o.maxDownsample === 'auto' ? Infinity : o.maxDownsample;
+  const apply = downsample <= limit && r > 0 && numDst > 0 && h * w === tokens;
   return { downsample, w, h, r, numDst, apply };
 }
 

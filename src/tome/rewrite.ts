@@ -9,7 +9,7 @@ import { DataType, type ModelProto, type ValueInfoProto } from '../onnx/types.js
 import { ToMeEmitter } from './emitter.js';
 import { findBlocks, findSampleInput, type FoundBlock, type SubLayer } from './find-blocks.js';
 import { emitBlockPlan, emitLatentGrid, emitMerge, emitUnmerge } from './merge-graph.js';
-import { validateToMeOptions } from './options.js';
+import { autoMaxDownsample, resolveMaxDownsample, validateToMeOptions } from './options.js';
 import type { BlockInfo, PatchedBlockInfo, ToMeOptions } from './types.js';
 
 /** Metadata key recording the options a graph was patched with (and that it was). */
@@ -27,11 +27,16 @@ export interface ApplyResult {
   randInputs: string[];
 }
 
-/** The blocks applyToMe would patch under `o` (level ≤ max downsample; unknown level: patched, decided at runtime). */
+/**
+ * The blocks applyToMe would patch under `o` (level ≤ max downsample, 'auto' resolved from these
+ * blocks' levels; unknown level: patched, decided at runtime).
+ */
 export function selectedBlocks<T extends { info: BlockInfo } | BlockInfo>(blocks: T[], o: ToMeOptions): T[] {
-  return blocks.filter((b) => {
-    const level = 'info' in b ? b.info.level : b.level;
-    return level === null || level <= o.maxDownsample;
+  const levels = blocks.map((b) => ('info' in b ? b.info.level : b.level));
+  const max = resolveMaxDownsample(o, levels);
+  return blocks.filter((_, i) => {
+    const level = levels[i]!;
+    return level === null || level <= max;
   });
 }
 
@@ -42,6 +47,13 @@ export function mergedSublayers(b: BlockInfo, o: ToMeOptions, selected: boolean)
     crossattn: selected && o.mergeCrossattn && b.sublayers.crossattn,
     mlp: selected && o.mergeMlp && b.sublayers.mlp,
   };
+}
+
+/** One line for a max downsample below every block (SDXL at 1: its first level has no transformer blocks). */
+function noBlockReason(max: number, levels: readonly (number | null)[]): string {
+  const known = [...new Set(levels.filter((l): l is number => l !== null))].sort((a, b) => a - b);
+  if (known.length === 0) return `no transformer block at downsample ≤ ${max}`;
+  return `max downsample ${max} merges nothing on this model: its transformer blocks are at downsample ${known.join(', ')} (auto: ${autoMaxDownsample(known)})`;
 }
 
 /**
@@ -55,6 +67,8 @@ export function applyToMe(model: ModelProto, o: ToMeOptions): ApplyResult {
   }
   const found = findBlocks(model);
   if ('error' in found) return { patched: false, reason: found.error, blocks: [], randInputs: [] };
+  const levels = found.blocks.map((b) => b.info.level);
+  const maxDownsample = resolveMaxDownsample(o, levels);
   const selected = new Set(selectedBlocks(found.blocks, o));
   const infos: PatchedBlockInfo[] = found.blocks.map((b) => ({ ...b.info, merged: mergedSublayers(b.info, o, selected.has(b)) }));
   const nothing = (reason: string): ApplyResult => ({
@@ -63,7 +77,7 @@ export function applyToMe(model: ModelProto, o: ToMeOptions): ApplyResult {
   if (!(o.ratio > 0)) return nothing('ToMe ratio is 0');
   if (!infos.some((b) => b.merged.attn || b.merged.crossattn || b.merged.mlp)) {
     return nothing(selected.size === 0
-      ? `no transformer block at downsample ≤ ${o.maxDownsample}`
+      ? noBlockReason(maxDownsample, levels)
       : 'no sub-layer selected for merging');
   }
 
@@ -103,7 +117,7 @@ export function applyToMe(model: ModelProto, o: ToMeOptions): ApplyResult {
       graph.input.push(vi);
     }
     const e = new ToMeEmitter(names, `/tome/block${k}`, opset);
-    const plan = emitBlockPlan(e, b.metric, b.elemType, grid, { ...o, randInput });
+    const plan = emitBlockPlan(e, b.metric, b.elemType, grid, { ...o, maxDownsample, randInput });
     const patch = (sub: SubLayer, label: string): void => {
       const merged = emitMerge(e, sub.normOutput, b.elemType, plan, `${label}_merge`);
       const mergeNode = e.nodes[e.nodes.length - 1]!;
@@ -124,7 +138,7 @@ export function applyToMe(model: ModelProto, o: ToMeOptions): ApplyResult {
   topologicalSort(graph);
   model.metadataProps = [
     ...(model.metadataProps ?? []),
-    { key: TOME_METADATA_KEY, value: JSON.stringify({ ratio: o.ratio, sx: o.sx, sy: o.sy, maxDownsample: o.maxDownsample, useRand: o.useRand, mergeAttn: o.mergeAttn, mergeCrossattn: o.mergeCrossattn, mergeMlp: o.mergeMlp }) },
+    { key: TOME_METADATA_KEY, value: JSON.stringify({ ratio: o.ratio, sx: o.sx, sy: o.sy, maxDownsample, useRand: o.useRand, mergeAttn: o.mergeAttn, mergeCrossattn: o.mergeCrossattn, mergeMlp: o.mergeMlp }) },
   ];
   const problems = checkGraph(model);
   if (problems.length > 0) throw new Error(`ToMe rewrite produced an invalid graph: ${problems[0]}`);

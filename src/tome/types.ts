@@ -4,8 +4,12 @@ export interface ToMeOptions {
   ratio: number;
   sx: number;
   sy: number;
-  /** 1 | 2 | 4 | 8 */
-  maxDownsample: number;
+  /**
+   * 1 | 2 | 4 | 8: merge in transformer blocks downsampled at most this much; 'auto': the
+   * highest-resolution level that has transformer blocks, found in the graph (SD 1.x/2.x: 1;
+   * SDXL: 2, its first level has none). See resolveMaxDownsample.
+   */
+  maxDownsample: number | 'auto';
   /** Random destination per cell (forced off at runtime for odd batch sizes). */
   useRand: boolean;
   mergeAttn: boolean;
