@@ -33,6 +33,11 @@ import { denoiseBatch } from '../src/pipeline/denoise.js';
 import { VaeDecoder } from '../src/pipeline/decode.js';
 import type { PromptEmbedding } from '../src/pipeline/text-encoding.js';
 import { TailScheduler, img2imgStart, inpaintStart, noisedStart } from '../src/pipeline/img2img.js';
+import { TiledVaeDecoder, decodeTileSpec, encodeTileSpec, shouldTile, tiledApply, type Planes } from '../src/pipeline/tiling.js';
+import { GraphBuilder, constTensor } from '../src/onnx/builder.js';
+import { DataType } from '../src/onnx/types.js';
+import { encodeModel } from '../src/onnx/proto.js';
+import ort from 'onnxruntime-node';
 
 // ---------------------------------------------------------------------------------------------
 // Fixture reading
@@ -683,4 +688,91 @@ describe('img2img, inpainting and hires through the denoising loop', () => {
       await check(c, m, final);
     });
   }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Tiled VAE (diffusers' tiled_decode / tiled_encode)
+
+describe('tiled VAE', () => {
+  test('tile specs of SD\'s VAE (sample_size 512): 64-latent tiles every 48, 128-pixel blends, 384 kept', () => {
+    assert.deepEqual(decodeTileSpec(512), { tile: 64, stride: 48, scale: 8, blend: 128, limit: 384 });
+    assert.deepEqual(encodeTileSpec(512), { tile: 512, stride: 384, scale: 1 / 8, blend: 16, limit: 48 });
+    const GB = 2 ** 30;
+    assert.equal(shouldTile('auto', 2048 * 2048, 24 * GB), true);
+    assert.equal(shouldTile('auto', 1024 * 1024, 24 * GB), false);
+    assert.equal(shouldTile('on', 64, 24 * GB), true);
+    assert.equal(shouldTile('off', 8192 * 8192, 24 * GB), false);
+  });
+
+  test('assembly: crops add up to the whole; a pointwise "VAE" gives the untiled result', async () => {
+    // a decoder stand-in without any spatial context: nearest ×8 upsampling then ×2 + 1, per pixel
+    const spec = decodeTileSpec(128); // 16-latent tiles every 12, blend 32, keep 96
+    for (const [h, w] of [[100, 36], [16, 17], [40, 40]] as const) {
+      const x: Planes = { data: new TorchGenerator(h).randn([3 * h * w]), c: 3, h, w };
+      const local = async (t: Planes): Promise<Planes> => {
+        const H = t.h * 8;
+        const W = t.w * 8;
+        const out = new Float32Array(t.c * H * W);
+        for (let c = 0; c < t.c; c++) for (let y = 0; y < H; y++) for (let xx = 0; xx < W; xx++) {
+          out[c * H * W + y * W + xx] = Math.fround(2 * t.data[c * t.h * t.w + (y >> 3) * t.w + (xx >> 3)]! + 1);
+        }
+        return { data: out, c: t.c, h: H, w: W };
+      };
+      const whole = await local(x);
+      const tiled = await tiledApply(x, spec, local);
+      assert.deepEqual([tiled.c, tiled.h, tiled.w], [3, 8 * h, 8 * w]);
+      // overlaps hold equal values, so the ramps change nothing but the last bit
+      assert.ok(relDiff(tiled.data, whole.data) < 1e-6, `${h}×${w}: ${relDiff(tiled.data, whole.data)}`);
+    }
+  });
+
+  test('blends: a linear ramp between two tiles of constant values', async () => {
+    // two tiles side by side: the left one decodes to 0, the right one to 1 (by tile position)
+    const spec = { tile: 4, stride: 3, scale: 1, blend: 2, limit: 3 };
+    const x: Planes = { data: new Float32Array(6), c: 1, h: 1, w: 6 };
+    let k = 0;
+    const out = await tiledApply(x, spec, async (t) => ({ data: new Float32Array(t.w).fill(k++), c: 1, h: 1, w: t.w }));
+    // tile 0 covers 0..3 (kept 0..2); tile 1 covers 3..5: columns blend 1·(0) then ½·0 + ½·1
+    assert.deepEqual(Array.from(out.data), [0, 0, 0, 0, 0.5, 1]);
+  });
+
+  test('tiny-sd1: the tiled decode is close to the untiled one (64×64 latents in 32-latent tiles)', async () => {
+    const c = CASES.find((k) => k.mode === 'img2img' && k.pipeline === 'tiny-sd1')!;
+    const sessions = new SessionManager({ device: 'cpu' }, () => {});
+    const m = await sessions.open(fx('tiny-sd1/vae_decoder/model.onnx'), 'vae decoder', { optimizedCache: false });
+    try {
+      const io = vaeDecoderIO(m.info);
+      const final = f32t(c, 'final_latents');
+      const whole = await new VaeDecoder(m.session, io, 0.18215).decode(final, 64, 64);
+      const tiled = await new TiledVaeDecoder(m.session, io, 0.18215, decodeTileSpec(256)).decode(final, 64, 64);
+      assert.deepEqual([tiled.width, tiled.height], [512, 512]);
+      let sum = 0;
+      for (let i = 0; i < whole.rgb.length; i++) sum += Math.abs(whole.rgb[i]! - tiled.rgb[i]!);
+      const mean = sum / whole.rgb.length;
+      // group norms see each tile's own statistics: a difference, small on average (1.3 levels here)
+      assert.ok(mean < 2.5, `mean |Δ| ${mean}`);
+      assert.ok(mean > 0, 'tiles were really decoded alone');
+    } finally {
+      await m.release();
+    }
+  });
+
+  test('tiled encode: an encoder split into tiles gives the untiled parameters for a pointwise encoder', async () => {
+    // an "encoder" of stride 8 without context: AveragePool 8×8 then 8 output channels by a 1×1 conv
+    const b = new GraphBuilder({ opset: 14 });
+    const x = b.input('sample', DataType.FLOAT, [1, 3, 'h', 'w']);
+    const p = b.op('AveragePool', [x], { kernel_shape: { ints: [8, 8] }, strides: { ints: [8, 8] } });
+    const wv = Float32Array.from({ length: 24 }, (_, i) => ((i * 7) % 5) / 5 - 0.4);
+    const w = b.anonConstant(constTensor(DataType.FLOAT, [8, 3, 1, 1], Array.from(wv)), 'Conv');
+    b.output(b.op('Conv', [p, w], {}, { outputs: ['latent_parameters'] }), DataType.FLOAT, [1, 8, 'lh', 'lw']);
+    const s = await ort.InferenceSession.create(encodeModel(b.build()));
+    const enc = new VaeEncoder(s, { input: { name: 'sample', type: 'float32' }, output: { name: 'latent_parameters', type: 'float32' }, kind: 'parameters' }, 0.18215);
+    const img = new TorchGenerator(9).randn([3 * 96 * 160]);
+    const whole = await enc.run(img, 160, 96);
+    enc.tiling = encodeTileSpec(32); // 32-pixel tiles every 24, 1-latent blend, keep 3
+    const tiled = await enc.run(img, 160, 96);
+    assert.deepEqual([tiled.channels, tiled.height, tiled.width], [8, 12, 20]);
+    assert.ok(relDiff(tiled.data, whole.data) < 1e-6);
+    await s.release();
+  });
 });

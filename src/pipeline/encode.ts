@@ -19,6 +19,7 @@ import type { RandomSource } from '../random/types.js';
 import { LATENT_PARAMETERS } from '../optimize/encoder-params.js';
 import { rgbToEncoderInput, type RgbImage } from '../image/init-image.js';
 import { FloatInput, toFloat32 } from './tensors.js';
+import { exceedsTile, tiledApply, type TileSpec } from './tiling.js';
 
 export interface VaeEncoderIO {
   input: { name: string; type: FloatType };
@@ -90,6 +91,9 @@ export function sampleLatents(dist: LatentDistribution, generator: RandomSource,
 }
 
 export class VaeEncoder {
+  /** tiles for large pictures (diffusers' tiled_encode), null: one pass (see tiling.ts) */
+  tiling: TileSpec | null = null;
+
   constructor(
     private readonly session: ort.InferenceSession,
     readonly io: VaeEncoderIO,
@@ -98,8 +102,22 @@ export class VaeEncoder {
     readonly scale: number = 8,
   ) {}
 
-  /** Runs the encoder on an input [1, 3, H, W] in [−1, 1]; returns its output and its channel count. */
+  /**
+   * Runs the encoder on an input [1, 3, H, W] in [−1, 1] (tile by tile when `tiling` is set and
+   * the picture is larger than a tile); returns its output and its channel count.
+   */
   async run(input: Float32Array, width: number, height: number): Promise<{ data: Float32Array; channels: number; height: number; width: number }> {
+    if (this.tiling && exceedsTile(this.tiling, height, width)) {
+      const r = await tiledApply({ data: input, c: 3, h: height, w: width }, this.tiling, async (t) => {
+        const o = await this.runOnce(t.data, t.w, t.h);
+        return { data: o.data, c: o.channels, h: o.height, w: o.width };
+      });
+      return { data: r.data, channels: r.c, height: r.h, width: r.w };
+    }
+    return this.runOnce(input, width, height);
+  }
+
+  private async runOnce(input: Float32Array, width: number, height: number): Promise<{ data: Float32Array; channels: number; height: number; width: number }> {
     const x = new FloatInput(this.io.input.type, [1, 3, height, width]);
     if (input.length !== x.data.length) throw new Error(`vae encoder: ${input.length} input values for ${width}×${height}`);
     x.data.set(input);
