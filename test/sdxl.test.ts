@@ -21,6 +21,7 @@ import { decodeModel, encodeModel } from '../src/onnx/proto.js';
 import { applyToMe } from '../src/tome/rewrite.js';
 import { DEFAULT_TOME, autoMaxDownsample, resolveMaxDownsample } from '../src/tome/options.js';
 import { resolveGraph } from '../src/models/variants.js';
+import { SPEC_BY_KEY, coerceOption, parseCropOption, parseSizeOption } from '../src/config/options.js';
 
 const TINY_SDXL = fx('tiny-sdxl');
 const SDXL = fx('sdxl');
@@ -83,6 +84,22 @@ describe('SDXL folder (tiny-sdxl, Optimum layout)', () => {
   });
 });
 
+describe('SDXL options (command line, config files, prompt files)', () => {
+  const spec = (k: string) => SPEC_BY_KEY.get(k)!;
+  test('sizes, crop and long-prompt mode are checked where they enter', () => {
+    assert.equal(coerceOption(spec('originalSize'), '2048x1536', '--original-size'), '2048x1536');
+    assert.deepEqual(parseSizeOption('2048x1536'), { width: 2048, height: 1536 });
+    assert.deepEqual(parseCropOption('32,16'), { top: 16, left: 32 });
+    assert.throws(() => coerceOption(spec('originalSize'), '2048', '--original-size'), /--original-size: expected WIDTHxHEIGHT/);
+    assert.throws(() => coerceOption(spec('targetSize'), '0x5', '--target-size'), /WIDTHxHEIGHT/);
+    assert.throws(() => coerceOption(spec('cropTopLeft'), '-1,0', '--crop-top-left'), /X,Y/);
+    assert.equal(coerceOption(spec('longPrompt'), 'truncate', '--long-prompt'), 'truncate');
+    assert.throws(() => coerceOption(spec('longPrompt'), 'cut', '--long-prompt'), /one of chunk, truncate/);
+    assert.equal(coerceOption(spec('maxDownsample'), 'auto', '--max-downsample'), 'auto');
+    assert.equal(coerceOption(spec('maxDownsample'), '2', '--max-downsample'), 2);
+  });
+});
+
 describe('end to end vs diffusers StableDiffusionXLPipeline (tiny-sdxl)', () => {
   let pipe: StableDiffusionPipeline;
   let cacheDir: string;
@@ -102,6 +119,63 @@ describe('end to end vs diffusers StableDiffusionXLPipeline (tiny-sdxl)', () => 
     assert.equal(io.timeIds?.name, 'time_ids');
     assert.equal(io.timeIds?.type, 'float32');
     assert.equal(io.timestep.rank, 0);
+  });
+
+  /** One cheap run (128², one step) that returns what the SDXL conditioning stage produced. */
+  async function condition(over: Partial<Parameters<typeof params>[0]>): Promise<SdxlConditioning> {
+    let seen: SdxlConditioning | undefined;
+    await collect(pipe.generate(params({ prompt: 'a photo of a cat', width: 128, height: 128, steps: 1, cfg: 5, seed: 1, scheduler: 'euler', ...over }), { onSdxlConditioning: (x) => (seen = x), onNotice: (m) => notices.push(m) }));
+    assert.ok(seen);
+    return seen;
+  }
+
+  test('an empty negative prompt: zeros by default, the encoded "" with encodeEmptyNegative', async () => {
+    const z = await condition({});
+    assert.equal(z.zeroUncond, true);
+    assert.ok(z.uncond!.embedding.data.every((v) => v === 0) && z.uncond!.pooled.every((v) => v === 0));
+    const e = await condition({ encodeEmptyNegative: true });
+    assert.equal(e.zeroUncond, false);
+    // start, end, then each tokenizer's padding: <|endoftext|> (49407) and "!" (0)
+    assert.deepEqual(e.uncond!.embedding.ids, [[49406, ...Array<number>(76).fill(49407)]]);
+    assert.deepEqual(e.uncond!.ids2, [[49406, 49407, ...Array<number>(75).fill(0)]]);
+    assert.ok(e.uncond!.pooled.some((v) => v !== 0));
+    // the same prompt embeddings either way
+    assert.deepEqual(e.cond.embedding.data, z.cond.embedding.data);
+  });
+
+  test('size and crop conditioning reach time_ids; clip skip is not applied (one notice)', async () => {
+    notices.length = 0;
+    const x = await condition({ originalSize: { width: 2048, height: 1536 }, cropTopLeft: { top: 16, left: 32 }, targetSize: { width: 1024, height: 1024 }, clipSkip: 2 });
+    assert.deepEqual([...x.timeIds], [1536, 2048, 16, 32, 1024, 1024]);
+    assert.deepEqual(notices, ['clip skip 2 not applied: SDXL reads the penultimate layer of both text encoders (as A1111 does)']);
+  });
+
+  test('long prompts: A1111 chunks on both encoders (pooled from the first chunk), or diffusers truncation', async () => {
+    const about = (JSON.parse(readFileSync(path.join(SDXL, 'manifest.json'), 'utf8')) as { about: { prompts: Record<string, string> } }).about;
+    const long = about.prompts['long']!;
+    const chunked = await condition({ prompt: long, negativePrompt: 'blurry' });
+    const c = chunked.cond;
+    assert.equal(c.embedding.chunks, 2);
+    assert.equal(c.embedding.seqLen, 154);
+    assert.equal(c.embedding.dim, 96);
+    assert.equal(c.ids2.length, 2);
+    // the negative prompt is padded to the prompt's chunk count
+    assert.equal(chunked.uncond!.embedding.seqLen, 154);
+    // pooled = text_encoder_2's text_embeds of the first chunk's ids
+    const te2 = await ort.InferenceSession.create(path.join(TINY_SDXL, 'text_encoder_2', 'model.onnx'));
+    try {
+      const out = await te2.run({ input_ids: new ort.Tensor('int64', BigInt64Array.from(c.ids2[0]!, BigInt), [1, 77]) });
+      assert.ok(maxAbsDiff(c.pooled, out['text_embeds']!.data as Float32Array) <= 1e-6);
+    } finally {
+      await te2.release();
+    }
+    const truncated = await condition({ prompt: long, longPrompt: 'truncate' });
+    const tr = truncated.cond;
+    assert.equal(tr.embedding.chunks, 1);
+    // diffusers: start, the first 75 tokens, end
+    assert.equal(tr.embedding.ids[0]![76], 49407);
+    assert.equal(tr.ids2[0]![76], 49407);
+    assert.deepEqual(tr.embedding.ids[0]!.slice(0, 76), tr.ids2[0]!.slice(0, 76));
   });
 
   const manifest = JSON.parse(readFileSync(path.join(SDXL, 'manifest.json'), 'utf8')) as { cases: SdxlCase[] };

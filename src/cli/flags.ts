@@ -47,6 +47,8 @@ function valueName(s: OptionSpec): string {
   if (s.kind === 'enum') return 'value';
   if (s.kind === 'list') return s.key === 'lora' ? 'file[:scale]' : 'value';
   if (s.key === 'loraDir' || s.key === 'embeddingsDir') return 'dir';
+  if (s.key === 'originalSize' || s.key === 'targetSize') return 'WxH';
+  if (s.key === 'cropTopLeft') return 'x,y';
   if (s.key === 'model' || s.key === 'out' || s.key === 'cacheDir') return 'dir';
   return 'text';
 }

@@ -41,6 +41,15 @@ export interface SdgenOptions extends ToMeFlatOptions {
   loraDir?: string;
   /** textual-inversion embeddings (`*.safetensors`), used by file name in prompts */
   embeddingsDir?: string;
+  /** prompts over 75 tokens: 'chunk' (A1111) or 'truncate' (diffusers); undefined: the engine's default, chunk */
+  longPrompt?: 'chunk' | 'truncate';
+  /** SDXL size conditioning, `WIDTHxHEIGHT` (parseSizeOption); undefined: the image size */
+  originalSize?: string;
+  /** SDXL crop conditioning, `X,Y` = left, top (parseCropOption); undefined: 0,0 */
+  cropTopLeft?: string;
+  targetSize?: string;
+  /** SDXL: encode an empty negative prompt instead of the zeros of force_zeros_for_empty_prompt */
+  encodeEmptyNegative?: boolean;
 }
 
 export type OptionKey = keyof SdgenOptions;
@@ -77,6 +86,9 @@ export interface OptionSpec {
   max?: number;
   multipleOf?: number;
   choices?: readonly string[];
+  /** a string option's form, checked wherever it enters, and its description for the error */
+  pattern?: RegExp;
+  patternHelp?: string;
   /** value kind is numeric enum (e.g. max downsample) */
   numericChoices?: boolean;
   /** may be set per job in a prompt file line */
@@ -90,6 +102,22 @@ export const DEVICES: readonly DeviceName[] = ['auto', 'cpu', 'cuda', 'dml', 'co
 export const ATTENTION_MODES: readonly AttentionMode[] = ['auto', 'standard', 'fused'];
 export const CONV_MODES: readonly ConvMode[] = ['auto', 'direct', 'winograd'];
 export const MAX_SEED = Number.MAX_SAFE_INTEGER;
+/** `WIDTHxHEIGHT`, each 1…16384 (SDXL size conditioning) */
+const SIZE_RE = /^(?:[1-9]\d{0,3}|1[0-5]\d{3}|16[0-2]\d{2}|163[0-7]\d|1638[0-4])x(?:[1-9]\d{0,3}|1[0-5]\d{3}|16[0-2]\d{2}|163[0-7]\d|1638[0-4])$/;
+/** `X,Y`, each 0…16384 (SDXL crop conditioning) */
+const CROP_RE = /^(?:0|[1-9]\d{0,3}|1[0-5]\d{3}|16[0-2]\d{2}|163[0-7]\d|1638[0-4]),(?:0|[1-9]\d{0,3}|1[0-5]\d{3}|16[0-2]\d{2}|163[0-7]\d|1638[0-4])$/;
+
+/** A checked `WIDTHxHEIGHT` option value as numbers. */
+export function parseSizeOption(s: string): { width: number; height: number } {
+  const [w, h] = s.split('x').map(Number);
+  return { width: w!, height: h! };
+}
+
+/** A checked `X,Y` crop option value (X = left, Y = top) as diffusers' (top, left). */
+export function parseCropOption(s: string): { top: number; left: number } {
+  const [x, y] = s.split(',').map(Number);
+  return { top: y!, left: x! };
+}
 
 export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'model', flag: 'model', kind: 'string', perJob: true, help: 'model folder (diffusers/Optimum ONNX layout)' },
@@ -116,6 +144,20 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
   { key: 'lora', flag: 'lora', kind: 'list', perJob: true, help: 'LoRA FILE[:SCALE] (repeatable)' },
   { key: 'loraDir', flag: 'lora-dir', kind: 'string', perJob: false, help: 'directory of LoRAs for <lora:NAME:SCALE> prompt tags' },
   { key: 'embeddingsDir', flag: 'embeddings-dir', kind: 'string', perJob: false, help: 'directory of textual-inversion embeddings' },
+  { key: 'longPrompt', flag: 'long-prompt', kind: 'enum', choices: ['chunk', 'truncate'], perJob: true, help: 'prompts over 75 tokens: chunk (A1111) or truncate (diffusers)' },
+  {
+    key: 'originalSize', flag: 'original-size', kind: 'string', pattern: SIZE_RE, patternHelp: 'WIDTHxHEIGHT from 1x1 to 16384x16384, e.g. 1024x1024',
+    perJob: true, help: 'SDXL original-size conditioning (default: the image size)',
+  },
+  {
+    key: 'cropTopLeft', flag: 'crop-top-left', kind: 'string', pattern: CROP_RE, patternHelp: 'X,Y (left, top) from 0 to 16384, e.g. 0,0',
+    perJob: true, help: 'SDXL crop conditioning (default: 0,0)',
+  },
+  {
+    key: 'targetSize', flag: 'target-size', kind: 'string', pattern: SIZE_RE, patternHelp: 'WIDTHxHEIGHT from 1x1 to 16384x16384, e.g. 1024x1024',
+    perJob: true, help: 'SDXL target-size conditioning (default: the image size)',
+  },
+  { key: 'encodeEmptyNegative', flag: 'encode-empty-negative', kind: 'bool', perJob: true, help: 'SDXL: encode an empty negative prompt instead of zeros' },
   { key: 'tome', flag: 'tome', kind: 'float', min: 0, max: 1, perJob: true, tome: true, help: 'ToMe ratio' },
   { key: 'sx', flag: 'sx', kind: 'int', min: 1, max: 64, perJob: true, tome: true, help: 'ToMe stride x' },
   { key: 'sy', flag: 'sy', kind: 'int', min: 1, max: 64, perJob: true, tome: true, help: 'ToMe stride y' },
@@ -159,6 +201,7 @@ export function coerceOption(spec: OptionSpec, raw: unknown, where: string): unk
   switch (spec.kind) {
     case 'string':
       if (typeof raw !== 'string') bad('a string');
+      if (spec.pattern && !spec.pattern.test(raw as string)) bad(spec.patternHelp ?? 'another form');
       return raw;
     case 'list':
       if (typeof raw === 'string') return [raw];

@@ -14,7 +14,7 @@
  */
 import { createHash } from 'node:crypto';
 import { UsageError } from '../errors.js';
-import type { SdgenOptions } from '../config/options.js';
+import { parseCropOption, parseSizeOption, type SdgenOptions } from '../config/options.js';
 import type { GenerationParams } from '../pipeline/types.js';
 import { imageSeed } from '../pipeline/params.js';
 import { validateGenerationParams } from '../pipeline/params.js';
@@ -96,6 +96,12 @@ export function buildJob(spec: JobSpec, index: number, ctx: JobContext, seed?: n
     emphasis: o.emphasis,
     tome,
     attention: o.attention,
+    // long prompts (every family) and SDXL's conditioning, when asked for
+    ...(o.longPrompt !== undefined ? { longPrompt: o.longPrompt } : {}),
+    ...(o.originalSize !== undefined ? { originalSize: parseSizeOption(o.originalSize) } : {}),
+    ...(o.cropTopLeft !== undefined ? { cropTopLeft: parseCropOption(o.cropTopLeft) } : {}),
+    ...(o.targetSize !== undefined ? { targetSize: parseSizeOption(o.targetSize) } : {}),
+    ...(o.encodeEmptyNegative ? { encodeEmptyNegative: true } : {}),
   };
   const job: Job = {
     index,
