@@ -9,6 +9,7 @@ import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { loadModelFolder } from '../src/models/folder.js';
+import { UsageError } from '../src/errors.js';
 import { StableDiffusionPipeline, type GenerationInspector } from '../src/pipeline/pipeline.js';
 import type { SdxlConditioning } from '../src/pipeline/sdxl-conditioning.js';
 import { sdxlTimeIds } from '../src/pipeline/sdxl-conditioning.js';
@@ -81,6 +82,8 @@ describe('SDXL folder (tiny-sdxl, Optimum layout)', () => {
       [...sdxlTimeIds(1024, 768, { originalSize: { width: 2048, height: 1536 }, cropTopLeft: { top: 16, left: 32 }, targetSize: { width: 1024, height: 1024 } })],
       [1536, 2048, 16, 32, 1024, 1024],
     );
+    assert.throws(() => sdxlTimeIds(64, 64, { cropTopLeft: { top: -1, left: 0 } }), (e: Error) => e instanceof UsageError && /crop top must be an integer from 0/.test(e.message));
+    assert.throws(() => sdxlTimeIds(64, 64, { originalSize: { width: 0.5, height: 64 } }), UsageError);
   });
 });
 

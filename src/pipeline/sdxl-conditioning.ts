@@ -29,7 +29,7 @@
  * in one line when a run asks for clip skip > 1.
  */
 import ort from 'onnxruntime-node';
-import { SdgenError } from '../errors.js';
+import { SdgenError, UsageError } from '../errors.js';
 import type { ClipTokenizer } from '../text/clip-tokenizer.js';
 import { applyEmphasis, padChunks, tokenizeChunks, type ChunkedPrompt } from '../text/chunks.js';
 import type { ModelSession } from '../models/session.js';
@@ -52,6 +52,15 @@ export function sdxlTimeIds(width: number, height: number, m: SdxlMicroCondition
   const o = m.originalSize ?? { width, height };
   const c = m.cropTopLeft ?? { top: 0, left: 0 };
   const t = m.targetSize ?? { width, height };
+  const check = (what: string, v: number, min: number): void => {
+    if (!Number.isInteger(v) || v < min || v > 16384) throw new UsageError(`SDXL ${what} must be an integer from ${min} to 16384 (got ${v})`);
+  };
+  check('original width', o.width, 1);
+  check('original height', o.height, 1);
+  check('crop left', c.left, 0);
+  check('crop top', c.top, 0);
+  check('target width', t.width, 1);
+  check('target height', t.height, 1);
   return Float32Array.from([o.height, o.width, c.top, c.left, t.height, t.width]);
 }
 
