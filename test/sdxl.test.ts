@@ -13,7 +13,8 @@ import { UsageError } from '../src/errors.js';
 import { StableDiffusionPipeline, type GenerationInspector } from '../src/pipeline/pipeline.js';
 import type { SdxlConditioning } from '../src/pipeline/sdxl-conditioning.js';
 import { sdxlTimeIds } from '../src/pipeline/sdxl-conditioning.js';
-import type { GeneratedImage } from '../src/pipeline/types.js';
+import type { GeneratedImage, GenerationParams } from '../src/pipeline/types.js';
+import { optionsFromMetadata } from '../src/cli/from.js';
 import { defaultSchedulerFor } from '../src/schedulers/index.js';
 import { generationParams as params, maxAbsDiff, readTensor, fx, type TensorEntry } from './helpers.js';
 import ort from 'onnxruntime-node';
@@ -100,6 +101,23 @@ describe('SDXL options (command line, config files, prompt files)', () => {
     assert.throws(() => coerceOption(spec('longPrompt'), 'cut', '--long-prompt'), /one of chunk, truncate/);
     assert.equal(coerceOption(spec('maxDownsample'), 'auto', '--max-downsample'), 'auto');
     assert.equal(coerceOption(spec('maxDownsample'), '2', '--max-downsample'), 2);
+  });
+
+  test('--from brings them back from the sdgen record, checked like flags', () => {
+    const rec = (over: Record<string, unknown>) => ({
+      file: 'x.png', chunks: [],
+      sdgen: { sdgen: '0.1.0', tomeApplied: true, params: { ...params({ width: 1024, height: 768, tome: { ...DEFAULT_TOME, ratio: 0.5, maxDownsample: 2 } }), ...over } as GenerationParams },
+    });
+    const o = optionsFromMetadata(rec({ originalSize: { width: 2048, height: 1536 }, cropTopLeft: { top: 16, left: 32 }, targetSize: { width: 1024, height: 768 }, encodeEmptyNegative: true, longPrompt: 'truncate' })).options;
+    assert.equal(o.originalSize, '2048x1536');
+    assert.equal(o.cropTopLeft, '32,16');
+    assert.equal(o.targetSize, '1024x768');
+    assert.equal(o.encodeEmptyNegative, true);
+    assert.equal(o.longPrompt, 'truncate');
+    assert.equal(o.maxDownsample, 2);
+    const plain = optionsFromMetadata(rec({})).options;
+    assert.equal(plain.originalSize, undefined);
+    assert.throws(() => optionsFromMetadata(rec({ originalSize: { width: 'wide', height: 5 } })), /x\.png: recorded original-size: expected WIDTHxHEIGHT/);
   });
 });
 

@@ -2,6 +2,7 @@
 import { coerceOption, SPEC_BY_KEY, type PartialOptions } from '../config/options.js';
 import type { ImageMetadata } from '../metadata/metadata.js';
 import type { ToMeOptions } from '../tome/types.js';
+import type { GenerationParams } from '../pipeline/types.js';
 import { SdgenError, UsageError } from '../errors.js';
 import { checkPromptLength } from '../text/limits.js';
 
@@ -24,6 +25,15 @@ function tomeOptions(t: Partial<ToMeOptions>): PartialOptions {
     mergeCrossattn: t.mergeCrossattn,
     mergeMlp: t.mergeMlp,
   };
+}
+
+/** SDXL's recorded size and crop conditioning in the flags' text forms (then checked like flags). */
+function sdxlOptions(p: Partial<GenerationParams>): PartialOptions {
+  const size = (s: unknown): string | undefined =>
+    s !== null && typeof s === 'object' ? `${String((s as { width?: unknown }).width)}x${String((s as { height?: unknown }).height)}` : undefined;
+  const c: unknown = p.cropTopLeft;
+  const crop = c !== null && typeof c === 'object' ? `${String((c as { left?: unknown }).left)},${String((c as { top?: unknown }).top)}` : undefined;
+  return { originalSize: size(p.originalSize), cropTopLeft: crop, targetSize: size(p.targetSize), encodeEmptyNegative: p.encodeEmptyNegative };
 }
 
 /**
@@ -75,6 +85,8 @@ export function optionsFromMetadata(meta: ImageMetadata): FromImage {
       ...tomeOptions(t),
       tomeMinWidth: t.minWidth,
       tomeMinHeight: t.minHeight,
+      longPrompt: p.longPrompt,
+      ...sdxlOptions(p),
     };
     const options = checked(meta.file, o);
     return { prompt: checkedPrompt(meta.file, p.prompt, options), options, modelName: rec.model };
