@@ -28,11 +28,12 @@ import { TorchGenerator } from '../src/random/torch-generator.js';
 import type { RandomSource } from '../src/random/types.js';
 import { UsageError } from '../src/errors.js';
 import { SessionManager } from '../src/models/session.js';
-import { unetIO, vaeDecoderIO } from '../src/models/io.js';
-import { denoiseBatch } from '../src/pipeline/denoise.js';
+import { vaeDecoderIO } from '../src/models/io.js';
 import { VaeDecoder } from '../src/pipeline/decode.js';
-import type { PromptEmbedding } from '../src/pipeline/text-encoding.js';
-import { TailScheduler, img2imgStart, inpaintStart, noisedStart } from '../src/pipeline/img2img.js';
+import { StableDiffusionPipeline } from '../src/pipeline/pipeline.js';
+import type { GeneratedImage, GenerationParams } from '../src/pipeline/types.js';
+import { generationParams } from './helpers.js';
+import { createHash } from 'node:crypto';
 import { TiledVaeDecoder, decodeTileSpec, encodeTileSpec, shouldTile, tiledApply, type Planes } from '../src/pipeline/tiling.js';
 import { GraphBuilder, constTensor } from '../src/onnx/builder.js';
 import { DataType } from '../src/onnx/types.js';
@@ -578,55 +579,52 @@ describe('init pictures', () => {
 });
 
 // ---------------------------------------------------------------------------------------------
-// End to end through the denoising loop (denoiseBatch with TailScheduler), from the reference's
-// prompt embeddings: final latents and the image within 2/255 of diffusers'
+// End to end through StableDiffusionPipeline.generate: the start latents, timesteps, final
+// latents and the image within 2/255 of diffusers'
 
-describe('img2img, inpainting and hires through the denoising loop', () => {
+describe('img2img, inpainting and hires through the pipeline', () => {
   let cacheDir: string;
-  let sessions: SessionManager;
-  const opened = new Map<string, { unet: Awaited<ReturnType<SessionManager['open']>>; dec: VaeDecoder; enc: VaeEncoder }>();
-  before(() => {
-    cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-i2i-e2e-'));
-    sessions = new SessionManager({ device: 'cpu', cacheDir }, () => {});
-  });
+  const pipes = new Map<string, StableDiffusionPipeline>();
+  const notices: string[] = [];
+  before(() => (cacheDir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-i2i-pipe-'))));
   after(async () => {
-    for (const o of opened.values()) await o.unet.release();
+    for (const p of pipes.values()) await p.dispose();
     rmSync(cacheDir, { recursive: true, force: true });
   });
-  async function models(pipeline: string) {
-    let o = opened.get(pipeline);
-    if (!o) {
-      const dir = path.join(FIXTURES_DIR, pipeline);
-      const unet = await sessions.open(path.join(dir, 'unet', 'model.onnx'), 'unet', { optimizedCache: false });
-      const d = await sessions.open(path.join(dir, 'vae_decoder', 'model.onnx'), 'vae decoder', { optimizedCache: false });
-      const r = await getEncoderParamsModel(path.join(dir, 'vae_encoder', 'model.onnx'), cacheDir);
-      const e = await sessions.open(r.path, 'vae encoder', { optimizedCache: false });
-      o = { unet, dec: new VaeDecoder(d.session, vaeDecoderIO(d.info), 0.18215), enc: new VaeEncoder(e.session, vaeEncoderIO(e.info), 0.18215) };
-      opened.set(pipeline, o);
+  async function pipeline(name: string): Promise<StableDiffusionPipeline> {
+    let p = pipes.get(name);
+    if (!p) {
+      p = await StableDiffusionPipeline.load(path.join(FIXTURES_DIR, name), { device: 'cpu', cacheDir }, { onNotice: (m) => notices.push(m) }, { optimizedCache: false });
+      pipes.set(name, p);
     }
-    return o;
+    return p;
   }
-  const emb = (c: Img2ImgCase, name: string): PromptEmbedding => ({ data: f32t(c, name), seqLen: 77, dim: 32, ids: [], chunks: 1, tokenCount: 0 });
-
-  async function denoise(c: Img2ImgCase, m: Awaited<ReturnType<typeof models>>, sched: Scheduler, gen: TorchGenerator, start: Float32Array, lh: number, lw: number, cfg: number): Promise<Float32Array> {
-    const latents = [start];
-    await denoiseBatch({
-      session: m.unet.session, io: unetIO(m.unet.info), schedulers: [sched], generators: [gen], latents,
-      latentHeight: lh, latentWidth: lw, cond: emb(c, 'prompt_embeds_cond'), uncond: emb(c, 'prompt_embeds_uncond'),
-      cfg, timestepCond: null, tomeRand: null,
+  function paramsOf(c: Img2ImgCase): GenerationParams {
+    return generationParams({
+      prompt: 'a photo of a cat', negativePrompt: (c as unknown as { negative_prompt: string }).negative_prompt, width: c.width, height: c.height,
+      steps: typeof c.steps === 'number' ? c.steps : c.steps.first, cfg: 7.5, seed: c.seeds[0]!, scheduler: c.scheduler.class, vaeTiling: 'off',
     });
-    return latents[0]!;
   }
-
-  /** |Δ| of the final latents relative to their largest value, and the image's largest u8 difference. */
-  async function check(c: Img2ImgCase, m: Awaited<ReturnType<typeof models>>, final: Float32Array): Promise<void> {
+  interface Seen { timesteps: number[][]; initial: Float32Array[]; final: Float32Array[] }
+  async function run(c: Img2ImgCase, p: GenerationParams): Promise<{ images: GeneratedImage[]; seen: Seen }> {
+    const seen: Seen = { timesteps: [], initial: [], final: [] };
+    const pipe = await pipeline(c.pipeline);
+    const images: GeneratedImage[] = [];
+    for await (const img of pipe.generate(p, {
+      onTimesteps: (t) => seen.timesteps.push([...t]),
+      onInitialLatents: (_s, l) => seen.initial.push(l[0]!),
+      onFinalLatents: (_s, l) => seen.final.push(l[0]!),
+      onNotice: (m) => notices.push(m),
+    })) images.push(img);
+    return { images, seen };
+  }
+  function checkImage(c: Img2ImgCase, img: GeneratedImage, final: Float32Array): void {
+    assert.deepEqual([img.width, img.height], [c.width, c.height]);
     const rel = relDiff(final, f32t(c, 'final_latents'));
     assert.ok(rel < 2e-3, `final latents ${rel}`);
-    const img = await m.dec.decode(final, c.height / 8, c.width / 8);
     const d = maxAbsDiff(img.rgb, tensor(c, 'image_u8') as Uint8Array);
     assert.ok(d <= 2, `image differs by ${d}/255`);
   }
-
   const byMode = (mode: string) => CASES.filter((c) => c.mode === mode);
   test('case counts: two img2img, one inpaint, one hires', () => {
     assert.deepEqual([byMode('img2img').length, byMode('inpaint').length, byMode('hires').length], [2, 1, 1]);
@@ -634,60 +632,59 @@ describe('img2img, inpainting and hires through the denoising loop', () => {
 
   for (const c of byMode('img2img')) {
     test(`${c.id}`, async () => {
-      const m = await models(c.pipeline);
-      const img = await loadInitImage(path.join(DIR, c.init_image!), c.width, c.height);
-      const gen = new TorchGenerator(c.seeds[0]!);
-      const sched = TailScheduler.create(createScheduler(c.scheduler.class, { ...c.scheduler.config, _class_name: c.scheduler.class }), stepsOf(c), c.strength);
-      const start = await img2imgStart(m.enc, img, sched, gen);
-      assert.ok(relDiff(start.latents, f32t(c, 'noised_latents')) < ENC_TOL);
-      const final = await denoise(c, m, sched, gen, start.latents, c.height / 8, c.width / 8, 7.5);
-      await check(c, m, final);
+      const file = path.join(DIR, c.init_image!);
+      const { images, seen } = await run(c, { ...paramsOf(c), init: { path: file, strength: c.strength } });
+      assert.equal(images.length, 1);
+      assert.deepEqual(seen.timesteps, [c.timesteps]);
+      assert.ok(relDiff(seen.initial[0]!, f32t(c, 'noised_latents')) < ENC_TOL);
+      checkImage(c, images[0]!, seen.final[0]!);
+      // recorded: the init picture by path and hash
+      const sha = createHash('sha256').update(readFileSync(file)).digest('hex');
+      assert.deepEqual(images[0]!.params.init, { path: file, strength: c.strength, sha256: sha });
     });
   }
 
   for (const c of byMode('inpaint')) {
     test(`${c.id}`, async () => {
-      const m = await models(c.pipeline);
-      const img = await loadInitImage(path.join(DIR, c.init_image!), c.width, c.height);
-      const mask = await loadMask(path.join(DIR, c.mask_image!), c.width, c.height);
-      const binary = binarizeMask(mask.gray);
-      const gen = new TorchGenerator(c.seeds[0]!);
-      const inner = createScheduler(c.scheduler.class, { ...c.scheduler.config, _class_name: c.scheduler.class });
-      inner.setTimesteps(stepsOf(c));
-      const tr = truncatedSchedule(inner, stepsOf(c), c.strength);
-      const probe = new TailScheduler(inner, tr);
-      const st = await inpaintStart(m.enc, img, binary, latentMask(binary, c.width, c.height, 8), probe, c.strength, gen, 4);
-      assert.equal(maxAbsDiff(st.latents, f32t(c, 'noised_latents')), 0);
-      const inner2 = createScheduler(c.scheduler.class, { ...c.scheduler.config, _class_name: c.scheduler.class });
-      const sched = TailScheduler.create(inner2, stepsOf(c), c.strength, st.blend);
-      const final = await denoise(c, m, sched, gen, st.latents, c.height / 8, c.width / 8, 7.5);
-      await check(c, m, final);
+      const { images, seen } = await run(c, {
+        ...paramsOf(c), init: { path: path.join(DIR, c.init_image!), strength: c.strength }, mask: { path: path.join(DIR, c.mask_image!), blur: 0, invert: false },
+      });
+      assert.deepEqual(seen.timesteps, [c.timesteps]);
+      assert.equal(maxAbsDiff(seen.initial[0]!, f32t(c, 'noised_latents')), 0);
+      checkImage(c, images[0]!, seen.final[0]!);
+      assert.match(images[0]!.params.mask!.sha256!, /^[0-9a-f]{64}$/);
     });
   }
 
   for (const c of byMode('hires')) {
     test(`${c.id}`, async () => {
-      const m = await models(c.pipeline);
       const fp = c.first_pass!;
-      const cls = c.scheduler.class;
-      // pass 1: txt2img at the low size
-      const g1 = new TorchGenerator(c.seeds[0]!);
-      const s1 = createScheduler(cls, { ...c.scheduler.config, _class_name: cls });
-      s1.setTimesteps((c.steps as { first: number }).first);
-      const x1 = g1.randn([1, 4, fp.height / 8, fp.width / 8]).map((v) => Math.fround(v * Math.fround(s1.initNoiseSigma)));
-      assert.ok(maxAbsDiff(x1, f32t(c, 'pass1_initial_latents')) <= 1e-6);
-      const p1 = await denoise(c, m, s1, g1, x1, fp.height / 8, fp.width / 8, 7.5);
-      assert.ok(relDiff(p1, f32t(c, 'pass1_final_latents')) < 2e-3, `pass 1 ${relDiff(p1, f32t(c, 'pass1_final_latents'))}`);
-      // upscale, then img2img with a fresh generator
-      const up = interpolate(p1, [1, 4, fp.height / 8, fp.width / 8], c.height / 8, c.width / 8, 'bilinear');
-      const g2 = new TorchGenerator(c.seeds[0]!);
-      const s2 = TailScheduler.create(createScheduler(cls, { ...c.scheduler.config, _class_name: cls }), stepsOf(c), c.strength);
-      const { latents } = noisedStart(s2, up, g2);
-      assert.ok(relDiff(latents, f32t(c, 'noised_latents')) < 2e-3);
-      const final = await denoise(c, m, s2, g2, latents, c.height / 8, c.width / 8, 7.5);
-      await check(c, m, final);
+      const second = (c.steps as { second: number }).second;
+      const hires = { width: c.width, height: c.height, upscaler: c.upscaler!, strength: c.strength, steps: Math.floor(second * c.strength) };
+      const { images, seen } = await run(c, { ...paramsOf(c), width: fp.width, height: fp.height, hires });
+      assert.equal(images.length, 1);
+      assert.deepEqual(seen.timesteps, [fp.timesteps, c.second_pass!.timesteps]);
+      assert.ok(maxAbsDiff(seen.initial[0]!, f32t(c, 'pass1_initial_latents')) <= 1e-6);
+      assert.ok(relDiff(seen.final[0]!, f32t(c, 'pass1_final_latents')) < 2e-3);
+      assert.ok(relDiff(seen.initial[1]!, f32t(c, 'noised_latents')) < 2e-3);
+      checkImage(c, images[0]!, seen.final[1]!);
+      assert.deepEqual(images[0]!.params.hires?.width, c.width);
     });
   }
+
+  test('bad input: one clear line each', async () => {
+    const c = byMode('img2img').find((k) => k.pipeline === 'tiny-sd1')!;
+    const pipe = await pipeline('tiny-sd1');
+    const drain = async (p: GenerationParams) => {
+      for await (const _ of pipe.generate(p)) void _;
+    };
+    const base = { ...paramsOf(c), steps: 2, width: 64, height: 64 };
+    await assert.rejects(drain({ ...base, mask: { path: path.join(DIR, c.init_image!), blur: 0, invert: false } }), (e: Error) => e instanceof UsageError && /--mask needs --init-image/.test(e.message));
+    await assert.rejects(drain({ ...base, init: { path: path.join(DIR, c.init_image!), strength: 1.5 } }), (e: Error) => e instanceof UsageError && /strength must be a number in \(0, 1\]/.test(e.message));
+    await assert.rejects(drain({ ...base, init: { path: path.join(DIR, 'missing.png'), strength: 0.5 } }), (e: Error) => e instanceof UsageError && /cannot read it/.test(e.message));
+    await assert.rejects(drain({ ...base, hires: { width: 100, height: 128, upscaler: 'Latent', strength: 0.5, steps: 0 } }), (e: Error) => e instanceof UsageError && /hires width must be a positive multiple of 8/.test(e.message));
+    await assert.rejects(drain({ ...base, hires: { width: 128, height: 128, upscaler: 'Bogus', strength: 0.5, steps: 0 } }), (e: Error) => e instanceof UsageError && /unknown hires upscaler/.test(e.message));
+  });
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -62,6 +62,12 @@ export interface DenoiseArgs {
    * without knowing what they mean. Built once per batch.
    */
   extraInputs?: ExtraUnetInput[];
+  /**
+   * Per image, [E, h, w] channels fed after the 4 latent channels of the UNet's sample input
+   * (a 9-channel inpainting UNet: the latent mask and the masked picture's latents), the same in
+   * the uncond and cond rows; the latents alone when absent.
+   */
+  extraChannels?: Float32Array[] | null;
   signal?: AbortSignal;
   /** after each step (1-based) */
   onStep?: (step: number, total: number) => void;
@@ -169,9 +175,15 @@ export async function denoiseBatch(args: DenoiseArgs): Promise<DenoiseResult> {
     throw new SdgenError(`unet: input "${io.encoderHiddenStates.name}" takes width ${io.encoderHiddenStates.dim}, the text encoder gives ${D}`);
   }
 
+  const extraCh = args.extraChannels ?? null;
+  if (extraCh && extraCh.length !== B) throw new Error('denoiseBatch: extra channels for every image or none');
+  const E = extraCh ? extraCh[0]!.length / (h * w) : 0;
+  if (extraCh && (!Number.isInteger(E) || extraCh.some((x) => x.length !== E * h * w))) throw new Error('denoiseBatch: extra channels of another size');
+  /** values per row of the sample input: the latents, then the extra channels */
+  const rowN = (4 + E) * h * w;
   const fixed = io.sample.dims;
   if (fixed) {
-    const want = [rows, 4, h, w];
+    const want = [rows, 4 + E, h, w];
     const names = ['batch', 'channels', 'height', 'width'];
     for (let d = 0; d < 4; d++) {
       const f = fixed[d];
@@ -185,7 +197,13 @@ export async function denoiseBatch(args: DenoiseArgs): Promise<DenoiseResult> {
   }
 
   // Inputs, allocated once for the batch.
-  const sample = new FloatInput(io.sample.type, [rows, 4, h, w]);
+  const sample = new FloatInput(io.sample.type, [rows, 4 + E, h, w]);
+  if (extraCh) {
+    for (let b = 0; b < B; b++) {
+      sample.data.set(extraCh[b]!, b * rowN + n);
+      if (guided) sample.data.set(extraCh[b]!, (B + b) * rowN + n);
+    }
+  }
   const ehs = new FloatInput(io.encoderHiddenStates.type, [rows, S, D]);
   for (let b = 0; b < B; b++) {
     if (guided) {
@@ -260,10 +278,10 @@ export async function denoiseBatch(args: DenoiseArgs): Promise<DenoiseResult> {
     throwIfAborted(signal);
     const t = Number(timesteps[i]);
     for (let b = 0; b < B; b++) {
-      const dst = sample.data.subarray(b * n, (b + 1) * n);
+      const dst = sample.data.subarray(b * rowN, b * rowN + n);
       const scaled = schedulers[b]!.scaleModelInput(latents[b]!, t, dst);
       if (scaled !== dst) dst.set(scaled);
-      if (guided) sample.data.copyWithin((B + b) * n, b * n, (b + 1) * n);
+      if (guided) sample.data.copyWithin((B + b) * rowN, b * rowN, b * rowN + n);
     }
     sample.sync();
     timestep.set(t);

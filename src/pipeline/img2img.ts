@@ -19,12 +19,14 @@
  * The loop itself is denoiseBatch's: TailScheduler is the Scheduler it is given, which runs
  * the schedule's tail from diffusers' begin index and applies the blend after each step.
  */
+import { UsageError } from '../errors.js';
 import type { Scheduler } from '../schedulers/types.js';
 import type { RandomSource } from '../random/types.js';
 import { addNoise, startMidSchedule, truncatedSchedule, type TruncatedSchedule } from '../schedulers/img2img.js';
 import type { VaeEncoder } from './encode.js';
 import { rgbToEncoderInput, type RgbImage } from '../image/init-image.js';
-import { maskImageInput } from '../image/mask.js';
+import { binarizeMask, blurMask, invertMask, latentMask, maskImageInput } from '../image/mask.js';
+import { loadInitImage, loadMask } from '../image/init-image.js';
 
 /** The inpainting blend of a 4-channel UNet (see the header). */
 export interface InpaintBlend {
@@ -49,7 +51,8 @@ export class TailScheduler implements Scheduler {
   constructor(
     readonly inner: Scheduler,
     readonly tail: TruncatedSchedule,
-    private readonly blend: InpaintBlend | null = null,
+    /** the inpainting blend after each step (set once the start latents are known) */
+    public blend: InpaintBlend | null = null,
   ) {
     this.timesteps = tail.timesteps;
     startMidSchedule(inner, tail.beginIndex);
@@ -168,4 +171,106 @@ export async function inpaintStart(
   extra.set(latentMaskValues, 0);
   extra.set(maskedLatents, plane);
   return { latents, blend: null, extraChannels: extra };
+}
+
+/** What a batch of img2img / inpainting images starts from. */
+export interface InitSource {
+  /** the init picture at the run's size (img2img, inpainting) */
+  image: RgbImage | null;
+  /** per image (by index in the job): its own picture (hires pass 2 with a pixel-space upscaler) */
+  images?: ((index: number) => RgbImage) | null;
+  /** per image (by index in the job): latents to start from instead of an encoded picture (hires pass 2, latent upscalers) */
+  latents: ((index: number) => Float32Array) | null;
+  strength: number;
+  mask: LoadedInpaintMask | null;
+  /** SHA-256 of the init picture's and the mask's files (recorded in the images' metadata) */
+  sha256?: string;
+  maskSha256?: string | null;
+}
+
+export interface LoadedInpaintMask {
+  /** the mask after --invert-mask and --mask-blur (8-bit, white = repaint): A1111's overlay uses it */
+  gray: Uint8Array;
+  /** diffusers' binarized mask (1 = repaint) */
+  binary: Uint8Array;
+  /** the latent mask (nearest), [h·w] */
+  latent: Float32Array;
+  /** σ of the blur applied (0: none); > 0 pastes the init picture back through `gray` after decoding */
+  blur: number;
+}
+
+/**
+ * Reads an init picture (and mask) for a run of width×height: the picture resized as
+ * init-image.ts says, the mask inverted (`invert`), blurred (`blur`, A1111), binarized and
+ * reduced to the latent size (diffusers). UsageError for a missing or unreadable file.
+ */
+export async function loadInitSource(
+  init: { path: string; strength: number },
+  mask: { path: string; blur: number; invert: boolean } | null,
+  width: number,
+  height: number,
+  scale: number,
+): Promise<InitSource & { sha256: string; maskSha256: string | null; image: RgbImage }> {
+  const image = await loadInitImage(init.path, width, height);
+  let m: LoadedInpaintMask | null = null;
+  let maskSha256: string | null = null;
+  if (mask) {
+    const raw = await loadMask(mask.path, width, height);
+    maskSha256 = raw.sha256;
+    let gray = mask.invert ? invertMask(raw.gray) : raw.gray;
+    if (mask.blur > 0) gray = blurMask(gray, width, height, mask.blur);
+    const binary = binarizeMask(gray);
+    m = { gray, binary, latent: latentMask(binary, width, height, scale), blur: mask.blur };
+  }
+  return { image, latents: null, strength: init.strength, mask: m, sha256: image.sha256, maskSha256 };
+}
+
+/** One batch's schedulers (tails), start latents and 9-channel extra inputs. */
+export interface PreparedBatch {
+  schedulers: TailScheduler[];
+  latents: Float32Array[];
+  /** per image [mask, masked-picture latents] channels for a 9-channel UNet, else null */
+  extraChannels: Float32Array[] | null;
+}
+
+/**
+ * The start of a batch of img2img / inpainting images: per image, its scheduler's tail (each
+ * `inner` set up for `steps` here) and its start latents drawn from its own generator in
+ * diffusers' order. `indices`: the images' indices in the job (for `src.latents`).
+ */
+export async function prepareBatch(
+  src: InitSource,
+  encoder: VaeEncoder | null,
+  inner: Scheduler[],
+  generators: RandomSource[],
+  steps: number,
+  indices: readonly number[],
+  unetChannels: 4 | 9,
+): Promise<PreparedBatch> {
+  if (unetChannels === 9 && !src.mask) {
+    throw new UsageError('this UNet is an inpainting UNet (9 input channels): it needs --init-image and --mask');
+  }
+  const schedulers = inner.map((s) => TailScheduler.create(s, steps, src.strength));
+  const latents: Float32Array[] = [];
+  const extra: Float32Array[] = [];
+  for (let j = 0; j < inner.length; j++) {
+    const sched = schedulers[j]!;
+    const g = generators[j]!;
+    if (src.latents) {
+      latents.push(noisedStart(sched, src.latents(indices[j]!), g).latents);
+      continue;
+    }
+    if (!encoder) throw new Error('prepareBatch: an init picture needs the VAE encoder');
+    const image = src.images ? src.images(indices[j]!) : src.image;
+    if (!image) throw new Error('prepareBatch: no init picture');
+    if (src.mask) {
+      const st = await inpaintStart(encoder, image, src.mask.binary, src.mask.latent, sched, src.strength, g, unetChannels);
+      sched.blend = st.blend;
+      latents.push(st.latents);
+      if (st.extraChannels) extra.push(st.extraChannels);
+    } else {
+      latents.push((await img2imgStart(encoder, image, sched, g)).latents);
+    }
+  }
+  return { schedulers, latents, extraChannels: extra.length > 0 ? extra : null };
 }

@@ -45,6 +45,15 @@ import { VaeDecoder } from './decode.js';
 import { findFinalLayerNorm } from '../optimize/final-layer-norm.js';
 import { defaultCacheDir } from '../models/cache-dir.js';
 import { imageSeed, validateGenerationParams } from './params.js';
+import { loadInitSource, prepareBatch, type InitSource } from './img2img.js';
+import { VaeEncoder, vaeEncoderIO } from './encode.js';
+import { TiledVaeDecoder, decodeTileSpec, encodeTileSpec, shouldTile } from './tiling.js';
+import { firstPassParams, secondPassParams, validateHires } from './hires.js';
+import { getEncoderParamsModel } from '../optimize/encoder-params.js';
+import { overlayInit } from '../image/mask.js';
+import { interpolate } from '../image/interpolate.js';
+import { resizeRgb, type RgbImage } from '../image/init-image.js';
+import { validateStrength } from '../schedulers/img2img.js';
 
 export { validateGenerationParams };
 import { getLoraVariant, scaleFor, type LoraRef } from '../lora/variant.js';
@@ -77,6 +86,10 @@ export interface GenerateOptions {
    * run's peak memory halves; docs/performance.md). A later call still works: it reopens the UNet.
    */
   last?: boolean;
+  /** internal (hires pass 1): each image's final latents go here instead of being decoded and yielded */
+  latentsOut?: (index: number, latents: Float32Array) => void;
+  /** internal (hires pass 2): what the images start from (src/pipeline/img2img.ts) */
+  init?: InitSource;
 }
 
 /** Options of StableDiffusionPipeline.load. */
@@ -157,6 +170,8 @@ export class StableDiffusionPipeline {
   /** SDXL folders: the second text encoder's session and the conditioning stage over both encoders */
   private sdxl: { model2: ModelSession; conditioner: SdxlConditioner } | null = null;
   private textFile = '';
+  /** the VAE encoder (img2img, inpainting, pixel-space hires), opened at its first use */
+  private encoder: { model: ModelSession; stage: VaeEncoder } | null = null;
 
   private constructor(
     readonly folder: ModelFolder,
@@ -339,6 +354,12 @@ export class StableDiffusionPipeline {
       if (r.unmatched.length > 0) events?.onNotice?.(`LoRA ${r.name}: ${r.unmatched.length} of its ${r.total} UNet modules match nothing in this model (e.g. ${r.unmatched[0]})`);
     }
     if (graph.winogradFailed !== undefined && this.runtime.conv === 'winograd') {
+    if (this.runtime.verbose && graph.tome) {
+      // where ToMe merges: the effective max downsample ('auto' resolved) and the merging blocks
+      const t = graph.tome;
+      const asked = tome?.maxDownsample === 'auto' ? ` (auto = ${t.maxDownsample})` : '';
+      (events ?? this.loadEvents)?.onNotice?.(`ToMe: max downsample ${t.maxDownsample}${asked}, merging in ${t.blocks.length} blocks: ${t.blocks.map((b) => `${b.name || `block ${b.index}`} (level ${b.level ?? '?'})`).join(', ')}`);
+    }
       events?.onNotice?.(`${what}: Winograd convolutions not used (${graph.winogradFailed})`);
     }
     const model = await this.sessions.open(graph.file, graph.attention === 'fused' ? `${what} (fused attention)` : what, { optimizedCache: graph.optimizedCache });
@@ -410,7 +431,8 @@ export class StableDiffusionPipeline {
     if (this.busy) throw new SdgenError('this pipeline is already generating; run generate calls one after another');
     this.busy = true;
     try {
-      yield* this.run(params, events, signal, options);
+      if (params.hires) yield* this.hires(params, events, signal, options);
+      else yield* this.run(params, events, signal, options);
     } finally {
       this.busy = false;
     }
@@ -431,6 +453,8 @@ export class StableDiffusionPipeline {
     const lh = params.height / scale;
     const lw = params.width / scale;
 
+    // img2img / inpainting (params.init, params.mask), or hires pass 2 (options.init)
+    const init = options.init ?? (await this.initSource(params));
     // LoRAs: the options', then the prompt's <lora:…> tags (removed from the text it encodes)
     const lora = await resolveRunLoras(params.prompt, params.loras, params.loraDir);
     if (this.sdxl && lora.loras.length > 0) throw new UsageError('LoRAs are not supported on SDXL models yet');
@@ -491,8 +515,11 @@ export class StableDiffusionPipeline {
         s.setTimesteps(params.steps);
         return s;
       });
-      if (bi === 0) events?.onTimesteps?.(Array.from(schedulers[0]!.timesteps, Number));
-      const latents = generators.map((g, j) => initialLatents(g, schedulers[j]!, lh, lw));
+      const prepared = init
+        ? await prepareBatch(init, init.image || init.images ? await this.encoderStage(ev, params) : null, schedulers, generators, params.steps, seeds.map((_, j) => first + j), unetChannels(io))
+        : null;
+      if (bi === 0) events?.onTimesteps?.(Array.from((prepared ? prepared.schedulers : schedulers)[0]!.timesteps, Number));
+      const latents = prepared ? prepared.latents : generators.map((g, j) => initialLatents(g, schedulers[j]!, lh, lw));
       events?.onInitialLatents?.(seeds, latents.map((x) => x.slice()));
       let tomeRand: TomeRandFeed | null = null;
       if (randOn) {
@@ -505,7 +532,8 @@ export class StableDiffusionPipeline {
       const { unetMs } = await denoiseBatch({
         session: unet.model.session,
         io,
-        schedulers,
+        schedulers: prepared ? prepared.schedulers : schedulers,
+        extraChannels: prepared?.extraChannels ?? null,
         generators,
         latents,
         latentHeight: lh,
@@ -525,9 +553,15 @@ export class StableDiffusionPipeline {
       }
       events?.onFinalLatents?.(seeds, latents.map((x) => x.slice()));
       const decoded: { rgb: Uint8Array; width: number; height: number; ms: number }[] = [];
+      if (options.latentsOut) {
+        for (let j = 0; j < count; j++) options.latentsOut(first + j, latents[j]!);
+        continue;
+      }
       for (let j = 0; j < count; j++) {
         const v0 = performance.now();
-        const img = await this.vae.decode(latents[j]!, lh, lw);
+        const img = await this.decode(latents[j]!, lh, lw, params);
+        // A1111's overlay with a blurred mask: the init picture outside the mask, faded at its edge
+        if (init?.mask && init.mask.blur > 0 && init.image) img.rgb = overlayInit(img.rgb, init.image.rgb, init.mask.gray);
         decoded.push({ ...img, ms: performance.now() - v0 });
       }
       const batchMs = performance.now() - batchStart;
@@ -541,7 +575,11 @@ export class StableDiffusionPipeline {
           height: d.height,
           rgb: d.rgb,
           // the option LoRAs as resolved (with their hashes); prompt tags stay in the prompt
-          params: { ...params, tome: { ...tomeUsed }, seed: seeds[j]!, scheduler: schedulerName, ...(params.loras ? { loras: lora.loras.filter((l) => l.from === 'option') } : {}) },
+          params: {
+            ...params, tome: { ...tomeUsed }, seed: seeds[j]!, scheduler: schedulerName, ...(params.loras ? { loras: lora.loras.filter((l) => l.from === 'option') } : {}),
+            ...(params.init && init?.sha256 ? { init: { ...params.init, sha256: init.sha256 } } : {}),
+            ...(params.mask && init?.maskSha256 ? { mask: { ...params.mask, sha256: init.maskSha256 } } : {}),
+          },
           tomeApplied: tome,
           modelName: folder.name,
           ...(lora.loras.length > 0 ? { loras: lora.loras } : {}),
@@ -559,6 +597,103 @@ export class StableDiffusionPipeline {
 
   /**
    * SDXL's conditioning stage (src/pipeline/sdxl-conditioning.ts): the prompt embeddings of both
+   * The init picture and mask of an img2img / inpainting job (null for txt2img), checked: a mask
+   * needs an init picture, a strength in (0, 1], a 9-channel (inpainting) UNet a mask.
+   */
+  private async initSource(params: GenerationParams): Promise<InitSource | null> {
+    if (params.mask && !params.init) throw new UsageError('--mask needs --init-image (the picture to inpaint)');
+    if (!params.init) return null;
+    validateStrength(params.init.strength);
+    if (params.mask && (!Number.isFinite(params.mask.blur) || params.mask.blur < 0)) throw new UsageError(`mask blur must be ≥ 0 (got ${params.mask.blur})`);
+    if (!this.folder.paths.vaeEncoder) throw new SdgenError(`${this.folder.name} has no vae_encoder/: img2img and inpainting need the VAE encoder`);
+    return loadInitSource(params.init, params.mask ?? null, params.width, params.height, this.folder.vaeScaleFactor);
+  }
+
+  /**
+   * The VAE encoder stage, opened at its first use: the folder's encoder as it is when it outputs
+   * latent_parameters, else rewritten to (src/optimize/encoder-params.ts); an export that
+   * samples inside its graph in another form is used as it is, with one notice.
+   */
+  private async encoderStage(ev: ProgressEvents | undefined, params: GenerationParams): Promise<VaeEncoder> {
+    const stage = this.encoder?.stage ?? (await this.openEncoder(ev));
+    // tiles for a picture whose untiled pass would not fit (src/pipeline/tiling.ts)
+    const scale = this.folder.vaeScaleFactor;
+    stage.tiling = shouldTile(params.vaeTiling ?? 'auto', params.width * params.height) ? encodeTileSpec(this.vaeSampleSize, scale) : null;
+    return stage;
+  }
+
+  private async openEncoder(ev: ProgressEvents | undefined): Promise<VaeEncoder> {
+    const file = this.folder.paths.vaeEncoder;
+    if (!file) throw new SdgenError(`${this.folder.name} has no vae_encoder/: img2img, inpainting and pixel-space hires need the VAE encoder`);
+    const r = await getEncoderParamsModel(file, this.cacheDir);
+    if (!r.params) ev?.onNotice?.(`vae encoder: ${r.reason}; its samples are drawn inside the graph, so images are not reproducible by seed`);
+    const model = await this.sessions.open(r.path, 'vae encoder', { optimizedCache: false });
+    try {
+      const stage = new VaeEncoder(model.session, vaeEncoderIO(model.info), this.folder.vaeScalingFactor, this.folder.vaeScaleFactor);
+      this.encoder = { model, stage };
+      return stage;
+    } catch (err) {
+      await model.release();
+      throw err;
+    }
+  }
+
+  /** The VAE's sample_size (its tiles' size in pixels; diffusers' default 512). */
+  private get vaeSampleSize(): number {
+    const s = this.folder.configs.vaeDecoder?.['sample_size'];
+    const v = Array.isArray(s) ? Number(s[0]) : Number(s);
+    return Number.isFinite(v) && v > 0 ? v : 512;
+  }
+
+  /** Decode one image, tile by tile when params.vaeTiling (default 'auto') says so (src/pipeline/tiling.ts). */
+  private async decode(latents: Float32Array, lh: number, lw: number, params: GenerationParams): Promise<{ rgb: Uint8Array; width: number; height: number }> {
+    const scale = this.folder.vaeScaleFactor;
+    if (shouldTile(params.vaeTiling ?? 'auto', lh * lw * scale * scale)) {
+      return new TiledVaeDecoder(this.vaeModel.session, this.vae.io, this.folder.vaeScalingFactor, decodeTileSpec(this.vaeSampleSize, scale)).decode(latents, lh, lw);
+    }
+    return this.vae.decode(latents, lh, lw);
+  }
+
+  /**
+   * Hires fix (src/pipeline/hires.ts): pass 1 (txt2img at the job's size) for every image of
+   * the call, its latents kept; then pass 2 (img2img at the hires size, fresh generators
+   * seeded seed + i) from the upscaled latents, or, with a pixel-space upscaler, from pass 1's
+   * decoded pictures resized. Each pass chooses its UNet (ToMe by its own size and settings),
+   * so the UNet session switches at most once per call.
+   */
+  private async *hires(
+    params: GenerationParams,
+    events: (ProgressEvents & GenerationInspector) | undefined,
+    signal: AbortSignal | undefined,
+    options: GenerateOptions,
+  ): AsyncGenerator<GeneratedImage> {
+    const upscaler = validateHires(params.hires!);
+    if (params.init || params.mask) throw new UsageError('hires fix is a txt2img mode; it does not take --init-image or --mask');
+    const seed0 = params.seed === -1 ? randomSeed() : params.seed;
+    const pass1 = new Map<number, Float32Array>();
+    const p1 = firstPassParams(params, seed0);
+    for await (const _ of this.run(p1, events, signal, { ...options, last: false, latentsOut: (i, l) => pass1.set(i, l.slice()) })) {
+      // pass 1 yields nothing (its latents go to latentsOut)
+    }
+    const p2 = secondPassParams(params, seed0);
+    const scale = this.folder.vaeScaleFactor;
+    const [lh1, lw1, lh2, lw2] = [params.height / scale, params.width / scale, p2.height / scale, p2.width / scale];
+    const strength = params.hires!.strength;
+    let init: InitSource;
+    if (upscaler.kind === 'latent') {
+      const mode = upscaler.mode;
+      init = { image: null, latents: (i) => interpolate(pass1.get(i)!, [1, 4, lh1, lw1], lh2, lw2, mode), strength, mask: null };
+    } else {
+      const pictures = new Map<number, RgbImage>();
+      for (const [i, l] of pass1) pictures.set(i, await resizeRgb(await this.decode(l, lh1, lw1, p1), p2.width, p2.height, upscaler.name));
+      init = { image: null, images: (i) => pictures.get(i)!, latents: null, strength, mask: null };
+    }
+    for await (const img of this.run(p2, events, signal, { ...options, init })) {
+      yield { ...img, params: { ...params, seed: img.seed, scheduler: firstPassScheduler(params, this.folder.defaultScheduler), tome: { ...params.tome }, hires: { ...params.hires!, tome: img.params.tome } } };
+    }
+  }
+
+  /**
    * encoders, and the UNet's `text_embeds` (pooled) and `time_ids` inputs per row.
    */
   private async sdxlConditioning(
@@ -602,7 +737,7 @@ export class StableDiffusionPipeline {
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    const all = [this.textModel, this.vaeModel, ...(this.unet ? [this.unet.model] : []), ...(this.sdxl ? [this.sdxl.model2] : [])];
+    const all = [this.textModel, this.vaeModel, ...(this.unet ? [this.unet.model] : []), ...(this.sdxl ? [this.sdxl.model2] : []), ...(this.encoder ? [this.encoder.model] : [])];
     this.unet = null;
     await Promise.all([
       ...all.map((m) => m.release().catch(() => {})),
@@ -611,3 +746,16 @@ export class StableDiffusionPipeline {
     ]);
   }
 }
+}
+
+/** The UNet's sample channels: 4, or 9 for an inpainting UNet (latents, mask, masked-picture latents). */
+function unetChannels(io: UnetIO): 4 | 9 {
+  const c = io.sample.dims?.[1];
+  if (c === 9) return 9;
+  if (c === undefined || c === null || c === 4) return 4;
+  throw new SdgenError(`unet: input "${io.sample.name}" has ${c} channels; expected 4, or 9 for an inpainting UNet`);
+}
+
+/** The sampler name pass 1 of a hires job ran (canonical). */
+function firstPassScheduler(params: GenerationParams, folderDefault: string): string {
+  return resolveSchedulerName(params.scheduler || folderDefault);

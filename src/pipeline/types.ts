@@ -56,6 +56,56 @@ export interface GenerationParams {
   loras?: LoraRef[];
   /** where `<lora:NAME:SCALE>` prompt tags find NAME.safetensors (searched recursively) */
   loraDir?: string;
+  /** img2img (with `mask`: inpainting): the picture to start from (src/pipeline/img2img.ts) */
+  init?: InitImageParams;
+  /** inpainting: which part of the init picture to repaint (needs `init`) */
+  mask?: MaskParams;
+  /** hires fix: a second img2img pass at a larger size (src/pipeline/hires.ts) */
+  hires?: HiresParams;
+  /** tiled VAE decode/encode (src/pipeline/tiling.ts); default 'auto' */
+  vaeTiling?: 'auto' | 'on' | 'off';
+}
+
+/** img2img's init picture. */
+export interface InitImageParams {
+  /** PNG, JPEG or WebP file, resized to width×height when its size differs (Lanczos) */
+  path: string;
+  /** (0, 1]: the part of the schedule run, diffusers' strength (A1111 "Denoising strength"); default 0.75 */
+  strength: number;
+  /** SHA-256 of the file the image was made from (set by the pipeline, recorded in metadata) */
+  sha256?: string;
+}
+
+/** Inpainting mask (white = repaint). */
+export interface MaskParams {
+  path: string;
+  /** A1111's mask blur σ in pixels (0 = none, as diffusers) */
+  blur: number;
+  /** repaint the black part instead (A1111 "Inpaint not masked") */
+  invert: boolean;
+  /** SHA-256 of the mask file (set by the pipeline) */
+  sha256?: string;
+}
+
+/** Hires fix (A1111's two-pass txt2img): pass 2 is img2img of pass 1's result at width×height. */
+export interface HiresParams {
+  /** pass 2's size (from --hires-scale or --hires-width/--hires-height) */
+  width: number;
+  height: number;
+  /** the scale the size came from, when it did (A1111 "Hires upscale") */
+  scale?: number;
+  /** A1111's upscaler name: 'Latent', 'Latent (antialiased)', …, 'Lanczos', 'Nearest' */
+  upscaler: string;
+  /** pass 2's denoising strength, (0, 1] */
+  strength: number;
+  /** the steps pass 2 runs (A1111 "Hires steps"); 0 = the job's steps */
+  steps: number;
+  prompt?: string;
+  negativePrompt?: string;
+  /** pass 2's sampler (default: the job's) */
+  scheduler?: string;
+  /** pass 2's ToMe settings (A1111 "Token merging ratio hr"); default: the job's */
+  tome?: ToMeOptions;
 }
 
 export interface ImageTimings {
