@@ -329,3 +329,14 @@ test('--cache-dir pointing at a file, with --tome: exit 2, one line', async () =
     /^sdgen: --cache-dir: .*not-a-dir is not a directory$/,
   );
 });
+
+test('a cache directory from .sdgenrc that is a file, or that cannot be made (under /proc): one line, exit 1, no hang', async () => {
+  const cwd = dir('rc-cache');
+  const file = path.join(cwd, 'cache-file');
+  writeFileSync(file, 'x');
+  const args = ['a', '--model', TINY, '--steps', '1', '--width', '64', '--height', '64', '-q', '--out', path.join(cwd, 'out')];
+  writeFileSync(path.join(cwd, '.sdgenrc'), `cacheDir: ${file}\n`);
+  oneLine(await run(args, cwd), 1, /cache directory .*cache-file is not a directory \(set by --cache-dir, cacheDir in \.sdgenrc, or SDGEN_CACHE_DIR\)$/);
+  writeFileSync(path.join(cwd, '.sdgenrc'), 'cacheDir: /proc/sdgen-no-such/cache\n');
+  oneLine(await run(args, cwd), 1, /cache directory \/proc\/sdgen-no-such\/cache cannot be created \(ENOENT\)/);
+});

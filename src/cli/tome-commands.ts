@@ -1,6 +1,7 @@
 /** `sdgen info`, `sdgen tome-patch` and `sdgen bench`: the ToMe / performance commands. */
 import { existsSync } from 'node:fs';
-import { link, lstat, mkdir, mkdtemp, readdir, readFile, realpath, rename, rm, stat, unlink } from 'node:fs/promises';
+import { link, lstat, mkdtemp, readdir, readFile, realpath, rename, rm, stat, unlink } from 'node:fs/promises';
+import { makeDirs } from '../files.js';
 import path from 'node:path';
 import { SdgenError, UsageError } from '../errors.js';
 import { coerceOption, SPEC_BY_KEY, type PartialOptions } from '../config/options.js';
@@ -223,7 +224,7 @@ export async function cmdTomePatch(
   const outDir = path.dirname(outAbs);
   let work: string;
   try {
-    await mkdir(outDir, { recursive: true });
+    makeDirs(outDir);
     work = await mkdtemp(path.join(outDir, `.${path.basename(outAbs)}.tome-patch-`));
   } catch (e) {
     throw new SdgenError(`tome-patch: cannot write in ${outDir} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);

@@ -43,7 +43,7 @@ import type { ExtraUnetInput } from './denoise.js';
 import { SdxlConditioner, type SdxlConditioning } from './sdxl-conditioning.js';
 import { VaeDecoder } from './decode.js';
 import { findFinalLayerNorm } from '../optimize/final-layer-norm.js';
-import { defaultCacheDir } from '../models/cache-dir.js';
+import { defaultCacheDir, prepareCacheDir } from '../models/cache-dir.js';
 import { imageSeed, validateGenerationParams } from './params.js';
 import { loadInitSource, prepareBatch, type InitSource } from './img2img.js';
 import { VaeEncoder, vaeEncoderIO } from './encode.js';
@@ -200,6 +200,7 @@ export class StableDiffusionPipeline {
   ): Promise<StableDiffusionPipeline> {
     const folder = await loadModelFolder(modelDir);
     const cacheDir = runtime.cacheDir ?? defaultCacheDir();
+    await prepareCacheDir(cacheDir);
     const useOptimized = options.optimizedCache ?? process.env['SDGEN_OPTIMIZED_CACHE'] !== '0';
     const sessions = new SessionManager(runtime, (m) => events?.onNotice?.(m), undefined, useOptimized ? { cacheDir } : null);
     const opened: ModelSession[] = [];
@@ -353,13 +354,13 @@ export class StableDiffusionPipeline {
     for (const r of graph.lora?.reports ?? []) {
       if (r.unmatched.length > 0) events?.onNotice?.(`LoRA ${r.name}: ${r.unmatched.length} of its ${r.total} UNet modules match nothing in this model (e.g. ${r.unmatched[0]})`);
     }
-    if (graph.winogradFailed !== undefined && this.runtime.conv === 'winograd') {
     if (this.runtime.verbose && graph.tome) {
       // where ToMe merges: the effective max downsample ('auto' resolved) and the merging blocks
       const t = graph.tome;
-      const asked = tome?.maxDownsample === 'auto' ? ` (auto = ${t.maxDownsample})` : '';
-      (events ?? this.loadEvents)?.onNotice?.(`ToMe: max downsample ${t.maxDownsample}${asked}, merging in ${t.blocks.length} blocks: ${t.blocks.map((b) => `${b.name || `block ${b.index}`} (level ${b.level ?? '?'})`).join(', ')}`);
+      const md = tome?.maxDownsample === 'auto' ? `auto = ${t.maxDownsample}` : String(t.maxDownsample);
+      (events ?? this.loadEvents)?.onNotice?.(`ToMe: max downsample ${md}, merging in ${t.blocks.length} blocks: ${t.blocks.map((b) => `${b.name || `block ${b.index}`} (level ${b.level ?? '?'})`).join(', ')}`);
     }
+    if (graph.winogradFailed !== undefined && this.runtime.conv === 'winograd') {
       events?.onNotice?.(`${what}: Winograd convolutions not used (${graph.winogradFailed})`);
     }
     const model = await this.sessions.open(graph.file, graph.attention === 'fused' ? `${what} (fused attention)` : what, { optimizedCache: graph.optimizedCache });
@@ -452,9 +453,9 @@ export class StableDiffusionPipeline {
     const scale = folder.vaeScaleFactor;
     const lh = params.height / scale;
     const lw = params.width / scale;
-
     // img2img / inpainting (params.init, params.mask), or hires pass 2 (options.init)
     const init = options.init ?? (await this.initSource(params));
+
     // LoRAs: the options', then the prompt's <lora:…> tags (removed from the text it encodes)
     const lora = await resolveRunLoras(params.prompt, params.loras, params.loraDir);
     if (this.sdxl && lora.loras.length > 0) throw new UsageError('LoRAs are not supported on SDXL models yet');
@@ -552,11 +553,11 @@ export class StableDiffusionPipeline {
         await this.releaseUnet();
       }
       events?.onFinalLatents?.(seeds, latents.map((x) => x.slice()));
-      const decoded: { rgb: Uint8Array; width: number; height: number; ms: number }[] = [];
       if (options.latentsOut) {
         for (let j = 0; j < count; j++) options.latentsOut(first + j, latents[j]!);
         continue;
       }
+      const decoded: { rgb: Uint8Array; width: number; height: number; ms: number }[] = [];
       for (let j = 0; j < count; j++) {
         const v0 = performance.now();
         const img = await this.decode(latents[j]!, lh, lw, params);
@@ -596,7 +597,6 @@ export class StableDiffusionPipeline {
   }
 
   /**
-   * SDXL's conditioning stage (src/pipeline/sdxl-conditioning.ts): the prompt embeddings of both
    * The init picture and mask of an img2img / inpainting job (null for txt2img), checked: a mask
    * needs an init picture, a strength in (0, 1], a 9-channel (inpainting) UNet a mask.
    */
@@ -694,6 +694,7 @@ export class StableDiffusionPipeline {
   }
 
   /**
+   * SDXL's conditioning stage (src/pipeline/sdxl-conditioning.ts): the prompt embeddings of both
    * encoders, and the UNet's `text_embeds` (pooled) and `time_ids` inputs per row.
    */
   private async sdxlConditioning(
@@ -746,7 +747,6 @@ export class StableDiffusionPipeline {
     ]);
   }
 }
-}
 
 /** The UNet's sample channels: 4, or 9 for an inpainting UNet (latents, mask, masked-picture latents). */
 function unetChannels(io: UnetIO): 4 | 9 {
@@ -759,3 +759,4 @@ function unetChannels(io: UnetIO): 4 | 9 {
 /** The sampler name pass 1 of a hires job ran (canonical). */
 function firstPassScheduler(params: GenerationParams, folderDefault: string): string {
   return resolveSchedulerName(params.scheduler || folderDefault);
+}

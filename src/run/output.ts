@@ -10,6 +10,7 @@ import {
 } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { makeDirs } from '../files.js';
 import { SdgenError, UsageError } from '../errors.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -217,43 +218,13 @@ function writeAll(fd: number, buf: Uint8Array, write: WriteFn): void {
   }
 }
 
-/**
- * Creates `dir` and its missing parents. Not `mkdirSync(…, { recursive: true })`: on some
- * filesystems (e.g. under /proc) that retries ENOENT forever; here every level is tried at most
- * twice, and a failure is one line.
- */
+/** Creates the output directory and its missing parents (makeDirs); a failure is one line. */
 export function ensureDir(dir: string): void {
-  const fail = (e: unknown): never => {
+  try {
+    makeDirs(dir);
+  } catch (e) {
     throw new OutputError(`${dir}: cannot create the output directory (${describe(e)})`, errCode(e));
-  };
-  const make = (d: string, depth: number): void => {
-    try {
-      mkdirSync(d);
-      return;
-    } catch (e) {
-      const code = errCode(e);
-      if (code === 'EEXIST') {
-        let isDir = false;
-        try {
-          isDir = statSync(d).isDirectory();
-        } catch (s) {
-          fail(s);
-        }
-        if (!isDir) fail(Object.assign(new Error(), { code: 'ENOTDIR' }));
-        return;
-      }
-      const parent = path.dirname(d);
-      if (code !== 'ENOENT' || parent === d || depth > 1000) fail(e);
-      make(parent, depth + 1);
-    }
-    try {
-      mkdirSync(d);
-    } catch (e) {
-      if (errCode(e) === 'EEXIST' && statSync(d).isDirectory()) return;
-      fail(e);
-    }
-  };
-  make(path.resolve(dir), 0);
+  }
 }
 
 export function listDir(dir: string): string[] {

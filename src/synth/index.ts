@@ -4,7 +4,8 @@
  * scheduler/), and `countParams`, the parameter counts of an architecture without building any
  * weights.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
+import { makeDirs } from '../files.js';
 import { join } from 'node:path';
 import { generateTinyVocab } from '../text/tiny-vocab.js';
 import { UsageError } from '../errors.js';
@@ -155,7 +156,7 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
     files.push(p);
   };
   for (const d of ['text_encoder', 'unet', 'vae_decoder', 'tokenizer', 'scheduler']) {
-    mkdirSync(join(out, d), { recursive: true });
+    makeDirs(join(out, d));
   }
   write('model_index.json', jsonText(modelIndexJson(spec)));
   write('scheduler/scheduler_config.json', jsonText(schedulerConfigJson(spec)));
