@@ -359,12 +359,15 @@ describe('ToMe on SDXL (max downsample auto)', () => {
       assert.equal(g.tome.maxDownsample, 2);
       assert.equal(g.tome.blocks.length, 5);
       const notices: string[] = [];
-      const pipe = await StableDiffusionPipeline.load(TINY_SDXL, { device: 'cpu', cacheDir }, { onNotice: (m) => notices.push(m) }, { attention: 'standard' });
+      const pipe = await StableDiffusionPipeline.load(TINY_SDXL, { device: 'cpu', cacheDir, verbose: true }, { onNotice: (m) => notices.push(m) }, { attention: 'standard' });
       try {
         const p = params({ prompt: 'a photo of a cat', width: 256, height: 256, steps: 2, cfg: 5, seed: 3, scheduler: 'euler', tome: { ...DEFAULT_TOME, ratio: 0.5 }, attention: 'standard' });
         const [img] = await collect(pipe.generate(p));
         assert.equal(img!.tomeApplied, true);
         assert.equal(img!.params.tome.maxDownsample, 2);
+        // --verbose says where it merges
+        assert.ok(notices.some((m) => /^ToMe: max downsample auto = 2, merging in 5 blocks: down_blocks\.1\/attentions\.0\/transformer_blocks\.0 \(level 2\), /.test(m)), notices.join('\n'));
+        notices.length = 0;
         const [one] = await collect(pipe.generate({ ...p, tome: { ...DEFAULT_TOME, ratio: 0.5, maxDownsample: 1 } }));
         assert.equal(one!.tomeApplied, false);
         assert.deepEqual(notices.filter((m) => /ToMe/.test(m)), ['ToMe skipped: max downsample 1 merges nothing on this model: its transformer blocks are at downsample 2, 4 (auto: 2)']);
