@@ -360,12 +360,6 @@ export class StableDiffusionPipeline {
       const md = tome?.maxDownsample === 'auto' ? `auto = ${t.maxDownsample}` : String(t.maxDownsample);
       (events ?? this.loadEvents)?.onNotice?.(`ToMe: max downsample ${md}, merging in ${t.blocks.length} blocks: ${t.blocks.map((b) => `${b.name || `block ${b.index}`} (level ${b.level ?? '?'})`).join(', ')}`);
     }
-    if (this.runtime.verbose && graph.tome) {
-      // where ToMe merges: the effective max downsample ('auto' resolved) and the merging blocks
-      const t = graph.tome;
-      const md = tome?.maxDownsample === 'auto' ? `auto = ${t.maxDownsample}` : String(t.maxDownsample);
-      (events ?? this.loadEvents)?.onNotice?.(`ToMe: max downsample ${md}, merging in ${t.blocks.length} blocks: ${t.blocks.map((b) => `${b.name || `block ${b.index}`} (level ${b.level ?? '?'})`).join(', ')}`);
-    }
     if (graph.winogradFailed !== undefined && this.runtime.conv === 'winograd') {
       events?.onNotice?.(`${what}: Winograd convolutions not used (${graph.winogradFailed})`);
     }
