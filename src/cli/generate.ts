@@ -205,10 +205,18 @@ export async function runGenerate(positional: string | undefined, explicit: Part
   let fromModel: string | undefined;
   if (flags.from) {
     const { readImageMetadata } = await import('../metadata/metadata.js');
-    const f = optionsFromMetadata(await readImageMetadata(flags.from));
+    const meta = await readImageMetadata(flags.from);
+    const f = optionsFromMetadata(meta);
     fromPrompt = f.prompt;
     fromOptions = f.options;
     fromModel = f.modelName;
+    if (meta.sdgen?.params && typeof meta.sdgen.params === 'object') {
+      // the LoRAs the image was made with, where their files are still found (by path and hash)
+      const { lorasFromRecord } = await import('../lora/from.js');
+      const l = await lorasFromRecord(meta.sdgen.params);
+      fromOptions = { ...fromOptions, ...l.options };
+      if (!flags.quiet) for (const m of l.missing) process.stderr.write(errorLine(`--from: ${m}`) + '\n');
+    }
   }
 
   // Precedence: defaults < rc < preset < --from < flags < prompt-file line.
@@ -428,10 +436,27 @@ export async function runGenerate(positional: string | undefined, explicit: Part
         loadPipeline: async (model, events, first): Promise<PipelineLike> => {
           if (!existsSync(model!)) throw new SdgenError(`model folder not found: ${model}`);
           // the UNet graph and attention mode the first job runs are the ones opened
-          return StableDiffusionPipeline.load(model!, runtime, events, { attention: first.params.attention ?? base.attention, first: first.params });
+          return StableDiffusionPipeline.load(model!, runtime, events, {
+            attention: first.params.attention ?? base.attention,
+            first: first.params,
+            ...(base.embeddingsDir ? { embeddingsDir: base.embeddingsDir } : {}),
+          });
         },
         encode: (out, extras) =>
-          png.encodeImagePng(out.rgb, out.width, out.height, { sdgen: SDGEN_VERSION, params: out.params, model: out.modelName, tomeApplied: out.tomeApplied }, extras),
+          png.encodeImagePng(
+            out.rgb,
+            out.width,
+            out.height,
+            {
+              sdgen: SDGEN_VERSION,
+              params: out.params,
+              model: out.modelName,
+              tomeApplied: out.tomeApplied,
+              ...(out.loras ? { loras: out.loras } : {}),
+              ...(out.embeddings ? { embeddings: out.embeddings } : {}),
+            },
+            extras,
+          ),
         samplerName: (s) => safeA1111(sched.a1111Name, s),
         reporter,
         signal: controller.signal,

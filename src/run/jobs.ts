@@ -17,6 +17,7 @@ import { UsageError } from '../errors.js';
 import { parseCropOption, parseSizeOption, type SdgenOptions } from '../config/options.js';
 import type { GenerationParams } from '../pipeline/types.js';
 import { imageSeed } from '../pipeline/params.js';
+import { loraParams } from '../lora/options.js';
 import { validateGenerationParams } from '../pipeline/params.js';
 import { tomeApplies, tomeFromFlat, validateToMeOptions } from '../tome/options.js';
 import type { PromptFileError } from './prompt-file.js';
@@ -102,6 +103,8 @@ export function buildJob(spec: JobSpec, index: number, ctx: JobContext, seed?: n
     ...(o.cropTopLeft !== undefined ? { cropTopLeft: parseCropOption(o.cropTopLeft) } : {}),
     ...(o.targetSize !== undefined ? { targetSize: parseSizeOption(o.targetSize) } : {}),
     ...(o.encodeEmptyNegative ? { encodeEmptyNegative: true } : {}),
+    // LoRAs of --lora and the directory <lora:NAME:SCALE> tags resolve in
+    ...loraParams(o),
   };
   const job: Job = {
     index,
