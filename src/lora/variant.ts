@@ -20,13 +20,13 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, utimes, writeFile, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readFile, rm, utimes, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { SdgenError, UsageError } from '../errors.js';
 import { loadModel, modelFileIdentity } from '../onnx/model-io.js';
 import { encodeModel } from '../onnx/proto.js';
 import { DataLocation, type ModelProto, type TensorProto } from '../onnx/types.js';
-import { externalLocations, linkOrCopy } from '../optimize/fused-model.js';
+import { externalLocations, linkOrCopy, publishEntry } from '../optimize/fused-model.js';
 import { SDGEN_VERSION } from '../version.js';
 import { findTokenEmbedding, placeEmbeddings, type Embedding, type EncoderSlot, type PlacedEmbedding } from './embeddings.js';
 import { safetensorsHashes } from './hash.js';
@@ -261,12 +261,7 @@ export async function getLoraVariant(modelPath: string, req: LoraVariantRequest)
       await rm(path.join(tmp, LORA_WEIGHTS_FILE), { force: true });
     }
     await writeFile(path.join(tmp, 'meta.json'), JSON.stringify(meta, null, 2));
-    await rm(dir, { recursive: true, force: true }); // an entry left incomplete
-    try {
-      await rename(tmp, dir);
-    } catch {
-      await rm(tmp, { recursive: true, force: true }); // published by a concurrent run
-    }
+    await publishEntry(tmp, dir);
     return changed.length > 0
       ? { path: modelFile, changed: changed.length, reports, placed: ext.placed, skipped: ext.skipped, cached: false }
       : { path: modelPath, changed: 0, reports, placed: [], skipped: ext.skipped, cached: false };

@@ -124,7 +124,7 @@ export async function pruneCacheDir(root: string, maxBytes: number, keep: Readon
 }
 
 /** Entry kinds whose `meta.json` names the model they were derived from, in dependency order. */
-const DERIVED_KINDS = ['clip-skip', 'tome', 'fused', 'winograd', 'optimized'] as const;
+const DERIVED_KINDS = ['lora', 'clip-skip', 'tome', 'fused', 'winograd', 'optimized'] as const;
 /** A weights file younger than this may belong to an entry being written by another run. */
 const FRESH_WEIGHTS_MS = 3600 * 1000;
 

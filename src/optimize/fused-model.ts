@@ -71,6 +71,21 @@ export async function writeModelLinkingWeights(model: ModelProto, sourcePath: st
   return file;
 }
 
+/**
+ * Publishes a finished cache entry: the directory `tmp` (with its meta.json) becomes `dir` in one
+ * rename. A published entry is never replaced, since a concurrent run may be loading it: when
+ * another run published `dir` first, `tmp` goes. A directory without meta.json is not an entry
+ * (one left incomplete by an older sdgen) and is replaced.
+ */
+export async function publishEntry(tmp: string, dir: string): Promise<void> {
+  if (existsSync(dir) && !existsSync(path.join(dir, 'meta.json'))) await rm(dir, { recursive: true, force: true });
+  try {
+    await rename(tmp, dir);
+  } catch {
+    await rm(tmp, { recursive: true, force: true });
+  }
+}
+
 async function rewriteKey(modelPath: string, options: Record<string, unknown>): Promise<string> {
   const material = JSON.stringify({ ...options, id: await modelFileIdentity(modelPath), sdgen: SDGEN_VERSION });
   return createHash('sha256').update(material).digest('hex').slice(0, 32);
@@ -122,14 +137,7 @@ export async function getRewrittenModel(
     // files: the data files the rewrite wrote (pruneDerived keeps them while this entry exists)
     const files = r.files ? Object.fromEntries(Object.entries(r.files).map(([k, f]) => [k, path.resolve(f)])) : undefined;
     await writeFile(path.join(tmp, 'meta.json'), JSON.stringify({ source: path.resolve(modelPath), count: r.count, skipped: r.skipped, ...(files ? { files } : {}), ...(r.info !== undefined ? { info: r.info } : {}) }, null, 2));
-    // An entry is published whole (one rename) and never replaced: a concurrent run may be
-    // loading it. A directory without meta.json is not an entry (an old incomplete one) and goes.
-    if (existsSync(dir) && !existsSync(metaFile)) await rm(dir, { recursive: true, force: true });
-    try {
-      await rename(tmp, dir);
-    } catch {
-      await rm(tmp, { recursive: true, force: true }); // published by a concurrent run first
-    }
+    await publishEntry(tmp, dir);
   } catch (err) {
     await rm(tmp, { recursive: true, force: true });
     throw err;
