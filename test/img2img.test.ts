@@ -31,6 +31,11 @@ import { SessionManager } from '../src/models/session.js';
 import { vaeDecoderIO } from '../src/models/io.js';
 import { VaeDecoder } from '../src/pipeline/decode.js';
 import { StableDiffusionPipeline } from '../src/pipeline/pipeline.js';
+import { TailScheduler, inpaintStart } from '../src/pipeline/img2img.js';
+import { denoiseBatch } from '../src/pipeline/denoise.js';
+import type { UnetIO } from '../src/models/io.js';
+import type { PromptEmbedding } from '../src/pipeline/text-encoding.js';
+import { firstPassParams, hiresSize, secondPassParams } from '../src/pipeline/hires.js';
 import type { GeneratedImage, GenerationParams } from '../src/pipeline/types.js';
 import { generationParams } from './helpers.js';
 import { createHash } from 'node:crypto';
@@ -771,5 +776,138 @@ describe('tiled VAE', () => {
     assert.deepEqual([tiled.channels, tiled.height, tiled.width], [8, 12, 20]);
     assert.ok(relDiff(tiled.data, whole.data) < 1e-6);
     await s.release();
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// 9-channel inpainting UNets and the draw order of inpainting starts
+
+describe('inpainting starts and 9-channel UNets', () => {
+  // a pointwise stand-in encoder of stride 8 (AveragePool, then a 1×1 conv to mean|logvar)
+  async function standInEncoder(): Promise<{ enc: VaeEncoder; release: () => Promise<void> }> {
+    const b = new GraphBuilder({ opset: 14 });
+    const x = b.input('sample', DataType.FLOAT, [1, 3, 'h', 'w']);
+    const p = b.op('AveragePool', [x], { kernel_shape: { ints: [8, 8] }, strides: { ints: [8, 8] } });
+    const w = b.anonConstant(constTensor(DataType.FLOAT, [8, 3, 1, 1], Array.from({ length: 24 }, (_, i) => (i % 7) / 7 - 0.5)), 'Conv');
+    b.output(b.op('Conv', [p, w], {}, { outputs: ['latent_parameters'] }), DataType.FLOAT, [1, 8, 'lh', 'lw']);
+    const s = await ort.InferenceSession.create(encodeModel(b.build()));
+    const enc = new VaeEncoder(s, { input: { name: 'sample', type: 'float32' }, output: { name: 'latent_parameters', type: 'float32' }, kind: 'parameters' }, 0.18215);
+    return { enc, release: () => s.release() };
+  }
+  const W = 32;
+  const H = 16;
+  const image = { rgb: Uint8Array.from({ length: W * H * 3 }, (_, i) => (i * 37) % 256), width: W, height: H };
+  const binary = Uint8Array.from({ length: W * H }, (_, i) => (i % W >= 16 ? 1 : 0));
+  const lmask = latentMask(binary, W, H, 8);
+  const sched = (): TailScheduler => TailScheduler.create(createScheduler('ddim', { ...CASES[0]!.scheduler.config }), 4, 1);
+
+  test('draw order per generator: 4 channels encode, noise, masked draw; 9 channels at strength 1 noise, masked encode', async () => {
+    const { enc, release } = await standInEncoder();
+    try {
+      const input = rgbToEncoderInput(image);
+      const dist = await enc.distribution(input, W, H);
+      const distMasked = await enc.distribution(maskImageInput(input, binary), W, H);
+      const shape = [1, 4, H / 8, W / 8];
+      const ref = new TorchGenerator(7);
+      const d1 = ref.randn(shape);
+      const d2 = ref.randn(shape);
+      const d3 = ref.randn(shape);
+      const sample = (d: typeof dist, n: Float32Array) => sampleLatents(d, { randn: () => n.slice() }, 0.18215);
+
+      const g4 = new TorchGenerator(7);
+      const s4 = await inpaintStart(enc, image, binary, lmask, sched(), 1, g4, 4);
+      assert.deepEqual(Array.from(s4.blend!.initLatents), Array.from(sample(dist, d1)));
+      assert.deepEqual(Array.from(s4.blend!.noise), Array.from(d2));
+      assert.deepEqual(Array.from(s4.latents), Array.from(d2)); // × init_noise_sigma = 1 (DDIM)
+      assert.equal(s4.extraChannels, null);
+      // the masked picture's draw was made too (unused by a 4-channel UNet): the next draw is the fourth
+      ref.randn([1]);
+      void d3;
+      const after = new TorchGenerator(7);
+      for (let k = 0; k < 3; k++) after.randn(shape);
+      assert.deepEqual(Array.from(g4.randn([20])), Array.from(after.randn([20])));
+
+      const g9 = new TorchGenerator(7);
+      const s9 = await inpaintStart(enc, image, binary, lmask, sched(), 1, g9, 9);
+      assert.equal(s9.blend, null);
+      assert.deepEqual(Array.from(s9.latents), Array.from(d1)); // no init encode at strength 1: the noise comes first
+      const plane = lmask.length;
+      assert.deepEqual(Array.from(s9.extraChannels!.subarray(0, plane)), Array.from(lmask));
+      assert.deepEqual(Array.from(s9.extraChannels!.subarray(plane)), Array.from(sample(distMasked, d2)));
+    } finally {
+      await release();
+    }
+  });
+
+  test('denoiseBatch feeds [latents, mask, masked latents] on the sample input, in uncond and cond rows', async () => {
+    const calls: Record<string, { dims: readonly number[]; data: Float32Array }>[] = [];
+    const session = {
+      async run(feeds: Record<string, ort.Tensor>, fetches: Record<string, ort.Tensor>) {
+        const rec: (typeof calls)[number] = {};
+        for (const [k, t] of Object.entries(feeds)) rec[k] = { dims: [...t.dims], data: Float32Array.from(t.data as ArrayLike<number>) };
+        calls.push(rec);
+        (fetches['out_sample']!.data as Float32Array).fill(0.01);
+        return { out_sample: fetches['out_sample']! };
+      },
+    } as unknown as ort.InferenceSession;
+    const io: UnetIO = {
+      sample: { name: 'sample', type: 'float32', dims: [null, 9, null, null] },
+      timestep: { name: 'timestep', type: 'float32', rank: 1, length: null },
+      encoderHiddenStates: { name: 'encoder_hidden_states', type: 'float32', dim: null },
+      timestepCond: null,
+      tomeRand: [],
+      output: { name: 'out_sample', type: 'float32' },
+    } as UnetIO;
+    const emb = (v: number): PromptEmbedding => ({ data: new Float32Array(6).fill(v), seqLen: 2, dim: 3, ids: [], chunks: 1, tokenCount: 0 });
+    const n = 4 * 2 * 4;
+    const extra = [Float32Array.from({ length: 5 * 8 }, (_, i) => 100 + i), Float32Array.from({ length: 5 * 8 }, (_, i) => 200 + i)];
+    const s = [sched(), sched()];
+    const latents = [new TorchGenerator(1).randn([n]), new TorchGenerator(2).randn([n])];
+    const first = latents.map((l) => l.slice());
+    await denoiseBatch({
+      session, io, schedulers: s, generators: [new TorchGenerator(1), new TorchGenerator(2)], latents, latentHeight: 2, latentWidth: 4,
+      cond: emb(1), uncond: emb(-1), cfg: 7, timestepCond: null, tomeRand: null, extraChannels: extra,
+    });
+    assert.equal(calls.length, 4);
+    const x = calls[0]!['sample']!;
+    assert.deepEqual(x.dims, [4, 9, 2, 4]);
+    const row = 9 * 8;
+    for (const [r, b] of [[0, 0], [1, 1], [2, 0], [3, 1]] as const) {
+      assert.deepEqual(Array.from(x.data.subarray(r * row, r * row + n)), Array.from(first[b]!), `row ${r} latents`);
+      assert.deepEqual(Array.from(x.data.subarray(r * row + n, (r + 1) * row)), Array.from(extra[b]!), `row ${r} extra channels`);
+    }
+    // a UNet whose sample input is fixed at 4 channels is told so
+    await assert.rejects(
+      denoiseBatch({
+        session, io: { ...io, sample: { name: 'sample', type: 'float32', dims: [null, 4, null, null] } }, schedulers: [sched()], generators: [new TorchGenerator(1)],
+        latents: [new Float32Array(n)], latentHeight: 2, latentWidth: 4, cond: emb(1), uncond: null, cfg: 1, timestepCond: null, tomeRand: null, extraChannels: [extra[0]!],
+      }),
+      /fixed channels of 4; this run needs 9/,
+    );
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Hires parameters
+
+describe('hires parameters', () => {
+  test('sizes: scale × the job\'s size, or the given side(s), multiples of 8', () => {
+    assert.deepEqual(hiresSize({ width: 512, height: 768 }, { scale: 2 }), { width: 1024, height: 1536 });
+    assert.deepEqual(hiresSize({ width: 512, height: 768 }, { scale: 1.5 }), { width: 768, height: 1152 });
+    assert.deepEqual(hiresSize({ width: 512, height: 768 }, { width: 1024 }), { width: 1024, height: 1536 });
+    assert.deepEqual(hiresSize({ width: 512, height: 512 }, { width: 1024, height: 768 }), { width: 1024, height: 768 });
+    assert.throws(() => hiresSize({ width: 512, height: 512 }, { scale: 1.3 }), (e: Error) => e instanceof UsageError && /665×665 is not a multiple of 8/.test(e.message));
+  });
+
+  test('pass 2: hires size, prompt, sampler, ToMe, and the schedule whose tail runs the hires steps', () => {
+    const p = generationParams({ width: 256, height: 256, steps: 20, seed: 5, prompt: 'a', negativePrompt: 'b', scheduler: 'euler_a' });
+    const hires = { width: 512, height: 512, upscaler: 'Latent', strength: 0.7, steps: 10, prompt: 'c', scheduler: 'ddim', tome: { ...p.tome, ratio: 0.5 } };
+    const p2 = secondPassParams({ ...p, hires }, 9);
+    assert.deepEqual([p2.width, p2.height, p2.steps, p2.prompt, p2.negativePrompt, p2.scheduler, p2.tome.ratio, p2.seed, p2.hires], [512, 512, 15, 'c', 'b', 'ddim', 0.5, 9, undefined]);
+    // hires steps 0: as many steps as the job's
+    const p3 = secondPassParams({ ...p, hires: { ...hires, steps: 0, prompt: undefined, scheduler: undefined, tome: undefined } }, 9);
+    assert.deepEqual([p3.steps, p3.prompt, p3.scheduler, p3.tome.ratio], [29, 'a', 'euler_a', 0]); // int(29·0.7) = 20
+    const p1 = firstPassParams({ ...p, hires }, 9);
+    assert.deepEqual([p1.width, p1.steps, p1.hires, p1.seed], [256, 20, undefined, 9]);
   });
 });

@@ -15,20 +15,22 @@ import type { GenerationParams, HiresParams } from './types.js';
 export const HIRES_DEFAULTS = { scale: 2, upscaler: 'Latent', strength: 0.7, steps: 0 } as const;
 
 /**
- * Pass 2's size: `width`×`height` when given (either alone keeps the aspect ratio), else
- * `scale` × the job's size; both multiples of 8 or a UsageError.
+ * Pass 2's size as A1111 computes it: `width`×`height` when given (either alone keeps the
+ * aspect ratio), else int(`scale` × the job's size); both multiples of 8 or a UsageError.
  */
 export function hiresSize(base: { width: number; height: number }, o: { scale?: number; width?: number; height?: number }): { width: number; height: number } {
   let w: number;
   let h: number;
   if (o.width || o.height) {
-    w = o.width || Math.round((o.height! * base.width) / base.height);
-    h = o.height || Math.round((o.width! * base.height) / base.width);
+    // A1111: the missing side keeps the aspect ratio, with integer (floor) division
+    w = o.width || Math.floor((o.height! * base.width) / base.height);
+    h = o.height || Math.floor((o.width! * base.height) / base.width);
   } else {
     const s = o.scale ?? HIRES_DEFAULTS.scale;
     if (!(Number.isFinite(s) && s > 0)) throw new UsageError(`hires scale must be a positive number (got ${s})`);
-    w = Math.round(base.width * s);
-    h = Math.round(base.height * s);
+    // A1111: int(width · scale)
+    w = Math.floor(base.width * s);
+    h = Math.floor(base.height * s);
   }
   if (w % 8 !== 0 || h % 8 !== 0) {
     throw new UsageError(`hires size ${w}×${h} is not a multiple of 8; choose another --hires-scale or --hires-width/--hires-height`);
