@@ -36,6 +36,8 @@ import { denoiseBatch } from '../src/pipeline/denoise.js';
 import type { UnetIO } from '../src/models/io.js';
 import type { PromptEmbedding } from '../src/pipeline/text-encoding.js';
 import { firstPassParams, hiresSize, secondPassParams } from '../src/pipeline/hires.js';
+import { modeParams } from '../src/config/modes.js';
+import { formatInfotext } from '../src/metadata/infotext.js';
 import type { GeneratedImage, GenerationParams } from '../src/pipeline/types.js';
 import { generationParams } from './helpers.js';
 import { createHash } from 'node:crypto';
@@ -909,5 +911,47 @@ describe('hires parameters', () => {
     assert.deepEqual([p3.steps, p3.prompt, p3.scheduler, p3.tome.ratio], [29, 'a', 'euler_a', 0]); // int(29·0.7) = 20
     const p1 = firstPassParams({ ...p, hires }, 9);
     assert.deepEqual([p1.width, p1.steps, p1.hires, p1.seed], [256, 20, undefined, 9]);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Options → GenerationParams, and the infotext keys
+
+describe('mode options and metadata', () => {
+  const tome = generationParams().tome;
+  const size = { width: 512, height: 768 };
+  test('defaults: strength 0.75, no blur; hires ×2, Latent, denoising 0.7, steps 0', () => {
+    assert.deepEqual(modeParams({}, size, tome), {});
+    assert.deepEqual(modeParams({ initImage: 'a.png' }, size, tome), { init: { path: 'a.png', strength: 0.75 } });
+    assert.deepEqual(modeParams({ initImage: 'a.png', strength: 0.4, mask: 'm.png', invertMask: true }, size, tome), {
+      init: { path: 'a.png', strength: 0.4 }, mask: { path: 'm.png', blur: 0, invert: true },
+    });
+    assert.deepEqual(modeParams({ hires: true }, size, tome), { hires: { width: 1024, height: 1536, scale: 2, upscaler: 'Latent', strength: 0.7, steps: 0 } });
+    const h = modeParams({ hires: true, hiresWidth: 1024, hiresUpscaler: 'Lanczos', denoisingStrength: 0.5, hiresSteps: 10, hiresTome: 0.5, vaeTiling: 'on' }, size, tome);
+    assert.deepEqual(h, { vaeTiling: 'on', hires: { width: 1024, height: 1536, upscaler: 'Lanczos', strength: 0.5, steps: 10, tome: { ...tome, ratio: 0.5 } } });
+  });
+
+  test('bad combinations are one-line usage errors', () => {
+    const bad: [Parameters<typeof modeParams>[0], RegExp][] = [
+      [{ mask: 'm.png' }, /--mask needs --init-image/],
+      [{ strength: 0.5 }, /--strength needs --init-image/],
+      [{ initImage: 'a.png', strength: 0 }, /strength must be a number in \(0, 1\]/],
+      [{ hiresScale: 2 }, /need --hires/],
+      [{ hires: true, initImage: 'a.png' }, /txt2img mode/],
+      [{ hires: true, hiresScale: 2, hiresWidth: 1024 }, /not both/],
+      [{ hires: true, hiresScale: 1.01 }, /not a multiple of 8/],
+      [{ hires: true, denoisingStrength: 0 }, /denoising strength must be a number in \(0, 1\]/],
+    ];
+    for (const [o, re] of bad) assert.throws(() => modeParams(o, size, tome), (e: Error) => e instanceof UsageError && re.test(e.message) && !e.message.includes('\n'), JSON.stringify(o));
+  });
+
+  test('A1111 infotext keys', () => {
+    const p = generationParams({ prompt: 'x', steps: 20, seed: 1 });
+    const i2i = formatInfotext({ ...p, init: { path: 'a.png', strength: 0.6 }, mask: { path: 'm.png', blur: 4, invert: true } });
+    assert.match(i2i, /Denoising strength: 0\.6, Mask blur: 4, Mask mode: Inpaint not masked/);
+    const hi = formatInfotext({ ...p, hires: { width: 1024, height: 1024, scale: 2, upscaler: 'Latent (bicubic)', strength: 0.7, steps: 10, tome: { ...p.tome, ratio: 0.5 } } }, { tomeApplied: true });
+    assert.match(hi, /Denoising strength: 0\.7, Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent \(bicubic\), Token merging ratio hr: 0\.5/);
+    const rs = formatInfotext({ ...p, hires: { width: 1024, height: 768, upscaler: 'Lanczos', strength: 0.7, steps: 0 } });
+    assert.match(rs, /Hires resize: 1024x768, Hires upscaler: Lanczos/);
   });
 });

@@ -50,6 +50,35 @@ export interface SdgenOptions extends ToMeFlatOptions {
   targetSize?: string;
   /** SDXL: encode an empty negative prompt instead of the zeros of force_zeros_for_empty_prompt */
   encodeEmptyNegative?: boolean;
+  /** img2img: the picture to start from (PNG/JPEG/WebP) */
+  initImage?: string;
+  /** img2img strength, (0, 1]; undefined: 0.75 */
+  strength?: number;
+  /** inpainting mask (white = repaint; needs initImage) */
+  mask?: string;
+  /** A1111's mask blur σ in pixels; undefined: 0 (none, as diffusers) */
+  maskBlur?: number;
+  /** repaint the black part of the mask */
+  invertMask?: boolean;
+  /** hires fix (A1111's two-pass txt2img) */
+  hires?: boolean;
+  /** hires size: the job's size × scale (undefined: 2), or hiresWidth/hiresHeight */
+  hiresScale?: number;
+  hiresWidth?: number;
+  hiresHeight?: number;
+  /** A1111's upscaler name (undefined: 'Latent') */
+  hiresUpscaler?: string;
+  /** hires pass 2's denoising strength, (0, 1]; undefined: 0.7 */
+  denoisingStrength?: number;
+  /** the steps pass 2 runs; undefined or 0: --steps */
+  hiresSteps?: number;
+  hiresPrompt?: string;
+  hiresNegativePrompt?: string;
+  hiresScheduler?: string;
+  /** pass 2's ToMe ratio (A1111 "Token merging ratio hr"); undefined: the ToMe settings */
+  hiresTome?: number;
+  /** tiled VAE decode/encode; undefined: auto */
+  vaeTiling?: 'auto' | 'on' | 'off';
 }
 
 export type OptionKey = keyof SdgenOptions;
@@ -158,6 +187,27 @@ export const OPTION_SPECS: readonly OptionSpec[] = [
     perJob: true, help: 'SDXL target-size conditioning (default: the image size)',
   },
   { key: 'encodeEmptyNegative', flag: 'encode-empty-negative', kind: 'bool', perJob: true, help: 'SDXL: encode an empty negative prompt instead of zeros' },
+  { key: 'initImage', flag: 'init-image', kind: 'string', perJob: true, help: 'img2img: start from this picture (PNG/JPEG/WebP, resized to the image size)' },
+  { key: 'strength', flag: 'strength', kind: 'float', min: 0, max: 1, perJob: true, help: 'img2img strength in (0, 1]: the part of --steps run (default 0.75)' },
+  { key: 'mask', flag: 'mask', kind: 'string', perJob: true, help: 'inpainting mask (white = repaint; needs --init-image)' },
+  { key: 'maskBlur', flag: 'mask-blur', kind: 'float', min: 0, max: 256, perJob: true, help: "A1111's mask blur in pixels (default 0: none, as diffusers)" },
+  { key: 'invertMask', flag: 'invert-mask', kind: 'bool', perJob: true, help: 'repaint the black part of the mask' },
+  { key: 'hires', flag: 'hires', kind: 'bool', perJob: true, help: 'hires fix: txt2img, then img2img at a larger size' },
+  { key: 'hiresScale', flag: 'hires-scale', kind: 'float', min: 0.125, max: 8, perJob: true, help: 'hires size = image size × this (default 2)' },
+  { key: 'hiresWidth', flag: 'hires-width', kind: 'int', min: 8, max: 16384, multipleOf: 8, perJob: true, help: 'hires width (instead of --hires-scale)' },
+  { key: 'hiresHeight', flag: 'hires-height', kind: 'int', min: 8, max: 16384, multipleOf: 8, perJob: true, help: 'hires height (instead of --hires-scale)' },
+  {
+    key: 'hiresUpscaler', flag: 'hires-upscaler', kind: 'enum',
+    choices: ['Latent', 'Latent (antialiased)', 'Latent (bicubic)', 'Latent (bicubic antialiased)', 'Latent (nearest)', 'Latent (nearest-exact)', 'Lanczos', 'Nearest'],
+    perJob: true, help: "hires upscaler, A1111's names (default Latent)",
+  },
+  { key: 'denoisingStrength', flag: 'denoising-strength', kind: 'float', min: 0, max: 1, perJob: true, help: 'hires pass 2 strength in (0, 1] (default 0.7)' },
+  { key: 'hiresSteps', flag: 'hires-steps', kind: 'int', min: 0, max: 1000, perJob: true, help: 'steps hires pass 2 runs (0 = --steps)' },
+  { key: 'hiresPrompt', flag: 'hires-prompt', kind: 'string', perJob: true, help: 'hires pass 2 prompt (default: the prompt)' },
+  { key: 'hiresNegativePrompt', flag: 'hires-negative-prompt', kind: 'string', perJob: true, help: 'hires pass 2 negative prompt' },
+  { key: 'hiresScheduler', flag: 'hires-scheduler', kind: 'string', perJob: true, help: 'hires pass 2 sampler (default: --scheduler)' },
+  { key: 'hiresTome', flag: 'hires-tome', kind: 'float', min: 0, max: 1, perJob: true, help: 'hires pass 2 ToMe ratio (default: the ToMe settings)' },
+  { key: 'vaeTiling', flag: 'vae-tiling', kind: 'enum', choices: ['auto', 'on', 'off'], perJob: true, help: 'tiled VAE decode/encode (auto: when the image would not fit in memory)' },
   { key: 'tome', flag: 'tome', kind: 'float', min: 0, max: 1, perJob: true, tome: true, help: 'ToMe ratio' },
   { key: 'sx', flag: 'sx', kind: 'int', min: 1, max: 64, perJob: true, tome: true, help: 'ToMe stride x' },
   { key: 'sy', flag: 'sy', kind: 'int', min: 1, max: 64, perJob: true, tome: true, help: 'ToMe stride y' },

@@ -66,6 +66,22 @@ export function infotextFields(params: GenerationParams, extras: InfotextExtras 
     f.push(['ToMe rand', tome.useRand ? 'True' : 'False']);
     f.push(['ToMe merged', tomeMergedLabel(tome)]);
   }
+  // img2img, inpainting, hires fix (A1111's keys)
+  if (params.init) f.push(['Denoising strength', num(params.init.strength)]);
+  if (params.mask && params.mask.blur > 0) f.push(['Mask blur', num(params.mask.blur)]);
+  if (params.mask?.invert) f.push(['Mask mode', 'Inpaint not masked']);
+  if (params.hires) {
+    const h = params.hires;
+    f.push(['Denoising strength', num(h.strength)]);
+    if (h.scale !== undefined) f.push(['Hires upscale', num(h.scale)]);
+    else f.push(['Hires resize', `${h.width}x${h.height}`]);
+    if (h.steps > 0) f.push(['Hires steps', num(h.steps)]);
+    f.push(['Hires upscaler', h.upscaler]);
+    if (h.prompt !== undefined && h.prompt !== params.prompt) f.push(['Hires prompt', h.prompt]);
+    if (h.negativePrompt !== undefined && h.negativePrompt !== params.negativePrompt) f.push(['Hires negative prompt', h.negativePrompt]);
+    if (h.scheduler) f.push(['Hires sampler', h.scheduler]);
+    if (extras.tomeApplied && h.tome && h.tome.ratio > 0) f.push(['Token merging ratio hr', num(h.tome.ratio)]);
+  }
   const loras = extras.loras ?? (params.loras ?? []).filter((l): l is typeof l & { name: string; shortHash: string } => typeof (l as { shortHash?: unknown }).shortHash === 'string' && typeof l.name === 'string');
   if (loras.length > 0) f.push(['Lora hashes', hashList(loras)]);
   if (extras.embeddings && extras.embeddings.length > 0) f.push(['TI hashes', hashList(extras.embeddings)]);
