@@ -193,7 +193,8 @@ describe('model I/O from session metadata', () => {
     assert.throws(() => unetIO(base({ type: 'string', shape: [1] })), /input "timestep" has element type string/);
     assert.throws(
       () => unetIO(base({ type: 'float32', shape: ['batch'] }, [{ name: 'text_embeds', type: 'float32', shape: ['batch', 1280] }])),
-      /unsupported input "text_embeds"/,
+      // SDXL's added conditioning comes as a pair: one without the other is named
+      /input "text_embeds" without "time_ids"/,
     );
     const lcm = unetIO(base({ type: 'float32', shape: ['batch'] }, [{ name: 'timestep_cond', type: 'float32', shape: ['batch', 256] }]));
     assert.deepEqual(lcm.timestepCond, { name: 'timestep_cond', type: 'float32', dim: 256 });
