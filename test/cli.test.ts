@@ -6,41 +6,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
-import { spawnCli, type Ran, FIXTURES_DIR as FIXTURES } from './helpers.js';
+import { spawnCli, type Ran, FIXTURES_DIR as FIXTURES, CLI, CLI_IS_BIN } from './helpers.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const MAIN = path.join(ROOT, 'src/cli/main.ts');
-// tsx resolved from the project, so the CLI can run with any working directory
-const TSX = (() => {
-  try {
-    return import.meta.resolve('tsx');
-  } catch {
-    return 'tsx';
-  }
-})();
-
-/** Is every src .ts file older than its compiled dist .js file? */
-function distIsFresh(): boolean {
-  const walk = (dir: string): string[] =>
-    readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(path.join(dir, e.name)) : e.name.endsWith('.ts') ? [path.join(dir, e.name)] : []));
-  try {
-    for (const src of walk(path.join(ROOT, 'src'))) {
-      const js = path.join(ROOT, 'dist', path.relative(path.join(ROOT, 'src'), src).replace(/\.ts$/, '.js'));
-      if (!existsSync(js) || statSync(js).mtimeMs < statSync(src).mtimeMs) return false;
-    }
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * The CLI as a child process: the built bin (bin/sdgen.js → dist/, what `npm ci` builds) when
- * dist/ is up to date with src/, else the TypeScript sources through tsx (3× slower to start).
- * SDGEN_TEST_CLI=tsx or =bin forces one.
- */
-const useBin = process.env.SDGEN_TEST_CLI === 'bin' || (process.env.SDGEN_TEST_CLI !== 'tsx' && distIsFresh());
-const CLI: string[] = useBin ? [path.join(ROOT, 'bin', 'sdgen.js')] : ['--import', TSX, MAIN];
+const TSX = import.meta.resolve('tsx');
 process.stderr.write(`# cli.test: running ${CLI.length === 1 ? 'the built bin/sdgen.js' : 'src/cli/main.ts through tsx'}\n`);
 
 let tmp = '';
@@ -458,7 +428,7 @@ test('a reader that closes the pipe early (`sdgen --dry-run … | head -1`) ends
   const file = path.join(tmp, 'pipe-plan.txt');
   writeFileSync(file, Array.from({ length: 4000 }, (_, i) => `a prompt for the pipe test, number ${i}`).join('\n') + '\n');
   const runs: string[][] = [['--import', TSX, MAIN]];
-  if (useBin) runs.push([path.join(ROOT, 'bin', 'sdgen.js')]);
+  if (CLI_IS_BIN) runs.push([path.join(ROOT, 'bin', 'sdgen.js')]);
   for (const cli of runs) {
     const child = spawn(process.execPath, [...cli, '--prompts', file, '--dry-run', '--out', path.join(tmp, 'pipe-out')], {
       cwd: tmp, env: { ...process.env, HOME: home, XDG_CONFIG_HOME: path.join(home, '.config'), NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'],

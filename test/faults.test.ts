@@ -4,14 +4,13 @@
  * kill -9 at a random point then --resume, a prompt-file line with a bad model, an output
  * directory that cannot be made. Real CLI processes on test/fixtures/tiny-sd1 at 64×64, 1 step.
  */
-import { test, before, after } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
-import os from 'node:os';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { fx, spawnCli, type Ran } from './helpers.js';
+import { fx, type Ran, cliSandbox, CLI, assertOneErrorLine } from './helpers.js';
 import { readImageMetadata } from '../src/metadata/metadata.js';
 import { buildJobs, planImages, type JobContext } from '../src/run/jobs.js';
 import { finishedImages, runJobs, type PipelineLike, type RunReporter, type RunSummary } from '../src/run/runner.js';
@@ -20,29 +19,15 @@ import { resolveOptions } from '../src/config/options.js';
 import type { GeneratedImage, GenerationParams } from '../src/pipeline/types.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
-const CLI = ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'src/cli/main.ts')];
 const TINY = fx('tiny-sd1');
 const GEN = ['--model', TINY, '-W', '64', '-H', '64', '--steps', '1', '--device', 'cpu'];
 
-let tmp = '';
-let home = '';
-before(() => {
-  tmp = mkdtempSync(path.join(os.tmpdir(), 'sdgen-faults-'));
-  home = path.join(tmp, 'home');
-  mkdirSync(home);
-});
-after(() => rmSync(tmp, { recursive: true, force: true }));
+const sb = cliSandbox('faults');
 
-const run = (args: string[]): Promise<Ran> => spawnCli(CLI, args, { cwd: tmp, home });
+const run = (args: string[]): Promise<Ran> => sb.run(args);
 
 /** Exit code, exactly one line on stderr matching `re`, no stack trace. */
-function oneErrorLine(r: Ran, code: number, re: RegExp): void {
-  assert.equal(r.status, code, `exit ${r.status}, stderr: ${r.stderr}`);
-  const lines = r.stderr.trimEnd().split('\n');
-  assert.equal(lines.length, 1, `one line expected, got: ${r.stderr}`);
-  assert.match(lines[0]!, re);
-  assert.doesNotMatch(r.stderr, /\n\s+at |this is a bug|internal error/, 'no stack trace');
-}
+const oneErrorLine = assertOneErrorLine;
 
 const pngs = (d: string) => readdirSync(d).filter((f) => f.endsWith('.png')).sort();
 
@@ -70,10 +55,10 @@ async function assertRecordsMatchImages(d: string, expected: number): Promise<vo
 }
 
 test('two concurrent 12-image runs into one directory leave 24 intact images and 24 correct records', async () => {
-  const out = path.join(tmp, 'shared');
+  const out = path.join(sb.tmp, 'shared');
   // The model's rewritten graphs are cached first, by a run of its own: this test is about the
   // output directory, not about two processes filling the graph cache at once.
-  const warm = await run(['warm-up', ...GEN, '--seed', '1', '--out', path.join(tmp, 'warm'), '--quiet']);
+  const warm = await run(['warm-up', ...GEN, '--seed', '1', '--out', path.join(sb.tmp, 'warm'), '--quiet']);
   assert.equal(warm.status, 0, warm.stderr);
   const [cat, dog] = await Promise.all([
     run(['a cat', ...GEN, '--n-iter', '12', '--seed', '1', '--out', out, '--quiet']),
@@ -85,7 +70,7 @@ test('two concurrent 12-image runs into one directory leave 24 intact images and
   const prompts = records(out).map((r) => r.params.prompt);
   assert.deepEqual([prompts.filter((p) => p === 'a cat').length, prompts.filter((p) => p === 'a dog').length], [12, 12]);
   // each run's own state and manifest; status sees both complete
-  const st = spawnSync(process.execPath, [...CLI, 'status', out, '--json'], { encoding: 'utf8', cwd: tmp });
+  const st = spawnSync(process.execPath, [...CLI, 'status', out, '--json'], { encoding: 'utf8', cwd: sb.tmp });
   assert.equal(st.status, 0, st.stderr);
   const s = JSON.parse(st.stdout);
   assert.deepEqual([s.runs.length, s.total, s.done, s.missing, s.failed], [2, 24, 24, 0, 0]);
@@ -117,7 +102,7 @@ function capture(): RunReporter & { summary?: RunSummary } {
 
 test('an injected ENOSPC after a short write, then --resume: a parseable manifest, exact counts, every image once', async () => {
   for (const target of ['image', 'manifest'] as const) {
-    const dir = mkdtempSync(path.join(tmp, `enospc-${target}-`));
+    const dir = mkdtempSync(path.join(sb.tmp, `enospc-${target}-`));
     const { jobs } = buildJobs([{ prompt: 'p', options: resolveOptions({ seed: 10, nIter: 8, width: 8, height: 8 }) }], ctx);
     const images = planImages(jobs, { template: '{index:05}-{seed}', startIndex: 1, exists: () => false, overwrite: false });
     const plan = { jobs, images, outDir: dir, manifest: manifestPath(dir, 'k') };
@@ -154,7 +139,7 @@ test('an injected ENOSPC after a short write, then --resume: a parseable manifes
 });
 
 test('a run into a tiny full tmpfs stops with one line; --resume on a bigger disk completes it with a whole manifest', async (t) => {
-  const mnt = path.join(tmp, 'tiny-fs');
+  const mnt = path.join(sb.tmp, 'tiny-fs');
   mkdirSync(mnt);
   const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', mnt], { encoding: 'utf8' });
   if (m.status !== 0) {
@@ -169,7 +154,7 @@ test('a run into a tiny full tmpfs stops with one line; --resume on a bigger dis
     const partial = records(out); // every line parses
     assert.ok(partial.length >= 1 && partial.length < 12, `${partial.length} images fit`);
     assert.deepEqual(partial.map((x) => x.file).sort(), pngs(out), 'recorded = on disk');
-    const big = path.join(tmp, 'bigger-disk');
+    const big = path.join(sb.tmp, 'bigger-disk');
     cpSync(out, big, { recursive: true });
     const rr = await run([...args.filter((a) => a !== '--quiet'), '--out', big, '--resume', '--json']);
     assert.equal(rr.status, 0, rr.stderr);
@@ -186,11 +171,11 @@ test('a run into a tiny full tmpfs stops with one line; --resume on a bigger dis
 
 test('kill -9 after a random number of images, then --resume: the same files, byte-identical, as an uninterrupted run', async () => {
   const args = (out: string) => ['a lighthouse', ...GEN, '--n-iter', '10', '--seed', '50', '--out', out];
-  const full = path.join(tmp, 'kill-full');
-  const part = path.join(tmp, 'kill-part');
+  const full = path.join(sb.tmp, 'kill-full');
+  const part = path.join(sb.tmp, 'kill-part');
   const k = 1 + Math.floor(Math.random() * 8);
   const fullRun = run([...args(full), '--quiet']);
-  const child = spawn(process.execPath, [...CLI, ...args(part)], { cwd: tmp, env: { ...process.env, HOME: home, NO_COLOR: '1' } });
+  const child = spawn(process.execPath, [...CLI, ...args(part)], { cwd: sb.tmp, env: { ...process.env, HOME: sb.home, NO_COLOR: '1' } });
   let stderr = '';
   let killed = false;
   child.stderr.on('data', (d: Buffer) => {
@@ -214,16 +199,16 @@ test('kill -9 after a random number of images, then --resume: the same files, by
 // ------------------------------------------------------------------ bad inputs
 
 test('a prompt-file line with a bad model is that line\'s error; the other lines go on (dry run, real run, --strict)', async () => {
-  const broken = path.join(tmp, 'broken-model');
+  const broken = path.join(sb.tmp, 'broken-model');
   mkdirSync(broken);
   writeFileSync(path.join(broken, 'model_index.json'), '{ not json');
-  const file = path.join(tmp, 'models.txt');
-  writeFileSync(file, ['good line', `--prompt "missing" --model ${path.join(tmp, 'no-such-model')}`, `{"prompt": "broken", "model": ${JSON.stringify(broken)}}`, 'another good line'].join('\n') + '\n');
+  const file = path.join(sb.tmp, 'models.txt');
+  writeFileSync(file, ['good line', `--prompt "missing" --model ${path.join(sb.tmp, 'no-such-model')}`, `{"prompt": "broken", "model": ${JSON.stringify(broken)}}`, 'another good line'].join('\n') + '\n');
   const base = ['--prompts', file, ...GEN, '--seed', '9'];
   const [dry, real, strict] = await Promise.all([
-    run([...base, '--dry-run', '--out', path.join(tmp, 'models-dry')]),
-    run([...base, '--out', path.join(tmp, 'models-out'), '--quiet']),
-    run([...base, '--strict', '--out', path.join(tmp, 'models-strict')]),
+    run([...base, '--dry-run', '--out', path.join(sb.tmp, 'models-dry')]),
+    run([...base, '--out', path.join(sb.tmp, 'models-out'), '--quiet']),
+    run([...base, '--strict', '--out', path.join(sb.tmp, 'models-strict')]),
   ]);
   for (const r of [dry, real]) {
     assert.equal(r.status, 1, r.stderr);
@@ -234,14 +219,14 @@ test('a prompt-file line with a bad model is that line\'s error; the other lines
     assert.doesNotMatch(r.stderr, /\n\s+at /);
   }
   assert.match(dry.stdout, /^dry run: 2 jobs, 2 images/);
-  assert.deepEqual(pngs(path.join(tmp, 'models-out')).length, 2);
+  assert.deepEqual(pngs(path.join(sb.tmp, 'models-out')).length, 2);
   assert.equal(strict.status, 2);
   assert.match(strict.stderr.trimEnd().split('\n').at(-1)!, /2 bad lines in .*nothing generated \(--strict\)/);
-  assert.equal(existsSync(path.join(tmp, 'models-strict')), false);
+  assert.equal(existsSync(path.join(sb.tmp, 'models-strict')), false);
 });
 
 test('--out where the directory cannot be made is one line, not a hang', async () => {
-  const blocker = path.join(tmp, 'a-file');
+  const blocker = path.join(sb.tmp, 'a-file');
   writeFileSync(blocker, '');
   const cases = [run(['x', ...GEN, '--seed', '1', '--out', path.join(blocker, 'sub')])];
   if (existsSync('/proc/self')) cases.push(run(['x', ...GEN, '--seed', '1', '--out', '/proc/sdgen-none/y']));

@@ -1,7 +1,11 @@
 /** Helpers shared by the test files (not a test file itself). */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+import { after, before } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import ort from 'onnxruntime-node';
 import { xorshiftFill } from '../src/bench/inputs.js';
 import { encodeModel } from '../src/onnx/proto.js';
@@ -112,4 +116,67 @@ export function unetFeeds(
     timestep: new ort.Tensor('float32', Float32Array.from({ length: b }, (_, i) => o.timestep ?? 981 - 250 * i), [b]),
     encoder_hidden_states: new ort.Tensor('float32', xorshiftFill(b * seq * 32, o.textSeed ?? seed + 1), [b, seq, 32]),
   };
+}
+
+const ROOT_DIR = fileURLToPath(new URL('../', import.meta.url));
+
+/** Is every src .ts file older than its compiled dist .js file? */
+function distIsFresh(): boolean {
+  const walk = (dir: string): string[] =>
+    readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(path.join(dir, e.name)) : e.name.endsWith('.ts') ? [path.join(dir, e.name)] : []));
+  try {
+    for (const src of walk(path.join(ROOT_DIR, 'src'))) {
+      const js = path.join(ROOT_DIR, 'dist', path.relative(path.join(ROOT_DIR, 'src'), src).replace(/\.ts$/, '.js'));
+      if (!existsSync(js) || statSync(js).mtimeMs < statSync(src).mtimeMs) return false;
+    }
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether the CLI tests run the built bin (SDGEN_TEST_CLI=tsx or =bin forces one). */
+export const CLI_IS_BIN = process.env['SDGEN_TEST_CLI'] === 'bin' || (process.env['SDGEN_TEST_CLI'] !== 'tsx' && distIsFresh());
+
+/**
+ * Node arguments that run the CLI: the built bin (bin/sdgen.js → dist/, what `npm ci` builds)
+ * when dist/ is up to date with src/, else the TypeScript sources through tsx (resolved from the
+ * project, so any working directory works).
+ */
+export const CLI: string[] = CLI_IS_BIN
+  ? [path.join(ROOT_DIR, 'bin', 'sdgen.js')]
+  : ['--import', import.meta.resolve('tsx'), path.join(ROOT_DIR, 'src/cli/main.ts')];
+
+/**
+ * A temporary folder with an isolated HOME for one test file's CLI runs: made before its tests,
+ * removed after. `run` spawns the CLI there (or in `cwd`).
+ */
+export function cliSandbox(prefix: string): { readonly tmp: string; readonly home: string; run(args: string[], cwd?: string): Promise<Ran> } {
+  let tmp = '';
+  let home = '';
+  before(() => {
+    tmp = mkdtempSync(path.join(os.tmpdir(), `sdgen-${prefix}-`));
+    home = path.join(tmp, 'home');
+    mkdirSync(home);
+  });
+  after(() => rmSync(tmp, { recursive: true, force: true }));
+  return {
+    get tmp() {
+      return tmp;
+    },
+    get home() {
+      return home;
+    },
+    run: (args, cwd) => spawnCli(CLI, args, { cwd: cwd ?? tmp, home }),
+  };
+}
+
+/** Exit code `code`, exactly one line on stderr matching `re`, and no stack trace or bug marker. */
+export function assertOneErrorLine(r: Ran, code: number, re: RegExp): void {
+  assert.equal(r.status, code, `exit ${r.status}, stderr: ${r.stderr}`);
+  const lines = r.stderr.replace(/\n$/, '').split('\n');
+  assert.equal(lines.length, 1, `one line expected, got: ${r.stderr}`);
+  assert.match(lines[0]!, re);
+  assert.doesNotMatch(r.stderr, /^\s+at /m, 'no stack trace');
+  assert.doesNotMatch(r.stderr, /this is a bug|internal error/);
 }

@@ -3,15 +3,14 @@
  * (no stack trace, nothing raw from onnxruntime), nothing of the user's is overwritten, text
  * from files cannot drive the terminal. Plus the pure helpers behind them.
  */
-import { test, before, after } from 'node:test';
+import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, cpSync, existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import ort from 'onnxruntime-node';
-import { spawnCli, fx, type Ran } from './helpers.js';
+import { fx, type Ran, cliSandbox, CLI, assertOneErrorLine } from './helpers.js';
 import { escapeControls, errorLine, safeJson, systemErrorLine } from '../src/cli/ui.js';
 import { checkPromptLength, MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS } from '../src/text/limits.js';
 import { ortErrorMessage, ortLogOptions } from '../src/models/ort-log.js';
@@ -26,56 +25,21 @@ import { UsageError } from '../src/errors.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const TINY = fx('tiny-sd1');
-const TSX = (() => {
-  try {
-    return import.meta.resolve('tsx');
-  } catch {
-    return 'tsx';
-  }
-})();
 
-/** Is every src .ts file older than its compiled dist .js file? (as in cli.test.ts) */
-function distIsFresh(): boolean {
-  const walk = (dir: string): string[] =>
-    readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(path.join(dir, e.name)) : e.name.endsWith('.ts') ? [path.join(dir, e.name)] : []));
-  try {
-    for (const src of walk(path.join(ROOT, 'src'))) {
-      const js = path.join(ROOT, 'dist', path.relative(path.join(ROOT, 'src'), src).replace(/\.ts$/, '.js'));
-      if (!existsSync(js) || statSync(js).mtimeMs < statSync(src).mtimeMs) return false;
-    }
-    return true;
-  } catch {
-    return false;
-  }
-}
-const useBin = process.env.SDGEN_TEST_CLI === 'bin' || (process.env.SDGEN_TEST_CLI !== 'tsx' && distIsFresh());
-const CLI: string[] = useBin ? [path.join(ROOT, 'bin', 'sdgen.js')] : ['--import', TSX, path.join(ROOT, 'src/cli/main.ts')];
 
-let tmp = '';
-let home = '';
-before(() => {
-  tmp = mkdtempSync(path.join(os.tmpdir(), 'sdgen-hostile-'));
-  home = path.join(tmp, 'home');
-  mkdirSync(home);
-});
-after(() => rmSync(tmp, { recursive: true, force: true }));
+const sb = cliSandbox('hostile');
 
-const run = (args: string[], cwd = tmp): Promise<Ran> => spawnCli(CLI, args, { cwd, home });
+const run = (args: string[], cwd = sb.tmp): Promise<Ran> => sb.run(args, cwd);
 
 /** Exit code, exactly one line on stderr matching `re`, no stack trace, no raw onnxruntime log, no escape sequence. */
 function oneLine(r: Ran, code: number, re: RegExp): void {
-  assert.equal(r.status, code, `exit ${r.status}, stderr: ${r.stderr}`);
-  const lines = r.stderr.replace(/\n$/, '').split('\n');
-  assert.equal(lines.length, 1, `one line expected, got: ${r.stderr}`);
-  assert.match(lines[0]!, re);
-  assert.doesNotMatch(r.stderr, /\n\s+at |^\s+at /m, 'no stack trace');
-  assert.doesNotMatch(r.stderr, /this is a bug|internal error/);
+  assertOneErrorLine(r, code, re);
   assert.doesNotMatch(r.stderr, /\[[EWI]:onnxruntime/, 'no raw onnxruntime log line');
   assert.doesNotMatch(r.stderr, /\x1b/, 'no escape sequence');
 }
 
 function dir(name: string): string {
-  const d = path.join(tmp, name);
+  const d = path.join(sb.tmp, name);
   mkdirSync(d, { recursive: true });
   return d;
 }
@@ -90,7 +54,7 @@ test('a size the UNet cannot take: one line from sdgen, nothing raw from onnxrun
 });
 
 test('truncated external weights: one line naming the tensor, not printed twice by onnxruntime', async () => {
-  const model = path.join(tmp, 'trunc-model');
+  const model = path.join(sb.tmp, 'trunc-model');
   cpSync(TINY, model, { recursive: true });
   truncateSync(path.join(model, 'unet', 'weights.pb'), 1000);
   const r = await run(['a', '--model', model, '--steps', '1', '--width', '64', '--height', '64', '--device', 'cpu', '-q', '--out', dir('trunc-out')]);
@@ -100,7 +64,7 @@ test('truncated external weights: one line naming the tensor, not printed twice 
 });
 
 test('ortErrorMessage condenses real onnxruntime exceptions to their sentence; the session log level is fatal', async () => {
-  const model = path.join(tmp, 'trunc-unit');
+  const model = path.join(sb.tmp, 'trunc-unit');
   mkdirSync(model);
   copyFileSync(path.join(TINY, 'unet', 'model.onnx'), path.join(model, 'model.onnx'));
   copyFileSync(path.join(TINY, 'unet', 'weights.pb'), path.join(model, 'weights.pb'));
@@ -155,7 +119,7 @@ async function hostilePng(): Promise<Buffer> {
 }
 
 test('sdgen metadata: ESC/OSC/CSI (C0 and C1) from text chunks are printed escaped; --json keeps the values', async () => {
-  const file = path.join(tmp, 'hostile.png');
+  const file = path.join(sb.tmp, 'hostile.png');
   writeFileSync(file, await hostilePng());
   const meta = metadataFromPng(readFileSync(file), file);
   assert.equal(meta.chunks.length, 3, 'three text chunks written');
@@ -297,12 +261,12 @@ test('--from: recorded values past the flag limits exit 2 with one line naming t
   ];
   assert.equal(cases.length, 5);
   for (const [name, entry, re] of cases) {
-    const file = path.join(tmp, name);
+    const file = path.join(sb.tmp, name);
     writeFileSync(file, await pngWith([entry]));
     oneLine(await run(['--from', file, '--dry-run', '--out', dir('from-out')]), 2, re);
   }
   // in-range values pass through unchanged
-  const ok = path.join(tmp, 'ok.png');
+  const ok = path.join(sb.tmp, 'ok.png');
   writeFileSync(ok, await pngWith([{ keyword: 'sdgen', text: rec({ steps: 1000, seed: 2 ** 53 - 1 }), international: true }]));
   const f = optionsFromMetadata(await readImageMetadata(ok));
   assert.equal(f.options.steps, 1000);
@@ -321,7 +285,7 @@ test('invalid YAML in .sdgenrc: one line with the parser\'s reason and position'
 });
 
 test('--cache-dir pointing at a file, with --tome: exit 2, one line', async () => {
-  const file = path.join(tmp, 'not-a-dir');
+  const file = path.join(sb.tmp, 'not-a-dir');
   writeFileSync(file, 'x');
   oneLine(
     await run(['a', '--model', TINY, '--tome', '0.5', '--cache-dir', file, '--steps', '1', '--width', '64', '--height', '64', '-q', '--out', dir('cache-out')]),

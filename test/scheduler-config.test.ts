@@ -5,19 +5,16 @@
  * one-line UsageErrors; an unknown _class_name is an error unless a sampler is named; and the CLI
  * on a copied tiny-sd1 folder with a broken config exits 1 with one line and no stack.
  */
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, mkdtempSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { cpSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SdgenError, UsageError } from '../src/errors.js';
-import {
-  MAX_TRAIN_TIMESTEPS, checkStepCount, parsePythonJson, parseSchedulerConfig, validateSchedulerConfig,
-} from '../src/schedulers/config.js';
+import { MAX_TRAIN_TIMESTEPS, checkStepCount, parsePythonJson, parseSchedulerConfig, validateSchedulerConfig } from '../src/schedulers/config.js';
 import { SAMPLERS, UNSUPPORTED_CLASS, createScheduler, defaultSchedulerFor, resolveSchedulerName } from '../src/schedulers/index.js';
 import type { SchedulerConfig } from '../src/schedulers/types.js';
-import { fx, spawnCli, type Ran } from './helpers.js';
+import { fx, type Ran, cliSandbox, CLI, assertOneErrorLine } from './helpers.js';
 
 const SD1_TEXT = readFileSync(fx('tiny-sd1/scheduler/scheduler_config.json'), 'utf8');
 const SD1: SchedulerConfig = JSON.parse(SD1_TEXT);
@@ -244,50 +241,29 @@ test('an unknown _class_name has no default sampler: an error naming the class a
 // ---- the CLI on a copied tiny-sd1 folder --------------------------------------------------------
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
-const TSX = (() => {
-  try {
-    return import.meta.resolve('tsx');
-  } catch {
-    return 'tsx';
-  }
-})();
-const CLI = ['--import', TSX, path.join(ROOT, 'src/cli/main.ts')];
-let tmp = '';
-let home = '';
-before(() => {
-  tmp = mkdtempSync(path.join(os.tmpdir(), 'sdgen-schedcfg-'));
-  home = path.join(tmp, 'home');
-  mkdirSync(home);
-});
-after(() => rmSync(tmp, { recursive: true, force: true }));
+const sb = cliSandbox('schedcfg');
 
 /** A copy of tiny-sd1 whose scheduler config is `text`. */
 function folderWith(name: string, text: string): string {
-  const dir = path.join(tmp, name);
+  const dir = path.join(sb.tmp, name);
   cpSync(fx('tiny-sd1'), dir, { recursive: true });
   writeFileSync(path.join(dir, 'scheduler', 'scheduler_config.json'), text);
   return dir;
 }
 
-function oneErrorLine(r: Ran, code: number, re: RegExp): void {
-  assert.equal(r.status, code, `exit ${r.status}, stderr: ${r.stderr}`);
-  const lines = r.stderr.trimEnd().split('\n');
-  assert.equal(lines.length, 1, `one line expected, got: ${r.stderr}`);
-  assert.match(lines[0]!, re);
-  assert.doesNotMatch(r.stderr, /\n\s+at |this is a bug/, 'no stack trace');
-}
+const oneErrorLine = assertOneErrorLine;
 
 test('CLI: a broken scheduler config in a model folder exits 1 with one line naming the file and key', async () => {
   const bad = folderWith('bad-beta', SD1_TEXT.replace('"beta_end": 0.012', '"beta_end": 7'));
   const huge = folderWith('huge-n', SD1_TEXT.replace('"num_train_timesteps": 1000', '"num_train_timesteps": 1000000000'));
   const unknown = folderWith('unknown-class', SD1_TEXT.replace('PNDMScheduler', 'KDPM2DiscreteScheduler'));
   const args = (m: string, out: string, more: string[] = []) =>
-    ['a fox', '--model', m, '--steps', '2', '-W', '64', '-H', '64', '--seed', '1', '--device', 'cpu', '--out', path.join(tmp, out), ...more];
+    ['a fox', '--model', m, '--steps', '2', '-W', '64', '-H', '64', '--seed', '1', '--device', 'cpu', '--out', path.join(sb.tmp, out), ...more];
   const [a, b, c, d] = await Promise.all([
-    spawnCli(CLI, args(bad, 'o1'), { cwd: tmp, home }),
-    spawnCli(CLI, args(huge, 'o2'), { cwd: tmp, home }),
-    spawnCli(CLI, args(unknown, 'o3'), { cwd: tmp, home }),
-    spawnCli(CLI, args(unknown, 'o4', ['--scheduler', 'euler']), { cwd: tmp, home }),
+    sb.run(args(bad, 'o1')),
+    sb.run(args(huge, 'o2')),
+    sb.run(args(unknown, 'o3')),
+    sb.run(args(unknown, 'o4', ['--scheduler', 'euler'])),
   ]);
   oneErrorLine(a, 1, /bad-beta\/scheduler\/scheduler_config\.json: beta_end must be a number in \(0, 1\) \(got 7\)$/);
   oneErrorLine(b, 1, /huge-n\/scheduler\/scheduler_config\.json: num_train_timesteps must be an integer in \[2, 100000\] \(got 1000000000\)$/);
@@ -298,5 +274,5 @@ test('CLI: a broken scheduler config in a model folder exits 1 with one line nam
   assert.equal(c.stderr.split('\n').filter((l) => /_class_name 'KDPM2DiscreteScheduler', which sdgen does not implement .*pass --scheduler NAME/.test(l)).length, 1);
   // with a named sampler the folder runs
   assert.equal(d.status, 0, d.stderr);
-  assert.equal(readdirSync(path.join(tmp, 'o4')).filter((f) => f.endsWith('.png')).length, 1);
+  assert.equal(readdirSync(path.join(sb.tmp, 'o4')).filter((f) => f.endsWith('.png')).length, 1);
 });

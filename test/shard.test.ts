@@ -4,32 +4,23 @@
  * shard processes into one directory (one killed with SIGKILL and resumed) against one run: the
  * same file names, byte-identical images, `sdgen status` 40/40.
  */
-import { test, before, after } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { fx, spawnCli, type Ran } from './helpers.js';
+import { fx, type Ran, cliSandbox, CLI } from './helpers.js';
 import { assignShards, parseShard, shardSizes } from '../src/run/shard.js';
 import { buildJobs, type JobContext } from '../src/run/jobs.js';
 import { resolveOptions, type PartialOptions } from '../src/config/options.js';
 import { UsageError } from '../src/errors.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
-const CLI = ['--import', import.meta.resolve('tsx'), path.join(ROOT, 'src/cli/main.ts')];
 
-let tmp = '';
-let home = '';
-before(() => {
-  tmp = mkdtempSync(path.join(os.tmpdir(), 'sdgen-shard-'));
-  home = path.join(tmp, 'home');
-  mkdirSync(home);
-});
-after(() => rmSync(tmp, { recursive: true, force: true }));
+const sb = cliSandbox('shard');
 
-const run = (args: string[]): Promise<Ran> => spawnCli(CLI, args, { cwd: tmp, home });
+const run = (args: string[]): Promise<Ran> => sb.run(args);
 
 test('parseShard: I/N, and auto from Kubernetes, Slurm and AWS Batch environments', () => {
   assert.deepEqual(parseShard('0/1', {}), { index: 0, count: 1 });
@@ -95,24 +86,24 @@ test('a 40-image prompt file as 3 concurrent shards (one killed and resumed) = o
   for (let i = 0; i < 4; i++) lines.push(`--prompt "iter ${i}" --n_iter 3`);
   for (let i = 0; i < 2; i++) lines.push(`{"prompt": "batch ${i}", "batch_size": 2, "n_iter": 2}`);
   for (let i = 0; i < 2; i++) lines.push(`--prompt "own seed ${i}" --seed ${100 + i} --n_iter 4`);
-  const file = path.join(tmp, 'forty.txt');
+  const file = path.join(sb.tmp, 'forty.txt');
   writeFileSync(file, lines.join('\n') + '\n');
   const gen = ['--prompts', file, '--model', fx('tiny-sd1'), '-W', '64', '-H', '64', '--steps', '1', '--seed', '5', '--device', 'cpu'];
-  const one = path.join(tmp, 'one');
-  const shared = path.join(tmp, 'shared');
+  const one = path.join(sb.tmp, 'one');
+  const shared = path.join(sb.tmp, 'shared');
 
   const plan = await run([...gen, '--dry-run', '--out', one]);
   assert.match(plan.stdout, /^dry run: 20 jobs, 40 images/);
 
   // the model's rewritten graphs are cached first, so the concurrent processes below only share the output directory
-  const warm = await run(['warm-up', ...gen.slice(2), '--out', path.join(tmp, 'warm'), '--quiet']);
+  const warm = await run(['warm-up', ...gen.slice(2), '--out', path.join(sb.tmp, 'warm'), '--quiet']);
   assert.equal(warm.status, 0, warm.stderr);
 
   const single = run([...gen, '--out', one, '--quiet']);
   const s0 = run([...gen, '--out', shared, '--shard', '0/3', '--quiet']);
   const s2 = run([...gen, '--out', shared, '--shard', '2/3', '--resume', '--quiet']);
   // shard 1 is killed after its second image, then resumed
-  const child = spawn(process.execPath, [...CLI, ...gen, '--out', shared, '--shard', '1/3'], { cwd: tmp, env: { ...process.env, HOME: home, NO_COLOR: '1' } });
+  const child = spawn(process.execPath, [...CLI, ...gen, '--out', shared, '--shard', '1/3'], { cwd: sb.tmp, env: { ...process.env, HOME: sb.home, NO_COLOR: '1' } });
   let stderr = '';
   let killed = false;
   child.stderr.on('data', (d: Buffer) => {
@@ -124,7 +115,7 @@ test('a 40-image prompt file as 3 concurrent shards (one killed and resumed) = o
   });
   await new Promise((resolve) => child.on('close', resolve));
   assert.ok(killed, stderr);
-  const mid = spawnSync(process.execPath, [...CLI, 'status', shared, '--json'], { cwd: tmp, encoding: 'utf8' });
+  const mid = spawnSync(process.execPath, [...CLI, 'status', shared, '--json'], { cwd: sb.tmp, encoding: 'utf8' });
   assert.equal(mid.status, 0, mid.stderr);
   const midShard1 = JSON.parse(mid.stdout).runs[0].parts.find((p: { shard: string }) => p.shard === '1/3');
   assert.ok(midShard1.done >= 2 && midShard1.missing > 0, `shard 1 after the kill: ${JSON.stringify(midShard1)}`);
@@ -138,14 +129,14 @@ test('a 40-image prompt file as 3 concurrent shards (one killed and resumed) = o
   const manifests = readdirSync(shared).filter((f) => f.endsWith('.jsonl')).sort();
   assert.equal(manifests.length, 3, 'one manifest per shard');
 
-  const merged = path.join(tmp, 'merged.jsonl');
-  const st = spawnSync(process.execPath, [...CLI, 'status', shared, '--merge', merged], { cwd: tmp, encoding: 'utf8' });
+  const merged = path.join(sb.tmp, 'merged.jsonl');
+  const st = spawnSync(process.execPath, [...CLI, 'status', shared, '--merge', merged], { cwd: sb.tmp, encoding: 'utf8' });
   assert.equal(st.status, 0, st.stderr);
   assert.match(st.stdout, /3 shards: 40\/40 done, 0 missing, 0 failed/);
   assert.match(st.stdout, /overall: 40\/40 done/);
   const recs = readFileSync(merged, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
   assert.deepEqual(recs.map((r) => r.file).sort(), pngs(one));
   assert.deepEqual(new Set(recs.map((r) => r.shard)), new Set(['0/3', '1/3', '2/3']));
-  const js = JSON.parse(spawnSync(process.execPath, [...CLI, 'status', shared, '--json'], { cwd: tmp, encoding: 'utf8' }).stdout);
+  const js = JSON.parse(spawnSync(process.execPath, [...CLI, 'status', shared, '--json'], { cwd: sb.tmp, encoding: 'utf8' }).stdout);
   assert.deepEqual(js.runs[0].parts.map((p: { planned: number; done: number }) => [p.planned === p.done, p.planned >= 13 && p.planned <= 14]), [[true, true], [true, true], [true, true]]);
 });
