@@ -5,7 +5,7 @@
  */
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { readFileSync, mkdtempSync, rmSync, cpSync, chmodSync, writeFileSync, readdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { loadModelFolder } from '../src/models/folder.js';
@@ -277,6 +277,45 @@ describe('end to end vs diffusers StableDiffusionXLPipeline (tiny-sdxl)', () => 
       assert.ok(dImg <= 2, `image max diff ${dImg}/255`);
     });
   }
+});
+
+describe('SDXL text encoders exported without hidden_states outputs', () => {
+  test('the penultimate layer comes from the exposed-hidden-states rewrite: the same embeddings', async () => {
+    const tmp = mkdtempSync(path.join(os.tmpdir(), 'sdgen-sdxl-nohs-'));
+    try {
+      // a copy of tiny-sdxl whose encoders have only their standard outputs (as diffusers' script / Optimum by default)
+      cpSync(TINY_SDXL, path.join(tmp, 'm'), { recursive: true });
+      // writable copies whatever the fixtures' modes (so the files can be rewritten and removed)
+      const writable = (dir: string): void => {
+        chmodSync(dir, 0o755);
+        for (const e of readdirSync(dir, { withFileTypes: true })) {
+          if (e.isDirectory()) writable(path.join(dir, e.name));
+          else chmodSync(path.join(dir, e.name), 0o644);
+        }
+      };
+      writable(path.join(tmp, 'm'));
+      for (const sub of ['text_encoder', 'text_encoder_2']) {
+        const file = path.join(tmp, 'm', sub, 'model.onnx');
+        const m = decodeModel(readFileSync(file));
+        m.graph!.output = m.graph!.output.filter((o) => !/^hidden_states\./.test(o.name));
+        writeFileSync(file, encodeModel(m));
+      }
+      const c = (JSON.parse(readFileSync(path.join(SDXL, 'manifest.json'), 'utf8')) as { cases: SdxlCase[] }).cases.find((x) => x.args.negative_prompt !== null)!;
+      const buf = readFileSync(path.join(SDXL, c.bin));
+      const pipe = await StableDiffusionPipeline.load(path.join(tmp, 'm'), { device: 'cpu', cacheDir: path.join(tmp, 'cache') });
+      try {
+        let seen: SdxlConditioning | undefined;
+        await collect(pipe.generate(params({ prompt: c.args.prompt, negativePrompt: c.args.negative_prompt!, width: 128, height: 128, steps: 1, cfg: 5, scheduler: 'euler' }), { onSdxlConditioning: (x) => (seen = x) }));
+        assert.ok(maxAbsDiff(seen!.cond.embedding.data, readTensor(buf, c.tensors['prompt_embeds_cond']!) as Float32Array) <= 1e-4);
+        assert.ok(maxAbsDiff(seen!.uncond!.embedding.data, readTensor(buf, c.tensors['prompt_embeds_uncond']!) as Float32Array) <= 1e-4);
+        assert.ok(maxAbsDiff(seen!.cond.pooled, readTensor(buf, c.tensors['pooled_prompt_embeds_cond']!) as Float32Array) <= 1e-4);
+      } finally {
+        await pipe.dispose();
+      }
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  });
 });
 
 // ---------------------------------------------------------------------------------------------
