@@ -679,6 +679,41 @@ describe('img2img, inpainting and hires through the pipeline', () => {
     });
   }
 
+  test('pixel-space hires (Nearest) and inpainting with a blurred mask, at small sizes', async () => {
+    const c = byMode('img2img').find((k) => k.pipeline === 'tiny-sd1')!;
+    const base = { ...paramsOf(c), steps: 3, width: 64, height: 64, scheduler: 'euler_a' };
+    const { images, seen } = await run(c, { ...base, hires: { width: 128, height: 96, upscaler: 'Nearest', strength: 0.5, steps: 2 } });
+    assert.deepEqual([images.length, images[0]!.width, images[0]!.height], [1, 128, 96]);
+    assert.deepEqual(seen.timesteps.map((t) => t.length), [3, 2]); // pass 2: 4 steps at 0.5 run 2
+    // inpainting with mask blur: outside the blurred mask the result is the init picture itself
+    const tmp = mkdtempSync(path.join(os.tmpdir(), 'sdgen-i2i-blur-'));
+    try {
+      const { default: sharp } = await import('sharp');
+      const initFile = path.join(tmp, 'init.png');
+      const maskFile = path.join(tmp, 'mask.png');
+      const init = Uint8Array.from({ length: 64 * 64 * 3 }, (_, i) => (i * 13) % 251);
+      await sharp(Buffer.from(init), { raw: { width: 64, height: 64, channels: 3 } }).png().toFile(initFile);
+      const m = Uint8Array.from({ length: 64 * 64 }, (_, i) => (i % 64 >= 32 ? 255 : 0));
+      await sharp(Buffer.from(m), { raw: { width: 64, height: 64, channels: 1 } }).png().toFile(maskFile);
+      const r = await run(c, { ...base, init: { path: initFile, strength: 0.8 }, mask: { path: maskFile, blur: 2, invert: false } });
+      const gray = blurMask(m, 64, 64, 2);
+      const out = r.images[0]!.rgb;
+      let kept = 0;
+      let changed = 0;
+      for (let p = 0; p < 64 * 64; p++) {
+        for (let ch = 0; ch < 3; ch++) {
+          if (gray[p] === 0) assert.equal(out[p * 3 + ch], init[p * 3 + ch], `pixel ${p}`);
+          else if (gray[p] === 255 && out[p * 3 + ch] !== init[p * 3 + ch]) changed++;
+        }
+        if (gray[p] === 0) kept++;
+      }
+      assert.ok(kept > 1000 && changed > 1000, `${kept} kept, ${changed} changed`);
+      assert.match(formatInfotext(r.images[0]!.params), /Denoising strength: 0\.8, Mask blur: 2/);
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+
   test('bad input: one clear line each', async () => {
     const c = byMode('img2img').find((k) => k.pipeline === 'tiny-sd1')!;
     const pipe = await pipeline('tiny-sd1');
