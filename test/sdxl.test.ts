@@ -164,6 +164,12 @@ describe('end to end vs diffusers StableDiffusionXLPipeline (tiny-sdxl)', () => 
     assert.deepEqual(e.cond.embedding.data, z.cond.embedding.data);
   });
 
+  test('guidance ≤ 1 (SDXL-Turbo style): no unconditional pass, one row of text_embeds and time_ids', async () => {
+    const x = await condition({ cfg: 1 });
+    assert.equal(x.uncond, null);
+    assert.equal(x.zeroUncond, false);
+  });
+
   test('size and crop conditioning reach time_ids; clip skip is not applied (one notice)', async () => {
     notices.length = 0;
     const x = await condition({ originalSize: { width: 2048, height: 1536 }, cropTopLeft: { top: 16, left: 32 }, targetSize: { width: 1024, height: 1024 }, clipSkip: 2 });
