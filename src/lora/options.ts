@@ -3,13 +3,19 @@
  * (config and preset paths are already absolute) and `--lora-dir`.
  */
 import path from 'node:path';
-import type { GenerationParams } from '../pipeline/types.js';
+import type { LoraRef } from './variant.js';
 import type { LoraModule } from './keys.js';
 import { parseLoraFlag } from './prompt.js';
 
+/** A job's LoRA settings as GenerationParams carries them (`loras`, `loraDir`). */
+export interface LoraParams {
+  loras?: LoraRef[];
+  loraDir?: string;
+}
+
 /** GenerationParams' `loras` and `loraDir` for a job's options (nothing when unset). */
-export function loraParams(o: { lora?: readonly string[]; loraDir?: string }): Pick<GenerationParams, 'loras' | 'loraDir'> {
-  const out: Pick<GenerationParams, 'loras' | 'loraDir'> = {};
+export function loraParams(o: { lora?: readonly string[]; loraDir?: string }): LoraParams {
+  const out: LoraParams = {};
   if (o.lora && o.lora.length > 0) {
     out.loras = o.lora.map((v) => {
       const { path: file, scale } = parseLoraFlag(v);
