@@ -101,7 +101,9 @@ export class LmsScheduler extends SigmaScheduler<typeof LMS_DEFAULTS> {
     for (let k = 0; k < len; k++) {
       // sum(coeff_j · derivative_{newest − j}), accumulated in that order
       let acc = f32(coeffs[0]! * this.derivatives[n - 1]![k]!);
-      for (let j = 1; j < order; j++) acc = f32(acc + f32(coeffs[j]! * this.derivatives[n - 1 - j]![k]!));
+      // zip(coeffs, reversed(derivatives)) in diffusers: a run started mid-schedule (img2img)
+      // has fewer derivatives than its order
+      for (let j = 1; j < Math.min(order, n); j++) acc = f32(acc + f32(coeffs[j]! * this.derivatives[n - 1 - j]![k]!));
       o[k] = f32(x[k]! + acc);
     }
     this.stepIndex = i + 1;
