@@ -36,7 +36,7 @@ import { denoiseBatch } from '../src/pipeline/denoise.js';
 import type { UnetIO } from '../src/models/io.js';
 import type { PromptEmbedding } from '../src/pipeline/text-encoding.js';
 import { firstPassParams, hiresSize, secondPassParams } from '../src/pipeline/hires.js';
-import { modeParams } from '../src/config/modes.js';
+import { modeParams } from '../src/run/modes.js';
 import { formatInfotext } from '../src/metadata/infotext.js';
 import type { GeneratedImage, GenerationParams } from '../src/pipeline/types.js';
 import { generationParams } from './helpers.js';

@@ -17,6 +17,7 @@ import { UsageError } from '../errors.js';
 import { parseCropOption, parseSizeOption, type SdgenOptions } from '../config/options.js';
 import type { GenerationParams } from '../pipeline/types.js';
 import { imageSeed } from '../pipeline/params.js';
+import { modeParams, type ModeOptions } from './modes.js';
 import { loraParams } from '../lora/options.js';
 import { validateGenerationParams } from '../pipeline/params.js';
 import { tomeApplies, tomeFromFlat, validateToMeOptions } from '../tome/options.js';
@@ -62,6 +63,8 @@ export interface Job {
   imageCount: number;
   /** what the job asked for itself; a model folder's defaults fill in the rest */
   requested: { width?: number; height?: number; scheduler?: string };
+  /** the job's img2img / inpainting / hires options (modeParams turns them into params once its size is known) */
+  modeOptions: ModeOptions;
 }
 
 export interface PlannedImage {
@@ -115,6 +118,7 @@ export function buildJob(spec: JobSpec, index: number, ctx: JobContext, seed?: n
     tomeOn: false,
     imageCount: o.batchSize * o.nIter,
     requested: { width: o.width, height: o.height, scheduler },
+    modeOptions: o,
   };
   const built = withModelDefaults(job, ctx.modelDefaults(o.model));
   // the engine's own checks that need no model (prompt length, counts, sizes)
@@ -135,7 +139,7 @@ export function withModelDefaults(job: Job, defaults: ModelDefaults | undefined)
   return {
     ...job,
     modelName: defaults?.name,
-    params: { ...job.params, width, height, scheduler },
+    params: { ...job.params, width, height, scheduler, ...modeParams(job.modeOptions, { width, height }, tome) },
     tomeOn: decision.apply,
     tomeReason: decision.reason,
   };

@@ -10,7 +10,7 @@ import { hiresSize, HIRES_DEFAULTS, validateHires } from '../pipeline/hires.js';
 import { validateStrength } from '../schedulers/img2img.js';
 import type { GenerationParams } from '../pipeline/types.js';
 import type { ToMeOptions } from '../tome/types.js';
-import type { SdgenOptions } from './options.js';
+import type { SdgenOptions } from '../config/options.js';
 
 export type ModeOptions = Pick<
   Partial<SdgenOptions>,
