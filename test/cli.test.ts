@@ -465,3 +465,34 @@ test('prompt-file lines are checked against their model before any model loads: 
     'sdgen: 1 bad line in limits.txt; nothing generated (--strict)',
   ]);
 });
+
+test('img2img, inpainting and hires from the command line: the plan shows the mode and both passes; --from regenerates each byte for byte and warns when the init picture changed', async () => {
+  const model = path.join(FIXTURES, 'tiny-sd1');
+  const init = path.join(tmp, 'modes-init.png');
+  writeFileSync(init, readFileSync(path.join(FIXTURES, 'img2img', 'init_512x512.png')));
+  const mask = path.join(FIXTURES, 'img2img', 'mask_512x512.png');
+  const common = ['a cat', '--model', model, '--steps', '2', '-W', '64', '-H', '64', '--seed', '3', '--scheduler', 'euler'];
+  const modes: [string, string[], RegExp][] = [
+    ['img2img', ['--init-image', init, '--strength', '0.6'], /img2img modes-init\.png strength 0\.6/],
+    ['inpaint', ['--init-image', init, '--mask', mask, '--mask-blur', '2'], /inpaint modes-init\.png mask mask_512x512\.png strength 0\.75/],
+    ['hires', ['--hires', '--hires-steps', '1', '--tome', '0.5', '--tome-min-width', '128', '--tome-min-height', '128'], /ToMe skipped .* hires → 128x128 Latent strength 0\.7 1 steps ToMe 0\.5/],
+  ];
+  for (const [name, extra, plan] of modes) {
+    const dry = await run([...common, ...extra, '--dry-run']);
+    assert.equal(dry.status, 0, dry.stderr);
+    assert.match(dry.stdout, plan, name);
+    const out = path.join(tmp, `modes-${name}`);
+    const r = await run([...common, ...extra, '--out', out, '-q']);
+    assert.equal(r.status, 0, `${name}: ${r.stderr}`);
+    const png = path.join(out, '00001-3.png');
+    const again = path.join(tmp, `modes-${name}-from`);
+    const f = await run(['--from', png, '--model', model, '--out', again, '-q']);
+    assert.equal(f.status, 0, `${name} --from: ${f.stderr}`);
+    assert.ok(readFileSync(png).equals(readFileSync(path.join(again, '00001-3.png'))), `${name}: --from gives the same bytes`);
+  }
+  // the init picture changes: --from says so in one line, and still runs
+  writeFileSync(init, Buffer.concat([readFileSync(init), Buffer.from('x')]));
+  const w = await run(['--from', path.join(tmp, 'modes-img2img', '00001-3.png'), '--model', model, '--out', path.join(tmp, 'modes-changed')]);
+  assert.equal(w.status, 0, w.stderr);
+  assert.match(w.stderr, /^warning: .*00001-3\.png: the init image .*modes-init\.png has changed since the image was made \(SHA-256 differs\); the result will differ$/m);
+});

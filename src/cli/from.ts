@@ -42,6 +42,55 @@ function sdxlOptions(p: Partial<GenerationParams>): PartialOptions {
  * past 2^53, a 100000-pixel width); undefined values are dropped. Throws a one-line UsageError
  * naming the file and the key.
  */
+/** The img2img / inpainting / hires options of a recorded image (its init picture and mask by path). */
+function modeOptions(p: Partial<GenerationParams>): PartialOptions {
+  const o: PartialOptions = {};
+  const init = p.init;
+  if (init !== null && typeof init === 'object') Object.assign(o, { initImage: init.path, strength: init.strength });
+  const mask = p.mask;
+  if (mask !== null && typeof mask === 'object') Object.assign(o, { mask: mask.path, maskBlur: mask.blur, invertMask: mask.invert });
+  const h = p.hires;
+  if (h !== null && typeof h === 'object') {
+    Object.assign(o, {
+      hires: true,
+      ...(h.scale !== undefined ? { hiresScale: h.scale } : { hiresWidth: h.width, hiresHeight: h.height }),
+      hiresUpscaler: h.upscaler,
+      denoisingStrength: h.strength,
+      hiresSteps: h.steps,
+      hiresPrompt: h.prompt,
+      hiresNegativePrompt: h.negativePrompt,
+      hiresScheduler: h.scheduler,
+      hiresTome: h.tome?.ratio,
+    });
+  }
+  if (p.vaeTiling !== undefined) o.vaeTiling = p.vaeTiling;
+  return o;
+}
+
+/**
+ * One line per input picture (init image, mask) whose file is missing or no longer the one the
+ * image was made from (SHA-256 recorded), so a regenerated image may differ.
+ */
+export async function inputFileNotes(file: string, p: Partial<GenerationParams>): Promise<string[]> {
+  const { createHash } = await import('node:crypto');
+  const { readFile } = await import('node:fs/promises');
+  const notes: string[] = [];
+  for (const [what, input] of [['init image', p.init], ['mask', p.mask]] as const) {
+    if (input === null || typeof input !== 'object' || typeof input.path !== 'string') continue;
+    let bytes: Buffer;
+    try {
+      bytes = await readFile(input.path);
+    } catch {
+      notes.push(`${file}: the ${what} ${input.path} is not found`);
+      continue;
+    }
+    if (typeof input.sha256 === 'string' && createHash('sha256').update(bytes).digest('hex') !== input.sha256) {
+      notes.push(`${file}: the ${what} ${input.path} has changed since the image was made (SHA-256 differs); the result will differ`);
+    }
+  }
+  return notes;
+}
+
 function checked(file: string, o: PartialOptions): PartialOptions {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(o)) {
@@ -87,6 +136,7 @@ export function optionsFromMetadata(meta: ImageMetadata): FromImage {
       tomeMinHeight: t.minHeight,
       longPrompt: p.longPrompt,
       ...sdxlOptions(p),
+      ...modeOptions(p),
     };
     const options = checked(meta.file, o);
     return { prompt: checkedPrompt(meta.file, p.prompt, options), options, modelName: rec.model };

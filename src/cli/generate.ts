@@ -18,8 +18,9 @@ import {
 } from '../run/output.js';
 import { finishedImages, runJobs, type PipelineLike, type RunSummary } from '../run/runner.js';
 import { assignShards, imagesOfShard, parseShard, shardLabel, shardSizes, type Shard } from '../run/shard.js';
+import { tomeApplies } from '../tome/options.js';
 import { errorLine, escapeControls, makeChalk, makeReporter, safeJson, type UiOptions } from './ui.js';
-import { optionsFromMetadata } from './from.js';
+import { inputFileNotes, optionsFromMetadata } from './from.js';
 import type { RuntimeOptions } from '../models/session.js';
 import type { ModelFolder } from '../models/folder.js';
 import { cacheMaxBytes } from '../optimize/cache-prune.js';
@@ -144,6 +145,21 @@ function tomeLabel(job: Job): string {
   return job.tomeOn ? `ToMe ${job.params.tome.ratio}` : `ToMe skipped (${job.tomeReason ?? 'below the size thresholds'})`;
 }
 
+/** The job's mode for the plan: txt2img, img2img, inpaint or hires with its second pass. */
+function modeLabel(j: Job): string {
+  const p = j.params;
+  if (p.mask && p.init) return `inpaint ${escapeControls(path.basename(p.init.path))} mask ${escapeControls(path.basename(p.mask.path))} strength ${p.init.strength}`;
+  if (p.init) return `img2img ${escapeControls(path.basename(p.init.path))} strength ${p.init.strength}`;
+  if (p.hires) {
+    const h = p.hires;
+    // the second pass decides ToMe by its own size (its own ratio with --hires-tome)
+    const t2 = h.tome ?? p.tome;
+    const tome = t2.ratio > 0 && tomeApplies(t2, h.width, h.height).apply ? ` ToMe ${t2.ratio}` : ' ToMe off';
+    return `hires → ${h.width}x${h.height} ${h.upscaler} strength ${h.strength} ${h.steps || p.steps} steps${tome}`;
+  }
+  return 'txt2img';
+}
+
 function oneLine(s: string, max: number): string {
   const flat = s.replace(/\s+/g, ' ');
   return flat.length > max ? flat.slice(0, max - 1) + '…' : flat;
@@ -180,6 +196,10 @@ export function formatPlan(jobs: readonly Job[], images: readonly PlannedImage[]
           nIter: p.nIter,
           tome: j.tomeOn,
           tomeRatio: p.tome.ratio,
+          mode: p.mask ? 'inpaint' : p.init ? 'img2img' : p.hires ? 'hires' : 'txt2img',
+          ...(p.init ? { init: p.init } : {}),
+          ...(p.mask ? { mask: p.mask } : {}),
+          ...(p.hires ? { hires: p.hires } : {}),
           files: imgs.map((i) => i.file),
         }),
       );
@@ -188,7 +208,7 @@ export function formatPlan(jobs: readonly Job[], images: readonly PlannedImage[]
       const more = imgs.length > 1 ? ` (+${imgs.length - 1})` : '';
       lines.push(
         `${String(j.index + 1).padStart(5)}  ${escapeControls(first)}${more}  seed ${p.seed}  ${p.width}x${p.height}  ${p.scheduler || 'model default'}  ` +
-          `${p.steps} steps  cfg ${p.cfg}  ${tomeLabel(j)}  ${safeJson(oneLine(p.prompt, 80))}`,
+          `${p.steps} steps  cfg ${p.cfg}  ${tomeLabel(j)}  ${modeLabel(j)}  ${safeJson(oneLine(p.prompt, 80))}`,
       );
     }
   }
@@ -211,6 +231,7 @@ export async function runGenerate(positional: string | undefined, explicit: Part
     fromOptions = f.options;
     fromModel = f.modelName;
     if (meta.sdgen?.params && typeof meta.sdgen.params === 'object') {
+      if (!flags.quiet) for (const n of await inputFileNotes(flags.from, meta.sdgen.params)) process.stderr.write(errorLine(`warning: ${n}`) + '\n');
       // the LoRAs the image was made with, where their files are still found (by path and hash)
       const { lorasFromRecord } = await import('../lora/from.js');
       const l = await lorasFromRecord(meta.sdgen.params);
