@@ -180,3 +180,15 @@ export function assertOneErrorLine(r: Ran, code: number, re: RegExp): void {
   assert.doesNotMatch(r.stderr, /^\s+at /m, 'no stack trace');
   assert.doesNotMatch(r.stderr, /this is a bug|internal error/);
 }
+
+/**
+ * Final latents against a reference: the largest difference within `rel` of the reference's
+ * largest magnitude (at least 1); returns both numbers for the test's diagnostics.
+ */
+export function assertLatentsClose(got: ArrayLike<number>, ref: ArrayLike<number>, rel = 1e-4): { diff: number; absmax: number } {
+  const diff = maxAbsDiff(got, ref);
+  let absmax = 0;
+  for (let i = 0; i < ref.length; i++) absmax = Math.max(absmax, Math.abs(ref[i]!));
+  assert.ok(diff <= rel * Math.max(1, absmax), `final_latents max diff ${diff} (absmax ${absmax})`);
+  return { diff, absmax };
+}

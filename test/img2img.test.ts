@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fx, maxAbsDiff, FIXTURES_DIR } from './helpers.js';
+import { fx, maxAbsDiff, FIXTURES_DIR, readTensor } from './helpers.js';
 import { loadModel } from '../src/onnx/model-io.js';
 import { encoderParamsRewrite, getEncoderParamsModel, LATENT_PARAMETERS } from '../src/optimize/encoder-params.js';
 import { latentDistribution, sampleLatents, VaeEncoder, vaeEncoderIO } from '../src/pipeline/encode.js';
@@ -94,17 +94,7 @@ function tensor(c: Img2ImgCase, name: string): Typed {
   assert.ok(e, `${c.id}: no tensor ${name}`);
   let buf = bins.get(c.bin);
   if (!buf) bins.set(c.bin, (buf = readFileSync(path.join(DIR, c.bin))));
-  const bytes = Uint8Array.prototype.slice.call(buf, e.offset, e.offset + e.nbytes);
-  switch (e.dtype) {
-    case 'float32':
-      return new Float32Array(bytes.buffer);
-    case 'float64':
-      return new Float64Array(bytes.buffer);
-    case 'int64':
-      return new BigInt64Array(bytes.buffer);
-    case 'uint8':
-      return bytes;
-  }
+  return readTensor(buf, e);
 }
 const f32t = (c: Img2ImgCase, name: string): Float32Array => tensor(c, name) as Float32Array;
 const nums = (c: Img2ImgCase, name: string): number[] => Array.from(tensor(c, name) as Float64Array);
