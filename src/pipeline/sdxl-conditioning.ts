@@ -35,7 +35,7 @@ import { applyEmphasis, padChunks, tokenizeChunks, type ChunkedPrompt } from '..
 import type { ModelSession } from '../models/session.js';
 import { textEncoderIO, type TextEncoderIO } from '../models/io.js';
 import { toFloat32 } from './tensors.js';
-import type { HiddenStatesSource, PromptEmbedding } from './text-encoding.js';
+import { LayeredEncoderSession, type HiddenStatesSource, type PromptEmbedding } from './text-encoding.js';
 
 /** SDXL's size and crop conditioning (pixels), diffusers' `original_size`, `crops_coords_top_left`, `target_size`. */
 export interface SdxlMicroConditioning {
@@ -95,51 +95,37 @@ export interface SdxlConditioning {
 /** One of SDXL's CLIP text encoders: its session, tokenizer and the outputs sdgen reads. */
 class SdxlTextEncoder {
   private io: TextEncoderIO;
-  private layered: Promise<{ model: ModelSession; io: TextEncoderIO }> | null = null;
+  private readonly layered: LayeredEncoderSession<{ model: ModelSession; io: TextEncoderIO }> | null;
 
   constructor(
     private readonly model: ModelSession,
     readonly tokenizer: ClipTokenizer,
     private readonly what: string,
     /** where hidden_states.0…L come from when this export has none (clipSkipSource) */
-    private readonly hiddenStatesSource: HiddenStatesSource | null,
+    hiddenStatesSource: HiddenStatesSource | null,
     private readonly needPooled: boolean,
   ) {
     this.io = textEncoderIO(model.info, what);
     if (needPooled && !this.io.textEmbeds) {
       throw new SdgenError(`${what}: no "text_embeds" output (SDXL's pooled embeddings come from text_encoder_2's projection)`);
     }
+    this.layered = hiddenStatesSource
+      ? new LayeredEncoderSession(hiddenStatesSource, (m, io) => {
+          if (needPooled && !io.textEmbeds) throw new SdgenError(`${m.what}: ${m.path} has no text_embeds output`);
+          return { model: m, io };
+        })
+      : null;
   }
 
   /** The session and I/O with per-layer hidden states (this export, else its rewrite). */
   private async layeredEncoder(): Promise<{ model: ModelSession; io: TextEncoderIO }> {
     if (this.io.hiddenStates.length > 0) return { model: this.model, io: this.io };
-    const source = this.hiddenStatesSource;
-    if (!source) throw new SdgenError(`${this.what}: SDXL needs per-layer hidden states (outputs hidden_states.0 … hidden_states.N)`);
-    this.layered ??= (async () => {
-      const model = await source();
-      try {
-        const io = textEncoderIO(model.info, model.what);
-        if (io.hiddenStates.length === 0) throw new SdgenError(`${model.what}: ${model.path} has no hidden_states outputs`);
-        if (this.needPooled && !io.textEmbeds) throw new SdgenError(`${model.what}: ${model.path} has no text_embeds output`);
-        return { model, io };
-      } catch (err) {
-        await model.release();
-        throw err;
-      }
-    })();
-    try {
-      return await this.layered;
-    } catch (err) {
-      this.layered = null;
-      throw err;
-    }
+    if (!this.layered) throw new SdgenError(`${this.what}: SDXL needs per-layer hidden states (outputs hidden_states.0 … hidden_states.N)`);
+    return this.layered.get();
   }
 
   async release(): Promise<void> {
-    const l = this.layered;
-    this.layered = null;
-    if (l) await (await l.catch(() => null))?.model.release();
+    await this.layered?.release();
   }
 
   /** One 77-id chunk → hidden_states[-2] [77, dim] and, for text_encoder_2, text_embeds. */

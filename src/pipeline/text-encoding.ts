@@ -93,11 +93,52 @@ interface LayeredEncoder {
   finalLayerNorm: LayerNormFn | null;
 }
 
+/**
+ * A text encoder with per-layer hidden states, opened from its source on first use and kept for
+ * later runs; a failed open is forgotten, so the next run tries again (and reports the same
+ * problem). `prepare` checks the opened graph further and adds what its user needs.
+ */
+export class LayeredEncoderSession<T extends { model: ModelSession }> {
+  private pending: Promise<T> | null = null;
+
+  constructor(
+    private readonly source: HiddenStatesSource,
+    private readonly prepare: (model: ModelSession, io: TextEncoderIO) => T | Promise<T>,
+  ) {}
+
+  async get(): Promise<T> {
+    this.pending ??= (async () => {
+      const model = await this.source();
+      try {
+        const io = textEncoderIO(model.info, model.what);
+        if (io.hiddenStates.length === 0) throw new SdgenError(`${model.what}: ${model.path} has no hidden_states outputs`);
+        return await this.prepare(model, io);
+      } catch (err) {
+        await model.release();
+        throw err;
+      }
+    })();
+    try {
+      return await this.pending;
+    } catch (err) {
+      this.pending = null;
+      throw err;
+    }
+  }
+
+  /** Releases the session, if it was opened. */
+  async release(): Promise<void> {
+    const p = this.pending;
+    this.pending = null;
+    if (p) await (await p.catch(() => null))?.model.release();
+  }
+}
+
 export class TextEncoder {
   readonly io: TextEncoderIO;
   private readonly finalLayerNorm: LayerNormFn | null;
   /** the rewritten encoder opened from hiddenStatesSource (first clip skip > 1 run) */
-  private layered: Promise<LayeredEncoder> | null = null;
+  private readonly layered: LayeredEncoderSession<LayeredEncoder> | null;
 
   constructor(
     private readonly model: ModelSession,
@@ -108,45 +149,29 @@ export class TextEncoder {
      * Where clip skip > 1 gets per-layer hidden states when this export has none (clipSkipSource);
      * null: clip skip > 1 needs an export with them.
      */
-    private readonly hiddenStatesSource: HiddenStatesSource | null = null,
+    hiddenStatesSource: HiddenStatesSource | null = null,
   ) {
     this.io = textEncoderIO(model.info, 'text encoder');
     this.finalLayerNorm = finalLayerNorm;
+    this.layered = hiddenStatesSource
+      ? new LayeredEncoderSession(hiddenStatesSource, async (m, io) => ({ model: m, io, finalLayerNorm: await findFinalLayerNorm(m.path, m.info) }))
+      : null;
   }
 
   /** The session clip skip > 1 runs: this export when it has hidden_states outputs, else the rewrite. */
   private async layeredEncoder(clipSkip: number): Promise<LayeredEncoder> {
     if (this.io.hiddenStates.length > 0) return { model: this.model, io: this.io, finalLayerNorm: this.finalLayerNorm };
-    const source = this.hiddenStatesSource;
-    if (!source) {
+    if (!this.layered) {
       throw new SdgenError(
         `clip skip ${clipSkip} needs a text encoder exported with per-layer hidden states (outputs hidden_states.0 … hidden_states.N); this one has only ${this.io.lastHiddenState.name}`,
       );
     }
-    this.layered ??= (async () => {
-      const model = await source();
-      try {
-        const io = textEncoderIO(model.info, model.what);
-        if (io.hiddenStates.length === 0) throw new SdgenError(`${model.what}: ${model.path} has no hidden_states outputs`);
-        return { model, io, finalLayerNorm: await findFinalLayerNorm(model.path, model.info) };
-      } catch (err) {
-        await model.release();
-        throw err;
-      }
-    })();
-    try {
-      return await this.layered;
-    } catch (err) {
-      this.layered = null; // a later run tries again (and reports the same problem)
-      throw err;
-    }
+    return this.layered.get();
   }
 
   /** Releases the session opened for clip skip, if any (the main session is the caller's). */
   async release(): Promise<void> {
-    const l = this.layered;
-    this.layered = null;
-    if (l) await (await l.catch(() => null))?.model.release();
+    await this.layered?.release();
   }
 
   /** Encode one 77-id chunk → hidden [77, dim]. */
