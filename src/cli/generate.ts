@@ -145,7 +145,7 @@ function tomeLabel(job: Job): string {
   return job.tomeOn ? `ToMe ${job.params.tome.ratio}` : `ToMe skipped (${job.tomeReason ?? 'below the size thresholds'})`;
 }
 
-/** The job's mode for the plan: txt2img, img2img, inpaint or hires with its second pass. */
+/** The job's mode for the plan: img2img, inpaint or hires with its second pass ('' for txt2img). */
 function modeLabel(j: Job): string {
   const p = j.params;
   if (p.mask && p.init) return `inpaint ${escapeControls(path.basename(p.init.path))} mask ${escapeControls(path.basename(p.mask.path))} strength ${p.init.strength}`;
@@ -157,7 +157,7 @@ function modeLabel(j: Job): string {
     const tome = t2.ratio > 0 && tomeApplies(t2, h.width, h.height).apply ? ` ToMe ${t2.ratio}` : ' ToMe off';
     return `hires → ${h.width}x${h.height} ${h.upscaler} strength ${h.strength} ${h.steps || p.steps} steps${tome}`;
   }
-  return 'txt2img';
+  return '';
 }
 
 function oneLine(s: string, max: number): string {
@@ -208,7 +208,7 @@ export function formatPlan(jobs: readonly Job[], images: readonly PlannedImage[]
       const more = imgs.length > 1 ? ` (+${imgs.length - 1})` : '';
       lines.push(
         `${String(j.index + 1).padStart(5)}  ${escapeControls(first)}${more}  seed ${p.seed}  ${p.width}x${p.height}  ${p.scheduler || 'model default'}  ` +
-          `${p.steps} steps  cfg ${p.cfg}  ${tomeLabel(j)}  ${modeLabel(j)}  ${safeJson(oneLine(p.prompt, 80))}`,
+          `${p.steps} steps  cfg ${p.cfg}  ${tomeLabel(j)}  ${modeLabel(j) ? `${modeLabel(j)}  ` : ''}${safeJson(oneLine(p.prompt, 80))}`,
       );
     }
   }
