@@ -11,7 +11,11 @@ import { xorshiftFill } from '../src/bench/inputs.js';
 import { encodeModel } from '../src/onnx/proto.js';
 import type { ModelProto } from '../src/onnx/types.js';
 
-export { generationParams } from '../src/pipeline/params.js';
+import { generationParams } from '../src/pipeline/params.js';
+import { defaultSchedulerFor } from '../src/schedulers/index.js';
+import type { GenerationParams } from '../src/pipeline/types.js';
+
+export { generationParams };
 
 /** The reference data the tests read, copied into the repository (test/fixtures/README.md). */
 export const FIXTURES_URL = new URL('./fixtures/', import.meta.url);
@@ -191,4 +195,35 @@ export function assertLatentsClose(got: ArrayLike<number>, ref: ArrayLike<number
   for (let i = 0; i < ref.length; i++) absmax = Math.max(absmax, Math.abs(ref[i]!));
   assert.ok(diff <= rel * Math.max(1, absmax), `final_latents max diff ${diff} (absmax ${absmax})`);
   return { diff, absmax };
+}
+
+/** The `args` of a diffusers reference run in the fixtures (e2e/, sdxl/: the pipeline call). */
+export interface DiffusersRunArgs {
+  scheduler: string;
+  prompt: string;
+  /** null: no classifier-free guidance */
+  negative_prompt: string | null;
+  guidance_scale: number;
+  height: number;
+  width: number;
+  num_inference_steps: number;
+  seed: number;
+}
+
+/**
+ * sdgen's GenerationParams for a diffusers reference run: its prompt, guidance, size, steps and
+ * seed, the sampler of its scheduler class built from `schedulerConfig`, and diffusers'
+ * `negative_prompt=None` as an empty negative prompt.
+ */
+export function diffusersRunParams(a: DiffusersRunArgs, schedulerConfig: Record<string, unknown>): GenerationParams {
+  return generationParams({
+    prompt: a.prompt,
+    negativePrompt: a.negative_prompt ?? '',
+    cfg: a.guidance_scale,
+    width: a.width,
+    height: a.height,
+    steps: a.num_inference_steps,
+    seed: a.seed,
+    scheduler: defaultSchedulerFor({ ...schedulerConfig, _class_name: a.scheduler }),
+  });
 }

@@ -23,7 +23,7 @@ import { loadModel, readTensorBytes } from '../src/onnx/model-io.js';
 import { encodeModel } from '../src/onnx/proto.js';
 import { DataType, type ModelProto, type TensorProto } from '../src/onnx/types.js';
 import { loadTokenizer } from '../src/text/load.js';
-import { fx, maxAbsDiff } from './helpers.js';
+import { fx, maxAbsDiff, diffusersRunParams, type DiffusersRunArgs } from './helpers.js';
 
 // ---------------------------------------------------------------------------------------------
 // Fixture access and an independent safetensors reader/writer (not the code under test)
@@ -617,29 +617,22 @@ test('A1111 short hash of a LoRA is the SHA-256 of its tensor data, 12 hex digit
 describe('StableDiffusionPipeline with LoRAs vs diffusers (tiny-sd1)', () => {
   test('both fixture cases: prompt embeddings, final latents and the image within 2/255', async () => {
     const { StableDiffusionPipeline } = await import('../src/pipeline/pipeline.js');
-    const { generationParams } = await import('../src/pipeline/params.js');
-    const { defaultSchedulerFor } = await import('../src/schedulers/index.js');
     const cacheDir = tmp();
     const notices: string[] = [];
     const pipe = await StableDiffusionPipeline.load(fx('tiny-sd1'), { device: 'cpu', cacheDir }, { onNotice: (m) => notices.push(m) });
     let n = 0;
     try {
       for (const c of manifest.cases as (ManifestCase & { args: Record<string, unknown>; scheduler_config: Record<string, unknown> })[]) {
-        const a = c.args as { scheduler: string; prompt: string; negative_prompt: string | null; guidance_scale: number; height: number; width: number; num_inference_steps: number; seed: number };
+        const a = c.args as unknown as DiffusersRunArgs;
         const l = c.loras[0]!;
         // the first case passes its LoRA as an option, the second as an A1111 prompt tag
         const viaTag = n === 1;
-        const p = generationParams({
-          prompt: viaTag ? `${a.prompt} <lora:${l.file.replace('.safetensors', '')}:${l.scale}>` : a.prompt,
-          negativePrompt: a.negative_prompt ?? '',
-          cfg: a.guidance_scale,
-          width: a.width,
-          height: a.height,
-          steps: a.num_inference_steps,
-          seed: a.seed,
-          scheduler: defaultSchedulerFor({ ...c.scheduler_config, _class_name: a.scheduler }),
-          ...(viaTag ? { loraDir: fx('lora') } : { loras: [{ path: fx(`lora/${l.file}`), scale: l.scale }] }),
-        });
+        const p = {
+          ...diffusersRunParams(a, c.scheduler_config),
+          ...(viaTag
+            ? { prompt: `${a.prompt} <lora:${l.file.replace('.safetensors', '')}:${l.scale}>`, loraDir: fx('lora') }
+            : { loras: [{ path: fx(`lora/${l.file}`), scale: l.scale }] }),
+        };
         const seen: { cond?: Float32Array; final?: Float32Array } = {};
         const images = [];
         for await (const img of pipe.generate(p, { onPrompts: (cond) => (seen.cond = cond.data), onFinalLatents: (_s, x) => (seen.final = x[0]) })) images.push(img);

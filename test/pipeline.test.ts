@@ -20,7 +20,7 @@ import type { PromptEmbedding } from '../src/pipeline/text-encoding.js';
 import type { GeneratedImage, GenerationParams } from '../src/pipeline/types.js';
 import type { RuntimeOptions } from '../src/models/session.js';
 import { DEFAULT_TOME } from '../src/tome/options.js';
-import { generationParams as params, maxAbsDiff, readTensor, FIXTURES_DIR as FIXTURES, assertLatentsClose } from './helpers.js';
+import { generationParams as params, maxAbsDiff, readTensor, FIXTURES_DIR as FIXTURES, assertLatentsClose, type DiffusersRunArgs, diffusersRunParams } from './helpers.js';
 import { defaultSchedulerFor } from '../src/schedulers/index.js';
 import { SessionManager } from '../src/models/session.js';
 import { TextEncoder } from '../src/pipeline/text-encoding.js';
@@ -50,16 +50,7 @@ interface TensorEntry {
 interface E2ECase {
   id: string;
   bin: string;
-  args: {
-    scheduler: string;
-    prompt: string;
-    negative_prompt: string | null;
-    guidance_scale: number;
-    height: number;
-    width: number;
-    num_inference_steps: number;
-    seed: number;
-  };
+  args: DiffusersRunArgs;
   scheduler_config: Record<string, unknown>;
   do_classifier_free_guidance: boolean;
   tensors: Record<string, TensorEntry>;
@@ -298,7 +289,6 @@ describe('end to end vs diffusers (tiny-sd1)', () => {
         assert.ok(e, `fixture tensor ${k}`);
         return readTensor(buf, e);
       };
-      const scheduler = defaultSchedulerFor({ ...c.scheduler_config, _class_name: c.args.scheduler });
       const seen: { cond?: PromptEmbedding; uncond?: PromptEmbedding | null; timesteps?: readonly number[]; init?: Float32Array; final?: Float32Array } = {};
       const inspector: GenerationInspector = {
         onPrompts: (cond, uncond) => Object.assign(seen, { cond, uncond }),
@@ -309,16 +299,7 @@ describe('end to end vs diffusers (tiny-sd1)', () => {
       let steps = 0;
       const images = await collect(
         fx.pipe.generate(
-          params({
-            prompt: c.args.prompt,
-            negativePrompt: c.args.negative_prompt ?? '',
-            cfg: c.args.guidance_scale,
-            width: c.args.width,
-            height: c.args.height,
-            steps: c.args.num_inference_steps,
-            seed: c.args.seed,
-            scheduler,
-          }),
+          diffusersRunParams(c.args, c.scheduler_config),
           { ...inspector, onStep: () => steps++ },
         ),
       );

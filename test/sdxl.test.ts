@@ -16,7 +16,7 @@ import { sdxlTimeIds } from '../src/pipeline/sdxl-conditioning.js';
 import type { GeneratedImage, GenerationParams } from '../src/pipeline/types.js';
 import { optionsFromMetadata } from '../src/cli/from.js';
 import { defaultSchedulerFor } from '../src/schedulers/index.js';
-import { generationParams as params, maxAbsDiff, readTensor, fx, type TensorEntry, assertLatentsClose } from './helpers.js';
+import { generationParams as params, maxAbsDiff, readTensor, fx, type TensorEntry, assertLatentsClose, type DiffusersRunArgs, diffusersRunParams } from './helpers.js';
 import ort from 'onnxruntime-node';
 import { readFile } from 'node:fs/promises';
 import { decodeModel, encodeModel } from '../src/onnx/proto.js';
@@ -31,17 +31,7 @@ const SDXL = fx('sdxl');
 interface SdxlCase {
   id: string;
   bin: string;
-  args: {
-    scheduler: string;
-    prompt: string;
-    negative_prompt: string | null;
-    guidance_scale: number;
-    height: number;
-    width: number;
-    num_inference_steps: number;
-    seed: number;
-    num_images_per_prompt: number;
-  };
+  args: DiffusersRunArgs & { num_images_per_prompt: number };
   scheduler_config: Record<string, unknown>;
   do_classifier_free_guidance: boolean;
   add_time_ids: number[];
@@ -225,17 +215,8 @@ describe('end to end vs diffusers StableDiffusionXLPipeline (tiny-sdxl)', () => 
       };
       const images = await collect(
         pipe.generate(
-          params({
-            prompt: c.args.prompt,
-            // diffusers' negative_prompt=None: sdgen's empty negative prompt (zeros by force_zeros_for_empty_prompt)
-            negativePrompt: c.args.negative_prompt ?? '',
-            cfg: c.args.guidance_scale,
-            width: c.args.width,
-            height: c.args.height,
-            steps: c.args.num_inference_steps,
-            seed: c.args.seed,
-            scheduler: defaultSchedulerFor({ ...c.scheduler_config, _class_name: c.args.scheduler }),
-          }),
+          // diffusers' negative_prompt=None: sdgen's empty negative prompt (zeros by force_zeros_for_empty_prompt)
+          diffusersRunParams(c.args, c.scheduler_config),
           inspector,
         ),
       );
