@@ -496,3 +496,23 @@ test('img2img, inpainting and hires from the command line: the plan shows the mo
   assert.equal(w.status, 0, w.stderr);
   assert.match(w.stderr, /^warning: .*00001-3\.png: the init image .*modes-init\.png has changed since the image was made \(SHA-256 differs\); the result will differ$/m);
 });
+
+test('a missing or unreadable init picture or mask is refused before any model loads: exit 2 with one line, or that prompt-file line\'s error', async () => {
+  const model = path.join(FIXTURES, 'tiny-sd1');
+  const notPng = path.join(tmp, 'not-a-picture.png');
+  writeFileSync(notPng, 'not a picture');
+  const base = ['a cat', '--model', model, '--steps', '1', '-W', '64', '-H', '64', '--out', path.join(tmp, 'bad-init')];
+  const cases: [string[], RegExp][] = [
+    [['--init-image', path.join(tmp, 'nope.png'), '--dry-run'], /^sdgen: init image .*nope\.png: cannot read it \(no such file\)$/],
+    [['--init-image', notPng], /^sdgen: init image .*not-a-picture\.png: not a readable PNG, JPEG or WebP image$/],
+    [['--init-image', path.join(FIXTURES, 'img2img', 'init_512x512.png'), '--mask', tmp], /^sdgen: mask .*: cannot read it \(it is a folder\)$/],
+  ];
+  for (const [extra, re] of cases) oneErrorLine(await run([...base, ...extra]), 2, re);
+  assert.equal(existsSync(path.join(tmp, 'bad-init')), false, 'nothing written');
+  const file = path.join(tmp, 'bad-init.txt');
+  writeFileSync(file, `--prompt "a cat" --init-image ${JSON.stringify(notPng)}\n--prompt "a dog"\n`);
+  const r = await run(['--prompts', file, '--model', model, '--steps', '1', '-W', '64', '-H', '64', '--dry-run', '--seed', '2']);
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr.trim(), /^.*bad-init\.txt:1: init image .*not-a-picture\.png: not a readable PNG, JPEG or WebP image$/);
+  assert.match(r.stdout, /dry run: 1 job, 1 image/);
+});

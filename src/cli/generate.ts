@@ -105,11 +105,19 @@ async function loadModelDefaults(
 }
 
 /**
- * What a job's values mean for its model, checked before any model loads: the engine's checks
- * with the folder (size multiples, CLIP token count, steps against the scheduler's training
- * range) and a scheduler the folder names but sdgen does not implement (unless the job names one).
+ * What a job's values mean for its files and its model, checked before any model loads: its init
+ * picture and mask (readable PNG, JPEG or WebP), the engine's checks with the folder (size
+ * multiples, CLIP token count, steps against the scheduler's training range) and a scheduler the
+ * folder names but sdgen does not implement (unless the job names one).
  */
-async function checkJobForModel(job: Job, folder: ModelFolder): Promise<void> {
+async function checkJob(job: Job, folder: ModelFolder | undefined): Promise<void> {
+  // the pictures img2img and inpainting read: there and readable, before any model loads
+  const pictures = [...(job.params.init ? [['init image', job.params.init.path]] : []), ...(job.params.mask ? [['mask', job.params.mask.path]] : [])];
+  if (pictures.length > 0) {
+    const { checkImageFile } = await import('../image/init-image.js');
+    for (const [what, file] of pictures) await checkImageFile(file!, what!);
+  }
+  if (!folder) return;
   const [{ validateGenerationParams }, { resolveSchedulerName }] = await Promise.all([import('../pipeline/params.js'), import('../schedulers/index.js')]);
   validateGenerationParams(job.params, folder);
   if (job.params.scheduler) resolveSchedulerName(job.params.scheduler);
@@ -313,9 +321,9 @@ export async function runGenerate(positional: string | undefined, explicit: Part
     }
     const job = withModelDefaults(j, j.model === undefined ? undefined : defaults.get(j.model));
     const folder = j.model === undefined ? undefined : folders.get(j.model);
-    if (folder && !skippedJobs.has(j.index)) {
+    if (!skippedJobs.has(j.index)) {
       try {
-        await checkJobForModel(job, folder);
+        await checkJob(job, folder);
       } catch (e) {
         if (!(e instanceof SdgenError) || !j.source) throw e;
         skippedJobs.add(j.index);

@@ -62,6 +62,22 @@ async function readImageFile(file: string, what: string): Promise<Buffer> {
   }
 }
 
+/**
+ * Checks that `file` is a picture sdgen can read (PNG, JPEG or WebP), from its header only: a
+ * UsageError (one line) otherwise, so a run can refuse it before any model loads.
+ */
+export async function checkImageFile(file: string, what: string): Promise<void> {
+  const bytes = await readImageFile(file, what);
+  const sharp = await sharpModule();
+  let format: string | undefined;
+  try {
+    format = (await sharp(bytes).metadata()).format;
+  } catch {
+    throw new UsageError(`${what} ${file}: not a readable PNG, JPEG or WebP image`);
+  }
+  if (!format || !FORMATS.has(format)) throw new UsageError(`${what} ${file}: ${format ?? 'unknown'} images are not supported; use PNG, JPEG or WebP`);
+}
+
 /** Decoded pixels of `bytes` (orientation applied), resized to width×height when given and different. */
 async function decode(
   bytes: Buffer, file: string, what: string, target: { width: number; height: number } | null, keepChannels: boolean,
