@@ -220,7 +220,7 @@ async function ensureModel(): Promise<string> {
   const dir = path.join(tmp, 'tiny');
   const r = await run(['synth', '--arch', 'tiny', '--out', dir, '--seed', '1']);
   assert.equal(r.status, 0, r.stderr);
-  assert.match(r.stdout, /parameters: unet [\d,]+, text encoder [\d,]+, vae decoder [\d,]+/);
+  assert.match(r.stdout, /parameters: unet [\d,]+, text encoder [\d,]+, vae decoder [\d,]+, vae encoder [\d,]+, total [\d,]+/);
   model = dir;
   return model;
 }

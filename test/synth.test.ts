@@ -18,7 +18,7 @@ import { buildTextEncoder } from '../src/synth/text-encoder.js';
 import { buildVaeDecoder } from '../src/synth/vae-decoder.js';
 import { modelBytes, writeModel } from '../src/synth/writer.js';
 import { Xoshiro128, generateParam, tensorSeed } from '../src/synth/weights.js';
-import { maxAbsDiff, FIXTURES_URL as FIX } from './helpers.js';
+import { maxAbsDiff, FIXTURES_URL as FIX, fx, generationParams } from './helpers.js';
 
 const fixture = (p: string): ModelProto => decodeModel(readFileSync(new URL(p, FIX)));
 
@@ -194,6 +194,8 @@ test('countParams gives the real Stable Diffusion parameter counts', () => {
   assert.equal(sd15.unet, 859520964);
   assert.equal(sd15.textEncoder, 123060480); // CLIP ViT-L/14 text model
   assert.equal(sd15.vaeDecoder, 49490199); // decoder + post_quant_conv
+  // AutoencoderKL has 83,653,863 parameters: the rest is the encoder + quant_conv
+  assert.equal(sd15.vaeEncoder, 83653863 - 49490199);
   const sd21 = countParams('sd21');
   assert.equal(sd21.unet, 865910724);
   assert.equal(sd21.textEncoder, 340387840); // OpenCLIP ViT-H text, 23 layers
@@ -421,7 +423,7 @@ test('synthesize(tiny) writes a complete diffusers ONNX folder; same seed → by
     });
     await synthesize({ arch: 'tiny', outDir: join(root, 'b'), seed: 42 });
     await synthesize({ arch: 'tiny', outDir: join(root, 'c'), seed: 43 });
-    assert.deepEqual(progress, ['text_encoder', 'unet', 'vae_decoder']);
+    assert.deepEqual(progress, ['text_encoder', 'unet', 'vae_decoder', 'vae_encoder']);
     const rel = (d: string) => listFiles(join(root, d)).map((p) => relative(join(root, d), p));
     assert.deepEqual(rel('a'), [
       'model_index.json',
@@ -436,6 +438,8 @@ test('synthesize(tiny) writes a complete diffusers ONNX folder; same seed → by
       'unet/model.onnx',
       'vae_decoder/config.json',
       'vae_decoder/model.onnx',
+      'vae_encoder/config.json',
+      'vae_encoder/model.onnx',
     ]);
     assert.deepEqual(r1.files.map((p) => relative(join(root, 'a'), p)).sort(), rel('a'));
     for (const f of rel('a')) {
@@ -532,3 +536,40 @@ test('external data: weights.pb streaming gives the same model as inline weights
     rmSync(root, { recursive: true, force: true });
   }
 });
+
+test("the synthetic VAE encoder has the diffusers export's named weights (tiny-sd1) and, in a synthesized folder, serves img2img seedably", async () => {
+  const { loadModel } = await import('../src/onnx/model-io.js');
+  const mine = new Map(buildComponents(resolveArch('tiny')).vaeEncoder.params.map((p) => [p.name, p.dims.join('x')]));
+  const ref = await loadModel(fx('tiny-sd1/vae_encoder/model.onnx'));
+  const named = ref.graph!.initializer.filter((t) => /^(encoder|quant_conv)\./.test(t.name ?? ""));
+  assert.ok(named.length >= 40, `named weights in the export: ${named.length}`);
+  for (const t of named) assert.equal(mine.get(t.name!), t.dims.map(Number).join("x"), t.name!);
+  const root = mkdtempSync(join(tmpdir(), 'sdgen-synth-enc-'));
+  try {
+    await synthesize({ arch: 'tiny', outDir: join(root, 'm'), seed: 5 });
+    const { StableDiffusionPipeline } = await import('../src/pipeline/pipeline.js');
+    const pipe = await StableDiffusionPipeline.load(join(root, 'm'), { device: 'cpu', cacheDir: join(root, 'cache') });
+    try {
+      const p = generationParams({
+        prompt: 'a red fox', width: 64, height: 64, steps: 4, seed: 9, scheduler: 'euler',
+        init: { path: fx('img2img/init_512x512.png'), strength: 0.5 },
+      });
+      const run = async () => {
+        const out = [];
+        for await (const img of pipe.generate(p)) out.push(img);
+        return out;
+      };
+      const [a, b] = [await run(), await run()];
+      assert.equal(a.length, 1);
+      assert.ok(Buffer.from(a[0]!.rgb).equals(Buffer.from(b[0]!.rgb)), 'the same seed gives the same image');
+      const txt = [];
+      for await (const img of pipe.generate({ ...p, init: undefined })) txt.push(img);
+      assert.ok(!Buffer.from(a[0]!.rgb).equals(Buffer.from(txt[0]!.rgb)), 'img2img differs from txt2img');
+    } finally {
+      await pipe.dispose();
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+

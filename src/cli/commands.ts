@@ -190,7 +190,7 @@ export async function cmdSynth(
   const fmt = (n: number) => n.toLocaleString('en-US');
   out.write(
     `wrote ${flags.arch} model to ${flags.out} in ${((performance.now() - started) / 1000).toFixed(1)} s\n` +
-      `parameters: unet ${fmt(p.unet)}, text encoder ${fmt(p.textEncoder)}, vae decoder ${fmt(p.vaeDecoder)}, total ${fmt(p.unet + p.textEncoder + p.vaeDecoder)}\n`,
+      `parameters: unet ${fmt(p.unet)}, text encoder ${fmt(p.textEncoder)}, vae decoder ${fmt(p.vaeDecoder)}, vae encoder ${fmt(p.vaeEncoder)}, total ${fmt(p.unet + p.textEncoder + p.vaeDecoder + p.vaeEncoder)}\n`,
   );
 }
 

@@ -23,7 +23,7 @@ export function modelIndexJson(spec: ArchSpec): Record<string, unknown> {
     tokenizer: ['transformers', 'CLIPTokenizer'],
     unet: ['diffusers', 'OnnxRuntimeModel'],
     vae_decoder: ['diffusers', 'OnnxRuntimeModel'],
-    vae_encoder: [null, null],
+    vae_encoder: ['diffusers', 'OnnxRuntimeModel'],
   };
 }
 

@@ -22,6 +22,7 @@ import {
 import { buildTextEncoder, textEncoderConfigJson } from './text-encoder.js';
 import { buildUNet, unetConfigJson, type BuiltModel, type TimestepType } from './unet.js';
 import { buildVaeDecoder, vaeConfigJson } from './vae-decoder.js';
+import { buildVaeEncoder } from './vae-encoder.js';
 import { writeModel } from './writer.js';
 
 export type { Arch } from './archs.js';
@@ -54,7 +55,7 @@ export interface SynthesizeOptions {
 }
 
 export interface SynthesizeResult {
-  params: { unet: number; textEncoder: number; vaeDecoder: number };
+  params: { unet: number; textEncoder: number; vaeDecoder: number; vaeEncoder: number };
   files: string[];
 }
 
@@ -118,7 +119,7 @@ function trainable(params: readonly ParamEntry[]): number {
 export function buildComponents(
   spec: ArchSpec,
   opts: { opset?: 14 | 17; fp16?: boolean; timestepType?: TimestepType } = {},
-): { textEncoder: BuiltModel; unet: BuiltModel; vaeDecoder: BuiltModel } {
+): { textEncoder: BuiltModel; unet: BuiltModel; vaeDecoder: BuiltModel; vaeEncoder: BuiltModel } {
   const opset = opts.opset ?? 14;
   const fp16 = opts.fp16 ?? false;
   if (opset !== 14 && opset !== 17) throw new UsageError(`unsupported opset ${String(opset)} (expected 14 or 17)`);
@@ -130,6 +131,7 @@ export function buildComponents(
     textEncoder: buildTextEncoder(spec.textEncoder, { opset, fp16 }),
     unet: buildUNet(spec.unet, { opset, fp16, timestepType: tt }),
     vaeDecoder: buildVaeDecoder(spec.vae, { opset, fp16 }),
+    vaeEncoder: buildVaeEncoder(spec.vae, { opset, fp16 }),
   };
 }
 
@@ -141,6 +143,7 @@ export function countParams(arch: Arch, style: 'sd1' | 'sd2' = 'sd1', timeCondPr
     unet: trainable(m.unet.params),
     textEncoder: trainable(m.textEncoder.params),
     vaeDecoder: trainable(m.vaeDecoder.params),
+    vaeEncoder: trainable(m.vaeEncoder.params),
   };
 }
 
@@ -155,7 +158,7 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
     writeFileSync(p, text);
     files.push(p);
   };
-  for (const d of ['text_encoder', 'unet', 'vae_decoder', 'tokenizer', 'scheduler']) {
+  for (const d of ['text_encoder', 'unet', 'vae_decoder', 'vae_encoder', 'tokenizer', 'scheduler']) {
     makeDirs(join(out, d));
   }
   write('model_index.json', jsonText(modelIndexJson(spec)));
@@ -171,6 +174,7 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
     ['text_encoder', models.textEncoder, textEncoderConfigJson(spec.textEncoder), false],
     ['unet', models.unet, unetConfigJson(spec.unet), spec.externalUNet],
     ['vae_decoder', models.vaeDecoder, vaeConfigJson(spec.vae), false],
+    ['vae_encoder', models.vaeEncoder, vaeConfigJson(spec.vae), false],
   ];
   for (const [stage, built, config, external] of stages) {
     write(`${stage}/config.json`, jsonText(config));
@@ -187,6 +191,7 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
       unet: trainable(models.unet.params),
       textEncoder: trainable(models.textEncoder.params),
       vaeDecoder: trainable(models.vaeDecoder.params),
+      vaeEncoder: trainable(models.vaeEncoder.params),
     },
     files,
   };

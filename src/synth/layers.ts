@@ -52,7 +52,8 @@ export function conv2d(
   cout: number,
   k: number,
   stride = 1,
-  pad = k === 3 ? 1 : 0,
+  /** symmetric padding, or ONNX's [top, left, bottom, right] */
+  pad: number | readonly [number, number, number, number] = k === 3 ? 1 : 0,
   outputName?: string,
 ): string {
   return c.mod(name, () => {
@@ -66,7 +67,7 @@ export function conv2d(
         dilations: ints([1, 1]),
         group: int(1),
         kernel_shape: ints([k, k]),
-        pads: ints([pad, pad, pad, pad]),
+        pads: ints(typeof pad === 'number' ? [pad, pad, pad, pad] : [...pad]),
         strides: ints([stride, stride]),
       },
       outputName ? { outputs: [outputName] } : undefined,

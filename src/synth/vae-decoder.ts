@@ -26,7 +26,7 @@ export interface VaeBuildOptions {
   fp16: boolean;
 }
 
-function vaeResnet(c: SynthContext, cfg: VaeConfig, name: string, x: string, cin: number, cout: number): string {
+export function vaeResnet(c: SynthContext, cfg: VaeConfig, name: string, x: string, cin: number, cout: number): string {
   return c.mod(name, () => {
     let h = groupNorm(c, 'norm1', x, cin, cfg.normNumGroups, 1e-6);
     h = silu(c, 'nonlinearity', h);
@@ -40,7 +40,7 @@ function vaeResnet(c: SynthContext, cfg: VaeConfig, name: string, x: string, cin
   });
 }
 
-function vaeAttention(c: SynthContext, cfg: VaeConfig, x: string, ch: number): string {
+export function vaeAttention(c: SynthContext, cfg: VaeConfig, x: string, ch: number): string {
   return c.mod('attentions.0', () => {
     const batch = dimOf(c, x, 0);
     const channel = dimOf(c, x, 1);
