@@ -356,7 +356,20 @@ describe('end to end vs diffusers (tiny-sd1)', () => {
     assert.deepEqual(iter.map((b) => b.seed), [77, 78]);
     assert.deepEqual(iter[1]!.rgb, single[0]!.rgb);
 
+    // a slice of the job: images 1 and 2 of 2 × 2, each with its own seed, bit-identical to the whole job's
+    const all = await collect(fx.pipe.generate({ ...p, batchSize: 2, nIter: 2 }));
+    const slice = await collect(fx.pipe.generate({ ...p, batchSize: 2, nIter: 2 }, undefined, undefined, { images: { first: 1, count: 2 } }));
+    assert.deepEqual(slice.map((b) => [b.index, b.seed]), [[1, 78], [2, 79]]);
+    assert.deepEqual(slice[0]!.rgb, all[1]!.rgb);
+    assert.deepEqual(slice[1]!.rgb, all[2]!.rgb);
+    await assert.rejects(collect(fx.pipe.generate(p, undefined, undefined, { images: { first: 1, count: 1 } })), UsageError, 'a slice outside the job');
+
     await assert.rejects(collect(fx.pipe.generate({ ...p, width: 100 })), (e: unknown) => e instanceof UsageError && /multiple of 8/.test(e.message));
+    // options are checked where they enter: an out-of-range ToMe ratio from a library caller
+    await assert.rejects(
+      collect(fx.pipe.generate({ ...p, tome: { ...p.tome, ratio: 0.9 } })),
+      (e: unknown) => e instanceof UsageError && /ToMe ratio must satisfy 0 ≤ R ≤ 1 − 1\/\(sx·sy\) = 0\.75/.test(e.message),
+    );
   });
 
   test('abort between steps: no partial output', async () => {
