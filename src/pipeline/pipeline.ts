@@ -24,6 +24,7 @@
  * destinations). Because one rand tensor serves a whole UNet call, a batch is run one image per
  * UNet call when random destinations are on, so that every image stays reproducible alone.
  */
+import { stat } from 'node:fs/promises';
 import { SdgenError, UsageError } from '../errors.js';
 import type { GeneratedImage, GenerationParams, ProgressEvents } from './types.js';
 import type { AttentionMode } from '../optimize/attention-mode.js';
@@ -158,6 +159,8 @@ export function randomSeed(): number {
 export class StableDiffusionPipeline {
   /** the UNet session in use (one at a time; null: not open right now) */
   private unet: UnetModel | null = null;
+  /** the last init picture and mask loaded (initSource), by the files and settings they came from */
+  private loadedInit: { key: string; source: InitSource } | null = null;
   /** the exported UNet's I/O (the rewrites keep it; a ToMe graph adds its tome_rand inputs) */
   private baseIO: UnetIO | null = null;
   private disposed = false;
@@ -606,7 +609,14 @@ export class StableDiffusionPipeline {
     validateStrength(params.init.strength);
     if (params.mask && (!Number.isFinite(params.mask.blur) || params.mask.blur < 0)) throw new UsageError(`mask blur must be ≥ 0 (got ${params.mask.blur})`);
     if (!this.folder.paths.vaeEncoder) throw new SdgenError(`${this.folder.name} has no vae_encoder/: img2img and inpainting need the VAE encoder`);
-    return loadInitSource(params.init, params.mask ?? null, params.width, params.height, this.folder.vaeScaleFactor);
+    // The batch runner asks for a job one batch at a time: its picture and mask are read, decoded
+    // and hashed once, and again only when a file changes (size, mtime).
+    const files = await Promise.all([params.init.path, ...(params.mask ? [params.mask.path] : [])].map((p) => stat(p).then((s) => `${s.size}:${s.mtimeMs}`, () => 'missing')));
+    const key = JSON.stringify([params.init.path, params.mask ?? null, params.width, params.height, files]);
+    if (this.loadedInit?.key !== key) {
+      this.loadedInit = { key, source: await loadInitSource(params.init, params.mask ?? null, params.width, params.height, this.folder.vaeScaleFactor) };
+    }
+    return { ...this.loadedInit.source, strength: params.init.strength };
   }
 
   /**
