@@ -21,6 +21,7 @@ export type {
   GeneratedImage,
   ImageTimings,
   ProgressEvents,
+  StepPhase,
 } from './pipeline/types.js';
 export type { AttentionMode } from './optimize/attention-mode.js';
 export type { ConvMode } from './optimize/conv-mode.js';

@@ -46,6 +46,7 @@ import { GraphBuilder, constTensor } from '../src/onnx/builder.js';
 import { DataType } from '../src/onnx/types.js';
 import { encodeModel } from '../src/onnx/proto.js';
 import ort from 'onnxruntime-node';
+import { phaseLabel } from '../src/cli/ui.js';
 
 // ---------------------------------------------------------------------------------------------
 // Fixture reading
@@ -602,9 +603,9 @@ describe('img2img, inpainting and hires through the pipeline', () => {
       steps: typeof c.steps === 'number' ? c.steps : c.steps.first, cfg: 7.5, seed: c.seeds[0]!, scheduler: c.scheduler.class, vaeTiling: 'off',
     });
   }
-  interface Seen { timesteps: number[][]; initial: Float32Array[]; final: Float32Array[] }
+  interface Seen { timesteps: number[][]; initial: Float32Array[]; final: Float32Array[]; steps: string[] }
   async function run(c: Img2ImgCase, p: GenerationParams): Promise<{ images: GeneratedImage[]; seen: Seen }> {
-    const seen: Seen = { timesteps: [], initial: [], final: [] };
+    const seen: Seen = { timesteps: [], initial: [], final: [], steps: [] };
     const pipe = await pipeline(c.pipeline);
     const images: GeneratedImage[] = [];
     for await (const img of pipe.generate(p, {
@@ -612,6 +613,7 @@ describe('img2img, inpainting and hires through the pipeline', () => {
       onInitialLatents: (_s, l) => seen.initial.push(l[0]!),
       onFinalLatents: (_s, l) => seen.final.push(l[0]!),
       onNotice: (m) => notices.push(m),
+      onStep: (step, total, _b, _n, phase) => seen.steps.push(`${phaseLabel(phase)} ${step}/${total}`),
     })) images.push(img);
     return { images, seen };
   }
@@ -675,6 +677,8 @@ describe('img2img, inpainting and hires through the pipeline', () => {
     const { images, seen } = await run(c, { ...base, hires: { width: 128, height: 96, upscaler: 'Nearest', strength: 0.5, steps: 2 } });
     assert.deepEqual([images.length, images[0]!.width, images[0]!.height], [1, 128, 96]);
     assert.deepEqual(seen.timesteps.map((t) => t.length), [3, 2]); // pass 2: 4 steps at 0.5 run 2
+    // progress names each pass and its size
+    assert.deepEqual(seen.steps, ['pass 1/2 64×64 1/3', 'pass 1/2 64×64 2/3', 'pass 1/2 64×64 3/3', 'hires 2/2 128×96 1/2', 'hires 2/2 128×96 2/2']);
     // inpainting with mask blur: outside the blurred mask the result is the init picture itself
     const tmp = mkdtempSync(path.join(os.tmpdir(), 'sdgen-i2i-blur-'));
     try {

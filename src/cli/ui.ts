@@ -5,7 +5,7 @@
  */
 import { Chalk, type ChalkInstance } from 'chalk';
 import path from 'node:path';
-import type { GeneratedImage } from '../pipeline/types.js';
+import type { GeneratedImage, StepPhase } from '../pipeline/types.js';
 import type { Job, PlannedImage } from '../run/jobs.js';
 import type { RunReporter, RunSummary } from '../run/runner.js';
 import { SdgenError } from '../errors.js';
@@ -142,6 +142,15 @@ export function jsonImageLine(file: string, out: GeneratedImage, img: PlannedIma
   });
 }
 
+/**
+ * The steps bar's label: `steps` for a single-pass job; for hires fix the pass and its size,
+ * `pass 1/2 512×512` then `hires 2/2 1024×1024`.
+ */
+export function phaseLabel(phase: StepPhase | undefined): string {
+  if (!phase) return 'steps';
+  return `${phase.pass === phase.passes && phase.passes > 1 ? 'hires' : 'pass'} ${phase.pass}/${phase.passes} ${phase.width}×${phase.height}`;
+}
+
 /** Reporter without bars: plain lines on stderr (or nothing when quiet), JSON on stdout. */
 export class LineReporter implements RunReporter {
   private total = 0;
@@ -243,20 +252,20 @@ export class BarReporter implements RunReporter {
   imageStart(img: PlannedImage, job: Job): void {
     this.runBar?.update(this.done, { status: `job ${job.index + 1}, seed ${img.seed}` });
     if (!this.stepBar && this.multibar) {
-      this.stepBar = this.multibar.create(job.params.steps, 0, { rate: '' }, { format: `steps  {bar} {value}/{total} | {rate}` });
+      this.stepBar = this.multibar.create(job.params.steps, 0, { rate: '', phase: 'steps' }, { format: `{phase} {bar} {value}/{total} | {rate}` });
     }
     this.stepBar?.setTotal(job.params.steps);
-    this.stepBar?.update(0, { rate: '' });
+    this.stepBar?.update(0, { rate: '', phase: 'steps' });
     this.lastStepAt = performance.now();
     this.rate = '';
   }
-  step(step: number, total: number): void {
+  step(step: number, total: number, phase?: StepPhase): void {
     const now = performance.now();
     const dt = (now - this.lastStepAt) / 1000;
     this.lastStepAt = now;
     this.rate = dt >= 1 ? `${dt.toFixed(2)} s/it` : `${(1 / Math.max(dt, 1e-6)).toFixed(2)} it/s`;
     this.stepBar?.setTotal(total);
-    this.stepBar?.update(Math.min(step, total), { rate: this.rate });
+    this.stepBar?.update(Math.min(step, total), { rate: this.rate, phase: phaseLabel(phase) });
   }
   imageWritten(_img: PlannedImage, _job: Job, file: string): void {
     this.done++;

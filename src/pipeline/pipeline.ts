@@ -26,7 +26,7 @@
  */
 import { stat } from 'node:fs/promises';
 import { SdgenError, UsageError } from '../errors.js';
-import type { GeneratedImage, GenerationParams, ProgressEvents } from './types.js';
+import type { GeneratedImage, GenerationParams, ProgressEvents, StepPhase } from './types.js';
 import type { AttentionMode } from '../optimize/attention-mode.js';
 import type { ToMeOptions } from '../tome/types.js';
 import { loadModelFolder, type ModelFolder } from '../models/folder.js';
@@ -91,6 +91,8 @@ export interface GenerateOptions {
   latentsOut?: (index: number, latents: Float32Array) => void;
   /** internal (hires pass 2): what the images start from (src/pipeline/img2img.ts) */
   init?: InitSource;
+  /** internal (hires): the pass the steps belong to, passed on to ProgressEvents.onStep */
+  phase?: StepPhase;
 }
 
 /** Options of StableDiffusionPipeline.load. */
@@ -549,7 +551,7 @@ export class StableDiffusionPipeline {
         tomeRand,
         extraInputs: extra,
         signal,
-        onStep: (step, total) => ev?.onStep?.(step, total, bi + 1, batches),
+        onStep: (step, total) => ev?.onStep?.(step, total, bi + 1, batches, options.phase),
       });
       throwIfAborted(signal);
       if (options.last && bi === batches - 1) {
@@ -682,7 +684,7 @@ export class StableDiffusionPipeline {
     const seed0 = params.seed === -1 ? randomSeed() : params.seed;
     const pass1 = new Map<number, Float32Array>();
     const p1 = firstPassParams(params, seed0);
-    for await (const _ of this.run(p1, events, signal, { ...options, last: false, latentsOut: (i, l) => pass1.set(i, l.slice()) })) {
+    for await (const _ of this.run(p1, events, signal, { ...options, last: false, phase: { pass: 1, passes: 2, width: p1.width, height: p1.height }, latentsOut: (i, l) => pass1.set(i, l.slice()) })) {
       // pass 1 yields nothing (its latents go to latentsOut)
     }
     const p2 = secondPassParams(params, seed0);
@@ -698,7 +700,7 @@ export class StableDiffusionPipeline {
       for (const [i, l] of pass1) pictures.set(i, await resizeRgb(await this.decode(l, lh1, lw1, p1), p2.width, p2.height, upscaler.name));
       init = { image: null, images: (i) => pictures.get(i)!, latents: null, strength, mask: null };
     }
-    for await (const img of this.run(p2, events, signal, { ...options, init })) {
+    for await (const img of this.run(p2, events, signal, { ...options, init, phase: { pass: 2, passes: 2, width: p2.width, height: p2.height } })) {
       yield { ...img, params: { ...params, seed: img.seed, scheduler: firstPassScheduler(params, this.folder.defaultScheduler), tome: { ...params.tome }, hires: { ...params.hires!, tome: img.params.tome } } };
     }
   }

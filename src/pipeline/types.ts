@@ -136,10 +136,21 @@ export interface GeneratedImage {
   timings: ImageTimings;
 }
 
+/** Which pass of a multi-pass job (hires fix: 1 = the base size, 2 = the hires size) steps belong to. */
+export interface StepPhase {
+  pass: number;
+  passes: number;
+  width: number;
+  height: number;
+}
+
 export interface ProgressEvents {
   onLoad?(stage: string, done: number, total: number): void;
-  /** step 1…total within batch 1…batches (total = UNet calls of the scheduler's timesteps) */
-  onStep?(step: number, total: number, batch: number, batches: number): void;
+  /**
+   * step 1…total within batch 1…batches (total = UNet calls of the scheduler's timesteps);
+   * `phase` names the pass of a multi-pass job (hires fix), absent for single-pass jobs
+   */
+  onStep?(step: number, total: number, batch: number, batches: number, phase?: StepPhase): void;
   /** one-line notices (provider fallback, ToMe skipped, ...) */
   onNotice?(message: string): void;
 }

@@ -13,7 +13,7 @@ import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { SdgenError } from '../errors.js';
 import { SDGEN_VERSION } from '../version.js';
-import type { GeneratedImage, GenerationParams, ProgressEvents } from '../pipeline/types.js';
+import type { GeneratedImage, GenerationParams, ProgressEvents, StepPhase } from '../pipeline/types.js';
 import type { Job, PlannedImage } from './jobs.js';
 import {
   Manifest, OutputError, ensureDir, listDir, readManifest, removeStaleTemps, suffixedName, writeNewFile, type ManifestRecord, type WriteFn,
@@ -39,7 +39,8 @@ export interface RunReporter {
   load?(stage: string, done: number, total: number): void;
   notice(message: string): void;
   imageStart?(img: PlannedImage, job: Job): void;
-  step?(step: number, total: number): void;
+  /** `phase`: the pass of a multi-pass job (hires fix) the step belongs to */
+  step?(step: number, total: number, phase?: StepPhase): void;
   imageWritten(img: PlannedImage, job: Job, file: string, out: GeneratedImage): void;
   imageSkipped?(img: PlannedImage, job: Job): void;
   jobFailed(job: Job, error: unknown, images: number): void;
@@ -209,7 +210,7 @@ export async function runJobs(plan: RunPlan, deps: RunDeps): Promise<RunSummary>
         try {
           reporter.imageStart?.(unit.images[0]!, job);
           const last = lastUnit.get(job.model ?? '') === unit;
-          const events: ProgressEvents = { onStep: (s, t) => reporter.step?.(s, t), onNotice: (m) => reporter.notice(m) };
+          const events: ProgressEvents = { onStep: (s, t, _b, _n, phase) => reporter.step?.(s, t, phase), onNotice: (m) => reporter.notice(m) };
           for await (const out of pipe.generate(job.params, events, signal, { images: { first, count }, last })) {
             const img = byImage.get(out.index);
             if (!img) continue;
