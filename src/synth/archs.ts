@@ -1,13 +1,21 @@
 /**
  * Architectures the synthesizer knows: `tiny` (a seconds-fast pipeline shaped like the shared
- * tiny fixtures), `sd15` and `sd21` (the real Stable Diffusion 1.5 / 2.1 shapes). Pure data.
+ * tiny fixtures), `sd15` and `sd21` (the real Stable Diffusion 1.5 / 2.1 shapes), `sdxl` (SDXL
+ * base 1.0's shapes: two text encoders, a three-level UNet with 1/2/10 transformer blocks per
+ * level and text_time conditioning) and `sdxl-tiny` (a seconds-fast SDXL of the tiny-sdxl
+ * fixture's topology). Pure data.
  */
 import type { UNetConfig } from './unet.js';
 import type { TextEncoderConfig } from './text-encoder.js';
 import type { VaeConfig } from './vae-decoder.js';
 
-export type Arch = 'tiny' | 'sd15' | 'sd21';
-export const ARCHS: readonly Arch[] = ['tiny', 'sd15', 'sd21'];
+export type Arch = 'tiny' | 'sd15' | 'sd21' | 'sdxl' | 'sdxl-tiny';
+export const ARCHS: readonly Arch[] = ['tiny', 'sd15', 'sd21', 'sdxl', 'sdxl-tiny'];
+
+/** The SDXL architectures (StableDiffusionXLPipeline folders). */
+export function isSdxlArch(arch: Arch): boolean {
+  return arch === 'sdxl' || arch === 'sdxl-tiny';
+}
 
 export interface ArchSpec {
   unet: UNetConfig;
@@ -19,6 +27,13 @@ export interface ArchSpec {
   padToken: '<|endoftext|>' | '!';
   /** UNet weights go to an external `weights.pb` (large models) */
   externalUNet: boolean;
+  /**
+   * SDXL: the second text encoder (CLIPTextModelWithProjection, `text_embeds` output) and its
+   * tokenizer's pad token ("!"); the folder is then a StableDiffusionXLPipeline in Optimum's
+   * layout (opset 17, int64 input_ids, scalar timestep, hidden_states outputs by default).
+   */
+  textEncoder2?: TextEncoderConfig;
+  padToken2?: '<|endoftext|>' | '!';
 }
 
 const SD_VAE: VaeConfig = {
@@ -79,9 +94,115 @@ function clipTextEncoder(
   };
 }
 
-/** The architecture's configuration; `tinyVocabSize` sets the tiny text encoder's vocabulary. */
+/** SDXL's VAE: SD's AutoencoderKL with SDXL's latent scaling factor. */
+const SDXL_VAE: VaeConfig = { ...SD_VAE, sampleSize: 1024, scalingFactor: 0.13025 };
+
+/** Both text encoders of an SDXL export have Optimum's int64 ids and hidden_states outputs. */
+const sdxlEncoder = (c: TextEncoderConfig, withProjection: boolean): TextEncoderConfig => ({
+  ...c,
+  inputIdsType: 'int64',
+  outputHiddenStates: true,
+  withProjection,
+});
+
+/** The architecture's configuration; `tinyVocabSize` sets the tiny text encoders' vocabulary. */
 export function archSpec(arch: Arch, tinyVocabSize = 49408): ArchSpec {
   switch (arch) {
+    case 'sdxl':
+      // stabilityai/stable-diffusion-xl-base-1.0 (diffusers 0.27.2 configs)
+      return {
+        unet: {
+          sampleSize: 128,
+          inChannels: 4,
+          outChannels: 4,
+          blockOutChannels: [320, 640, 1280],
+          downBlockTypes: ['DownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'],
+          upBlockTypes: ['CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'UpBlock2D'],
+          layersPerBlock: 2,
+          crossAttentionDim: 2048,
+          // heads per level (head dim 64); level 0 has no attention
+          attentionHeadDim: [5, 10, 20],
+          normNumGroups: 32,
+          normEps: 1e-5,
+          useLinearProjection: true,
+          upcastAttention: false,
+          flipSinToCos: true,
+          freqShift: 0,
+          transformerLayersPerBlock: [1, 2, 10],
+          additionEmbedType: 'text_time',
+          additionTimeEmbedDim: 256,
+          // text_embeds (1280) + 6 time ids × 256
+          projectionClassEmbeddingsInputDim: 2816,
+        },
+        // CLIP ViT-L/14 (as SD 1.x's) and OpenCLIP ViT-bigG/14 with its projection
+        textEncoder: sdxlEncoder(
+          clipTextEncoder({ hiddenSize: 768, intermediateSize: 3072, numLayers: 12, numHeads: 12, hiddenAct: 'quick_gelu', projectionDim: 768 }),
+          false,
+        ),
+        textEncoder2: sdxlEncoder(
+          clipTextEncoder({ hiddenSize: 1280, intermediateSize: 5120, numLayers: 32, numHeads: 20, hiddenAct: 'gelu', projectionDim: 1280 }),
+          true,
+        ),
+        vae: SDXL_VAE,
+        predictionType: 'epsilon',
+        padToken: '<|endoftext|>',
+        padToken2: '!',
+        externalUNet: true,
+      };
+    case 'sdxl-tiny':
+      // the topology of the shared tiny-sdxl fixture (DownBlock2D first, 1/1/2 transformer
+      // blocks per level, text_time conditioning, 64 + 6·8 = 112 add_embedding inputs), with
+      // the generated tokenizer's vocabulary and a 256² default size
+      return {
+        unet: {
+          sampleSize: 32,
+          inChannels: 4,
+          outChannels: 4,
+          blockOutChannels: [32, 64, 64],
+          downBlockTypes: ['DownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'],
+          upBlockTypes: ['CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'UpBlock2D'],
+          layersPerBlock: 2,
+          crossAttentionDim: 96,
+          attentionHeadDim: [1, 1, 2],
+          normNumGroups: 16,
+          normEps: 1e-5,
+          useLinearProjection: true,
+          upcastAttention: false,
+          flipSinToCos: true,
+          freqShift: 0,
+          transformerLayersPerBlock: [1, 1, 2],
+          additionEmbedType: 'text_time',
+          additionTimeEmbedDim: 8,
+          projectionClassEmbeddingsInputDim: 112,
+        },
+        textEncoder: sdxlEncoder(
+          {
+            vocabSize: tinyVocabSize, hiddenSize: 32, intermediateSize: 64, numLayers: 3, numHeads: 4, maxPositions: 77,
+            hiddenAct: 'quick_gelu', projectionDim: 32, layerNormEps: 1e-5, bosTokenId: 0, eosTokenId: 2, padTokenId: 1,
+          },
+          false,
+        ),
+        textEncoder2: sdxlEncoder(
+          {
+            vocabSize: tinyVocabSize, hiddenSize: 64, intermediateSize: 128, numLayers: 2, numHeads: 4, maxPositions: 77,
+            hiddenAct: 'gelu', projectionDim: 64, layerNormEps: 1e-5, bosTokenId: 0, eosTokenId: 2, padTokenId: 1,
+          },
+          true,
+        ),
+        vae: {
+          blockOutChannels: [8, 16, 32, 32],
+          layersPerBlock: 1,
+          latentChannels: 4,
+          outChannels: 3,
+          normNumGroups: 4,
+          sampleSize: 256,
+          scalingFactor: 0.13025,
+        },
+        predictionType: 'epsilon',
+        padToken: '<|endoftext|>',
+        padToken2: '!',
+        externalUNet: false,
+      };
     case 'tiny':
       return {
         unet: {

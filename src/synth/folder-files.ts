@@ -10,6 +10,7 @@ function isLcm(spec: ArchSpec): boolean {
 }
 
 export function modelIndexJson(spec: ArchSpec): Record<string, unknown> {
+  if (spec.textEncoder2) return sdxlModelIndexJson();
   const scheduler = isLcm(spec) ? 'LCMScheduler' : spec.predictionType === 'v_prediction' ? 'DDIMScheduler' : 'PNDMScheduler';
   return {
     // LCM checkpoints (SimianLuo/LCM_Dreamshaper_v7) name their diffusers pipeline class
@@ -27,12 +28,56 @@ export function modelIndexJson(spec: ArchSpec): Record<string, unknown> {
   };
 }
 
+/** model_index.json of Optimum's SDXL export (the tiny-sdxl fixture's keys and values). */
+function sdxlModelIndexJson(): Record<string, unknown> {
+  return {
+    _class_name: 'StableDiffusionXLPipeline',
+    _diffusers_version: '0.27.2',
+    feature_extractor: [null, null],
+    // an empty negative prompt is zeros, not the encoded "" (SDXL base ships true)
+    force_zeros_for_empty_prompt: true,
+    image_encoder: [null, null],
+    scheduler: ['diffusers', 'EulerDiscreteScheduler'],
+    text_encoder: ['transformers', 'CLIPTextModel'],
+    text_encoder_2: ['transformers', 'CLIPTextModelWithProjection'],
+    tokenizer: ['transformers', 'CLIPTokenizer'],
+    tokenizer_2: ['transformers', 'CLIPTokenizer'],
+    unet: ['diffusers', 'UNet2DConditionModel'],
+    vae: ['diffusers', 'AutoencoderKL'],
+  };
+}
+
 /**
  * SD 1.5's PNDM config; SD 2.1 ships a DDIM config with v_prediction; an LCM model (UNet with
  * time_cond_proj_dim) diffusers' LCMScheduler config with that class's defaults, which are also
  * sdgen's `lcm` defaults (original_inference_steps 50, set_alpha_to_one, timestep_scaling 10).
  */
 export function schedulerConfigJson(spec: ArchSpec): Record<string, unknown> {
+  if (spec.textEncoder2) {
+    // SDXL base 1.0's EulerDiscreteScheduler config with diffusers 0.27.2's other defaults
+    return {
+      _class_name: 'EulerDiscreteScheduler',
+      _diffusers_version: '0.27.2',
+      beta_end: 0.012,
+      beta_schedule: 'scaled_linear',
+      beta_start: 0.00085,
+      clip_sample: false,
+      interpolation_type: 'linear',
+      num_train_timesteps: 1000,
+      prediction_type: spec.predictionType,
+      rescale_betas_zero_snr: false,
+      sample_max_value: 1.0,
+      set_alpha_to_one: false,
+      sigma_max: null,
+      sigma_min: null,
+      skip_prk_steps: true,
+      steps_offset: 1,
+      timestep_spacing: 'leading',
+      timestep_type: 'discrete',
+      trained_betas: null,
+      use_karras_sigmas: false,
+    };
+  }
   if (isLcm(spec)) {
     return {
       _class_name: 'LCMScheduler',
@@ -82,7 +127,8 @@ const token = (content: string): Record<string, unknown> => ({
   single_word: false,
 });
 
-export function tokenizerConfigJson(spec: ArchSpec): Record<string, unknown> {
+/** `padToken`: the tokenizer's pad token (default the spec's first tokenizer's; SDXL's tokenizer_2 pads with "!"). */
+export function tokenizerConfigJson(spec: ArchSpec, padToken: ArchSpec['padToken'] = spec.padToken): Record<string, unknown> {
   return {
     add_prefix_space: false,
     bos_token: { __type: 'AddedToken', ...token('<|startoftext|>') },
@@ -91,18 +137,18 @@ export function tokenizerConfigJson(spec: ArchSpec): Record<string, unknown> {
     errors: 'replace',
     model_max_length: 77,
     name_or_path: 'sdgen-synthetic-tiny-vocab',
-    pad_token: spec.padToken,
+    pad_token: padToken,
     special_tokens_map_file: './special_tokens_map.json',
     tokenizer_class: 'CLIPTokenizer',
     unk_token: { __type: 'AddedToken', ...token('<|endoftext|>') },
   };
 }
 
-export function specialTokensMapJson(spec: ArchSpec): Record<string, unknown> {
+export function specialTokensMapJson(spec: ArchSpec, padToken: ArchSpec['padToken'] = spec.padToken): Record<string, unknown> {
   return {
     bos_token: token('<|startoftext|>'),
     eos_token: token('<|endoftext|>'),
-    pad_token: spec.padToken === '!' ? token('!') : '<|endoftext|>',
+    pad_token: padToken === '!' ? token('!') : '<|endoftext|>',
     unk_token: token('<|endoftext|>'),
   };
 }

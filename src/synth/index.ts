@@ -1,16 +1,17 @@
 /**
  * `synthesize`: writes a complete diffusers-layout ONNX Stable Diffusion folder with seeded
- * synthetic weights (model_index.json, text_encoder/, unet/, vae_decoder/, tokenizer/,
- * scheduler/), and `countParams`, the parameter counts of an architecture without building any
- * weights.
+ * synthetic weights (model_index.json, text_encoder/, unet/, vae_decoder/, vae_encoder/,
+ * tokenizer/, scheduler/; SDXL adds text_encoder_2/ and tokenizer_2/ in Optimum's layout), and
+ * `countParams`, the parameter counts of an architecture from its configuration alone.
  */
 import { writeFileSync } from 'node:fs';
 import { makeDirs } from '../files.js';
 import { join } from 'node:path';
 import { generateTinyVocab } from '../text/tiny-vocab.js';
 import { UsageError } from '../errors.js';
-import { ARCHS, archSpec, type Arch, type ArchSpec } from './archs.js';
+import { ARCHS, archSpec, isSdxlArch, type Arch, type ArchSpec } from './archs.js';
 import { countOf, type ParamEntry } from './context.js';
+import { textEncoderParamCount, unetParamCount, vaeDecoderParamCount, vaeEncoderParamCount } from './params.js';
 import {
   jsonText,
   mergesText,
@@ -23,7 +24,7 @@ import { buildTextEncoder, textEncoderConfigJson } from './text-encoder.js';
 import { buildUNet, unetConfigJson, type BuiltModel, type TimestepType } from './unet.js';
 import { buildVaeDecoder, vaeConfigJson } from './vae-decoder.js';
 import { buildVaeEncoder } from './vae-encoder.js';
-import { writeModel } from './writer.js';
+import { totalBytes, writeModel } from './writer.js';
 
 export type { Arch } from './archs.js';
 export { ARCHS } from './archs.js';
@@ -35,9 +36,12 @@ export interface SynthesizeOptions {
   seed?: number;
   /** all float tensors, graph inputs and outputs included, in float16 */
   fp16?: boolean;
-  /** ONNX opset: 14 (diffusers script, decomposed LayerNorm) or 17 (LayerNormalization) */
+  /**
+   * ONNX opset: 14 (diffusers script, decomposed LayerNorm) or 17 (LayerNormalization). Default
+   * 14; 17 for the SDXL architectures (Optimum's export).
+   */
   opset?: 14 | 17;
-  /** UNet `timestep` input: float32 [B] (default), int64 [B] or a float32 scalar */
+  /** UNet `timestep` input: float32 [B] (default), int64 [B] or a float32 scalar (SDXL's default, as Optimum exports it) */
   timestepType?: TimestepType;
   /**
    * Only for `tiny`: 'sd2' gives the SD 2.x variant (linear proj_in/out, per-block head counts,
@@ -50,12 +54,13 @@ export interface SynthesizeOptions {
    * an LCMScheduler config. Default: none (a plain SD UNet).
    */
   timeCondProjDim?: number;
-  /** stage: 'text_encoder' | 'unet' | 'vae_decoder'; done/total in bytes of weights */
+  /** stage: 'text_encoder' | 'text_encoder_2' | 'unet' | 'vae_decoder' | 'vae_encoder'; done/total in bytes of weights */
   onProgress?: (stage: string, done: number, total: number) => void;
 }
 
 export interface SynthesizeResult {
-  params: { unet: number; textEncoder: number; vaeDecoder: number; vaeEncoder: number };
+  /** textEncoder2: SDXL's second text encoder, absent for SD 1.x/2.x */
+  params: { unet: number; textEncoder: number; textEncoder2?: number; vaeDecoder: number; vaeEncoder: number };
   files: string[];
 }
 
@@ -102,10 +107,9 @@ function resolveBaseArch(arch: Arch, style: 'sd1' | 'sd2'): ArchSpec {
     throw new UsageError(`unknown architecture '${String(arch)}' (expected ${ARCHS.join(', ')})`);
   }
   if (style !== 'sd1' && style !== 'sd2') throw new UsageError(`unknown style '${String(style)}' (expected sd1, sd2)`);
-  if (arch !== 'tiny') {
-    if (style !== 'sd1') throw new UsageError(`style '${style}' applies only to the tiny architecture`);
-    return archSpec(arch);
-  }
+  if (arch !== 'tiny' && style !== 'sd1') throw new UsageError(`style '${style}' applies only to the tiny architecture`);
+  if (arch === 'sdxl-tiny') return archSpec(arch, Object.keys(generateTinyVocab().vocab).length);
+  if (arch !== 'tiny') return archSpec(arch);
   const size = Object.keys(generateTinyVocab().vocab).length;
   const spec = archSpec('tiny', size);
   return style === 'sd2' ? tinySd2(spec) : spec;
@@ -115,42 +119,66 @@ function trainable(params: readonly ParamEntry[]): number {
   return params.filter((p) => p.trainable).reduce((a, p) => a + countOf(p.dims), 0);
 }
 
-/** Builds the three graphs (without weights). */
+/** Builds the graphs (without weights); `textEncoder2` for SDXL only. */
 export function buildComponents(
   spec: ArchSpec,
   opts: { opset?: 14 | 17; fp16?: boolean; timestepType?: TimestepType } = {},
-): { textEncoder: BuiltModel; unet: BuiltModel; vaeDecoder: BuiltModel; vaeEncoder: BuiltModel } {
-  const opset = opts.opset ?? 14;
+): { textEncoder: BuiltModel; textEncoder2: BuiltModel | null; unet: BuiltModel; vaeDecoder: BuiltModel; vaeEncoder: BuiltModel } {
+  const sdxl = spec.textEncoder2 !== undefined;
+  const opset = opts.opset ?? (sdxl ? 17 : 14);
   const fp16 = opts.fp16 ?? false;
   if (opset !== 14 && opset !== 17) throw new UsageError(`unsupported opset ${String(opset)} (expected 14 or 17)`);
-  const tt = opts.timestepType ?? 'float32';
+  const tt = opts.timestepType ?? (sdxl ? 'float32-scalar' : 'float32');
   if (!['float32', 'int64', 'float32-scalar'].includes(tt)) {
     throw new UsageError(`unknown timestep type '${String(tt)}' (expected float32, int64, float32-scalar)`);
   }
   return {
     textEncoder: buildTextEncoder(spec.textEncoder, { opset, fp16 }),
+    textEncoder2: spec.textEncoder2 ? buildTextEncoder(spec.textEncoder2, { opset, fp16 }) : null,
     unet: buildUNet(spec.unet, { opset, fp16, timestepType: tt }),
     vaeDecoder: buildVaeDecoder(spec.vae, { opset, fp16 }),
     vaeEncoder: buildVaeEncoder(spec.vae, { opset, fp16 }),
   };
 }
 
-/** Parameter counts (torch's `sum(p.numel())`) of an architecture's three models. */
+/** Parameter counts (torch's `sum(p.numel())`) of a spec's models, from the configuration alone (see params.ts). */
+export function specParams(spec: ArchSpec): SynthesizeResult['params'] {
+  return {
+    unet: unetParamCount(spec.unet),
+    textEncoder: textEncoderParamCount(spec.textEncoder),
+    ...(spec.textEncoder2 ? { textEncoder2: textEncoderParamCount(spec.textEncoder2) } : {}),
+    vaeDecoder: vaeDecoderParamCount(spec.vae),
+    vaeEncoder: vaeEncoderParamCount(spec.vae),
+  };
+}
+
+/** Parameter counts (torch's `sum(p.numel())`) of an architecture's models; builds nothing. */
 export function countParams(arch: Arch, style: 'sd1' | 'sd2' = 'sd1', timeCondProjDim?: number): SynthesizeResult['params'] {
-  const spec = resolveArch(arch, style, timeCondProjDim);
-  const m = buildComponents(spec);
+  return specParams(resolveArch(arch, style, timeCondProjDim));
+}
+
+/** The parameter counts of built graphs (what `specParams` must agree with). */
+export function builtParams(m: ReturnType<typeof buildComponents>): SynthesizeResult['params'] {
   return {
     unet: trainable(m.unet.params),
     textEncoder: trainable(m.textEncoder.params),
+    ...(m.textEncoder2 ? { textEncoder2: trainable(m.textEncoder2.params) } : {}),
     vaeDecoder: trainable(m.vaeDecoder.params),
     vaeEncoder: trainable(m.vaeEncoder.params),
   };
 }
 
+/**
+ * Models whose weights exceed this go to external data whatever the architecture says: protobuf
+ * cannot encode a model.onnx of 2 GiB or more (SDXL's text_encoder_2 holds 2.8 GB in float32).
+ */
+export const EXTERNAL_DATA_BYTES = 1.5 * 2 ** 30;
+
 export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeResult> {
   const seed = opts.seed ?? 0;
   const spec = resolveArch(opts.arch, opts.style ?? 'sd1', opts.timeCondProjDim);
   const models = buildComponents(spec, opts);
+  const sdxl = models.textEncoder2 !== null;
   const out = opts.outDir;
   const files: string[] = [];
   const write = (rel: string, text: string): void => {
@@ -158,26 +186,31 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
     writeFileSync(p, text);
     files.push(p);
   };
-  for (const d of ['text_encoder', 'unet', 'vae_decoder', 'vae_encoder', 'tokenizer', 'scheduler']) {
-    makeDirs(join(out, d));
-  }
+  const tokenizers = sdxl ? ['tokenizer', 'tokenizer_2'] : ['tokenizer'];
+  const modelDirs = ['text_encoder', ...(sdxl ? ['text_encoder_2'] : []), 'unet', 'vae_decoder', 'vae_encoder'];
+  for (const d of [...modelDirs, ...tokenizers, 'scheduler']) makeDirs(join(out, d));
   write('model_index.json', jsonText(modelIndexJson(spec)));
   write('scheduler/scheduler_config.json', jsonText(schedulerConfigJson(spec)));
 
   const vocab = generateTinyVocab();
-  write('tokenizer/vocab.json', JSON.stringify(vocab.vocab) + '\n');
-  write('tokenizer/merges.txt', mergesText(vocab.merges));
-  write('tokenizer/tokenizer_config.json', jsonText(tokenizerConfigJson(spec)));
-  write('tokenizer/special_tokens_map.json', jsonText(specialTokensMapJson(spec)));
+  for (const [dir, pad] of [['tokenizer', spec.padToken], ['tokenizer_2', spec.padToken2 ?? spec.padToken]] as const) {
+    if (!tokenizers.includes(dir)) continue;
+    write(`${dir}/vocab.json`, JSON.stringify(vocab.vocab) + '\n');
+    write(`${dir}/merges.txt`, mergesText(vocab.merges));
+    write(`${dir}/tokenizer_config.json`, jsonText(tokenizerConfigJson(spec, pad)));
+    write(`${dir}/special_tokens_map.json`, jsonText(specialTokensMapJson(spec, pad)));
+  }
 
   const stages: [string, BuiltModel, Record<string, unknown>, boolean][] = [
     ['text_encoder', models.textEncoder, textEncoderConfigJson(spec.textEncoder), false],
+    ...(models.textEncoder2 ? [['text_encoder_2', models.textEncoder2, textEncoderConfigJson(spec.textEncoder2!), false] as [string, BuiltModel, Record<string, unknown>, boolean]] : []),
     ['unet', models.unet, unetConfigJson(spec.unet), spec.externalUNet],
     ['vae_decoder', models.vaeDecoder, vaeConfigJson(spec.vae), false],
     ['vae_encoder', models.vaeEncoder, vaeConfigJson(spec.vae), false],
   ];
-  for (const [stage, built, config, external] of stages) {
+  for (const [stage, built, config, externalSpec] of stages) {
     write(`${stage}/config.json`, jsonText(config));
+    const external = externalSpec || totalBytes(built.params) >= EXTERNAL_DATA_BYTES;
     const paths = await writeModel(built, join(out, stage), {
       seed,
       salt: stage,
@@ -186,13 +219,5 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
     });
     files.push(...paths);
   }
-  return {
-    params: {
-      unet: trainable(models.unet.params),
-      textEncoder: trainable(models.textEncoder.params),
-      vaeDecoder: trainable(models.vaeDecoder.params),
-      vaeEncoder: trainable(models.vaeEncoder.params),
-    },
-    files,
-  };
+  return { params: builtParams(models), files };
 }

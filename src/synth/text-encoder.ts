@@ -3,7 +3,11 @@
  * embeddings, causal mask built from Range/Less/Where, pre-LN encoder layers (self-attention with
  * the q scaling before the head split, quick_gelu or gelu MLP), final LayerNorm →
  * `last_hidden_state`, and the pooled output gathered at argmax(input_ids) → `pooler_output`.
- * Pure logic, no I/O.
+ * Optionally in the form of Optimum's SDXL export (`output_hidden_states`): the embeddings and
+ * every layer's output as `hidden_states.0 … hidden_states.L`; and `CLIPTextModelWithProjection`
+ * (SDXL's text_encoder_2): the pooled output through the bias-free `text_projection` →
+ * `text_embeds` in place of `pooler_output`, outputs in Optimum's order (text_embeds,
+ * last_hidden_state, hidden_states.*). Pure logic, no I/O.
  */
 import { DataType } from '../onnx/types.js';
 import { constTensor, int, tensorAttr } from '../onnx/builder.js';
@@ -25,6 +29,12 @@ export interface TextEncoderConfig {
   bosTokenId: number;
   eosTokenId: number;
   padTokenId: number;
+  /** element type of `input_ids`: int32 (diffusers' SD script, default) or int64 (Optimum) */
+  inputIdsType?: 'int32' | 'int64';
+  /** outputs `hidden_states.0 … hidden_states.L` (transformers' `output_hidden_states`) */
+  outputHiddenStates?: boolean;
+  /** CLIPTextModelWithProjection: `text_projection` (projectionDim, no bias) → `text_embeds` */
+  withProjection?: boolean;
 }
 
 export interface TextEncoderBuildOptions {
@@ -32,7 +42,7 @@ export interface TextEncoderBuildOptions {
   fp16: boolean;
 }
 
-function encoderLayer(c: SynthContext, cfg: TextEncoderConfig, i: number, x: string, mask: string): string {
+function encoderLayer(c: SynthContext, cfg: TextEncoderConfig, i: number, x: string, mask: string, outputName?: string): string {
   const d = cfg.hiddenSize;
   const heads = cfg.numHeads;
   const hd = d / heads;
@@ -100,7 +110,7 @@ function encoderLayer(c: SynthContext, cfg: TextEncoderConfig, i: number, x: str
       );
       return linear(c, 'fc2', act, cfg.intermediateSize, d);
     });
-    return c.b.op('Add', [h, mlp]);
+    return c.b.op('Add', [h, mlp], undefined, outputName ? { outputs: [outputName] } : undefined);
   });
 }
 
@@ -147,7 +157,9 @@ export function buildTextEncoder(cfg: TextEncoderConfig, opts: TextEncoderBuildO
   const c = new SynthContext(opts.opset, opts.fp16);
   const b = c.b;
   const d = cfg.hiddenSize;
-  const ids = b.input('input_ids', DataType.INT32, ['batch', 'sequence']);
+  const hsName = (k: number): string | undefined => (cfg.outputHiddenStates ? `hidden_states.${k}` : undefined);
+  const ids = b.input('input_ids', cfg.inputIdsType === 'int64' ? DataType.INT64 : DataType.INT32, ['batch', 'sequence']);
+  let pooledOut = '';
   c.mod('text_model', () => {
     const bsz = dimOf(c, ids, 0);
     const seq = dimOf(c, ids, 1);
@@ -167,12 +179,13 @@ export function buildTextEncoder(cfg: TextEncoderConfig, opts: TextEncoderBuildO
         const w = c.param('weight', [cfg.maxPositions, d], { kind: 'uniform', bound: 0.01 * Math.sqrt(3) });
         return b.op('Gather', [w, pos]);
       });
-      return b.op('Add', [tok, pe]);
+      const e0 = hsName(0);
+      return b.op('Add', [tok, pe], undefined, e0 ? { outputs: [e0] } : undefined);
     });
     const mask = causalMask(c, bsz, seq);
     let h = emb;
     c.mod('encoder', () => {
-      for (let i = 0; i < cfg.numLayers; i++) h = encoderLayer(c, cfg, i, h, mask);
+      for (let i = 0; i < cfg.numLayers; i++) h = encoderLayer(c, cfg, i, h, mask, hsName(i + 1));
     });
     const last = layerNorm(c, 'final_layer_norm', h, d, cfg.layerNormEps, 'last_hidden_state');
     // pooled = last[arange(B), input_ids.to(int).argmax(-1)]
@@ -190,16 +203,57 @@ export function buildTextEncoder(cfg: TextEncoderConfig, opts: TextEncoderBuildO
     const idxShape = b.op('Shape', [idx]);
     const r1 = reshape(c, picked, b.op('Concat', [constVec(c, -1), dLen], { axis: int(0) }));
     const fin = b.op('Concat', [idxShape, dLen], { axis: int(0) });
-    b.node('Reshape', [r1, fin], { allowzero: int(0) }, { outputs: ['pooler_output'] });
+    if (cfg.withProjection) pooledOut = reshape(c, r1, fin);
+    else b.node('Reshape', [r1, fin], { allowzero: int(0) }, { outputs: ['pooler_output'] });
   });
+  if (cfg.withProjection) {
+    // CLIPTextModelWithProjection: text_embeds = text_projection(pooled_output); a bias-free
+    // Linear on a 2-D input exports as MatMul on the transposed weight
+    c.mod('text_projection', () => {
+      const w = c.derivedParam('MatMul', [d, cfg.projectionDim], { kind: 'uniform', bound: 1 / Math.sqrt(d) }, 'weight');
+      b.node('MatMul', [pooledOut, w], undefined, { outputs: ['text_embeds'] });
+    });
+    b.output('text_embeds', c.ft, ['batch', cfg.projectionDim]);
+  }
   b.output('last_hidden_state', c.ft, ['batch', 'sequence', d]);
-  b.output('pooler_output', c.ft, ['batch', d]);
+  if (!cfg.withProjection) b.output('pooler_output', c.ft, ['batch', d]);
+  if (cfg.outputHiddenStates) {
+    for (let k = 0; k <= cfg.numLayers; k++) b.output(`hidden_states.${k}`, c.ft, ['batch', 'sequence', d]);
+  }
   return { ctx: c, params: c.finish() };
+}
+
+/** A TextEncoderConfig from a transformers CLIPTextConfig config.json (and Optimum's flags). */
+export function textEncoderConfigFromHF(json: Record<string, unknown>): TextEncoderConfig {
+  const num = (key: string): number => {
+    const v = json[key];
+    if (typeof v !== 'number') throw new Error(`text encoder config: missing ${key}`);
+    return v;
+  };
+  const act = json['hidden_act'];
+  if (act !== 'quick_gelu' && act !== 'gelu') throw new Error(`text encoder config: hidden_act ${JSON.stringify(act)} is not supported`);
+  const archs = json['architectures'];
+  return {
+    vocabSize: num('vocab_size'),
+    hiddenSize: num('hidden_size'),
+    intermediateSize: num('intermediate_size'),
+    numLayers: num('num_hidden_layers'),
+    numHeads: num('num_attention_heads'),
+    maxPositions: num('max_position_embeddings'),
+    hiddenAct: act,
+    projectionDim: num('projection_dim'),
+    layerNormEps: num('layer_norm_eps'),
+    bosTokenId: num('bos_token_id'),
+    eosTokenId: num('eos_token_id'),
+    padTokenId: num('pad_token_id'),
+    outputHiddenStates: json['output_hidden_states'] === true,
+    withProjection: Array.isArray(archs) && archs.includes('CLIPTextModelWithProjection'),
+  };
 }
 
 export function textEncoderConfigJson(cfg: TextEncoderConfig): Record<string, unknown> {
   return {
-    architectures: ['CLIPTextModel'],
+    architectures: [cfg.withProjection ? 'CLIPTextModelWithProjection' : 'CLIPTextModel'],
     attention_dropout: 0.0,
     bos_token_id: cfg.bosTokenId,
     dropout: 0.0,
@@ -219,5 +273,7 @@ export function textEncoderConfigJson(cfg: TextEncoderConfig): Record<string, un
     torch_dtype: 'float32',
     transformers_version: '4.30.0',
     vocab_size: cfg.vocabSize,
+    // Optimum writes the flag its export was made with (the hidden_states.N outputs)
+    ...(cfg.outputHiddenStates ? { output_hidden_states: true } : {}),
   };
 }

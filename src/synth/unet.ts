@@ -1,10 +1,12 @@
 /**
- * diffusers `UNet2DConditionModel` (SD 1.x / 2.x layout) as `torch.onnx.export` writes it:
- * timestep broadcast + sinusoidal projection, time_embedding (with `cond_proj` on the extra
- * `timestep_cond` input when `time_cond_proj_dim` is set, as in LCM-distilled UNets), conv_in,
- * down blocks (resnets, Transformer2D attentions, downsamplers), mid block, up blocks with skip
- * concatenation and nearest upsampling, conv_norm_out/act/conv_out → `out_sample`. Pure logic,
- * no I/O.
+ * diffusers `UNet2DConditionModel` (SD 1.x / 2.x and SDXL layouts) as `torch.onnx.export` writes
+ * it: timestep broadcast + sinusoidal projection, time_embedding (with `cond_proj` on the extra
+ * `timestep_cond` input when `time_cond_proj_dim` is set, as in LCM-distilled UNets), SDXL's
+ * `text_time` added conditioning (`add_time_proj` of the flattened `time_ids`, concatenated
+ * after `text_embeds`, through `add_embedding`, added to the time embedding), conv_in, down
+ * blocks (resnets, Transformer2D attentions with `transformer_layers_per_block` transformer
+ * blocks each, downsamplers), mid block, up blocks with skip concatenation and nearest
+ * upsampling, conv_norm_out/act/conv_out → `out_sample`. Pure logic, no I/O.
  */
 import { DataType } from '../onnx/types.js';
 import { constTensor, int, tensorAttr } from '../onnx/builder.js';
@@ -54,6 +56,37 @@ export interface UNetConfig {
    * no bias), whose output is added to the sinusoidal projection before `linear_1`. Unset: none.
    */
   timeCondProjDim?: number | null;
+  /**
+   * diffusers' `transformer_layers_per_block`: BasicTransformerBlocks per Transformer2DModel, one
+   * number for every level or one per level (SDXL base: [1, 2, 10]). The up blocks take the
+   * list reversed and the mid block its last entry, as UNet2DConditionModel does when
+   * `reverse_transformer_layers_per_block` is unset. Default 1.
+   */
+  transformerLayersPerBlock?: number | number[];
+  /**
+   * diffusers' `addition_embed_type`: 'text_time' (SDXL) adds the graph inputs `text_embeds`
+   * [batch, projectionClassEmbeddingsInputDim − 6·additionTimeEmbedDim] and `time_ids`
+   * [batch, 6]. Unset: none.
+   */
+  additionEmbedType?: 'text_time' | null;
+  /** `addition_time_embed_dim` (SDXL: 256): sinusoidal width of each time id */
+  additionTimeEmbedDim?: number;
+  /** `projection_class_embeddings_input_dim` (SDXL: 2816 = 1280 + 6·256): add_embedding's input width */
+  projectionClassEmbeddingsInputDim?: number;
+}
+
+/** Number of time ids SDXL conditions on: original size, crop top-left, target size (2 each). */
+export const SDXL_TIME_IDS = 6;
+
+/** The `text_embeds` width of a text_time UNet (projection input minus the time-id embeddings). */
+export function textEmbedsDim(cfg: UNetConfig): number {
+  return cfg.projectionClassEmbeddingsInputDim! - SDXL_TIME_IDS * cfg.additionTimeEmbedDim!;
+}
+
+/** Transformer blocks per attention at level `i` (down block i, or the mid block for the last). */
+export function layersAt(cfg: UNetConfig, i: number): number {
+  const t = cfg.transformerLayersPerBlock ?? 1;
+  return Array.isArray(t) ? t[i]! : t;
 }
 
 export interface UNetBuildOptions {
@@ -109,10 +142,10 @@ function resnet(st: UNetState, name: string, x: string, cin: number, cout: numbe
 }
 
 /** BasicTransformerBlock: norm1/attn1 (self), norm2/attn2 (cross), norm3/ff (GEGLU). */
-function transformerBlock(st: UNetState, x: string, dim: number, heads: number): string {
+function transformerBlock(st: UNetState, index: number, x: string, dim: number, heads: number): string {
   const { c, cfg } = st;
   const dimHead = dim / heads;
-  return c.mod('transformer_blocks.0', () => {
+  return c.mod(`transformer_blocks.${index}`, () => {
     const spec = {
       queryDim: dim,
       heads,
@@ -159,8 +192,8 @@ function transformerBlock(st: UNetState, x: string, dim: number, heads: number):
   });
 }
 
-/** Transformer2DModel (SD1: 1×1 conv proj_in/out; SD2: linear projections). */
-function transformer2d(st: UNetState, name: string, x: string, ch: number, heads: number): string {
+/** Transformer2DModel (SD1: 1×1 conv proj_in/out; SD2/SDXL: linear projections) with `depth` transformer blocks. */
+function transformer2d(st: UNetState, name: string, x: string, ch: number, heads: number, depth: number): string {
   const { c, cfg } = st;
   return c.mod(name, () => {
     const batch = dimOf(c, x, 0);
@@ -184,7 +217,7 @@ function transformer2d(st: UNetState, name: string, x: string, ch: number, heads
       inner = dimOf(c, p, 1);
       h = flatten(p);
     }
-    h = transformerBlock(st, h, ch, heads);
+    for (let d = 0; d < depth; d++) h = transformerBlock(st, d, h, ch, heads);
     const unflatten = (v: string): string => {
       const cat = c.b.op(
         'Concat',
@@ -220,9 +253,9 @@ function expandTimestep(c: SynthContext, timestep: string, sample: string): stri
   return c.b.op('Expand', [timestep, where]);
 }
 
-/** Sinusoidal timestep projection (diffusers get_timestep_embedding), flip_sin_to_cos. */
-function timeProj(c: SynthContext, t: string, dim: number, flip: boolean, shift: number): string {
-  return c.mod('time_proj', () => {
+/** Sinusoidal timestep projection (diffusers get_timestep_embedding), flip_sin_to_cos, in module `scope`. */
+function timeProj(c: SynthContext, t: string, dim: number, flip: boolean, shift: number, scope = 'time_proj'): string {
+  return c.mod(scope, () => {
     const half = dim / 2;
     const u = c.b.op('Unsqueeze', [t, constVec(c, 1)]);
     const f = c.b.op('Cast', [u], { to: int(DataType.FLOAT) });
@@ -263,6 +296,11 @@ export function buildUNet(cfg: UNetConfig, opts: UNetBuildOptions): BuiltModel {
   const condDim = cfg.timeCondProjDim ?? null;
   // UNet2DConditionModel.forward(sample, timestep, encoder_hidden_states, class_labels, timestep_cond, …)
   const timestepCond = condDim !== null ? b.input('timestep_cond', ft, ['batch', condDim]) : null;
+  // added_cond_kwargs of an SDXL UNet (Optimum's input order: after encoder_hidden_states)
+  const textTime = cfg.additionEmbedType === 'text_time';
+  if (cfg.additionEmbedType != null && !textTime) throw new Error(`buildUNet: addition_embed_type ${String(cfg.additionEmbedType)} is not supported`);
+  const textEmbeds = textTime ? b.input('text_embeds', ft, ['batch', textEmbedsDim(cfg)]) : null;
+  const timeIds = textTime ? b.input('time_ids', ft, ['batch', SDXL_TIME_IDS]) : null;
 
   let ts = timestep;
   if (opts.timestepType === 'float32-scalar') ts = b.op('Unsqueeze', [ts, constVec(c, 0)]);
@@ -282,7 +320,28 @@ export function buildUNet(cfg: UNetConfig, opts: UNetBuildOptions): BuiltModel {
     const a = silu(c, 'act', l1);
     return linearGemm(c, 'linear_2', a, tembDim, tembDim);
   });
-  const st: UNetState = { c, cfg, temb, tembAct: undefined, ehs };
+  let emb = temb;
+  if (textEmbeds !== null && timeIds !== null) {
+    // diffusers 0.27.2 `get_aug_embed` for text_time: add_time_proj(time_ids.flatten()) reshaped
+    // to (B, −1), concatenated after text_embeds, cast to the embedding's dtype, add_embedding.
+    const flat = reshape(c, timeIds, constVec(c, -1));
+    const tdim = cfg.additionTimeEmbedDim!;
+    const timeEmb = timeProj(c, flat, tdim, cfg.flipSinToCos, cfg.freqShift, 'add_time_proj');
+    const rowShape = b.op('Concat', [unsq0(c, dimOf(c, textEmbeds, 0)), constVec(c, -1)], { axis: int(0) });
+    const rows = reshape(c, timeEmb, rowShape);
+    // torch.concat promotes float16 text_embeds with the float32 sinusoids to float32
+    const te = ft === DataType.FLOAT ? textEmbeds : b.op('Cast', [textEmbeds], { to: int(DataType.FLOAT) });
+    let addEmbeds = b.op('Concat', [te, rows], { axis: int(-1) });
+    if (ft !== DataType.FLOAT) addEmbeds = b.op('Cast', [addEmbeds], { to: int(ft) });
+    const inDim = cfg.projectionClassEmbeddingsInputDim!;
+    const aug = c.mod('add_embedding', () => {
+      const l1 = linearGemm(c, 'linear_1', addEmbeds, inDim, tembDim);
+      const a = silu(c, 'act', l1);
+      return linearGemm(c, 'linear_2', a, tembDim, tembDim);
+    });
+    emb = b.op('Add', [temb, aug]);
+  }
+  const st: UNetState = { c, cfg, temb: emb, tembAct: undefined, ehs };
 
   let h = conv2d(c, 'conv_in', sample, cfg.inChannels, boc[0]!, 3);
   const skips: { name: string; ch: number }[] = [{ name: h, ch: boc[0]! }];
@@ -297,7 +356,7 @@ export function buildUNet(cfg: UNetConfig, opts: UNetBuildOptions): BuiltModel {
       for (let j = 0; j < cfg.layersPerBlock; j++) {
         h = resnet(st, `resnets.${j}`, h, j === 0 ? inCh : outCh, outCh);
         if (type === 'CrossAttnDownBlock2D') {
-          h = transformer2d(st, `attentions.${j}`, h, outCh, headsFor(cfg, i));
+          h = transformer2d(st, `attentions.${j}`, h, outCh, headsFor(cfg, i), layersAt(cfg, i));
         }
         skips.push({ name: h, ch: outCh });
       }
@@ -312,13 +371,14 @@ export function buildUNet(cfg: UNetConfig, opts: UNetBuildOptions): BuiltModel {
   const midCh = boc[boc.length - 1]!;
   c.mod('mid_block', () => {
     h = resnet(st, 'resnets.0', h, midCh, midCh);
-    h = transformer2d(st, 'attentions.0', h, midCh, headsFor(cfg, boc.length - 1));
+    h = transformer2d(st, 'attentions.0', h, midCh, headsFor(cfg, boc.length - 1), layersAt(cfg, boc.length - 1));
     h = resnet(st, 'resnets.1', h, midCh, midCh);
   });
 
   // up blocks
   const rev = [...boc].reverse();
   const revHeads = boc.map((_, i) => headsFor(cfg, i)).reverse();
+  const revLayers = boc.map((_, i) => layersAt(cfg, i)).reverse();
   let upOut = rev[0]!;
   cfg.upBlockTypes.forEach((type, i) => {
     const prevOut = upOut;
@@ -331,7 +391,7 @@ export function buildUNet(cfg: UNetConfig, opts: UNetBuildOptions): BuiltModel {
         const resIn = j === 0 ? prevOut : upOut;
         h = resnet(st, `resnets.${j}`, cat, resIn + skip.ch, upOut);
         if (type === 'CrossAttnUpBlock2D') {
-          h = transformer2d(st, `attentions.${j}`, h, upOut, revHeads[i]!);
+          h = transformer2d(st, `attentions.${j}`, h, upOut, revHeads[i]!, revLayers[i]!);
         }
       }
       if (!isFinal) {
@@ -374,7 +434,35 @@ export function unetConfigFromDiffusers(json: Record<string, unknown>): UNetConf
     flipSinToCos: get<boolean>('flip_sin_to_cos', true),
     freqShift: get<number>('freq_shift', 0),
     timeCondProjDim: (json['time_cond_proj_dim'] as number | null | undefined) ?? null,
+    ...sdxlFieldsFromDiffusers(json),
   };
+}
+
+/** The SDXL fields of a diffusers UNet config (transformer depth per level, text_time addition). */
+function sdxlFieldsFromDiffusers(json: Record<string, unknown>): Partial<UNetConfig> {
+  const out: Partial<UNetConfig> = {};
+  const t = json['transformer_layers_per_block'];
+  if (t !== undefined && t !== null) {
+    const ok = typeof t === 'number' || (Array.isArray(t) && t.every((v) => typeof v === 'number'));
+    if (!ok) throw new Error('UNet config: transformer_layers_per_block must be a number or a list of numbers');
+    out.transformerLayersPerBlock = t as number | number[];
+  }
+  if (json['reverse_transformer_layers_per_block'] != null) {
+    throw new Error('UNet config: reverse_transformer_layers_per_block is not supported');
+  }
+  const a = json['addition_embed_type'];
+  if (a !== undefined && a !== null) {
+    if (a !== 'text_time') throw new Error(`UNet config: addition_embed_type ${JSON.stringify(a)} is not supported`);
+    const tdim = json['addition_time_embed_dim'];
+    const pdim = json['projection_class_embeddings_input_dim'];
+    if (typeof tdim !== 'number' || typeof pdim !== 'number') {
+      throw new Error('UNet config: text_time needs addition_time_embed_dim and projection_class_embeddings_input_dim');
+    }
+    out.additionEmbedType = 'text_time';
+    out.additionTimeEmbedDim = tdim;
+    out.projectionClassEmbeddingsInputDim = pdim;
+  }
+  return out;
 }
 
 /** The diffusers config.json for a UNet built from `cfg`. */
@@ -410,5 +498,14 @@ export function unetConfigJson(cfg: UNetConfig): Record<string, unknown> {
     use_linear_projection: cfg.useLinearProjection,
     // written only when set, so that the configs of plain SD folders stay as they were
     ...(cfg.timeCondProjDim != null ? { time_cond_proj_dim: cfg.timeCondProjDim } : {}),
+    ...(cfg.transformerLayersPerBlock !== undefined ? { transformer_layers_per_block: cfg.transformerLayersPerBlock } : {}),
+    ...(cfg.additionEmbedType === 'text_time'
+      ? {
+          addition_embed_type: 'text_time',
+          addition_embed_type_num_heads: 64,
+          addition_time_embed_dim: cfg.additionTimeEmbedDim,
+          projection_class_embeddings_input_dim: cfg.projectionClassEmbeddingsInputDim,
+        }
+      : {}),
   };
 }
