@@ -120,7 +120,7 @@ export async function cmdSynth(
   flags: CommonFlags & { arch?: string; out?: string; seed?: string; fp16?: boolean; opset?: string; style?: string; timeCondProjDim?: string },
   out: Out = process.stdout,
 ): Promise<void> {
-  const archs = ['tiny', 'sd15', 'sd21'];
+  const archs = ['tiny', 'sd15', 'sd21', 'sdxl', 'sdxl-tiny'];
   if (!flags.arch || !archs.includes(flags.arch)) throw new UsageError(`--arch: expected one of ${archs.join(', ')}, got ${JSON.stringify(flags.arch ?? '')}`);
   if (!flags.out) throw new UsageError('synth: --out DIR is required');
   let seed: number | undefined;
@@ -159,7 +159,7 @@ export async function cmdSynth(
   let res;
   try {
     res = await synthesize({
-      arch: flags.arch as 'tiny' | 'sd15' | 'sd21',
+      arch: flags.arch as import('../synth/index.js').Arch,
       outDir: flags.out,
       seed,
       fp16: flags.fp16,
@@ -190,7 +190,7 @@ export async function cmdSynth(
   const fmt = (n: number) => n.toLocaleString('en-US');
   out.write(
     `wrote ${flags.arch} model to ${flags.out} in ${((performance.now() - started) / 1000).toFixed(1)} s\n` +
-      `parameters: unet ${fmt(p.unet)}, text encoder ${fmt(p.textEncoder)}, vae decoder ${fmt(p.vaeDecoder)}, vae encoder ${fmt(p.vaeEncoder)}, total ${fmt(p.unet + p.textEncoder + p.vaeDecoder + p.vaeEncoder)}\n`,
+      `parameters: unet ${fmt(p.unet)}, text encoder ${fmt(p.textEncoder)}${p.textEncoder2 !== undefined ? `, text encoder 2 ${fmt(p.textEncoder2)}` : ''}, vae decoder ${fmt(p.vaeDecoder)}, vae encoder ${fmt(p.vaeEncoder)}, total ${fmt(p.unet + p.textEncoder + (p.textEncoder2 ?? 0) + p.vaeDecoder + p.vaeEncoder)}\n`,
   );
 }
 

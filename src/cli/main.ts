@@ -88,11 +88,11 @@ export function buildProgram(): Command {
 
   const synth = new Command('synth')
     .description('write a synthetic Stable Diffusion ONNX model folder (seeded random weights; no download)')
-    .addOption(new Option('--arch <arch>', 'architecture').choices(['tiny', 'sd15', 'sd21']).makeOptionMandatory())
+    .addOption(new Option('--arch <arch>', 'architecture').choices(['tiny', 'sd15', 'sd21', 'sdxl', 'sdxl-tiny']).makeOptionMandatory())
     .requiredOption('--out <dir>', 'output folder')
     .option('--seed <n>', 'weight seed (default: 0)')
     .option('--fp16', 'float16 weights and inputs')
-    .option('--opset <n>', 'ONNX opset 14 or 17 (default: 14)')
+    .option('--opset <n>', 'ONNX opset 14 or 17 (default: 14; sdxl: 17)')
     .option('--style <style>', 'tiny only: sd1 or sd2 (v-prediction, "!" padding)')
     .option('--time-cond-proj-dim <n>', 'LCM-style UNet: timestep_cond input of width N (LCM models: 256) and an LCM scheduler')
     .option('-q, --quiet', 'no progress')
