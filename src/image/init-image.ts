@@ -3,11 +3,11 @@
  * pixel-space resizes of hires fix.
  *
  * Resizing to the target size: sdgen resizes an init image (and a mask) whose size differs from
- * `--width`×`--height` with a Lanczos (a = 3) filter straight to that size, ignoring the aspect
- * ratio — A1111's img2img "Just resize" mode (PIL's Image.resize(LANCZOS)), which is also
- * the filter diffusers' VaeImageProcessor resizes with (`resample="lanczos"`) when a size is
- * passed. sharp's lanczos3 is libvips' kernel, not PIL's: a resized picture can differ from
- * PIL's by a few levels; a picture of the target size is used as is, bit for bit.
+ * `--width`×`--height` with Pillow's Lanczos straight to that size, ignoring the aspect ratio —
+ * A1111's img2img "Just resize" mode (PIL's Image.resize(LANCZOS)), which is also the filter
+ * diffusers' VaeImageProcessor resizes with (`resample="lanczos"`) when a size is passed.
+ * The resize is Pillow's own arithmetic (src/image/pil-resize.ts), so a resized picture is the
+ * one those tools make, byte for byte; a picture of the target size is used as is.
  * Alpha is dropped (PIL's convert('RGB'), as diffusers does) and an EXIF orientation is applied
  * (diffusers' load_image and A1111 both transpose by EXIF).
  */
@@ -15,6 +15,7 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { UsageError } from '../errors.js';
 import { toGray } from './mask.js';
+import { a1111UpscaleSteps, resizeU8 } from './pil-resize.js';
 
 export interface RgbImage {
   /** RGB, row-major, width·height·3 */
@@ -99,13 +100,14 @@ async function decode(
   let img = sharp(bytes).rotate();
   if (!keepChannels) img = img.removeAlpha().toColourspace('srgb');
   const resized = target !== null && (target.width !== sourceWidth || target.height !== sourceHeight);
-  if (resized) img = img.resize(target.width, target.height, { fit: 'fill', kernel: 'lanczos3' });
   try {
     const { data, info } = await img.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+    let pixels = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    if (resized) pixels = resizeU8(pixels, info.width, info.height, info.channels, target.width, target.height, 'lanczos');
     return {
-      data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
-      width: info.width,
-      height: info.height,
+      data: pixels,
+      width: resized ? target.width : info.width,
+      height: resized ? target.height : info.height,
       channels: info.channels,
       sourceWidth,
       sourceHeight,
@@ -140,18 +142,20 @@ export async function loadMask(file: string, width: number, height: number): Pro
   return { gray, width: d.width, height: d.height, sourceWidth: d.sourceWidth, sourceHeight: d.sourceHeight, resized: d.resized, sha256: sha256(bytes) };
 }
 
-/** A hires pixel-space upscaler's resize: sharp's lanczos3 ("Lanczos") or nearest ("Nearest"). */
-export async function resizeRgb(img: RgbImage, width: number, height: number, kernel: 'Lanczos' | 'Nearest'): Promise<RgbImage> {
-  if (img.width === width && img.height === height) return { rgb: img.rgb.slice(), width, height };
-  const sharp = await sharpModule();
-  const { data, info } = await sharp(Buffer.from(img.rgb.buffer, img.rgb.byteOffset, img.rgb.byteLength), {
-    raw: { width: img.width, height: img.height, channels: 3 },
-  })
-    .resize(width, height, { fit: 'fill', kernel: kernel === 'Lanczos' ? 'lanczos3' : 'nearest' })
-    .raw()
-    .toBuffer({ resolveWithObject: true });
-  if (info.channels !== 3) throw new Error(`resizeRgb: ${info.channels} channels`);
-  return { rgb: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), width: info.width, height: info.height };
+/**
+ * A hires pixel-space upscaler's resize, as A1111's hires fix runs "Lanczos" and "Nearest"
+ * (`images.resize_image(0, …)`): the upscaler's own Pillow filter to the scaled size, then
+ * Pillow Lanczos to the size asked for where they differ (a1111UpscaleSteps). For a plain ×N
+ * that is one Pillow resize — also what diffusers-based hires scripts do with PIL.
+ */
+export function resizeRgb(img: RgbImage, width: number, height: number, upscaler: 'Lanczos' | 'Nearest'): RgbImage {
+  let rgb = img.rgb;
+  let [w, h] = [img.width, img.height];
+  for (const step of a1111UpscaleSteps({ width: w, height: h }, { width, height }, upscaler)) {
+    rgb = resizeU8(rgb, w, h, 3, step.width, step.height, step.filter);
+    [w, h] = [step.width, step.height];
+  }
+  return { rgb: rgb === img.rgb ? rgb.slice() : rgb, width: w, height: h };
 }
 
 /**
