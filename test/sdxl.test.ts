@@ -401,3 +401,42 @@ describe('ToMe on SDXL (max downsample auto)', () => {
     }
   });
 });
+
+describe('SDXL-Turbo-style folder (its own scheduler config: Euler ancestral, trailing spacing)', () => {
+  let dir: string;
+  let pipe: StableDiffusionPipeline;
+  before(async () => {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-turbo-'));
+    cpSync(TINY_SDXL, dir, { recursive: true });
+    // SDXL-Turbo's scheduler_config.json (stabilityai/sdxl-turbo)
+    writeFileSync(path.join(dir, 'scheduler', 'scheduler_config.json'), JSON.stringify({
+      _class_name: 'EulerAncestralDiscreteScheduler', beta_end: 0.012, beta_schedule: 'scaled_linear', beta_start: 0.00085,
+      clip_sample: false, interpolation_type: 'linear', num_train_timesteps: 1000, prediction_type: 'epsilon', sample_max_value: 1.0,
+      set_alpha_to_one: false, skip_prk_steps: true, steps_offset: 1, timestep_spacing: 'trailing', trained_betas: null,
+    }));
+    pipe = await StableDiffusionPipeline.load(dir, { device: 'cpu', cacheDir: path.join(dir, '.cache') });
+  });
+  after(async () => {
+    await pipe?.dispose();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  async function run(steps: number): Promise<{ timesteps: number[]; uncond: boolean; image: GeneratedImage }> {
+    let timesteps: number[] = [];
+    let uncond = true;
+    const [image] = await collect(pipe.generate(params({ prompt: 'a cat', width: 128, height: 128, steps, cfg: 0, seed: 3 }), {
+      onTimesteps: (t) => (timesteps = [...t]),
+      onSdxlConditioning: (c) => (uncond = c.uncond !== null),
+    }));
+    return { timesteps, uncond, image: image! };
+  }
+  test('1 and 4 steps at guidance 0: trailing timesteps (round(arange(1000, 0, −1000/N)) − 1), no unconditional pass', async () => {
+    const one = await run(1);
+    assert.deepEqual(one.timesteps, [999]);
+    assert.equal(one.uncond, false);
+    assert.equal(one.image.params.scheduler, 'euler_a');
+    const four = await run(4);
+    assert.deepEqual(four.timesteps, [999, 749, 499, 249]);
+    assert.equal(four.image.rgb.length, 128 * 128 * 3);
+    assert.ok(new Set(four.image.rgb).size > 16, 'a picture, not a flat fill');
+  });
+});
