@@ -9,7 +9,10 @@ import { deriveRatios, median, renderMarkdown } from '../src/bench/report.js';
 import { callsPerRound, runBench } from '../src/bench/index.js';
 import { WORK_EXPONENT, estimateCallMs, estimateImageMs, estimateProcessMs, fits, roundCalls, roundOrder, type TimedConfig } from '../src/bench/budget.js';
 import type { ConfigResult } from '../src/bench/types.js';
-import { FIXTURES_URL as FIXTURES } from './helpers.js';
+import { deriveHiresSpeedups, parseHiresSizes, parseHiresSteps, presetToMeKeys, sessionRole, summarizeHiresRuns, unetLatent, type HiresReport, type RunRecord } from '../src/bench/hires.js';
+import { unetFeeds } from '../src/bench/inputs.js';
+import { FIXTURES_URL as FIXTURES, fx } from './helpers.js';
+import ort from 'onnxruntime-node';
 
 
 test('FLOPs of profile node events', () => {
@@ -250,4 +253,162 @@ test('round calls: in round 1 the speed-up rows (batch 1; the smallest size at T
   // later rounds: the round's share
   assert.equal(roundCalls(row(512, 2, 0), 1, 1, 0.5, 512), 1);
   assert.equal(roundCalls(row(768, 1, 0), 1, 3, 0.5, 512), 3);
+});
+
+test('parseBenchOptions: --sizes none, --max-downsample and the hires flags', async () => {
+  const { parseBenchOptions } = await import('../src/bench/index.js');
+  assert.deepEqual(parseBenchOptions({ sizes: 'none' }).sizes, []);
+  assert.equal(parseBenchOptions({ maxDownsample: 'auto' }).maxDownsample, 'auto');
+  assert.equal(parseBenchOptions({ 'max-downsample': '2' }).maxDownsample, 2);
+  assert.throws(() => parseBenchOptions({ maxDownsample: '3' }), /--max-downsample: 3 is not 1, 2, 4, 8 or auto/);
+  const o = parseBenchOptions({ hires: '512:1024', hiresSteps: '20+10', hiresPreset: 'tome-hires', hiresUpscaler: 'Lanczos', hiresStrength: '0.5' });
+  assert.deepEqual(o.hires, { base: 512, target: 1024 });
+  assert.deepEqual(o.hiresSteps, [20, 10]);
+  assert.equal(o.hiresPreset, 'tome-hires');
+  assert.equal(o.hiresUpscaler, 'Lanczos');
+  assert.equal(o.hiresStrength, 0.5);
+  assert.deepEqual(parseHiresSizes('1024x1024:2048x2048'), { base: 1024, target: 2048 });
+  assert.deepEqual(parseHiresSteps(' 1 + 1 '), [1, 1]);
+  assert.equal(parseHiresSizes(undefined), undefined);
+  assert.throws(() => parseHiresSizes('512'), /--hires: expected BASE:TARGET/);
+  assert.throws(() => parseHiresSizes('512:1024x768'), /square/);
+  assert.throws(() => parseHiresSteps('20'), /--hires-steps: expected PASS1\+PASS2/);
+  assert.throws(() => parseBenchOptions({ hiresPreset: '' }), /--hires-preset needs a name/);
+  // checked before anything loads (the model path does not exist)
+  const bad = (extra: Record<string, unknown>) => runBench({ model: '/nonexistent', sizes: 'none', log: () => {}, ...extra });
+  await assert.rejects(bad({ hires: '512:512' }), /target size must be larger than the base size/);
+  await assert.rejects(bad({ hires: '512:1000' }), /multiple of 64/);
+  await assert.rejects(bad({ hires: '64:128', hiresSteps: '0+1' }), /both passes need at least 1 step/);
+  await assert.rejects(bad({ hires: '64:128', hiresStrength: 0 }), /--hires-strength must be in \(0, 1\]/);
+  await assert.rejects(bad({ hires: '64:128', hiresPreset: 'no-such-preset' }), /unknown preset "no-such-preset"/);
+  await assert.rejects(bad({ hires: '64:128', hiresPreset: 'quality' }), /--hires-preset quality: the preset does not turn ToMe on/);
+});
+
+test('hires runs: the role of a session run, and their split into passes', () => {
+  assert.equal(sessionRole(['input_ids'], { input_ids: [1, 77] }), 'text');
+  assert.equal(sessionRole(['sample', 'timestep', 'encoder_hidden_states'], { sample: [2, 4, 64, 64] }), 'unet');
+  assert.equal(sessionRole(['latent_sample'], { latent_sample: [1, 4, 64, 64] }), 'decoder');
+  assert.equal(sessionRole(['sample'], { sample: [1, 3, 512, 512] }), 'encoder');
+  assert.equal(sessionRole(['x'], { x: [1, 4, 64, 64] }), 'decoder');
+  assert.equal(sessionRole(['a', 'b'], { a: [1, 4, 8, 8], b: [1, 3, 8, 8] }), 'other');
+  assert.deepEqual(unetLatent({ sample: [2, 4, 64, 96], timestep: [2] }), [64, 96]);
+  // a pixel-space hires image 512 → 1024: text, 2 UNet calls at 64², decode + encode, text, 3
+  // UNet calls at 128², two decoder tiles
+  const recs: RunRecord[] = [
+    { role: 'text', start: 0, ms: 5 },
+    { role: 'unet', start: 10, ms: 100, latent: [64, 64] },
+    { role: 'unet', start: 120, ms: 80, latent: [64, 64] },
+    { role: 'decoder', start: 210, ms: 30 },
+    { role: 'encoder', start: 250, ms: 20 },
+    { role: 'text', start: 280, ms: 7 },
+    { role: 'unet', start: 300, ms: 400, latent: [128, 128] },
+    { role: 'unet', start: 710, ms: 300, latent: [128, 128] },
+    { role: 'unet', start: 1020, ms: 310, latent: [128, 128] },
+    { role: 'decoder', start: 1340, ms: 60 },
+    { role: 'decoder', start: 1410, ms: 61 },
+  ];
+  const s = summarizeHiresRuns(recs, { size: 512, latent: 64 }, { size: 1024, latent: 128 });
+  assert.deepEqual(s.pass1, { size: 512, calls: 2, unetMs: 180, perCallMs: 90, firstCallMs: 100 });
+  assert.deepEqual(s.pass2, { size: 1024, calls: 3, unetMs: 1010, perCallMs: 310, firstCallMs: 400 });
+  assert.equal(s.textEncoderMs, 12);
+  assert.equal(s.upscaleDecodeMs, 30);
+  assert.equal(s.upscaleEncodeMs, 20);
+  assert.equal(s.betweenMs, 300 - 200);
+  assert.equal(s.finalDecodeRunsMs, 121);
+  assert.throws(() => summarizeHiresRuns(recs, { size: 512, latent: 64 }, { size: 512, latent: 64 }), /different latent sizes/);
+  const r: HiresReport = {
+    base: 512, target: 1024, steps: [2, 3], upscaler: 'Nearest', strength: 0.7, preset: 'tome-hires', attention: 'fused',
+    runs: [
+      { label: 'tome-hires', tome: 'ratio 0.5', status: 'ok', pass2: { size: 1024, calls: 3, unetMs: 600, perCallMs: 200 }, totalMs: 1000 },
+      { label: 'off', tome: 'off', status: 'ok', pass2: { size: 1024, calls: 3, unetMs: 900, perCallMs: 320 }, totalMs: 1300 },
+    ],
+  };
+  deriveHiresSpeedups(r);
+  assert.equal(r.pass2PerCallSpeedup, 1.6);
+  assert.equal(r.pass2Speedup, 1.5);
+  assert.equal(r.imageSpeedup, 1.3);
+  // only a preset's ToMe keys are taken
+  assert.deepEqual(presetToMeKeys({ tome: 0.5, tomeMinWidth: 768, steps: 30, sampler: 'ddim' }), { tome: 0.5, tomeMinWidth: 768 });
+});
+
+test('memory estimate: an SDXL UNet\'s scores are of its first attention level (downsample 2, 10 heads)', () => {
+  const e = { weightsBytes: 0, size: 1024, batch: 2, ratio: 0, attention: 'standard' as const };
+  const acts = 40 * 2 * 128 * 128 * 320 * 4;
+  assert.equal(predictPeakBytes(e), acts + 2.75 * 2 * 8 * 16384 ** 2 * 4);
+  assert.equal(predictPeakBytes({ ...e, heads: 10, attentionLevel: 2 }), acts + 2.75 * 2 * 10 * 4096 ** 2 * 4);
+  // ToMe 0.5 merges half of that level's 4096 tokens
+  assert.equal(predictPeakBytes({ ...e, ratio: 0.5, heads: 10, attentionLevel: 2 }), acts + 2.75 * 2 * 10 * 2048 ** 2 * 4);
+});
+
+test('unetFeeds: an SDXL UNet gets text_embeds and time_ids of the widths its graph gives', async () => {
+  const session = await ort.InferenceSession.create(fx('tiny-sdxl/unet/model.onnx'));
+  try {
+    const feeds = unetFeeds(session, 2, 16, 16, 77);
+    assert.deepEqual(Object.keys(feeds).sort(), ['encoder_hidden_states', 'sample', 'text_embeds', 'time_ids', 'timestep']);
+    assert.deepEqual(feeds['sample']!.dims, [2, 4, 16, 16]);
+    assert.deepEqual(feeds['encoder_hidden_states']!.dims, [2, 77, 96]);
+    assert.deepEqual(feeds['text_embeds']!.dims, [2, 64]);
+    assert.deepEqual(feeds['time_ids']!.dims, [2, 6]);
+    // original size, crop top-left, target size of an uncropped 128² image, per row
+    assert.deepEqual([...(feeds['time_ids']!.data as Float32Array)], [128, 128, 0, 0, 128, 128, 128, 128, 0, 0, 128, 128]);
+    const out = await session.run(feeds);
+    assert.deepEqual(Object.values(out)[0]!.dims, [2, 4, 16, 16]);
+  } finally {
+    await session.release();
+  }
+});
+
+test('runBench --hires on the tiny pipeline: both passes timed, with the preset\'s ToMe and without', async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-bench-'));
+  try {
+    // pixel space (Nearest), so that the upscale's decode and encode are measured too; the
+    // `tome` preset has no size threshold, so ToMe runs in both passes at these tiny sizes
+    const report = await tinyBench(dir, { sizes: 'none', hires: '64:128', hiresSteps: '2+3', hiresPreset: 'tome', hiresUpscaler: 'Nearest' });
+    assert.equal(report.configs.length, 0);
+    const h = report.hires!;
+    assert.deepEqual([h.base, h.target, h.steps, h.upscaler, h.strength, h.preset], [64, 128, [2, 3], 'Nearest', 0.7, 'tome']);
+    assert.deepEqual(h.runs.map((r) => [r.label, r.status, r.pass1Tome, r.pass2Tome]), [['tome', 'ok', true, true], ['off', 'ok', false, false]]);
+    for (const r of h.runs) {
+      // pass 2 runs exactly its hires steps at strength 0.7 (the schedule is lengthened)
+      assert.deepEqual([r.pass1!.size, r.pass1!.calls, r.pass2!.size, r.pass2!.calls], [64, 2, 128, 3]);
+      assert.ok(r.pass1!.unetMs > 0 && r.pass2!.unetMs > 0 && r.pass2!.perCallMs! > 0);
+      assert.ok(r.upscaleDecodeMs! > 0 && r.upscaleEncodeMs! > 0 && r.vaeDecodeMs! > 0 && r.textEncoderMs! > 0);
+      assert.ok(r.betweenMs! >= r.upscaleDecodeMs! + r.upscaleEncodeMs!);
+      const parts = r.pass1!.unetMs + r.pass2!.unetMs + r.betweenMs! + r.vaeDecodeMs! + r.pngMs!;
+      assert.ok(parts <= r.totalMs!, `${parts} ≤ ${r.totalMs}`);
+      assert.ok(r.peakRss! > 0 && r.loadMs! > 0);
+    }
+    assert.equal(h.pass2Speedup, h.runs[1]!.pass2!.unetMs / h.runs[0]!.pass2!.unetMs);
+    assert.equal(h.imageSpeedup, h.runs[1]!.totalMs! / h.runs[0]!.totalMs!);
+    const md = readFileSync(report.files[1]!, 'utf8');
+    assert.match(md, /## Hires fix \(64² → 128², 2 \+ 3 steps, upscaler Nearest, denoising 0\.7, fused attention\)/);
+    assert.match(md, /\| tome \(ratio 0\.5, max downsample 1\) \| yes \| yes \|/);
+    assert.match(md, /\| off \| no \| no \|/);
+    assert.doesNotMatch(md, /## UNet calls/);
+    const json = JSON.parse(readFileSync(report.files[0]!, 'utf8')) as { hires: HiresReport };
+    assert.deepEqual(json.hires.runs.map((r) => r.pass2!.calls), [3, 3]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('runBench on the tiny SDXL UNet: ToMe at max downsample auto (2), FLOP-implied speed-up and the part achieved', async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'sdgen-bench-'));
+  try {
+    const report = await tinyBench(dir, { model: new URL('tiny-sdxl', FIXTURES).pathname, sizes: [128], steps: 1, batch1Sizes: [] });
+    assert.deepEqual(report.configs.map((c) => [c.size, c.batch, c.ratio, c.status]), [[128, 2, 0, 'ok'], [128, 2, 0.5, 'ok']]);
+    assert.equal(report.options.maxDownsample, 'auto');
+    const [r0, r5] = report.configs as [ConfigResult, ConfigResult];
+    assert.equal(r5.maxDownsample, 2);
+    assert.match(r5.note!, /ToMe blocks \(max downsample 2\)/);
+    assert.ok(r0.flops! > 0 && r5.flops! < r0.flops!, 'ToMe reduces the counted FLOPs');
+    assert.equal(r5.flopSpeedup, r0.flops! / r5.flops!);
+    assert.equal(r5.achieved, r5.speedup! / r5.flopSpeedup!);
+    assert.equal(r0.flopSpeedup, undefined);
+    const md = readFileSync(report.files[1]!, 'utf8');
+    assert.match(md, /\| 128² \| 2 \| 0\.5 \| fused \| [\d.]+ \| 2 \| [\d.]+× \| [\d.]+× \| \d+% \|/);
+    assert.match(md, /ratios 0,0\.5 \(max downsample auto\)/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

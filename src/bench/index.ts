@@ -3,7 +3,8 @@
  * mode it times UNet calls (batch 2 = classifier-free guidance) in child processes of their own
  * (peak memory per configuration), interleaved round-robin across configurations; counts the
  * FLOPs of the graph actually run from onnxruntime's profile; measures the machine's MatMul rate
- * with onnxruntime; times one whole image; writes JSON + Markdown to the results directory.
+ * with onnxruntime; times one whole image; with `--hires`, times one hires-fix image per pass
+ * with a preset's ToMe and without (./hires.ts); writes JSON + Markdown to the results directory.
  */
 import { existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -15,9 +16,11 @@ import { defaultCacheDir } from '../models/cache-dir.js';
 import { defaultThreadCount } from '../models/session.js';
 import { estimateImageMs, estimateProcessMs, fits, roundCalls, roundOrder, type TimedConfig } from './budget.js';
 import { SDGEN_VERSION } from '../version.js';
+import type { ToMeOptions } from '../tome/types.js';
 import { runInChild } from './child.js';
 import type { UnetJobResult } from './jobs.js';
-import { GB, availableMemory, fmtGB, predictPeakBytes } from './memory.js';
+import { GB, attentionShape, availableMemory, fmtGB, predictPeakBytes } from './memory.js';
+import { deriveHiresSpeedups, describeToMe, presetToMeKeys, validateHiresBench, type HiresReport, type HiresRunResult } from './hires.js';
 import { parseBenchOptions } from './options.js';
 import { floorMsOf } from './profile.js';
 import { deriveRatios, median, renderMarkdown } from './report.js';
@@ -25,13 +28,15 @@ import type { BenchAttention, BenchConv, BenchOptions, BenchReport, ConfigResult
 import { prepareVariant, variantLabel, type PreparedVariant } from './variants.js';
 
 export type { BenchOptions, BenchReport, ConfigResult, ImageResult, BenchAttention, BenchConv } from './types.js';
+export type { HiresReport, HiresRunResult, HiresPassTiming } from './hires.js';
 export { summarizeProfile, nodeFlops, floorMsOf } from './profile.js';
 export { predictPeakBytes } from './memory.js';
 export { parseBenchOptions } from './options.js';
 
-export const DEFAULT_BENCH_OPTIONS: Readonly<Omit<BenchOptions, 'log' | 'model' | 'cacheDir' | 'threads' | 'memoryLimit'>> = Object.freeze({
+export const DEFAULT_BENCH_OPTIONS: Readonly<Omit<BenchOptions, 'log' | 'model' | 'cacheDir' | 'threads' | 'memoryLimit' | 'hires'>> = Object.freeze({
   sizes: [512, 768, 1024],
   ratios: [0, 0.3, 0.5, 0.6],
+  maxDownsample: 'auto' as const,
   attention: ['standard', 'fused'] as BenchAttention[],
   conv: 'winograd' as BenchConv,
   steps: 2,
@@ -43,6 +48,10 @@ export const DEFAULT_BENCH_OPTIONS: Readonly<Omit<BenchOptions, 'log' | 'model' 
   imageSize: 512,
   imageSteps: 20,
   budget: 30,
+  hiresSteps: [20, 10] as [number, number],
+  hiresPreset: 'tome-hires',
+  hiresUpscaler: 'Latent',
+  hiresStrength: 0.7,
 });
 
 /** ToMe ratio of the batch-1 rows (with ratio 0): the issue's 768² batch-1 target. */
@@ -53,7 +62,7 @@ export const IMAGE_RATIO = 0.5;
 export const IMAGE_ATTENTION: BenchAttention = 'fused';
 
 function validate(o: BenchOptions): void {
-  if (o.sizes.length === 0 || o.sizes.some((s) => !Number.isInteger(s) || s < 64 || s % 64 !== 0)) {
+  if (o.sizes.some((s) => !Number.isInteger(s) || s < 64 || s % 64 !== 0)) {
     throw new UsageError(`--sizes: each size must be a multiple of 64 pixels (got ${o.sizes.join(',')})`);
   }
   if (o.ratios.length === 0 || o.ratios.some((r) => !(r >= 0 && r <= 0.75))) {
@@ -65,6 +74,7 @@ function validate(o: BenchOptions): void {
   if (!Number.isInteger(o.steps) || o.steps < 1) throw new UsageError(`--steps must be a positive integer (got ${o.steps})`);
   if (!Number.isInteger(o.batch) || o.batch < 1) throw new UsageError(`--batch must be a positive integer (got ${o.batch})`);
   if (!(o.budget >= 0)) throw new UsageError(`--budget must be a number of minutes, 0 for none (got ${o.budget})`);
+  if (o.hires) validateHiresBench(o.hires, o.hiresSteps, o.hiresStrength);
 }
 
 /** The UNet file and (if any) the pipeline folder of `--model`, or of the synthetic sd15 model. */
@@ -120,6 +130,87 @@ function machineInfo(threads: number): MachineInfo {
   };
 }
 
+/** The ToMe settings of a preset (`--hires-preset`): its ToMe keys over sdgen's ToMe defaults; a UsageError for an unknown or invalid one. */
+async function presetToMe(name: string): Promise<ToMeOptions> {
+  const { findPreset } = await import('../config/presets.js');
+  const { DEFAULT_TOME, tomeFromFlat, tomeToFlat, validateToMeOptions } = await import('../tome/options.js');
+  const preset = findPreset(name);
+  const t = tomeFromFlat({ ...tomeToFlat(DEFAULT_TOME), ...presetToMeKeys(preset.options as Record<string, unknown>) } as ReturnType<typeof tomeToFlat>);
+  validateToMeOptions(t);
+  if (!(t.ratio > 0)) throw new UsageError(`--hires-preset ${name}: the preset does not turn ToMe on (its ratio is 0)`);
+  return t;
+}
+
+/**
+ * The hires-fix measurement (`--hires`): the preset's ToMe run and the ToMe-off run, each first
+ * warmed untimed (its UNet graphs, decoder and encoder into the caches, as a user's earlier runs
+ * leave them) and then timed in a fresh process, so each peak RSS is that image's own.
+ */
+async function runHiresBench(
+  o: BenchOptions,
+  presetTome: ToMeOptions,
+  folder: string | undefined,
+  env: { threads: number; cacheDir: string; limit: number; deadline: number; log: (l: string) => void },
+): Promise<HiresReport> {
+  const h = o.hires!;
+  const attention = o.imageAttention ?? IMAGE_ATTENTION;
+  const report: HiresReport = {
+    base: h.base, target: h.target, steps: [...o.hiresSteps], upscaler: o.hiresUpscaler, strength: o.hiresStrength,
+    preset: o.hiresPreset, attention, runs: [],
+  };
+  const { DEFAULT_TOME } = await import('../tome/options.js');
+  const configs = [
+    { label: o.hiresPreset, tome: presetTome },
+    { label: 'off', tome: { ...DEFAULT_TOME, ratio: 0 } },
+  ];
+  for (const c of configs) {
+    const run: HiresRunResult = { label: c.label, tome: describeToMe(c.tome), status: 'ok' };
+    report.runs.push(run);
+    if (!folder) {
+      run.status = 'skipped';
+      run.note = '--model is a UNet file, not a pipeline folder';
+      continue;
+    }
+    if (Date.now() > env.deadline) {
+      run.status = 'skipped';
+      run.note = `not run: the ${o.budget}-minute --budget is spent`;
+      env.log(`Hires ${c.label}: ${run.note}`);
+      continue;
+    }
+    const job = {
+      kind: 'hires' as const, modelDir: folder, base: h.base, target: h.target, steps: o.hiresSteps, upscaler: o.hiresUpscaler,
+      strength: o.hiresStrength, tome: c.tome, attention, conv: o.conv, threads: env.threads, cacheDir: env.cacheDir,
+    };
+    const t0 = Date.now();
+    const warm = await runInChild({ ...job, warmOnly: true }, { memoryLimit: env.limit });
+    env.log(`Hires ${c.label}: pipeline warmed into the caches (${((Date.now() - t0) / 1000).toFixed(0)} s)${warm.ok ? '' : `: ${warm.error}`}`);
+    env.log(`Timing one hires image ${h.base}² → ${h.target}², ${o.hiresSteps[0]} + ${o.hiresSteps[1]} steps, ${o.hiresUpscaler}, ToMe ${run.tome} …`);
+    const out = await runInChild(job, {
+      memoryLimit: Math.min(env.limit, availableMemory() + 0.5 * GB),
+      ...(o.configTimeout ? { timeoutMs: o.configTimeout * 1000 } : {}),
+    });
+    run.peakRss = out.peakRss;
+    if (!out.ok) {
+      run.status = out.killed ? 'skipped' : 'failed';
+      run.note = out.error;
+      env.log(`  ${run.status}: ${out.error}`);
+      continue;
+    }
+    if (out.result.kind !== 'hires') continue;
+    const r = out.result;
+    Object.assign(run, {
+      pass1Tome: r.pass1Tome, pass2Tome: r.pass2Tome, pass1: r.calls.pass1, pass2: r.calls.pass2, textEncoderMs: r.calls.textEncoderMs,
+      upscaleDecodeMs: r.calls.upscaleDecodeMs, upscaleEncodeMs: r.calls.upscaleEncodeMs, vaeDecodeMs: r.vaeDecodeMs, pngMs: r.pngMs,
+      totalMs: r.totalMs, loadMs: r.loadMs,
+      ...(r.calls.betweenMs !== undefined ? { betweenMs: r.calls.betweenMs } : {}),
+    });
+    const sec = (ms: number | undefined): string => (ms === undefined ? '–' : (ms / 1000).toFixed(2));
+    env.log(`  pass 1 UNet ${sec(r.calls.pass1.unetMs)} s (${r.calls.pass1.calls} calls, ${sec(r.calls.pass1.perCallMs)} s/call), pass 2 UNet ${sec(r.calls.pass2.unetMs)} s (${r.calls.pass2.calls} calls, ${sec(r.calls.pass2.perCallMs)} s/call), VAE decode ${sec(r.vaeDecodeMs)} s, total ${sec(r.totalMs)} s, peak ${fmtGB(out.peakRss)} GB`);
+  }
+  deriveHiresSpeedups(report);
+  return report;
+}
+
 /** Splits `steps` timed calls over `rounds` rounds (earlier rounds get the extra ones). */
 export function callsPerRound(steps: number, rounds: number): number[] {
   const r = Math.max(1, Math.min(rounds, steps));
@@ -136,6 +227,7 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
   const o: BenchOptions = { ...DEFAULT_BENCH_OPTIONS, ...partial } as BenchOptions;
   if (partial.rounds === undefined) o.rounds = o.steps > 1 ? DEFAULT_BENCH_OPTIONS.rounds : 1;
   validate(o);
+  const hiresTome = o.hires ? await presetToMe(o.hiresPreset) : undefined;
   const log = o.log ?? (json ? (l: string) => process.stderr.write(`${l}\n`) : (l: string) => console.log(l));
   const cacheDir = o.cacheDir ?? defaultCacheDir();
   const threads = o.threads ?? defaultThreadCount();
@@ -175,7 +267,7 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
   // 'fused' rows run sdgen's optimized graph: fused attention and --conv's convolutions.
   const imageTargetRatio = o.imageRatio ?? IMAGE_RATIO;
   const imageTargetAttention = o.imageAttention ?? IMAGE_ATTENTION;
-  const variantOf = (ratio: number, attention: BenchAttention) => ({ ratio, attention, conv: attention === 'fused' ? o.conv : ('direct' as BenchConv) });
+  const variantOf = (ratio: number, attention: BenchAttention) => ({ ratio, attention, conv: attention === 'fused' ? o.conv : ('direct' as BenchConv), maxDownsample: o.maxDownsample });
   log('Preparing UNet variants …');
   const variants = new Map<string, PreparedVariant | string>();
   for (const ratio of o.ratios) {
@@ -226,9 +318,11 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
       for (const attention of o.attention) {
         const v = variants.get(variantLabel(variantOf(ratio, attention)))!;
         const weightsBytes = typeof v === 'string' ? 0 : v.weightsBytes;
+        const sdxl = typeof v !== 'string' && v.sdxl;
         const c: ConfigResult = {
           size, batch, ratio, attention, status: 'ok', samplesMs: [],
-          predictedPeak: predictPeakBytes({ weightsBytes, size, batch, ratio, attention }),
+          predictedPeak: predictPeakBytes({ weightsBytes, size, batch, ratio, attention, ...attentionShape(sdxl) }),
+          ...(typeof v !== 'string' && typeof v.maxDownsample === 'number' ? { maxDownsample: v.maxDownsample } : {}),
         };
         if (typeof v === 'string') {
           c.status = 'failed';
@@ -355,7 +449,7 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
     }
     if (c.status === 'ok' && c.peakRss && c.peakRss > 0) {
       const v = prepared.get(c);
-      if (v) c.note = `${v.tomeBlocks} ToMe blocks, ${v.fused} fused${v.convs > 0 ? `, ${v.convs} Winograd convs` : ''}`;
+      if (v) c.note = `${v.tomeBlocks} ToMe blocks${typeof v.maxDownsample === 'number' ? ` (max downsample ${v.maxDownsample})` : ''}, ${v.fused} fused${v.convs > 0 ? `, ${v.convs} Winograd convs` : ''}`;
       const dropped = droppedRounds.get(c) ?? 0;
       if (dropped > 0) c.note = `${c.note ? `${c.note}; ` : ''}${plan.length - dropped} of ${plan.length} rounds (--budget)`;
     }
@@ -363,6 +457,7 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
   deriveRatios(configs);
 
   if (!imageDone) await runImage(); // (no rounds planned)
+  if (o.hires) report.hires = await runHiresBench(o, hiresTome!, model.folder, { threads, cacheDir, limit, deadline, log });
 
   report.finished = new Date().toISOString();
   // --out: a directory, or a .json/.md file name (the other format beside it)

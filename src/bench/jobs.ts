@@ -2,6 +2,8 @@
 import type { ConvRate, MatMulRate } from './matmul-rate.js';
 import type { ProfileSummary } from './profile.js';
 import type { BenchAttention, BenchConv } from './types.js';
+import type { ToMeOptions } from '../tome/types.js';
+import type { HiresCallSummary } from './hires.js';
 
 export type WorkerJob =
   | {
@@ -48,6 +50,27 @@ export type WorkerJob =
       cacheDir: string;
       /** only load the pipeline (filling the caches) and report the load time */
       warmOnly?: boolean;
+    }
+  | {
+      kind: 'hires';
+      modelDir: string;
+      base: number;
+      target: number;
+      steps: [number, number];
+      upscaler: string;
+      strength: number;
+      /** both passes' ToMe settings (their size thresholds decide where ToMe runs) */
+      tome: ToMeOptions;
+      attention: BenchAttention;
+      conv: BenchConv;
+      threads: number;
+      cacheDir: string;
+      /**
+       * untimed: load the pipeline for pass 2 (its UNet graph into the caches), then make one
+       * 64² → 128² hires image with 1 + 1 steps (pass 1's UNet, the VAE, the encoder of a
+       * pixel-space upscaler)
+       */
+      warmOnly?: boolean;
     };
 
 export interface UnetJobResult {
@@ -80,6 +103,20 @@ export interface ImageJobResult {
   maxRss: number;
 }
 
+export interface HiresJobResult {
+  kind: 'hires';
+  loadMs: number;
+  calls: HiresCallSummary;
+  pass1Tome: boolean;
+  pass2Tome: boolean;
+  /** the pipeline's decode of the final image (ms, tiling included) */
+  vaeDecodeMs: number;
+  pngMs: number;
+  /** generate() from its call to the image, plus the PNG encode (ms) */
+  totalMs: number;
+  maxRss: number;
+}
+
 export interface MatMulJobResult {
   kind: 'matmul';
   rate: MatMulRate;
@@ -88,6 +125,6 @@ export interface MatMulJobResult {
   maxRss: number;
 }
 
-export type JobResult = UnetJobResult | LoadJobResult | ImageJobResult | MatMulJobResult;
+export type JobResult = UnetJobResult | LoadJobResult | ImageJobResult | HiresJobResult | MatMulJobResult;
 
 export type WorkerReply = { ok: true; result: JobResult } | { ok: false; error: string; maxRss: number };

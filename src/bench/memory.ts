@@ -7,7 +7,10 @@
  * resolution) + for the decomposed attention ≈ 2.75 live score tensors [B·heads, N', N'] of
  * the full-resolution self-attention, N' the token count after ToMe (measured 1.7–2.5 with the
  * memory pattern off, sdgen's default; it was 5.5 with the pattern on). The fused attention
- * never materializes the scores.
+ * never materializes the scores. An SDXL UNet's first attention level is downsampled twice
+ * (its first level has no transformer blocks) with 10 heads: the scores are of that level's
+ * tokens (`attentionLevel` 2), as is ToMe's merging at max downsample 'auto'. Not calibrated on
+ * SDXL.
  */
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
@@ -24,7 +27,12 @@ export interface PeakEstimateInput {
   channels?: number;
   /** latent downscale (8) */
   vaeScale?: number;
+  /** downsample of the highest-resolution attention level (SD 1.x/2.x: 1; SDXL: 2) */
+  attentionLevel?: number;
 }
+
+/** The attention heads and level of the estimate for an SD 1.x/2.x or an SDXL UNet. */
+export const attentionShape = (sdxl: boolean): Pick<PeakEstimateInput, 'heads' | 'attentionLevel'> => (sdxl ? { heads: 10, attentionLevel: 2 } : { heads: 8, attentionLevel: 1 });
 
 export const WEIGHT_FACTOR = 1.25;
 export const SCORE_TENSORS = 2.75;
@@ -33,8 +41,10 @@ export const ACTIVATION_TENSORS = 40;
 export function predictPeakBytes(e: PeakEstimateInput): number {
   const heads = e.heads ?? 8;
   const ch = e.channels ?? 320;
-  const n = Math.ceil(e.size / (e.vaeScale ?? 8)) ** 2;
-  const merged = n - Math.floor(n * e.ratio);
+  const latent = Math.ceil(e.size / (e.vaeScale ?? 8));
+  const n = latent ** 2;
+  const na = Math.ceil(latent / (e.attentionLevel ?? 1)) ** 2;
+  const merged = na - Math.floor(na * e.ratio);
   const acts = ACTIVATION_TENSORS * e.batch * n * ch * 4;
   const scores = e.attention === 'standard' ? SCORE_TENSORS * e.batch * heads * merged * merged * 4 : 0;
   return WEIGHT_FACTOR * e.weightsBytes + acts + scores;

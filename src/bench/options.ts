@@ -1,11 +1,14 @@
 /**
  * Normalizes `sdgen bench` flags (strings from the command line, or typed values from code)
- * into BenchOptions: `--sizes 512,768`, `--ratios 0,0.5`, `--attention standard,fused`,
+ * into BenchOptions: `--sizes 512,768|none`, `--ratios 0,0.5`, `--max-downsample 1|2|4|8|auto`,
+ * `--attention standard,fused`,
  * `--conv direct|winograd`, `--b1-sizes 768|none`, `--steps 3`, `--rounds 2`, `--batch 2`, `--threads 2`, `--profile`, `--model DIR|FILE`,
  * `--out DIR|FILE.json`, `--image-size 512`, `--image-steps 20`, `--budget 30` (minutes),
- * `--device cpu|auto`.
+ * `--device cpu|auto`, and the hires-fix measurement: `--hires 512:1024`, `--hires-steps 20+10`,
+ * `--hires-preset tome-hires`, `--hires-upscaler Latent`, `--hires-strength 0.7`.
  */
 import { UsageError } from '../errors.js';
+import { parseHiresSizes, parseHiresSteps } from './hires.js';
 import type { BenchAttention, BenchOptions } from './types.js';
 
 function list(v: unknown, what: string): string[] | undefined {
@@ -37,8 +40,29 @@ function sizes(v: unknown): number[] | undefined {
 /** Bench options from command-line style values; unknown keys are ignored. */
 export function parseBenchOptions(raw: Record<string, unknown>): Partial<BenchOptions> & { json?: boolean } {
   const o: Partial<BenchOptions> & { json?: boolean } = {};
-  const sz = sizes(raw['sizes']);
+  const sz = raw['sizes'] === 'none' ? [] : sizes(raw['sizes']);
   if (sz) o.sizes = sz;
+  const md = raw['maxDownsample'] ?? raw['max-downsample'];
+  if (md !== undefined) {
+    if (md === 'auto') o.maxDownsample = 'auto';
+    else {
+      const n = num(md, 'max-downsample', true);
+      if (n !== 1 && n !== 2 && n !== 4 && n !== 8) throw new UsageError(`--max-downsample: ${String(md)} is not 1, 2, 4, 8 or auto`);
+      o.maxDownsample = n;
+    }
+  }
+  const hires = parseHiresSizes(raw['hires']);
+  if (hires) o.hires = hires;
+  const hiresSteps = parseHiresSteps(raw['hiresSteps'] ?? raw['hires-steps']);
+  if (hiresSteps) o.hiresSteps = hiresSteps;
+  const hs = num(raw['hiresStrength'] ?? raw['hires-strength'], 'hires-strength', false);
+  if (hs !== undefined) o.hiresStrength = hs;
+  for (const [key, flag] of [['hiresPreset', 'hires-preset'], ['hiresUpscaler', 'hires-upscaler']] as const) {
+    const v = raw[key] ?? raw[flag];
+    if (v === undefined) continue;
+    if (typeof v !== 'string' || v === '') throw new UsageError(`--${flag} needs a name`);
+    o[key] = v;
+  }
   const b1 = raw['batch1Sizes'] ?? raw['b1-sizes'] ?? raw['b1Sizes'];
   if (b1 !== undefined) o.batch1Sizes = b1 === '' || b1 === 'none' ? [] : (sizes(b1) ?? []);
   const ratios = list(raw['ratios'], 'ratios')?.map((r) => num(r, 'ratios', false)!);

@@ -1,6 +1,7 @@
 /** Benchmark report: derived ratios and the Markdown rendering. Pure. */
 import { fmtGB } from './memory.js';
 import type { BenchReport, ConfigResult } from './types.js';
+import type { HiresReport } from './hires.js';
 
 export function median(xs: readonly number[]): number | undefined {
   if (xs.length === 0) return undefined;
@@ -9,7 +10,11 @@ export function median(xs: readonly number[]): number | undefined {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
-/** Fills speed-up / memory ratios vs ratio 0 (same attention) and vs standard ratio 0. */
+/**
+ * Fills speed-up / memory ratios vs ratio 0 (same attention) and vs standard ratio 0, and for
+ * ToMe rows the FLOP-implied speed-up (counted FLOPs at ratio 0 ÷ this row's) and the part of
+ * it the measured speed-up achieved.
+ */
 export function deriveRatios(configs: ConfigResult[]): void {
   const find = (c: ConfigResult, ratio: number, attention: string): ConfigResult | undefined =>
     configs.find((x) => x.size === c.size && x.batch === c.batch && x.ratio === ratio && x.attention === attention && x.status === 'ok');
@@ -17,6 +22,10 @@ export function deriveRatios(configs: ConfigResult[]): void {
     if (c.status !== 'ok' || c.medianMs === undefined) continue;
     const base = find(c, 0, c.attention);
     if (base?.medianMs) c.speedup = base.medianMs / c.medianMs;
+    if (c.ratio > 0 && base?.flops && c.flops) {
+      c.flopSpeedup = base.flops / c.flops;
+      if (c.speedup !== undefined) c.achieved = c.speedup / c.flopSpeedup;
+    }
     if (base?.peakRss && c.peakRss) c.memRatio = c.peakRss / base.peakRss;
     const std = find(c, 0, 'standard');
     if (std?.medianMs) c.speedupVsBaseline = std.medianMs / c.medianMs;
@@ -29,11 +38,11 @@ const pct = (v: number | undefined): string => (v === undefined ? '–' : `${(v 
 
 export function configTable(configs: readonly ConfigResult[]): string {
   const head =
-    '| size | batch | ToMe | attention | s/call (median) | calls | speed-up vs r0 | vs standard r0 | peak RSS GB | mem vs r0 | GFLOP/call | floor s | efficiency | note |\n' +
-    '|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|';
+    '| size | batch | ToMe | attention | s/call (median) | calls | speed-up vs r0 | FLOP-implied | achieved | vs standard r0 | peak RSS GB | mem vs r0 | GFLOP/call | floor s | efficiency | note |\n' +
+    '|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|';
   const rows = configs.map((c) => {
     const note = c.status === 'ok' ? c.note ?? '' : `${c.status}: ${c.note ?? ''}`;
-    return `| ${c.size}² | ${c.batch} | ${c.ratio} | ${c.attention} | ${s(c.medianMs)} | ${c.samplesMs.length} | ${x(c.speedup)} | ${x(c.speedupVsBaseline)} | ${fmtGB(c.peakRss)} | ${c.memRatio === undefined ? '–' : pct(c.memRatio)} | ${c.flops === undefined ? '–' : (c.flops / 1e9).toFixed(0)} | ${s(c.floorMs)} | ${pct(c.efficiency)} | ${note.replace(/\|/g, '/')} |`;
+    return `| ${c.size}² | ${c.batch} | ${c.ratio} | ${c.attention} | ${s(c.medianMs)} | ${c.samplesMs.length} | ${x(c.speedup)} | ${x(c.flopSpeedup)} | ${pct(c.achieved)} | ${x(c.speedupVsBaseline)} | ${fmtGB(c.peakRss)} | ${c.memRatio === undefined ? '–' : pct(c.memRatio)} | ${c.flops === undefined ? '–' : (c.flops / 1e9).toFixed(0)} | ${s(c.floorMs)} | ${pct(c.efficiency)} | ${note.replace(/\|/g, '/')} |`;
   });
   return [head, ...rows].join('\n');
 }
@@ -64,6 +73,37 @@ export function profileTables(configs: readonly ConfigResult[], top = 12): strin
   return parts.join('\n\n');
 }
 
+/** The hires-fix section: one row per configuration, then the speed-ups. */
+export function hiresSection(h: HiresReport): string {
+  const pixel = h.runs.some((r) => (r.upscaleEncodeMs ?? 0) > 0 || (r.upscaleDecodeMs ?? 0) > 0);
+  const out: string[] = [];
+  out.push(`## Hires fix (${h.base}² → ${h.target}², ${h.steps[0]} + ${h.steps[1]} steps, upscaler ${h.upscaler}, denoising ${h.strength}, ${h.attention} attention)`);
+  out.push('');
+  out.push(
+    '| ToMe | pass 1 ToMe | pass 2 ToMe | pass 1 UNet s/call | calls | pass 1 UNet s | pass 2 UNet s/call | calls | pass 2 UNet s | between passes s |' +
+      (pixel ? ' upscale decode s | upscale encode s |' : '') +
+      ' VAE decode s | text s | total s | peak RSS GB | note |',
+  );
+  out.push(`|---|---|---|---:|---:|---:|---:|---:|---:|---:|${pixel ? '---:|---:|' : ''}---:|---:|---:|---:|---|`);
+  const yes = (b: boolean | undefined): string => (b === undefined ? '–' : b ? 'yes' : 'no');
+  for (const r of h.runs) {
+    const note = r.status === 'ok' ? r.note ?? '' : `${r.status}: ${r.note ?? ''}`;
+    out.push(
+      `| ${r.label === 'off' ? 'off' : `${r.label} (${r.tome})`} | ${yes(r.pass1Tome)} | ${yes(r.pass2Tome)} | ${s(r.pass1?.perCallMs)} | ${r.pass1?.calls ?? '–'} | ${s(r.pass1?.unetMs)} | ` +
+        `${s(r.pass2?.perCallMs)} | ${r.pass2?.calls ?? '–'} | ${s(r.pass2?.unetMs)} | ${s(r.betweenMs)} |` +
+        (pixel ? ` ${s(r.upscaleDecodeMs)} | ${s(r.upscaleEncodeMs)} |` : '') +
+        ` ${s(r.vaeDecodeMs)} | ${s(r.textEncoderMs)} | ${s(r.totalMs)} | ${fmtGB(r.peakRss)} | ${note.replace(/\|/g, '/')} |`,
+    );
+  }
+  out.push('');
+  out.push(
+    `Pass-2 UNet speed-up (ToMe off ÷ ${h.preset}): ${x(h.pass2PerCallSpeedup)} per call (medians), ${x(h.pass2Speedup)} in total; whole image ${x(h.imageSpeedup)}. ` +
+      'Each image in a process of its own after an untimed warm-up run; total = generate() to the image plus the PNG encode (model load not included); ' +
+      '"between passes" = the upscale, pass 2\'s prompt encoding and the UNet switch; peak RSS includes the load.',
+  );
+  return out.join('\n');
+}
+
 export function renderMarkdown(r: BenchReport): string {
   const m = r.machine;
   const out: string[] = [];
@@ -74,7 +114,7 @@ export function renderMarkdown(r: BenchReport): string {
       `(${fmtGB(m.availableMemAtStart)} GB available at start, load average ${m.loadAverage.map((v) => v.toFixed(1)).join('/')}); ` +
       `Node ${m.node}, onnxruntime-node ${m.ort}, sdgen ${m.sdgen}.`,
   );
-  out.push(`Model: \`${r.model}\`. Options: sizes ${r.options.sizes.join(',')}, ratios ${r.options.ratios.join(',')}, attention ${r.options.attention.join(',')}, convolutions of the fused rows and the image ${r.options.conv ?? 'direct'} (standard rows: the exported graph as it is), ${r.options.steps} timed calls in ${r.options.rounds} round(s), batch ${r.options.batch}.`);
+  out.push(`Model: \`${r.model}\`. Options: sizes ${r.options.sizes.join(',') || 'none'}, ratios ${r.options.ratios.join(',')} (max downsample ${r.options.maxDownsample ?? 1}), attention ${r.options.attention.join(',')}, convolutions of the fused rows and the image ${r.options.conv ?? 'direct'} (standard rows: the exported graph as it is), ${r.options.steps} timed calls in ${r.options.rounds} round(s), batch ${r.options.batch}.`);
   if (r.matmul) {
     const mm = r.matmul;
     const conv = r.conv;
@@ -87,11 +127,13 @@ export function renderMarkdown(r: BenchReport): string {
   }
 
   out.push('');
-  out.push('## UNet calls');
-  out.push('');
-  out.push(configTable(r.configs));
-  out.push('');
-  out.push('Speed-up and memory are ratios of medians / peaks within this run; "vs r0" compares with ToMe 0 under the same attention, "vs standard r0" with the exported graph unmerged. Skipped rows were predicted (estimate, see docs/performance.md) not to fit in memory.');
+  if (r.configs.length > 0) {
+    out.push('## UNet calls');
+    out.push('');
+    out.push(configTable(r.configs));
+    out.push('');
+    out.push('Speed-up and memory are ratios of medians / peaks within this run; "vs r0" compares with ToMe 0 under the same attention, "vs standard r0" with the exported graph unmerged. "FLOP-implied" is the speed-up the counted FLOPs allow (ToMe 0 ÷ this row, same attention), "achieved" the measured speed-up ÷ that. Skipped rows were predicted (estimate, see docs/performance.md) not to fit in memory.');
+  }
   if (r.image) {
     const i = r.image;
     out.push('');
@@ -112,6 +154,10 @@ export function renderMarkdown(r: BenchReport): string {
       out.push('');
       out.push(`Model load: ${s(i.loadMs)} s (not in the total). Peak RSS ${fmtGB(i.peakRss)} GB.`);
     }
+  }
+  if (r.hires) {
+    out.push('');
+    out.push(hiresSection(r.hires));
   }
   const prof = profileTables(r.configs);
   if (prof) {

@@ -1,15 +1,22 @@
 /** Options and results of `sdgen bench` (runBench). */
 import type { ProfileSummary } from './profile.js';
 import type { ConvRate, MatMulRate } from './matmul-rate.js';
+import type { HiresReport } from './hires.js';
 
 export type BenchAttention = 'standard' | 'fused';
 export type BenchConv = 'direct' | 'winograd';
 
 export interface BenchOptions {
-  /** image sides in pixels (square images); default [512, 768, 1024] */
+  /** image sides in pixels (square images) of the UNet grid; default [512, 768, 1024]; [] = no grid (`--sizes none`) */
   sizes: number[];
-  /** ToMe ratios; default [0, 0.3, 0.5, 0.6] (sx = sy = 2, max downsample 1, no rand) */
+  /** ToMe ratios; default [0, 0.3, 0.5, 0.6] (sx = sy = 2, no rand, max downsample `maxDownsample`) */
   ratios: number[];
+  /**
+   * ToMe's max downsample in the grid's variants: 1, 2, 4, 8 or 'auto' (default): the
+   * highest-resolution level with transformer blocks, read from the graph — 1 on SD 1.x/2.x
+   * (tomesd's default), 2 on SDXL, whose first level has none (src/tome/options.ts)
+   */
+  maxDownsample: number | 'auto';
   /** attention modes; default ['standard', 'fused'] */
   attention: BenchAttention[];
   /**
@@ -61,6 +68,20 @@ export interface BenchOptions {
   matmulSize?: number;
   /** memory available to one configuration (bytes); default: MemAvailable now, less a margin */
   memoryLimit?: number;
+  /**
+   * hires fix (issue 19): one image BASE² → TARGET² through the pipeline's hires fix, once with
+   * `hiresPreset`'s ToMe settings and once with ToMe off, each in a process of its own
+   * (`--hires 512:1024`); absent: not measured. Needs a model folder.
+   */
+  hires?: { base: number; target: number };
+  /** steps of pass 1 and pass 2 (`--hires-steps 20+10`, the default) */
+  hiresSteps: [number, number];
+  /** the preset whose ToMe settings the ToMe run uses (`--hires-preset`, default tome-hires) */
+  hiresPreset: string;
+  /** A1111's upscaler name (`--hires-upscaler`, default Latent; Lanczos or Nearest: pixel space) */
+  hiresUpscaler: string;
+  /** pass 2's denoising strength (`--hires-strength`, default 0.7, A1111's) */
+  hiresStrength: number;
   /** progress lines (default: console.log) */
   log?: (line: string) => void;
 }
@@ -97,6 +118,15 @@ export interface ConfigResult {
   memRatio?: number;
   /** vs standard attention at ratio 0 */
   speedupVsBaseline?: number;
+  /**
+   * the speed-up the counted FLOPs allow: FLOPs of the same attention at ratio 0 ÷ this row's
+   * (ToMe's bound if time followed the counted work)
+   */
+  flopSpeedup?: number;
+  /** speedup ÷ flopSpeedup: the part of the FLOP-implied speed-up the measurement achieved */
+  achieved?: number;
+  /** ToMe's max downsample as applied (resolved from the graph for 'auto'; ratio > 0 rows) */
+  maxDownsample?: number;
   /** per op type summary of one steady-state call (--profile) */
   profile?: ProfileSummary;
   /** per op type summary of the warm-up call (always; first call, so one-time costs included) */
@@ -145,6 +175,8 @@ export interface BenchReport {
   floorGflops?: number;
   configs: ConfigResult[];
   image?: ImageResult;
+  /** the hires-fix measurement (`--hires`) */
+  hires?: HiresReport;
   /** files written */
   files: string[];
 }

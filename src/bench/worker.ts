@@ -7,53 +7,12 @@ import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import ort from 'onnxruntime-node';
 import { measureConvRate, measureMatMulRate } from './matmul-rate.js';
-import { xorshiftFill as fill } from './inputs.js';
+import { unetFeeds } from './inputs.js';
 import { maxRssBytes } from './memory.js';
 import { summarizeProfile, type ProfileEvent, type ProfileSummary } from './profile.js';
-import type { WorkerJob, WorkerReply, UnetJobResult, ImageJobResult, LoadJobResult } from './jobs.js';
+import type { WorkerJob, WorkerReply, UnetJobResult, ImageJobResult, LoadJobResult, HiresJobResult } from './jobs.js';
+import { sessionRole, summarizeHiresRuns, unetLatent, type RunRecord } from './hires.js';
 import { DEFAULT_MEMORY_OPTIONS } from '../optimize/session-cache.js';
-
-/** Inputs for one UNet call, shaped from the session's own metadata. */
-export function unetFeeds(session: ort.InferenceSession, batch: number, latentH: number, latentW: number, seqLen: number): Record<string, ort.Tensor> {
-  const feeds: Record<string, ort.Tensor> = {};
-  const meta = session.inputMetadata;
-  for (const m of meta) {
-    if (!m.isTensor) throw new Error(`input ${m.name} is not a tensor`);
-    const name = m.name;
-    const dims = m.shape;
-    if (name === 'sample' || (dims.length === 4 && !('sample' in feeds) && name.includes('sample'))) {
-      const ch = typeof dims[1] === 'number' ? dims[1] : 4;
-      feeds[name] = makeFloat(m.type, fill(batch * ch * latentH * latentW, 1), [batch, ch, latentH, latentW]);
-    } else if (name === 'timestep' || name === 'timesteps' || name === 't') {
-      const shape = dims.length === 0 ? [] : [batch];
-      const count = dims.length === 0 ? 1 : batch;
-      if (m.type === 'int64') feeds[name] = new ort.Tensor('int64', BigInt64Array.from({ length: count }, () => 500n), shape);
-      else feeds[name] = makeFloat(m.type, new Float32Array(count).fill(500), shape);
-    } else if (name === 'encoder_hidden_states') {
-      const d = typeof dims[2] === 'number' ? dims[2] : 768;
-      feeds[name] = makeFloat(m.type, fill(batch * seqLen * d, 2).map((v) => v * 0.5), [batch, seqLen, d]);
-    } else {
-      throw new Error(`UNet input ${name} is not one the benchmark knows how to feed`);
-    }
-  }
-  return feeds;
-}
-
-function makeFloat(type: string, data: Float32Array, dims: number[]): ort.Tensor {
-  if (type === 'float16') {
-    const h = new Uint16Array(data.length);
-    const f = new Float32Array(1);
-    const u = new Uint32Array(f.buffer);
-    for (let i = 0; i < data.length; i++) {
-      f[0] = data[i]!;
-      const x = u[0]!;
-      const e = ((x >>> 23) & 0xff) - 112;
-      h[i] = ((x >>> 16) & 0x8000) | (e <= 0 ? 0 : e >= 31 ? 0x7c00 : (e << 10) | ((x >>> 13) & 0x3ff));
-    }
-    return new ort.Tensor('float16', h, dims);
-  }
-  return new ort.Tensor('float32', data, dims);
-}
 
 async function readProfile(prefix: string): Promise<ProfileEvent[]> {
   const dir = path.dirname(prefix);
@@ -193,6 +152,92 @@ async function runImage(job: Extract<WorkerJob, { kind: 'image' }>): Promise<Ima
   };
 }
 
+/**
+ * Records every onnxruntime session run of this process from now on (the worker runs one job,
+ * so nothing else is recorded): which model ran (sessionRole), when, for how long, and a UNet's
+ * latent size. The hook wraps InferenceSession.prototype.run, which every session the pipeline
+ * opens goes through.
+ */
+function recordSessionRuns(): RunRecord[] {
+  const records: RunRecord[] = [];
+  const proto = (ort.InferenceSession as unknown as { prototype: unknown }).prototype as { run: (this: ort.InferenceSession, feeds: Record<string, ort.Tensor>, ...rest: unknown[]) => Promise<unknown> };
+  const run = proto.run;
+  proto.run = async function (this: ort.InferenceSession, feeds: Record<string, ort.Tensor>, ...rest: unknown[]) {
+    const dims: Record<string, readonly number[]> = {};
+    for (const [k, t] of Object.entries(feeds)) dims[k] = t.dims;
+    const role = sessionRole(this.inputNames, dims);
+    const latent = role === 'unet' ? unetLatent(dims) : undefined;
+    const start = performance.now();
+    try {
+      return await run.call(this, feeds, ...rest);
+    } finally {
+      records.push({ role, start, ms: performance.now() - start, ...(latent ? { latent } : {}) });
+    }
+  };
+  return records;
+}
+
+async function runHires(job: Extract<WorkerJob, { kind: 'hires' }>): Promise<HiresJobResult> {
+  const { StableDiffusionPipeline } = await import('../pipeline/pipeline.js');
+  const { generationParams } = await import('../pipeline/params.js');
+  const { tomeApplies } = await import('../tome/options.js');
+  const { encodeRgbPng } = await import('../metadata/png.js');
+  const runtime = { device: 'cpu', threads: job.threads, cacheDir: job.cacheDir, conv: job.conv } as const;
+  const image = (base: number, target: number, steps: [number, number]) =>
+    generationParams({
+      prompt: 'a photograph of an astronaut riding a horse',
+      width: base,
+      height: base,
+      steps: steps[0],
+      cfg: 7.5,
+      seed: 1234,
+      tome: { ...job.tome },
+      attention: job.attention,
+      hires: { width: target, height: target, scale: target / base, upscaler: job.upscaler, strength: job.strength, steps: steps[1] },
+    });
+  const params = image(job.base, job.target, job.steps);
+  if (job.warmOnly) {
+    const t0 = performance.now();
+    // pass 2's UNet graph (ToMe or not by its size) into the ToMe and optimized-graph caches
+    const p2 = await StableDiffusionPipeline.load(job.modelDir, runtime, undefined, { attention: job.attention, first: { tome: params.tome, width: job.target, height: job.target } });
+    await p2.dispose();
+    // then pass 1's, the decoder's and (pixel-space upscalers) the encoder's, on a tiny image
+    const pipe = await StableDiffusionPipeline.load(job.modelDir, runtime, undefined, { attention: job.attention, first: { tome: params.tome, width: job.base, height: job.base } });
+    for await (const _ of pipe.generate(image(64, 128, [1, 1]), undefined, undefined, { last: true })) {
+      // one image, untimed
+    }
+    await pipe.dispose();
+    return { kind: 'hires', loadMs: performance.now() - t0, calls: summarizeHiresRuns([], { size: 64, latent: 8 }, { size: 128, latent: 16 }), pass1Tome: false, pass2Tome: false, vaeDecodeMs: 0, pngMs: 0, totalMs: 0, maxRss: maxRssBytes() };
+  }
+  const t0 = performance.now();
+  // as the CLI opens a pipeline for its first job: the UNet pass 1 needs
+  const pipe = await StableDiffusionPipeline.load(job.modelDir, runtime, undefined, { attention: job.attention, first: { tome: params.tome, width: job.base, height: job.base } });
+  const loadMs = performance.now() - t0;
+  const scale = pipe.folder.vaeScaleFactor;
+  const records = recordSessionRuns();
+  const tg = performance.now();
+  let img: { rgb: Uint8Array; width: number; height: number; tomeApplied: boolean; timings: { vaeMs: number } } | undefined;
+  for await (const out of pipe.generate(params, undefined, undefined, { last: true })) img ??= out;
+  const genMs = performance.now() - tg;
+  await pipe.dispose();
+  if (!img) throw new Error('the pipeline returned no image');
+  const tp = performance.now();
+  await encodeRgbPng(img.rgb, img.width, img.height);
+  const pngMs = performance.now() - tp;
+  const calls = summarizeHiresRuns(records, { size: job.base, latent: job.base / scale }, { size: job.target, latent: job.target / scale });
+  return {
+    kind: 'hires',
+    loadMs,
+    calls,
+    pass1Tome: tomeApplies(params.tome, job.base, job.base).apply,
+    pass2Tome: img.tomeApplied,
+    vaeDecodeMs: img.timings.vaeMs,
+    pngMs,
+    totalMs: genMs + pngMs,
+    maxRss: maxRssBytes(),
+  };
+}
+
 async function handle(job: WorkerJob): Promise<WorkerReply> {
   try {
     switch (job.kind) {
@@ -207,6 +252,8 @@ async function handle(job: WorkerJob): Promise<WorkerReply> {
         return { ok: true, result: await runLoad(job) };
       case 'image':
         return { ok: true, result: await runImage(job) };
+      case 'hires':
+        return { ok: true, result: await runHires(job) };
     }
   } catch (err) {
     return { ok: false, error: err instanceof Error ? err.message : String(err), maxRss: maxRssBytes() };
