@@ -371,6 +371,7 @@ test('runBench --hires on the tiny pipeline: both passes timed, with the preset\
     for (const r of h.runs) {
       // pass 2 runs exactly its hires steps at strength 0.7 (the schedule is lengthened)
       assert.deepEqual([r.pass1!.size, r.pass1!.calls, r.pass2!.size, r.pass2!.calls], [64, 2, 128, 3]);
+      assert.equal(r.note, undefined, 'the steps the pipeline reports per pass agree with the calls counted');
       assert.ok(r.pass1!.unetMs > 0 && r.pass2!.unetMs > 0 && r.pass2!.perCallMs! > 0);
       assert.ok(r.upscaleDecodeMs! > 0 && r.upscaleEncodeMs! > 0 && r.vaeDecodeMs! > 0 && r.textEncoderMs! > 0);
       assert.ok(r.betweenMs! >= r.upscaleDecodeMs! + r.upscaleEncodeMs!);

@@ -204,6 +204,9 @@ async function runHiresBench(
       totalMs: r.totalMs, loadMs: r.loadMs,
       ...(r.calls.betweenMs !== undefined ? { betweenMs: r.calls.betweenMs } : {}),
     });
+    if (r.passSteps[0] !== r.calls.pass1.calls || r.passSteps[1] !== r.calls.pass2.calls) {
+      run.note = `the pipeline reported ${r.passSteps.join(' + ')} steps, the UNet calls counted by size ${r.calls.pass1.calls} + ${r.calls.pass2.calls}`;
+    }
     const sec = (ms: number | undefined): string => (ms === undefined ? '–' : (ms / 1000).toFixed(2));
     env.log(`  pass 1 UNet ${sec(r.calls.pass1.unetMs)} s (${r.calls.pass1.calls} calls, ${sec(r.calls.pass1.perCallMs)} s/call), pass 2 UNet ${sec(r.calls.pass2.unetMs)} s (${r.calls.pass2.calls} calls, ${sec(r.calls.pass2.perCallMs)} s/call), VAE decode ${sec(r.vaeDecodeMs)} s, total ${sec(r.totalMs)} s, peak ${fmtGB(out.peakRss)} GB`);
   }

@@ -109,6 +109,8 @@ export interface HiresJobResult {
   calls: HiresCallSummary;
   pass1Tome: boolean;
   pass2Tome: boolean;
+  /** steps the pipeline reported per pass (ProgressEvents.onStep's phase) */
+  passSteps: [number, number];
   /** the pipeline's decode of the final image (ms, tiling included) */
   vaeDecodeMs: number;
   pngMs: number;

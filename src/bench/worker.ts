@@ -207,7 +207,7 @@ async function runHires(job: Extract<WorkerJob, { kind: 'hires' }>): Promise<Hir
       // one image, untimed
     }
     await pipe.dispose();
-    return { kind: 'hires', loadMs: performance.now() - t0, calls: summarizeHiresRuns([], { size: 64, latent: 8 }, { size: 128, latent: 16 }), pass1Tome: false, pass2Tome: false, vaeDecodeMs: 0, pngMs: 0, totalMs: 0, maxRss: maxRssBytes() };
+    return { kind: 'hires', loadMs: performance.now() - t0, calls: summarizeHiresRuns([], { size: 64, latent: 8 }, { size: 128, latent: 16 }), pass1Tome: false, pass2Tome: false, passSteps: [0, 0], vaeDecodeMs: 0, pngMs: 0, totalMs: 0, maxRss: maxRssBytes() };
   }
   const t0 = performance.now();
   // as the CLI opens a pipeline for its first job: the UNet pass 1 needs
@@ -217,7 +217,10 @@ async function runHires(job: Extract<WorkerJob, { kind: 'hires' }>): Promise<Hir
   const records = recordSessionRuns();
   const tg = performance.now();
   let img: { rgb: Uint8Array; width: number; height: number; tomeApplied: boolean; timings: { vaeMs: number } } | undefined;
-  for await (const out of pipe.generate(params, undefined, undefined, { last: true })) img ??= out;
+  // the steps the pipeline reports per pass (its StepPhase), a check on the split by latent size
+  const passSteps: [number, number] = [0, 0];
+  const events = { onStep: (_s: number, _t: number, _b: number, _bs: number, phase?: { pass: number }) => void (phase && phase.pass >= 1 && phase.pass <= 2 && passSteps[phase.pass - 1]!++) };
+  for await (const out of pipe.generate(params, events, undefined, { last: true })) img ??= out;
   const genMs = performance.now() - tg;
   await pipe.dispose();
   if (!img) throw new Error('the pipeline returned no image');
@@ -231,6 +234,7 @@ async function runHires(job: Extract<WorkerJob, { kind: 'hires' }>): Promise<Hir
     calls,
     pass1Tome: tomeApplies(params.tome, job.base, job.base).apply,
     pass2Tome: img.tomeApplied,
+    passSteps,
     vaeDecodeMs: img.timings.vaeMs,
     pngMs,
     totalMs: genMs + pngMs,
