@@ -328,8 +328,9 @@ describe('LoRA mapping onto the graphs', () => {
     const dir = tmp();
     const other = path.join(dir, 'sdxl-like.safetensors');
     const tensors: Record<string, WTensor> = {};
+    // SDXL's deep transformers (SGM names): tiny-sd1 has one transformer block per attention
     for (let i = 0; i < 4; i++) {
-      const base = `lora_unet_input_blocks_${i}_1_transformer_blocks_0_attn1_to_q`;
+      const base = `lora_unet_input_blocks_${i}_1_transformer_blocks_9_attn1_to_q`;
       tensors[`${base}.lora_down.weight`] = f32([2, 32], rand(64, i));
       tensors[`${base}.lora_up.weight`] = f32([32, 2], rand(64, i + 9));
     }

@@ -6,10 +6,10 @@ import { escapeControls, safeJson } from './ui.js';
 type Out = { write(s: string): unknown };
 
 export async function cmdLoraInfo(file: string, model: string | undefined, flags: { json: boolean }, out: Out = process.stdout): Promise<void> {
-  let models: { unet: string; text_encoder: string } | undefined;
+  let models: { unet: string; text_encoder: string; text_encoder_2?: string } | undefined;
   if (model !== undefined) {
     const folder = await loadModelFolder(model);
-    models = { unet: folder.paths.unet, text_encoder: folder.paths.textEncoder };
+    models = { unet: folder.paths.unet, text_encoder: folder.paths.textEncoder, ...(folder.paths.textEncoder2 ? { text_encoder_2: folder.paths.textEncoder2 } : {}) };
   }
   const info = await loraInfo(file, models);
   // module names and metadata come from the file: escaped before they reach a terminal

@@ -12,13 +12,19 @@
  * File layouts: A1111's `emb_params` [n, dim], the flattened `string_to_param.*` of its .pt
  * format, SDXL's `clip_l` [n, 768] + `clip_g` [n, 1280] (one per text encoder), or any file with
  * a single tensor. An embedding whose width does not fit the text encoder is left out with a
- * note (an SD 2 embedding in an SD 1.5 run), as A1111 does.
+ * note (an SD 2 embedding in an SD 1.5 run), as A1111 does. On SDXL the `clip_l` rows go into
+ * text_encoder's table and tokenizer and the `clip_g` rows into text_encoder_2's and tokenizer_2;
+ * an embedding without both sets is left out with a note (sdxlEmbeddings).
  */
 import { readdir } from 'node:fs/promises';
 import { basename, extname, join } from 'node:path';
 import { UsageError } from '../errors.js';
 import type { ClipTokenizer } from '../text/clip-tokenizer.js';
-import type { GraphProto, TensorProto } from '../onnx/types.js';
+import { SdgenError } from '../errors.js';
+import { getInt } from '../onnx/attributes.js';
+import { uniqueName } from '../onnx/graph.js';
+import { dataTypeName } from '../onnx/tensor.js';
+import { DataType, type GraphProto, type NodeProto, type TensorProto } from '../onnx/types.js';
 import { modulePathOfNode } from './map.js';
 import { a1111EmbeddingShortHash, safetensorsHashes, type FileHashes } from './hash.js';
 import { withSafetensors } from './safetensors.js';
@@ -94,6 +100,43 @@ export function vectorsFor(e: Embedding, slot: EncoderSlot, dim: number): Embedd
   return v !== undefined && v.dim === dim ? v : undefined;
 }
 
+/**
+ * SDXL: the embeddings both text encoders can take — a `clip_l` set (text_encoder) and a
+ * `clip_g` set (text_encoder_2) of one token count, as A1111's SDXL embeddings have — and one
+ * line for each other file: an SD 1.x/2.x embedding (a single vector set, for one encoder of
+ * its width), a file with only one of the two sets, or sets of different lengths (the two
+ * encoders' token sequences would no longer line up). Pure.
+ */
+export function sdxlEmbeddings(embeddings: readonly Embedding[]): { usable: Embedding[]; skipped: string[] } {
+  const usable: Embedding[] = [];
+  const skipped: string[] = [];
+  for (const e of embeddings) {
+    const l = e.vectors.get('clip_l');
+    const g = e.vectors.get('clip_g');
+    const d = e.vectors.get('default');
+    if (l === undefined && g === undefined) {
+      skipped.push(`${e.name}: an SD 1.x/2.x embedding (width ${d?.dim ?? '?'}) does not fit SDXL, whose embeddings have clip_l and clip_g vectors (one set per text encoder); not used`);
+    } else if (l === undefined || g === undefined) {
+      skipped.push(`${e.name}: has ${l ? 'clip_l' : 'clip_g'} vectors but no ${l ? 'clip_g' : 'clip_l'}; SDXL needs both (one set per text encoder); not used`);
+    } else if (l.count !== g.count) {
+      skipped.push(`${e.name}: clip_l has ${l.count} vectors and clip_g ${g.count}; SDXL needs as many for each text encoder; not used`);
+    } else {
+      usable.push(e);
+    }
+  }
+  return { usable, skipped };
+}
+
+/**
+ * SDXL: of the embeddings placed in each text encoder, those placed in both (an embedding one
+ * encoder had to leave out, for its width, is left out of the other's tokenizer too). Pure.
+ */
+export function placedInBoth(first: readonly PlacedEmbedding[], second: readonly PlacedEmbedding[]): { first: PlacedEmbedding[]; second: PlacedEmbedding[] } {
+  const a = new Set(first.map((p) => p.name));
+  const b = new Set(second.map((p) => p.name));
+  return { first: first.filter((p) => b.has(p.name)), second: second.filter((p) => a.has(p.name)) };
+}
+
 /** The token-embedding table of a CLIP text encoder graph: the Gather of `…token_embedding`. */
 export function findTokenEmbedding(graph: GraphProto): TensorProto | undefined {
   const inits = new Map<string, TensorProto>();
@@ -108,6 +151,59 @@ export function findTokenEmbedding(graph: GraphProto): TensorProto | undefined {
     if (best === undefined || Number(t.dims[0]) > Number(best.dims[0])) best = t;
   }
   return best;
+}
+
+const ID_PATH_OPS = new Set(['Cast', 'Reshape', 'Squeeze', 'Unsqueeze', 'Flatten', 'Identity']);
+
+/**
+ * Keeps a CLIP text encoder's pooled output where it was once ids beyond the original vocabulary
+ * exist: transformers' CLIPTextTransformer (with the `eos_token_id: 2` of the original CLIP and
+ * SDXL configs) pools the hidden state at `input_ids.argmax(-1)`, meant to be the end token, the
+ * highest id. An embedding's rows have higher ids still, so the export's ArgMax over the ids would
+ * pool at the embedding instead — SDXL's `text_embeds`. Each ArgMax fed by the ids (through
+ * casts and reshapes) gets `Where(ids < vocab, ids, 0)` in front of it, so it sees the embedding's
+ * positions as id 0, as A1111 does (its prompt chunks hold 0 where an embedding's vectors go).
+ * Returns how many ArgMax nodes were changed. Pure (edits `graph`).
+ */
+export function maskNewIdsBeforeArgMax(graph: GraphProto, vocab: number): number {
+  const producer = new Map<string, NodeProto>();
+  for (const n of graph.node) for (const o of n.output) producer.set(o, n);
+  const inputs = new Map(graph.input.map((i) => [i.name, i]));
+  // the element type of a value on the ids' path (a Cast's `to`, else the graph input's)
+  const idsType = (name: string, depth = 0): number | undefined => {
+    const i = inputs.get(name);
+    if (i !== undefined) return i.type?.tensorType?.elemType;
+    const p = producer.get(name);
+    if (p === undefined || depth > 8 || !ID_PATH_OPS.has(p.opType) || p.input[0] === undefined) return undefined;
+    const t = idsType(p.input[0], depth + 1);
+    return t === undefined ? undefined : p.opType === 'Cast' ? Number(getInt(p, 'to', 0)) : t;
+  };
+  const scalar = (name: string, type: number, v: number): TensorProto => {
+    if (type === DataType.INT64) return { name, dims: [], dataType: type, rawData: new Uint8Array(BigInt64Array.of(BigInt(v)).buffer) };
+    if (type === DataType.INT32) return { name, dims: [], dataType: type, rawData: new Uint8Array(Int32Array.of(v).buffer) };
+    if (type === DataType.FLOAT) return { name, dims: [], dataType: type, rawData: new Uint8Array(Float32Array.of(v).buffer) };
+    throw new SdgenError(`text encoder: the token ids reach ArgMax as ${dataTypeName(type)}; cannot keep embeddings out of its pooled output`);
+  };
+  let changed = 0;
+  for (const node of [...graph.node]) {
+    const x = node.input[0];
+    if (node.opType !== 'ArgMax' || x === undefined) continue;
+    const type = idsType(x);
+    if (type === undefined) continue;
+    const limit = uniqueName(graph, `${x}_vocab_size`);
+    graph.initializer.push(scalar(limit, type, vocab));
+    const zero = uniqueName(graph, `${x}_zero`);
+    graph.initializer.push(scalar(zero, type, 0));
+    const known = uniqueName(graph, `${x}_in_vocab`);
+    const masked = uniqueName(graph, `${x}_embeddings_masked`);
+    graph.node.splice(graph.node.indexOf(node), 0,
+      { name: `${node.name ?? 'ArgMax'}_embedding_ids_less`, opType: 'Less', input: [x, limit], output: [known], attribute: [] },
+      { name: `${node.name ?? 'ArgMax'}_embedding_ids_where`, opType: 'Where', input: [known, x, zero], output: [masked], attribute: [] },
+    );
+    node.input[0] = masked;
+    changed++;
+  }
+  return changed;
 }
 
 /** An embedding placed in a text encoder: its name and the ids of its new rows. */

@@ -10,6 +10,7 @@ import type { LoraTarget } from './keys.js';
 import { mapLoraModules, WeightSites } from './map.js';
 import { openLora } from './merge.js';
 import { deltaShapeText } from './options.js';
+import { unetLayoutBeside } from './variant.js';
 
 export interface LoraModelFit {
   target: LoraTarget;
@@ -70,7 +71,8 @@ export async function loraInfo(file: string, models?: Partial<Record<LoraTarget,
         if (model.graph === undefined) throw new SdgenError(`${path}: the model has no graph`);
         const total = count(target);
         try {
-          const r = mapLoraModules(model.graph, mods, [target], file, new WeightSites(model.graph));
+          const layout = target === 'unet' ? await unetLayoutBeside(path) : undefined;
+          const r = mapLoraModules(model.graph, mods, [target], file, new WeightSites(model.graph, layout));
           info.fit.push({ target, total, matched: r.matched.length, unmatched: r.unmatched.map((m) => m.id) });
         } catch (e) {
           info.fit.push({ target, total, matched: 0, unmatched: [], error: (e as Error).message });

@@ -17,12 +17,15 @@
  *
  * kohya's module paths are underscore-joined and so ambiguous (`transformer_blocks_0` could be
  * `transformer.blocks.0` or `transformer_blocks.0`); they are resolved against the set of module
- * paths present in the graph.
+ * paths present in the graph. kohya's SDXL LoRAs mostly name UNet modules the way Stability's
+ * original code does (`input_blocks_4_1_…`); those are first renamed to diffusers' modules by the
+ * UNet's layout (sgm.ts).
  */
 import { UsageError } from '../errors.js';
 import { getInt } from '../onnx/attributes.js';
 import type { GraphProto, NodeProto, TensorProto } from '../onnx/types.js';
 import type { LoraModule, LoraTarget } from './keys.js';
+import { isSgmPath, sgmToDiffusers, unetLayoutFromPaths, type UnetLayout } from './sgm.js';
 
 export type WeightLayout = 'in_out' | 'out_in' | 'conv';
 
@@ -68,7 +71,16 @@ export class WeightSites {
   /** module paths with more than one weight op (not mapped: which one a LoRA means is unclear) */
   readonly ambiguous = new Set<string>();
 
-  constructor(graph: GraphProto) {
+  /**
+   * The UNet's topology for kohya's SGM names (sgm.ts): from its config.json when the caller has
+   * one, else read off this graph's module paths at the first SGM key.
+   */
+  private layout: UnetLayout | undefined;
+  private layoutKnown: boolean;
+
+  constructor(graph: GraphProto, layout?: UnetLayout) {
+    this.layout = layout;
+    this.layoutKnown = layout !== undefined;
     const inits = new Map<string, TensorProto>();
     for (const t of graph.initializer) if (t.name !== undefined) inits.set(t.name, t);
     const uses = new Map<string, number>();
@@ -109,6 +121,15 @@ export class WeightSites {
 
   /** The site of a LoRA module's path (kohya or dotted); text encoders tolerate a missing `text_model` prefix. */
   find(m: LoraModule): WeightSite | undefined {
+    if (m.target === 'unet' && m.underscored && isSgmPath(m.path)) {
+      if (!this.layoutKnown) {
+        this.layout = unetLayoutFromPaths(this.byPath.keys());
+        this.layoutKnown = true;
+      }
+      const p = this.layout === undefined ? undefined : sgmToDiffusers(m.path, this.layout);
+      const paths = p === undefined ? undefined : this.byUnderscored.get(p);
+      return paths !== undefined && paths.length === 1 ? this.byPath.get(paths[0]!) : undefined;
+    }
     const candidates = [m.path];
     if (m.target !== 'unet') {
       const prefix = m.underscored ? 'text_model_' : 'text_model.';

@@ -11,17 +11,40 @@
  * The products run on onnxruntime (addScaledProduct). The model is one loaded with its external data left lazy (src/onnx/model-io.ts): each weight
  * a LoRA touches is read on its own and becomes an inline tensor; the others are never read.
  */
+import { performance } from 'node:perf_hooks';
 import ort from 'onnxruntime-node';
 import { UsageError } from '../errors.js';
 import { valueInfo } from '../onnx/builder.js';
 import { encodeModel } from '../onnx/proto.js';
 import { readTensorBytes, setExternalSource } from '../onnx/model-io.js';
 import { bytesOf, dataTypeName, float32ToFloat16, tensorFloats } from '../onnx/tensor.js';
-import { DataType, type GraphProto, type ModelProto, type TensorProto, type ValueInfoProto } from '../onnx/types.js';
+import { AttributeType, DataType, type GraphProto, type ModelProto, type TensorProto, type ValueInfoProto } from '../onnx/types.js';
 import { uniqueName } from '../onnx/graph.js';
 import { parseLoraKeys, type LoraModule, type LoraTarget, type ParsedLora } from './keys.js';
 import { mapLoraModules, requireMostMatched, WeightSites, type LoraMapping, type WeightLayout, type WeightSite } from './map.js';
 import { SafetensorsFile } from './safetensors.js';
+import type { UnetLayout } from './sgm.js';
+
+/**
+ * Where a LoRA application spends its time, per stage, in seconds (bench/lora-apply.ts reads it):
+ * accumulated by every merge and variant write of the process until reset.
+ */
+const profile: Record<string, number> = {};
+
+export function resetLoraProfile(): void {
+  for (const k of Object.keys(profile)) delete profile[k];
+}
+
+export function loraProfile(): Readonly<Record<string, number>> {
+  return { ...profile };
+}
+
+/** Adds the time since `t0` (performance.now()) to a stage; returns now. */
+export function tick(stage: string, t0: number): number {
+  const now = performance.now();
+  profile[stage] = (profile[stage] ?? 0) + (now - t0) / 1000;
+  return now;
+}
 
 /** A LoRA file opened for reading: header parsed and keys grouped; tensors read on demand. */
 export interface OpenLora {
@@ -72,62 +95,76 @@ export async function moduleRatio(lora: OpenLora, m: LoraModule): Promise<number
 }
 
 /**
- * The product kernel: Y = W + (A @ B) · s in float32 for any [m, k] @ [k, n], run by onnxruntime
- * (MatMul, Mul, Add — the order diffusers' _fuse_lora computes in) on a small session made once
- * per process. A LoRA touching an SD 1.5 UNet's attention, feed-forward and ResNet convolutions
- * is about 10¹⁰ multiply-adds at rank 16, which onnxruntime's GEMM does in seconds.
+ * The product kernel: Y = W + s · (A · B) in float32, one Gemm (alpha = s, beta = 1, C = W) run by
+ * onnxruntime on a small session made once per process, with A and B each optionally transposed
+ * (transA/transB), so that neither LoRA factor is transposed in JS. A LoRA on an SD 1.5 UNet's
+ * attention and feed-forward layers is about 4·10⁹ multiply-adds at rank 16, which onnxruntime's
+ * GEMM does in about a second on two cores; one Gemm instead of MatMul, Mul and Add makes one pass
+ * over each weight instead of three. The rounding differs from diffusers' `_fuse_lora` (which
+ * rounds up·ratio, the product, its scaling and the sum one after another) by a few float32 ulps.
  */
-let kernel: Promise<ort.InferenceSession> | undefined;
+const kernels = new Map<string, Promise<ort.InferenceSession>>();
 
-function kernelModel(): ModelProto {
+function kernelModel(transA: boolean, transB: boolean): ModelProto {
   const f = (name: string, dims: (number | string)[]): ValueInfoProto => valueInfo(name, DataType.FLOAT, dims);
   return {
     irVersion: 8,
-    opsetImport: [{ domain: '', version: 14 }],
+    opsetImport: [{ domain: '', version: 13 }],
     graph: {
       name: 'lora_merge',
       node: [
-        { name: 'product', opType: 'MatMul', input: ['A', 'B'], output: ['AB'], attribute: [] },
-        { name: 'scaled', opType: 'Mul', input: ['AB', 's'], output: ['sAB'], attribute: [] },
-        { name: 'merged', opType: 'Add', input: ['W', 'sAB'], output: ['Y'], attribute: [] },
+        {
+          name: 'merge', opType: 'Gemm', input: ['A', 'B', 'W'], output: ['Y'],
+          attribute: [
+            { name: 'transA', type: AttributeType.INT, i: transA ? 1 : 0 },
+            { name: 'transB', type: AttributeType.INT, i: transB ? 1 : 0 },
+          ],
+        },
       ],
       initializer: [],
-      input: [f('W', ['m', 'n']), f('A', ['m', 'k']), f('B', ['k', 'n']), f('s', [])],
+      input: [f('W', ['m', 'n']), f('A', transA ? ['k', 'm'] : ['m', 'k']), f('B', transB ? ['n', 'k'] : ['k', 'n'])],
       output: [f('Y', ['m', 'n'])],
       valueInfo: [],
     },
   };
 }
 
-/** w + (a @ b) · scale, float32, with a [m, k] and b [k, n]. */
-export async function addScaledProduct(w: Float32Array, a: Float32Array, b: Float32Array, m: number, k: number, n: number, scale: number): Promise<Float32Array> {
-  kernel ??= ort.InferenceSession.create(encodeModel(kernelModel()), { graphOptimizationLevel: 'disabled' });
+/**
+ * w + scale · (op(a) · op(b)), float32, op(a) [m, k] and op(b) [k, n]; `transA` means a is
+ * stored [k, m], `transB` that b is stored [n, k].
+ */
+export async function addScaledProduct(w: Float32Array, a: Float32Array, b: Float32Array, m: number, k: number, n: number, scale: number, transA = false, transB = false): Promise<Float32Array> {
+  const id = `${transA ? 1 : 0}${transB ? 1 : 0}`;
+  let kernel = kernels.get(id);
+  if (kernel === undefined) {
+    kernel = ort.InferenceSession.create(encodeModel(kernelModel(transA, transB)), { graphOptimizationLevel: 'disabled' });
+    kernels.set(id, kernel);
+  }
   const s = await kernel;
+  // the scale rides in A (k·m values, small): the Gemm's alpha is fixed in its graph
+  const as = new Float32Array(a.length);
+  for (let i = 0; i < a.length; i++) as[i] = a[i]! * scale;
   const out = await s.run({
     W: new ort.Tensor('float32', w, [m, n]),
-    A: new ort.Tensor('float32', a, [m, k]),
-    B: new ort.Tensor('float32', b, [k, n]),
-    s: new ort.Tensor('float32', Float32Array.of(scale), []),
+    A: new ort.Tensor('float32', as, transA ? [k, m] : [m, k]),
+    B: new ort.Tensor('float32', b, transB ? [n, k] : [k, n]),
   });
   return out['Y']!.data as Float32Array;
 }
 
-/** The transpose of a row-major [rows, cols] matrix. */
-function transpose(x: Float32Array, rows: number, cols: number): Float32Array {
-  const t = new Float32Array(x.length);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) t[c * rows + r] = x[r * cols + c]!;
-  return t;
-}
-
 /**
  * W + scale · ((up · ratio) @ down) with W in its graph layout: [out, inFlat] (Gemm transB,
- * Conv reshaped) or [inFlat, out] (MatMul), where the product is taken transposed.
+ * Conv reshaped) or [inFlat, out] (MatMul), where the product is taken transposed:
+ * downᵀ · upᵀ, read straight from the stored factors (transA, transB).
  */
 export async function mergeModule(w: Float32Array, layout: WeightLayout, up: Float32Array, down: Float32Array, out: number, rank: number, inFlat: number, ratio: number, scale: number): Promise<Float32Array> {
-  const upS = new Float32Array(up.length);
-  for (let i = 0; i < up.length; i++) upS[i] = up[i]! * ratio;
-  if (layout === 'in_out') return addScaledProduct(w, transpose(down, rank, inFlat), transpose(upS, out, rank), inFlat, rank, out, scale);
-  return addScaledProduct(w, upS, down, out, rank, inFlat, scale);
+  if (layout === 'in_out') return addScaledProduct(w, down, up, inFlat, rank, out, scale * ratio, true, true);
+  return addScaledProduct(w, up, down, out, rank, inFlat, scale * ratio);
+}
+
+function allFinite(x: Float32Array): boolean {
+  for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i]!)) return false;
+  return true;
 }
 
 /** A float32/float16 weight's values as float32, inline or external (read-only: may view the tensor's bytes). */
@@ -152,8 +189,8 @@ export function setWeightValues(t: TensorProto, values: Float32Array): void {
 }
 
 /** Maps each LoRA onto the graph (errors for another architecture or a shape mismatch). */
-export function mapLoras(graph: GraphProto, apps: readonly LoraApplication[], targets: readonly LoraTarget[], what: string): LoraMapping[] {
-  const sites = new WeightSites(graph);
+export function mapLoras(graph: GraphProto, apps: readonly LoraApplication[], targets: readonly LoraTarget[], what: string, layout?: UnetLayout): LoraMapping[] {
+  const sites = new WeightSites(graph, layout);
   return apps.map((a) => {
     const mapping = mapLoraModules(graph, a.lora.parsed.modules, targets, a.lora.path, sites);
     requireMostMatched(mapping, a.lora.path, what);
@@ -173,11 +210,13 @@ export async function mergeLoras(
   what: string,
   /** called with each changed tensor as soon as it is final (e.g. to write it out and drop its data) */
   sink?: (t: TensorProto) => Promise<void>,
+  /** the UNet's topology for kohya's SGM names (its config.json); absent: read off the graph */
+  layout?: UnetLayout,
 ): Promise<MergeResult> {
   const graph = model.graph;
   if (graph === undefined) throw new UsageError(`${what} has no graph`);
   // every LoRA is mapped (and so checked) before any weight is read
-  const mappings = mapLoras(graph, apps, targets, what);
+  const mappings = mapLoras(graph, apps, targets, what, layout);
   const reports: LoraMergeReport[] = [];
   // per weight, the modules that change it, LoRAs in the order given
   const work = new Map<TensorProto, { site: WeightSite; mods: { lora: OpenLora; m: LoraModule; scale: number }[] }>();
@@ -199,30 +238,56 @@ export async function mergeLoras(
       entry.mods.push({ lora, m, scale });
     }
   }
-  // one weight at a time: read, merge every module, hand over (memory: one weight)
+  // One weight at a time, as a pipeline: the next weight's read and the previous one's write
+  // (the sink) run while this one is merged, so disk and product overlap. Memory: three weights.
+  const items = [...work.values()];
   const changed: TensorProto[] = [];
-  for (const { site, mods } of work.values()) {
-    let w = await weightValues(site.initializer);
-    for (const { lora, m, scale } of mods) {
-      const inFlat = m.inShape.reduce((a, b) => a * b, 1);
-      const up = await lora.file.readFloats(m.up);
-      const down = await lora.file.readFloats(m.down);
-      for (const x of [up, down]) {
-        for (const v of x) if (!Number.isFinite(v)) throw new UsageError(`${lora.path}: module ${m.path} has non-finite weights`);
+  // a LoRA's tensors are read whole, once, rather than one read per tensor
+  for (const l of new Set(items.flatMap((it) => it.mods.map((x) => x.lora)))) await l.file.preload();
+  const quiet = <T>(p: Promise<T>): Promise<T> => {
+    p.catch(() => {}); // awaited below; a failure must not surface as unhandled before then
+    return p;
+  };
+  let next = items.length > 0 ? quiet(weightValues(items[0]!.site.initializer)) : undefined;
+  let writing: Promise<void> = Promise.resolve();
+  try {
+    for (let k = 0; k < items.length; k++) {
+      const { site, mods } = items[k]!;
+      let t0 = performance.now();
+      let w = await next!;
+      next = k + 1 < items.length ? quiet(weightValues(items[k + 1]!.site.initializer)) : undefined;
+      t0 = tick('read base', t0);
+      for (const { lora, m, scale } of mods) {
+        const inFlat = m.inShape.reduce((a, b) => a * b, 1);
+        const up = await lora.file.readFloats(m.up);
+        const down = await lora.file.readFloats(m.down);
+        if (!allFinite(up) || !allFinite(down)) throw new UsageError(`${lora.path}: module ${m.path} has non-finite weights`);
+        const ratio = await moduleRatio(lora, m);
+        t0 = tick('read lora', t0);
+        w = await mergeModule(w, site.layout, up, down, m.out, m.rank, inFlat, ratio, scale);
+        t0 = tick('product', t0);
       }
-      w = await mergeModule(w, site.layout, up, down, m.out, m.rank, inFlat, await moduleRatio(lora, m), scale);
+      let t = site.initializer;
+      if (site.shared) {
+        // the node gets its own copy; the other consumers keep the base weight
+        const copy: TensorProto = { name: uniqueName(graph, `${t.name ?? 'weight'}_lora`), dims: [...t.dims], dataType: t.dataType };
+        graph.initializer.push(copy);
+        site.node.input[1] = copy.name!;
+        t = copy;
+      }
+      setWeightValues(t, w);
+      t0 = tick('to bytes', t0);
+      await writing; // one write in flight: the sink appends in order
+      tick('write (waited)', t0);
+      if (sink) writing = quiet(sink(t));
+      changed.push(t);
     }
-    let t = site.initializer;
-    if (site.shared) {
-      // the node gets its own copy; the other consumers keep the base weight
-      const copy: TensorProto = { name: uniqueName(graph, `${t.name ?? 'weight'}_lora`), dims: [...t.dims], dataType: t.dataType };
-      graph.initializer.push(copy);
-      site.node.input[1] = copy.name!;
-      t = copy;
-    }
-    setWeightValues(t, w);
-    if (sink) await sink(t);
-    changed.push(t);
+    const t0 = performance.now();
+    await writing;
+    tick('write (waited)', t0);
+  } finally {
+    await next?.catch(() => {});
+    await writing.catch(() => {});
   }
   return { changed, reports };
 }

@@ -114,6 +114,31 @@ export function parseSafetensorsHeader(json: Uint8Array, fileSize: number, label
   return { headerBytes, dataStart, metadata, tensors };
 }
 
+/** float32 of every float16 bit pattern (built at first use: a lookup beats decoding per value). */
+let halfLookup: Float32Array | undefined;
+function halfTable(): Float32Array {
+  if (halfLookup === undefined) {
+    halfLookup = new Float32Array(65536);
+    for (let h = 0; h < 65536; h++) halfLookup[h] = fromHalfBits(h);
+  }
+  return halfLookup;
+}
+
+const LITTLE_ENDIAN = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
+
+/** The 16-bit little-endian words of `bytes` (a view when aligned on a little-endian host). */
+function halfBits(bytes: Uint8Array): Uint16Array {
+  const n = bytes.length >> 1;
+  if (LITTLE_ENDIAN) {
+    if (bytes.byteOffset % 2 === 0) return new Uint16Array(bytes.buffer, bytes.byteOffset, n);
+    const copy = new Uint16Array(n);
+    new Uint8Array(copy.buffer).set(bytes.subarray(0, 2 * n));
+    return copy;
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return Uint16Array.from({ length: n }, (_, i) => view.getUint16(2 * i, true));
+}
+
 /** float32 values of a tensor's little-endian bytes (F32, F16 and BF16 exact; F64 rounded). Pure. */
 export function decodeFloats(bytes: Uint8Array, dtype: string, label: string): Float32Array {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -125,13 +150,16 @@ export function decodeFloats(bytes: Uint8Array, dtype: string, label: string): F
     }
     case 'F16': {
       const out = new Float32Array(bytes.length / 2);
-      for (let i = 0; i < out.length; i++) out[i] = fromHalfBits(view.getUint16(2 * i, true));
+      const table = halfTable();
+      const bits = halfBits(bytes);
+      for (let i = 0; i < out.length; i++) out[i] = table[bits[i]!]!;
       return out;
     }
     case 'BF16': {
       const out = new Float32Array(bytes.length / 2);
       const bits = new Uint32Array(out.buffer);
-      for (let i = 0; i < out.length; i++) bits[i] = view.getUint16(2 * i, true) << 16;
+      const src = halfBits(bytes);
+      for (let i = 0; i < out.length; i++) bits[i] = src[i]! << 16;
       return out;
     }
     case 'F64': {
@@ -204,10 +232,24 @@ export class SafetensorsFile {
     return e;
   }
 
+  /** the whole file, once preload() has read it */
+  private whole: Buffer | undefined;
+
+  /**
+   * Reads the whole file into memory at once (up to `maxBytes`), so that later tensor reads are
+   * copies from it instead of one read each: what a merge touching every tensor wants.
+   */
+  async preload(maxBytes = 1 << 30): Promise<void> {
+    if (this.whole !== undefined || this.size > maxBytes) return;
+    if (this.fh === undefined) throw new Error(`safetensors file ${this.path} is closed`);
+    this.whole = await readExactly(this.fh, 0, this.size, this.path);
+  }
+
   /** The raw bytes of one tensor. */
   async readBytes(name: string): Promise<Buffer> {
     const e = this.entry(name);
     if (this.fh === undefined) throw new Error(`safetensors file ${this.path} is closed`);
+    if (this.whole !== undefined) return Buffer.from(this.whole.subarray(e.begin, e.end));
     return readExactly(this.fh, e.begin, e.end - e.begin, this.path);
   }
 
@@ -223,6 +265,7 @@ export class SafetensorsFile {
   async close(): Promise<void> {
     const fh = this.fh;
     this.fh = undefined;
+    this.whole = undefined;
     await fh?.close();
   }
 }

@@ -28,10 +28,12 @@ import { encodeModel } from '../onnx/proto.js';
 import { DataLocation, type ModelProto, type TensorProto } from '../onnx/types.js';
 import { externalLocations, linkOrCopy, publishEntry } from '../optimize/fused-model.js';
 import { SDGEN_VERSION } from '../version.js';
-import { findTokenEmbedding, placeEmbeddings, type Embedding, type EncoderSlot, type PlacedEmbedding } from './embeddings.js';
+import { findTokenEmbedding, maskNewIdsBeforeArgMax, placeEmbeddings, type Embedding, type EncoderSlot, type PlacedEmbedding } from './embeddings.js';
 import { safetensorsHashes } from './hash.js';
+import { unetLayoutFromConfig, type UnetLayout } from './sgm.js';
 import type { LoraTarget } from './keys.js';
-import { mergeLoras, openLora, setWeightValues, weightValues, type LoraApplication, type LoraMergeReport, type OpenLora } from './merge.js';
+import { performance } from 'node:perf_hooks';
+import { mergeLoras, openLora, tick, setWeightValues, weightValues, type LoraApplication, type LoraMergeReport, type OpenLora } from './merge.js';
 
 /** A LoRA to apply: file, scale (strength) and the name shown in messages and metadata. */
 export interface LoraRef {
@@ -100,7 +102,7 @@ export async function loraVariantKey(modelPath: string, req: LoraVariantRequest)
     loras.push({ sha256: (await safetensorsHashes(l.path)).sha256, scale });
   }
   const emb = (req.embeddings ?? []).map((e) => ({ name: e.name, sha256: e.hashes.sha256 }));
-  const material = JSON.stringify({ v: 1, sdgen: SDGEN_VERSION, id: await modelFileIdentity(modelPath), target: req.target, loras, emb });
+  const material = JSON.stringify({ v: 2, sdgen: SDGEN_VERSION, id: await modelFileIdentity(modelPath), target: req.target, loras, emb });
   return createHash('sha256').update(material).digest('hex').slice(0, 32);
 }
 
@@ -122,6 +124,8 @@ async function extendTokenTable(model: ModelProto, embeddings: readonly Embeddin
   }
   table.dims = [vocab + extra / dim, dim];
   setWeightValues(table, all);
+  // the pooled output (SDXL's text_embeds) stays at the end token (embeddings.ts)
+  maskNewIdsBeforeArgMax(model.graph!, vocab);
   return { placed, skipped, table };
 }
 
@@ -177,6 +181,18 @@ class ChangedWriter {
   }
 }
 
+/**
+ * The UNet's layout (sgm.ts) from the diffusers config.json beside its model file; undefined
+ * when there is none or it does not say (the mapping then reads the layout off the graph).
+ */
+export async function unetLayoutBeside(modelPath: string): Promise<UnetLayout | undefined> {
+  try {
+    return unetLayoutFromConfig(JSON.parse(await readFile(path.join(path.dirname(modelPath), 'config.json'), 'utf8')));
+  } catch {
+    return undefined;
+  }
+}
+
 function targetName(t: LoraTarget): string {
   return t === 'unet' ? 'the UNet' : t === 'text_encoder' ? 'the text encoder' : 'the second text encoder';
 }
@@ -196,7 +212,9 @@ export async function getLoraVariant(modelPath: string, req: LoraVariantRequest)
   if (active.length === 0 && embeddings.length === 0) {
     return { path: modelPath, changed: 0, reports: [], placed: [], skipped: [], cached: true };
   }
+  let t0 = performance.now();
   const key = await loraVariantKey(modelPath, { ...req, embeddings });
+  t0 = tick('key', t0);
   const dir = path.join(req.cacheDir, 'lora', key);
   const metaFile = path.join(dir, 'meta.json');
   const modelFile = path.join(dir, 'model.onnx');
@@ -223,6 +241,7 @@ export async function getLoraVariant(modelPath: string, req: LoraVariantRequest)
     }
     const model = await loadModel(modelPath, { externalData: 'lazy' });
     if (model.graph === undefined) throw new SdgenError(`${modelPath}: the model has no graph`);
+    t0 = tick('load graph', t0);
     const locations = externalLocations(model);
     for (const reserved of [LORA_WEIGHTS_FILE, BASE_MODEL_LINK]) {
       if (locations.includes(reserved)) throw new SdgenError(`${modelPath}: an external data file is named ${reserved}, which sdgen's LoRA variants reserve`);
@@ -234,7 +253,8 @@ export async function getLoraVariant(modelPath: string, req: LoraVariantRequest)
     let reports: LoraMergeReport[];
     let ext: { placed: PlacedEmbedding[]; skipped: string[] };
     try {
-      ({ changed, reports } = await mergeLoras(model, apps, [req.target], what, (t) => writer.add(t)));
+      const layout = req.target === 'unet' ? await unetLayoutBeside(modelPath) : undefined;
+      ({ changed, reports } = await mergeLoras(model, apps, [req.target], what, (t) => writer.add(t), layout));
       const slot: EncoderSlot = req.target === 'text_encoder_2' ? 'text_encoder_2' : 'text_encoder';
       const e = embeddings.length > 0 ? await extendTokenTable(model, embeddings, slot, what) : { placed: [], skipped: [] };
       ext = { placed: e.placed, skipped: e.skipped };
@@ -245,6 +265,7 @@ export async function getLoraVariant(modelPath: string, req: LoraVariantRequest)
     } finally {
       await writer.close();
     }
+    t0 = performance.now();
     const meta: VariantMeta = { source: path.resolve(modelPath), count: changed.length, reports, placed: ext.placed, skipped: ext.skipped };
     if (changed.length > 0) {
       // unchanged inline weights: referenced in the (linked) base file; changed ones are external now
@@ -262,6 +283,7 @@ export async function getLoraVariant(modelPath: string, req: LoraVariantRequest)
     }
     await writeFile(path.join(tmp, 'meta.json'), JSON.stringify(meta, null, 2));
     await publishEntry(tmp, dir);
+    tick('graph, links, publish', t0);
     return changed.length > 0
       ? { path: modelFile, changed: changed.length, reports, placed: ext.placed, skipped: ext.skipped, cached: false }
       : { path: modelPath, changed: 0, reports, placed: [], skipped: ext.skipped, cached: false };
