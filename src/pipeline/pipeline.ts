@@ -59,7 +59,7 @@ import { validateStrength } from '../schedulers/img2img.js';
 export { validateGenerationParams };
 import { getLoraVariant, scaleFor, type LoraRef } from '../lora/variant.js';
 import { loraSignature, resolveRunLoras } from '../lora/resolve.js';
-import { loadEmbeddingsDir, usedEmbeddings, withEmbeddings, type Embedding, type PlacedEmbedding } from '../lora/embeddings.js';
+import { loadEmbeddingsDir, placedInBoth, sdxlEmbeddings, usedEmbeddings, withEmbeddings, type Embedding, type PlacedEmbedding } from '../lora/embeddings.js';
 
 /** The open UNet session: the graph resolveGraph chose for a run's ToMe and attention settings. */
 interface UnetModel {
@@ -173,7 +173,7 @@ export class StableDiffusionPipeline {
   /** the LoRAs (loraSignature) the open text encoder has, and its file */
   private textKey = '[]';
   /** SDXL folders: the second text encoder's session and the conditioning stage over both encoders */
-  private sdxl: { model2: ModelSession; conditioner: SdxlConditioner } | null = null;
+  private sdxl: { model2: ModelSession; conditioner: SdxlConditioner; file2: string } | null = null;
   private textFile = '';
   /** the VAE encoder (img2img, inpainting, pixel-space hires), opened at its first use */
   private encoder: { model: ModelSession; stage: VaeEncoder } | null = null;
@@ -213,7 +213,11 @@ export class StableDiffusionPipeline {
       const total = 3;
       events?.onLoad?.('text_encoder', 0, total);
       // with embeddings, the text encoder is its variant with their rows (the base file otherwise)
-      const embeddings = options.embeddingsDir !== undefined ? await loadEmbeddingsDir(options.embeddingsDir) : [];
+      const allEmbeddings = options.embeddingsDir !== undefined ? await loadEmbeddingsDir(options.embeddingsDir) : [];
+      // SDXL takes the embeddings with vectors for both of its text encoders (clip_l and clip_g)
+      const sdxlFit = folder.family === 'sdxl' ? sdxlEmbeddings(allEmbeddings) : null;
+      const embeddings = sdxlFit?.usable ?? allEmbeddings;
+      for (const m of sdxlFit?.skipped ?? []) events?.onNotice?.(`embedding ${m}`);
       const te = await getLoraVariant(folder.paths.textEncoder, { cacheDir, target: 'text_encoder', loras: [], embeddings });
       for (const m of te.skipped) events?.onNotice?.(`embedding ${m}`);
       const textModel = await sessions.open(te.path, 'text encoder');
@@ -244,15 +248,12 @@ export class StableDiffusionPipeline {
       pipe.placed = te.placed;
       pipe.textFile = te.path;
       if (folder.family === 'sdxl') {
-        const file2 = folder.paths.textEncoder2!;
-        const model2 = await sessions.open(file2, 'text encoder 2');
+        // text_encoder_2 with the embeddings' clip_g rows (the base file when there are none)
+        const te2 = await getLoraVariant(folder.paths.textEncoder2!, { cacheDir, target: 'text_encoder_2', loras: [], embeddings });
+        for (const m of te2.skipped) events?.onNotice?.(`embedding ${m}`);
+        const model2 = await sessions.open(te2.path, 'text encoder 2');
         opened.push(model2);
-        const conditioner = new SdxlConditioner(
-          { model: textModel, tokenizer: folder.tokenizer, hiddenStatesSource: clipSkipSource(sessions, te.path, cacheDir) },
-          { model: model2, tokenizer: folder.tokenizer2!, hiddenStatesSource: clipSkipSource(sessions, file2, cacheDir) },
-          folder.forceZerosForEmptyPrompt,
-        );
-        pipe.sdxl = { model2, conditioner };
+        pipe.setSdxlEncoders(model2, te.path, te.placed, te2.path, te2.placed);
       }
       events?.onLoad?.('unet', 2, total);
       const first = { tome: { ...DEFAULT_TOME }, width: 0, height: 0, ...options.first, attention: mode };
@@ -391,6 +392,12 @@ export class StableDiffusionPipeline {
     for (const r of v.reports) {
       if (r.unmatched.length > 0) events?.onNotice?.(`LoRA ${r.name}: ${r.unmatched.length} of its ${r.total} text encoder modules match nothing in this model (e.g. ${r.unmatched[0]})`);
     }
+    // SDXL: text_encoder_2's variant too (its LoRA modules, the embeddings' clip_g rows)
+    const v2 = this.sdxl ? await getLoraVariant(this.folder.paths.textEncoder2!, { cacheDir: this.cacheDir, target: 'text_encoder_2', loras, embeddings: this.embeddings }) : null;
+    for (const r of v2?.reports ?? []) {
+      if (r.unmatched.length > 0) events?.onNotice?.(`LoRA ${r.name}: ${r.unmatched.length} of its ${r.total} second text encoder modules match nothing in this model (e.g. ${r.unmatched[0]})`);
+    }
+    const sdxlChanged = this.sdxl !== null && v2 !== null && (v.path !== this.textFile || v2.path !== this.sdxl.file2);
     if (v.path !== this.textFile) {
       const model = await this.sessions.open(v.path, v.changed > 0 ? 'text encoder (LoRA)' : 'text encoder');
       const lnorm = await findFinalLayerNorm(v.path, model.info).catch(() => null);
@@ -401,7 +408,28 @@ export class StableDiffusionPipeline {
       this.textFile = v.path;
       await Promise.all([oldModel.release().catch(() => {}), oldEncoder.release().catch(() => {})]);
     }
+    if (sdxlChanged && this.sdxl && v2) {
+      const old = this.sdxl;
+      const model2 = v2.path === old.file2 ? old.model2 : await this.sessions.open(v2.path, v2.changed > 0 ? 'text encoder 2 (LoRA)' : 'text encoder 2');
+      this.setSdxlEncoders(model2, v.path, v.placed, v2.path, v2.placed);
+      await Promise.all([...(model2 !== old.model2 ? [old.model2.release().catch(() => {})] : []), old.conditioner.release().catch(() => {})]);
+    }
     this.textKey = key;
+  }
+
+  /**
+   * SDXL: the conditioning stage over the open text encoder (file `file1`) and `model2`, each
+   * tokenizer mapping the embeddings placed in both encoders (placedInBoth) to their rows.
+   */
+  private setSdxlEncoders(model2: ModelSession, file1: string, placed1: readonly PlacedEmbedding[], file2: string, placed2: readonly PlacedEmbedding[]): void {
+    const both = placedInBoth(placed1, placed2);
+    const conditioner = new SdxlConditioner(
+      { model: this.textModel, tokenizer: withEmbeddings(this.folder.tokenizer, both.first), hiddenStatesSource: clipSkipSource(this.sessions, file1, this.cacheDir) },
+      { model: model2, tokenizer: withEmbeddings(this.folder.tokenizer2!, both.second), hiddenStatesSource: clipSkipSource(this.sessions, file2, this.cacheDir) },
+      this.folder.forceZerosForEmptyPrompt,
+    );
+    this.sdxl = { model2, conditioner, file2 };
+    this.placed = both.first;
   }
 
   /** Shape of the k-th tome_rand input of a ToMe graph at latent lh × lw. */
@@ -463,7 +491,6 @@ export class StableDiffusionPipeline {
 
     // LoRAs: the options', then the prompt's <lora:…> tags (removed from the text it encodes)
     const lora = await resolveRunLoras(params.prompt, params.loras, params.loraDir);
-    if (this.sdxl && lora.loras.length > 0) throw new UsageError('LoRAs are not supported on SDXL models yet');
     await this.textEncoderFor(lora.loras, ev);
     const unet = await this.unetFor({ ...params, loras: lora.loras }, ev);
     const tome = unet.graph.tome !== null;
