@@ -6,8 +6,8 @@
  * here like a typical kohya character LoRA: float16, rank R (default 16, alpha R/2) on every
  * attention projection, feed-forward and proj_in/proj_out layer of the UNet and every attention
  * and MLP layer of the text encoder; `--conv` adds LoCon on every 3×3 ResNet convolution.
- * Each application runs in a fresh cache directory (removed unless --keep). Set SDGEN_LORA_PROFILE=1
- * for the merge's own breakdown (read, product, write).
+ * Each application runs in a fresh cache directory (removed unless --keep). Each line is followed
+ * by the merge's own breakdown (merge.ts loraProfile: key, graph, reads, products, writes).
  */
 import { mkdtempSync, rmSync, statSync, writeFileSync, readdirSync } from 'node:fs';
 import os from 'node:os';

@@ -2,21 +2,25 @@
  * Merging LoRA deltas into the weights of an exported graph:
  *   W ← W + Σ_i scale_i · (alpha_i / rank_i) · (up_i · down_i)
  * in float32, LoRAs in the order given, as diffusers 0.27.2 fuses them
- * (LoRACompatibleLinear/Conv._fuse_lora: (up · alpha/rank) @ down, then · scale, then + W).
+ * (LoRACompatibleLinear/Conv._fuse_lora), up to float32 rounding: here one Gemm per module
+ * computes W + (s·down)ᵀ·upᵀ (or + (s·up)·down), s = scale · alpha / rank.
  * Convolution LoRAs multiply up [out, r] by down [r, in·kh·kw] and reshape to [out, in, kh, kw];
  * MatMul weights are stored transposed ([in, out]) so the delta is added transposed. A float16
  * weight is widened exactly, merged in float32 and rounded back to float16 (nearest even).
  * A LoRA of scale 0 changes nothing: the weights stay bit for bit the base model's.
  *
- * The products run on onnxruntime (addScaledProduct). The model is one loaded with its external data left lazy (src/onnx/model-io.ts): each weight
- * a LoRA touches is read on its own and becomes an inline tensor; the others are never read.
+ * The products run on onnxruntime (addScaledProduct). The model is one loaded with its external
+ * data left lazy (src/onnx/model-io.ts): each weight a LoRA touches is read on its own and becomes
+ * an inline tensor (handed to the caller's sink to be written out); the others are never read.
+ * Reading the next weight and writing the previous one overlap with each product.
  */
 import { performance } from 'node:perf_hooks';
+import { open, type FileHandle } from 'node:fs/promises';
 import ort from 'onnxruntime-node';
-import { UsageError } from '../errors.js';
+import { SdgenError, UsageError } from '../errors.js';
 import { valueInfo } from '../onnx/builder.js';
 import { encodeModel } from '../onnx/proto.js';
-import { readTensorBytes, setExternalSource } from '../onnx/model-io.js';
+import { externalSource, readTensorBytes, setExternalSource } from '../onnx/model-io.js';
 import { bytesOf, dataTypeName, float32ToFloat16, tensorFloats } from '../onnx/tensor.js';
 import { AttributeType, DataType, type GraphProto, type ModelProto, type TensorProto, type ValueInfoProto } from '../onnx/types.js';
 import { uniqueName } from '../onnx/graph.js';
@@ -99,8 +103,8 @@ export async function moduleRatio(lora: OpenLora, m: LoraModule): Promise<number
  * onnxruntime on a small session made once per process, with A and B each optionally transposed
  * (transA/transB), so that neither LoRA factor is transposed in JS. A LoRA on an SD 1.5 UNet's
  * attention and feed-forward layers is about 4·10⁹ multiply-adds at rank 16, which onnxruntime's
- * GEMM does in about a second on two cores; one Gemm instead of MatMul, Mul and Add makes one pass
- * over each weight instead of three. The rounding differs from diffusers' `_fuse_lora` (which
+ * GEMM does in a second or two; one Gemm instead of MatMul, Mul and Add makes one pass over each
+ * weight instead of three. The rounding differs from diffusers' `_fuse_lora` (which
  * rounds up·ratio, the product, its scaling and the sum one after another) by a few float32 ulps.
  */
 const kernels = new Map<string, Promise<ort.InferenceSession>>();
@@ -133,22 +137,30 @@ function kernelModel(transA: boolean, transB: boolean): ModelProto {
  * w + scale · (op(a) · op(b)), float32, op(a) [m, k] and op(b) [k, n]; `transA` means a is
  * stored [k, m], `transB` that b is stored [n, k].
  */
-export async function addScaledProduct(w: Float32Array, a: Float32Array, b: Float32Array, m: number, k: number, n: number, scale: number, transA = false, transB = false): Promise<Float32Array> {
+export async function addScaledProduct(w: Float32Array, a: Float32Array, b: Float32Array, m: number, k: number, n: number, scale: number, transA = false, transB = false, into?: Float32Array): Promise<Float32Array> {
   const id = `${transA ? 1 : 0}${transB ? 1 : 0}`;
   let kernel = kernels.get(id);
   if (kernel === undefined) {
-    kernel = ort.InferenceSession.create(encodeModel(kernelModel(transA, transB)), { graphOptimizationLevel: 'disabled' });
+    // one thread: the product of a rank-16 LoRA is bound by memory traffic, and the reads and
+    // writes of the weights it overlaps with need the other cores
+    kernel = ort.InferenceSession.create(encodeModel(kernelModel(transA, transB)), { graphOptimizationLevel: 'disabled', intraOpNumThreads: 1 });
     kernels.set(id, kernel);
   }
   const s = await kernel;
   // the scale rides in A (k·m values, small): the Gemm's alpha is fixed in its graph
   const as = new Float32Array(a.length);
   for (let i = 0; i < a.length; i++) as[i] = a[i]! * scale;
-  const out = await s.run({
+  const feeds = {
     W: new ort.Tensor('float32', w, [m, n]),
     A: new ort.Tensor('float32', as, transA ? [k, m] : [m, k]),
     B: new ort.Tensor('float32', b, transB ? [n, k] : [k, n]),
-  });
+  };
+  if (into !== undefined) {
+    // a pre-allocated output: the result lands in a buffer the caller reuses
+    await s.run(feeds, { Y: new ort.Tensor('float32', into, [m, n]) });
+    return into;
+  }
+  const out = await s.run(feeds);
   return out['Y']!.data as Float32Array;
 }
 
@@ -157,9 +169,51 @@ export async function addScaledProduct(w: Float32Array, a: Float32Array, b: Floa
  * Conv reshaped) or [inFlat, out] (MatMul), where the product is taken transposed:
  * downᵀ · upᵀ, read straight from the stored factors (transA, transB).
  */
-export async function mergeModule(w: Float32Array, layout: WeightLayout, up: Float32Array, down: Float32Array, out: number, rank: number, inFlat: number, ratio: number, scale: number): Promise<Float32Array> {
-  if (layout === 'in_out') return addScaledProduct(w, down, up, inFlat, rank, out, scale * ratio, true, true);
-  return addScaledProduct(w, up, down, out, rank, inFlat, scale * ratio);
+export async function mergeModule(w: Float32Array, layout: WeightLayout, up: Float32Array, down: Float32Array, out: number, rank: number, inFlat: number, ratio: number, scale: number, into?: Float32Array): Promise<Float32Array> {
+  if (layout === 'in_out') return addScaledProduct(w, down, up, inFlat, rank, out, scale * ratio, true, true, into);
+  return addScaledProduct(w, up, down, out, rank, inFlat, scale * ratio, false, false, into);
+}
+
+/**
+ * A few buffers reused in turn. Allocating a fresh buffer for each weight (tens of MB: its pages
+ * faulted in and zeroed) costs more than merging it on small machines, so with a sink (which
+ * writes each changed weight out and drops it) reads and products go to reused buffers.
+ */
+class Ring {
+  private readonly bufs: ArrayBuffer[] = [];
+  private i = 0;
+  constructor(private readonly n: number, private readonly bytes: number) {}
+
+  next(values: number): Float32Array {
+    const j = this.i++ % this.n;
+    this.bufs[j] ??= new ArrayBuffer(this.bytes);
+    return new Float32Array(this.bufs[j]!, 0, values);
+  }
+}
+
+/** A float32 external weight read into `ring`'s next buffer (others as weightValues reads them). */
+async function readWeight(t: TensorProto, ring: Ring | undefined, files: Map<string, Promise<FileHandle>>): Promise<Float32Array> {
+  const src = externalSource(t);
+  if (ring === undefined || src === undefined || t.dataType !== DataType.FLOAT || t.rawData !== undefined) return weightValues(t);
+  const out = ring.next(src.length / 4);
+  const bytes = new Uint8Array(out.buffer, 0, src.length);
+  let fh = files.get(src.path);
+  if (fh === undefined) {
+    fh = open(src.path, 'r');
+    files.set(src.path, fh);
+  }
+  let handle: FileHandle;
+  try {
+    handle = await fh;
+  } catch (e) {
+    throw new SdgenError(`cannot read the external data file ${src.path}: ${(e as Error).message}`, { cause: e });
+  }
+  for (let done = 0; done < src.length; ) {
+    const { bytesRead } = await handle.read(bytes, done, src.length - done, src.offset + done);
+    if (bytesRead === 0) throw new SdgenError(`${src.path}: unexpected end of file reading ${t.name ?? 'a weight'}`);
+    done += bytesRead;
+  }
+  return out;
 }
 
 function allFinite(x: Float32Array): boolean {
@@ -248,23 +302,33 @@ export async function mergeLoras(
     p.catch(() => {}); // awaited below; a failure must not surface as unhandled before then
     return p;
   };
-  let next = items.length > 0 ? quiet(weightValues(items[0]!.site.initializer)) : undefined;
+  // reused buffers (Ring) when each weight is written out and dropped: two for reads (this one,
+  // the next), two for products (this one, the one being written)
+  const maxBytes = Math.max(0, ...items.map((it) => it.site.initializer.dims.reduce<number>((a, d) => a * Number(d), 4)));
+  const reads = sink ? new Ring(2, maxBytes) : undefined;
+  const products = sink ? new Ring(2, maxBytes) : undefined;
+  const files = new Map<string, Promise<FileHandle>>();
+  let next = items.length > 0 ? quiet(readWeight(items[0]!.site.initializer, reads, files)) : undefined;
   let writing: Promise<void> = Promise.resolve();
   try {
     for (let k = 0; k < items.length; k++) {
       const { site, mods } = items[k]!;
       let t0 = performance.now();
       let w = await next!;
-      next = k + 1 < items.length ? quiet(weightValues(items[k + 1]!.site.initializer)) : undefined;
+      next = k + 1 < items.length ? quiet(readWeight(items[k + 1]!.site.initializer, reads, files)) : undefined;
       t0 = tick('read base', t0);
-      for (const { lora, m, scale } of mods) {
+      // the product buffer used two weights ago is free once that weight's write is done
+      await writing;
+      t0 = tick('write (waited)', t0);
+      for (const [j, { lora, m, scale }] of mods.entries()) {
         const inFlat = m.inShape.reduce((a, b) => a * b, 1);
         const up = await lora.file.readFloats(m.up);
         const down = await lora.file.readFloats(m.down);
         if (!allFinite(up) || !allFinite(down)) throw new UsageError(`${lora.path}: module ${m.path} has non-finite weights`);
         const ratio = await moduleRatio(lora, m);
         t0 = tick('read lora', t0);
-        w = await mergeModule(w, site.layout, up, down, m.out, m.rank, inFlat, ratio, scale);
+        const into = j === 0 && products !== undefined ? products.next(w.length) : undefined;
+        w = await mergeModule(w, site.layout, up, down, m.out, m.rank, inFlat, ratio, scale, into);
         t0 = tick('product', t0);
       }
       let t = site.initializer;
@@ -277,9 +341,7 @@ export async function mergeLoras(
       }
       setWeightValues(t, w);
       t0 = tick('to bytes', t0);
-      await writing; // one write in flight: the sink appends in order
-      tick('write (waited)', t0);
-      if (sink) writing = quiet(sink(t));
+      if (sink) writing = quiet(sink(t)); // one write in flight: the sink appends in order
       changed.push(t);
     }
     const t0 = performance.now();
@@ -288,6 +350,7 @@ export async function mergeLoras(
   } finally {
     await next?.catch(() => {});
     await writing.catch(() => {});
+    for (const fh of files.values()) await fh.then((h) => h.close(), () => {});
   }
   return { changed, reports };
 }
