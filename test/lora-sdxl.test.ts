@@ -284,19 +284,25 @@ describe('SDXL kohya LoRAs onto the graphs', () => {
     assert.equal(checked, 2 * MODS.length);
   });
 
-  test('an SDXL LoRA on SD 1.x is refused with one line', async () => {
+  test('an SDXL LoRA on SD 1.x, and an SD 1.x LoRA on SDXL, are refused with one line', async () => {
     const { sgm } = await loraFiles();
-    const unet = await loadModel(fx('tiny-sd1/unet/model.onnx'), { externalData: 'lazy' });
-    const lora = await openLora(sgm, 'x');
-    try {
-      await assert.rejects(mergeLoras(unet, [{ lora, scale: 1 }], ['unet'], 'the UNet'), (e: unknown) => {
-        assert.ok(e instanceof UsageError, String(e));
-        assert.ok(!e.message.includes('\n'), e.message);
-        assert.match(e.message, /another (architecture|model)/);
-        return true;
-      });
-    } finally {
-      await lora.file.close();
+    const cases: [string, string][] = [
+      [sgm, fx('tiny-sd1/unet/model.onnx')],
+      [fx('lora/full_r8_a8_f16.safetensors'), FILES.unet],
+    ];
+    for (const [file, unetFile] of cases) {
+      const unet = await loadModel(unetFile, { externalData: 'lazy' });
+      const lora = await openLora(file, 'x');
+      try {
+        await assert.rejects(mergeLoras(unet, [{ lora, scale: 1 }], ['unet'], 'the UNet'), (e: unknown) => {
+          assert.ok(e instanceof UsageError, String(e));
+          assert.ok(!e.message.includes('\n'), e.message);
+          assert.match(e.message, /another (architecture|model)/);
+          return true;
+        });
+      } finally {
+        await lora.file.close();
+      }
     }
   });
 });
