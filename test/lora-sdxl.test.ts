@@ -160,10 +160,16 @@ async function factors(): Promise<Map<Mod, Factors>> {
   return out;
 }
 
-function writeLora(file: string, f: Map<Mod, Factors>, naming: 'sgm' | 'diffusers'): void {
+function writeLora(file: string, f: Map<Mod, Factors>, naming: 'sgm' | 'diffusers' | 'peft'): void {
   const tensors: Record<string, WTensor> = {};
   for (const m of MODS) {
     const x = f.get(m)!;
+    if (naming === 'peft') {
+      // diffusers' SDXL training scripts: `unet.` / `text_encoder.` / `text_encoder_2.` + the module, no alpha
+      tensors[`${m.target}.${m.module}.lora_A.weight`] = f32(x.downShape, x.down);
+      tensors[`${m.target}.${m.module}.lora_B.weight`] = f32(x.upShape, x.up);
+      continue;
+    }
     const name = m.target === 'unet' && naming === 'diffusers' ? m.module.replaceAll('.', '_') : m.kohya;
     const key = PREFIX[m.target] + name;
     tensors[`${key}.lora_down.weight`] = f32(x.downShape, x.down);
@@ -174,14 +180,14 @@ function writeLora(file: string, f: Map<Mod, Factors>, naming: 'sgm' | 'diffuser
 }
 
 /** W + scale·(alpha/rank)·up·down in float64, in W's layout. */
-function expected(base: Float32Array, x: Factors, layout: 'in_out' | 'out_in', scale: number): Float64Array {
+function expected(base: Float32Array, x: Factors, layout: 'in_out' | 'out_in', scale: number, ratio = ALPHA / RANK): Float64Array {
   const w = Float64Array.from(base);
   for (let o = 0; o < x.out; o++) {
     for (let i = 0; i < x.inFlat; i++) {
       let s = 0;
       for (let r = 0; r < RANK; r++) s += x.up[o * RANK + r]! * x.down[r * x.inFlat + i]!;
       const idx = layout === 'in_out' ? i * x.out + o : o * x.inFlat + i;
-      w[idx] = w[idx]! + scale * (ALPHA / RANK) * s;
+      w[idx] = w[idx]! + scale * ratio * s;
     }
   }
   return w;
@@ -363,6 +369,28 @@ describe('SDXL LoRA variants', () => {
       assert.ok(maxAbsDiff(lo[k]!.data as Float32Array, ha[k]!.data as Float32Array) < 1e-5, k);
     }
     assert.ok(maxAbsDiff(lo['text_embeds']!.data as Float32Array, ba['text_embeds']!.data as Float32Array) > 1e-3, 'the LoRA changes text_embeds');
+  });
+
+  test('PEFT keys (unet., text_encoder., text_encoder_2.; alpha = rank) merge into the same modules', async () => {
+    const { dir, f } = await loraFiles();
+    const peft = path.join(dir, 'peft.safetensors');
+    writeLora(peft, f, 'peft');
+    let checked = 0;
+    for (const target of Object.keys(FILES) as Target[]) {
+      const base = (await loadModel(FILES[target], { externalData: 'lazy' })).graph!;
+      const v = await getLoraVariant(FILES[target], { cacheDir: path.join(dir, 'cache-peft'), target, loras: [{ path: peft, scale: 0.5 }] });
+      const want = MODS.filter((m) => m.target === target);
+      assert.deepEqual(v.reports.map((r) => [r.total, r.matched]), [[want.length, want.length]]);
+      const g = (await loadModel(v.path, { externalData: 'lazy' })).graph!;
+      for (const m of want) {
+        const { t, layout } = weightOf(base, m.module);
+        const exp = expected(await floatsOf(t), f.get(m)!, layout, 0.5, 1);
+        const d = maxAbsDiff(await floatsOf(weightOf(g, m.module).t), exp);
+        assert.ok(d < 2e-6, `${m.module}: ${d}`);
+        checked++;
+      }
+    }
+    assert.equal(checked, MODS.length);
   });
 
   test('scale 0 is the base model itself', async () => {
