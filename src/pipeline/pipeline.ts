@@ -724,7 +724,7 @@ export class StableDiffusionPipeline {
       init = { image: null, latents: (i) => interpolate(pass1.get(i)!, [1, 4, lh1, lw1], lh2, lw2, mode), strength, mask: null };
     } else {
       const pictures = new Map<number, RgbImage>();
-      for (const [i, l] of pass1) pictures.set(i, await resizeRgb(await this.decode(l, lh1, lw1, p1), p2.width, p2.height, upscaler.name));
+      for (const [i, l] of pass1) pictures.set(i, resizeRgb(await this.decode(l, lh1, lw1, p1), p2.width, p2.height, upscaler.name));
       init = { image: null, images: (i) => pictures.get(i)!, latents: null, strength, mask: null };
     }
     for await (const img of this.run(p2, events, signal, { ...options, init, phase: { pass: 2, passes: 2, width: p2.width, height: p2.height } })) {
