@@ -51,6 +51,26 @@ const SD_BLOCKS = {
   upBlockTypes: ['UpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D'],
 } as const;
 
+/** The UNet of SDXL-shaped models (DownBlock2D first, text_time conditioning); the fields that differ are given. */
+function sdxlUNet(
+  v: Pick<UNetConfig, 'sampleSize' | 'blockOutChannels' | 'crossAttentionDim' | 'attentionHeadDim' | 'normNumGroups' | 'transformerLayersPerBlock' | 'additionTimeEmbedDim' | 'projectionClassEmbeddingsInputDim'>,
+): UNetConfig {
+  return {
+    ...v,
+    inChannels: 4,
+    outChannels: 4,
+    downBlockTypes: ['DownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'],
+    upBlockTypes: ['CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'UpBlock2D'],
+    layersPerBlock: 2,
+    normEps: 1e-5,
+    useLinearProjection: true,
+    upcastAttention: false,
+    flipSinToCos: true,
+    freqShift: 0,
+    additionEmbedType: 'text_time',
+  };
+}
+
 /** The UNet of the real SD 1.x / 2.x models; the fields that differ between them are given. */
 function sdUNet(
   v: Pick<UNetConfig, 'sampleSize' | 'crossAttentionDim' | 'attentionHeadDim' | 'useLinearProjection' | 'upcastAttention'>,
@@ -111,29 +131,18 @@ export function archSpec(arch: Arch, tinyVocabSize = 49408): ArchSpec {
     case 'sdxl':
       // stabilityai/stable-diffusion-xl-base-1.0 (diffusers 0.27.2 configs)
       return {
-        unet: {
+        unet: sdxlUNet({
           sampleSize: 128,
-          inChannels: 4,
-          outChannels: 4,
           blockOutChannels: [320, 640, 1280],
-          downBlockTypes: ['DownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'],
-          upBlockTypes: ['CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'UpBlock2D'],
-          layersPerBlock: 2,
           crossAttentionDim: 2048,
           // heads per level (head dim 64); level 0 has no attention
           attentionHeadDim: [5, 10, 20],
           normNumGroups: 32,
-          normEps: 1e-5,
-          useLinearProjection: true,
-          upcastAttention: false,
-          flipSinToCos: true,
-          freqShift: 0,
           transformerLayersPerBlock: [1, 2, 10],
-          additionEmbedType: 'text_time',
           additionTimeEmbedDim: 256,
           // text_embeds (1280) + 6 time ids × 256
           projectionClassEmbeddingsInputDim: 2816,
-        },
+        }),
         // CLIP ViT-L/14 (as SD 1.x's) and OpenCLIP ViT-bigG/14 with its projection
         textEncoder: sdxlEncoder(
           clipTextEncoder({ hiddenSize: 768, intermediateSize: 3072, numLayers: 12, numHeads: 12, hiddenAct: 'quick_gelu', projectionDim: 768 }),
@@ -154,27 +163,16 @@ export function archSpec(arch: Arch, tinyVocabSize = 49408): ArchSpec {
       // blocks per level, text_time conditioning, 64 + 6·8 = 112 add_embedding inputs), with
       // the generated tokenizer's vocabulary and a 256² default size
       return {
-        unet: {
+        unet: sdxlUNet({
           sampleSize: 32,
-          inChannels: 4,
-          outChannels: 4,
           blockOutChannels: [32, 64, 64],
-          downBlockTypes: ['DownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'],
-          upBlockTypes: ['CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'UpBlock2D'],
-          layersPerBlock: 2,
           crossAttentionDim: 96,
           attentionHeadDim: [1, 1, 2],
           normNumGroups: 16,
-          normEps: 1e-5,
-          useLinearProjection: true,
-          upcastAttention: false,
-          flipSinToCos: true,
-          freqShift: 0,
           transformerLayersPerBlock: [1, 1, 2],
-          additionEmbedType: 'text_time',
           additionTimeEmbedDim: 8,
           projectionClassEmbeddingsInputDim: 112,
-        },
+        }),
         textEncoder: sdxlEncoder(
           {
             vocabSize: tinyVocabSize, hiddenSize: 32, intermediateSize: 64, numLayers: 3, numHeads: 4, maxPositions: 77,
