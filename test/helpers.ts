@@ -1,7 +1,7 @@
 /** Helpers shared by the test files (not a test file itself). */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before } from 'node:test';
@@ -227,3 +227,21 @@ export function diffusersRunParams(a: DiffusersRunArgs, schedulerConfig: Record<
     scheduler: defaultSchedulerFor({ ...schedulerConfig, _class_name: a.scheduler }),
   });
 }
+
+// ---- safetensors files written by tests (LoRAs, embeddings) ----
+
+export type WTensor = { dtype: string; shape: number[]; data: Uint8Array };
+/** Writes a safetensors file (test-side writer). */
+export function writeSafetensors(file: string, tensors: Record<string, WTensor>, metadata?: Record<string, string>): void {
+  const header: Record<string, unknown> = metadata ? { __metadata__: metadata } : {};
+  let off = 0;
+  for (const [k, t] of Object.entries(tensors)) {
+    header[k] = { dtype: t.dtype, shape: t.shape, data_offsets: [off, off + t.data.length] };
+    off += t.data.length;
+  }
+  const json = Buffer.from(JSON.stringify(header));
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  writeFileSync(file, Buffer.concat([len, json, ...Object.values(tensors).map((t) => Buffer.from(t.data))]));
+}
+export const f32 = (shape: number[], values: ArrayLike<number>): WTensor => ({ dtype: 'F32', shape, data: new Uint8Array(Float32Array.from(values).buffer) });

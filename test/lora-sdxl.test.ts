@@ -25,7 +25,7 @@ import { StableDiffusionPipeline } from '../src/pipeline/pipeline.js';
 import type { SdxlConditioning } from '../src/pipeline/sdxl-conditioning.js';
 import type { GeneratedImage } from '../src/pipeline/types.js';
 import { loadTokenizer } from '../src/text/load.js';
-import { fx, generationParams, maxAbsDiff } from './helpers.js';
+import { fx, generationParams, maxAbsDiff, writeSafetensors, f32, type WTensor } from './helpers.js';
 
 const TINY = fx('tiny-sdxl');
 const FILES = {
@@ -38,20 +38,6 @@ type Target = keyof typeof FILES;
 // ---------------------------------------------------------------------------------------------
 // Test-side helpers (independent of src/lora)
 
-type WTensor = { dtype: string; shape: number[]; data: Uint8Array };
-function writeSafetensors(file: string, tensors: Record<string, WTensor>): void {
-  const header: Record<string, unknown> = {};
-  let off = 0;
-  for (const [k, t] of Object.entries(tensors)) {
-    header[k] = { dtype: t.dtype, shape: t.shape, data_offsets: [off, off + t.data.length] };
-    off += t.data.length;
-  }
-  const json = Buffer.from(JSON.stringify(header));
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(json.length));
-  writeFileSync(file, Buffer.concat([len, json, ...Object.values(tensors).map((t) => Buffer.from(t.data))]));
-}
-const f32 = (shape: number[], values: ArrayLike<number>): WTensor => ({ dtype: 'F32', shape, data: new Uint8Array(Float32Array.from(values).buffer) });
 
 function rand(n: number, seed: number, amp = 0.1): number[] {
   let s = seed >>> 0;

@@ -23,7 +23,7 @@ import { loadModel, readTensorBytes } from '../src/onnx/model-io.js';
 import { encodeModel } from '../src/onnx/proto.js';
 import { DataType, type ModelProto, type TensorProto } from '../src/onnx/types.js';
 import { loadTokenizer } from '../src/text/load.js';
-import { fx, maxAbsDiff, diffusersRunParams, type DiffusersRunArgs } from './helpers.js';
+import { fx, maxAbsDiff, diffusersRunParams, type DiffusersRunArgs, writeSafetensors, f32, type WTensor } from './helpers.js';
 
 // ---------------------------------------------------------------------------------------------
 // Fixture access and an independent safetensors reader/writer (not the code under test)
@@ -107,21 +107,6 @@ function readAll(file: string): { header: Record<string, { dtype: string; shape:
   };
 }
 
-type WTensor = { dtype: string; shape: number[]; data: Uint8Array };
-/** Writes a safetensors file (test-side writer). */
-function writeSafetensors(file: string, tensors: Record<string, WTensor>, metadata?: Record<string, string>): void {
-  const header: Record<string, unknown> = metadata ? { __metadata__: metadata } : {};
-  let off = 0;
-  for (const [k, t] of Object.entries(tensors)) {
-    header[k] = { dtype: t.dtype, shape: t.shape, data_offsets: [off, off + t.data.length] };
-    off += t.data.length;
-  }
-  const json = Buffer.from(JSON.stringify(header));
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(json.length));
-  writeFileSync(file, Buffer.concat([len, json, ...Object.values(tensors).map((t) => Buffer.from(t.data))]));
-}
-const f32 = (shape: number[], values: ArrayLike<number>): WTensor => ({ dtype: 'F32', shape, data: new Uint8Array(Float32Array.from(values).buffer) });
 
 /** Deterministic pseudo-random values in [-1, 1). */
 function rand(n: number, seed: number): number[] {
