@@ -163,11 +163,11 @@ function resizeStraight(src: Uint8Array, w: number, h: number, ch: number, outW:
   if (!needH && !needV) return src.slice();
   const cv = axisCoefficients(h, outH, filter);
   if (!needH) return vertical(src, w, ch, outH, cv, 0);
-  const ch_ = axisCoefficients(w, outW, filter);
+  const cx = axisCoefficients(w, outW, filter);
   // the horizontal pass covers only the rows the vertical pass reads
   const y0 = needV ? cv.first[0]! : 0;
   const y1 = needV ? cv.first[outH - 1]! + cv.count[outH - 1]! : h;
-  const tmp = horizontal(src, w, ch, y0, y1 - y0, outW, ch_);
+  const tmp = horizontal(src, w, ch, y0, y1 - y0, outW, cx);
   return needV ? vertical(tmp, outW, ch, outH, cv, y0) : tmp;
 }
 
