@@ -196,19 +196,26 @@ export class SessionManager {
       const quiet = this.runtime.device === 'auto' && providers[0] !== 'cpu';
       const options = sessionOptions(this.runtime, providers, quiet);
       let s: ort.InferenceSession | null = null;
+      let cacheError: unknown;
       if (this.optimizedCache && opts.optimizedCache !== false && providers[0] === 'cpu') {
         try {
-          const r = await createCachedSession(path, options, { cacheDir: this.optimizedCache.cacheDir, provider: 'cpu' }, create);
+          const r = await createCachedSession(path, options, { cacheDir: this.optimizedCache.cacheDir, provider: 'cpu', label: `the ${what}` }, create);
           s = r.session;
           fromCache = r.cached;
+          if (r.notice) this.onNotice(r.notice);
         } catch (err) {
           // a bad setting (SDGEN_CACHE_MAX_GB) is the user's to fix
           if (err instanceof UsageError) throw err;
-          // unwritable cache, full disk, a graph onnxruntime cannot save: load the model as it is
-          // (a model that cannot load at all fails again below, with its own error)
+          // an unreadable cache directory, a model that cannot load at all: load the model as it
+          // is (a model that cannot load fails again below, with its own error)
+          cacheError = err;
         }
       }
-      s ??= await create(path, options);
+      if (!s) {
+        s = await create(path, options);
+        // said only once the model loaded: a model that cannot load reports its own error
+        if (cacheError !== undefined) this.onNotice(`optimized-graph cache: not used for the ${what} (${cacheError instanceof Error ? cacheError.message.split('\n')[0] : String(cacheError)})`);
+      }
       used = providers[0]!;
       return s;
     };

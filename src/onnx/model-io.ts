@@ -16,7 +16,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { constants as bufferConstants } from 'node:buffer';
-import { mkdir, open, readFile, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, normalize, resolve, sep } from 'node:path';
 import { SdgenError } from '../errors.js';
 import {
@@ -694,4 +694,19 @@ export async function modelFileIdentity(path: string): Promise<string> {
     h.update(await fileFingerprint(resolveLocation(dir, loc, { name: loc, dims: [], dataType: 0 }), 'external data file'));
   }
   return h.digest('hex');
+}
+
+/** Bytes of a model file and of the external data files its main graph references (missing ones count 0). */
+export async function modelBytesOnDisk(path: string): Promise<number> {
+  const abs = resolve(path);
+  let total = (await stat(abs)).size;
+  const dir = dirname(abs);
+  for (const loc of await externalLocations(abs)) {
+    try {
+      total += (await stat(resolveLocation(dir, loc, { name: loc, dims: [], dataType: 0 }))).size;
+    } catch {
+      // reported when the model is loaded
+    }
+  }
+  return total;
 }

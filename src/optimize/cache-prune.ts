@@ -1,8 +1,9 @@
 /**
- * Keeping the optimized-graph cache to a size. Each entry holds a whole copy of its model's
- * weights as onnxruntime laid them out (4.7 GB for an SD 1.5 UNet variant with Winograd
- * convolutions), one per model × ToMe options × attention × convolution variant, so without a
- * bound a user trying a few ratios fills the disk. After an entry is published the least
+ * Keeping the optimized-graph cache to a size. Each entry holds its model's weights as
+ * onnxruntime laid them out (4.7 GB for an SD 1.5 UNet with Winograd convolutions, 14 GB for
+ * SDXL's), one entry per model × ToMe options × attention × convolution variant. Variants link
+ * the weights they have in common with an earlier entry (shared-weights.ts), but different
+ * models and layouts do not share, so without a bound trying a few models fills the disk. After an entry is published the least
  * recently used entries are removed until the cache is within its cap; an entry's last use is
  * its `meta.json`'s modification time, refreshed on every hit. The entry just written (and any
  * other named in `keep`) is never removed, nor is a half-written one of a run in progress;
@@ -58,6 +59,19 @@ export function entriesToEvict(entries: readonly CacheEntryInfo[], maxBytes: num
   return out;
 }
 
+/** The plain files under `dir` as (inode, size). */
+async function dirFiles(dir: string, out: { inode: string; size: number }[] = []): Promise<{ inode: string; size: number }[]> {
+  for (const d of await readdir(dir, { withFileTypes: true })) {
+    const p = path.join(dir, d.name);
+    if (d.isDirectory()) await dirFiles(p, out);
+    else if (d.isFile()) {
+      const st = await stat(p);
+      out.push({ inode: `${st.dev}:${st.ino}`, size: st.size });
+    }
+  }
+  return out;
+}
+
 async function dirBytes(dir: string): Promise<number> {
   let total = 0;
   for (const d of await readdir(dir, { withFileTypes: true })) {
@@ -92,7 +106,10 @@ export async function pruneCacheDir(root: string, maxBytes: number, keep: Readon
   } catch {
     return result;
   }
-  const entries: CacheEntryInfo[] = [];
+  // entries share weights files by hard links (shared-weights.ts): a file linked into k entries
+  // counts k times in none of them but 1/k in each, so the sizes add up to the disk used
+  const files = new Map<string, { inode: string; size: number }[]>();
+  const used: { name: string; usedMs: number }[] = [];
   for (const name of names) {
     const dir = path.join(root, name);
     try {
@@ -104,11 +121,19 @@ export async function pruneCacheDir(root: string, maxBytes: number, keep: Readon
         continue;
       }
       const meta = await stat(path.join(dir, 'meta.json')).catch(() => undefined);
-      entries.push({ name, bytes: await dirBytes(dir), usedMs: meta?.mtimeMs ?? 0 });
+      files.set(name, await dirFiles(dir));
+      used.push({ name, usedMs: meta?.mtimeMs ?? 0 });
     } catch {
       // removed by a concurrent run meanwhile
     }
   }
+  const links = new Map<string, number>();
+  for (const list of files.values()) for (const f of list) links.set(f.inode, (links.get(f.inode) ?? 0) + 1);
+  const entries: CacheEntryInfo[] = used.map(({ name, usedMs }) => ({
+    name,
+    usedMs,
+    bytes: Math.round((files.get(name) ?? []).reduce((s, f) => s + f.size / links.get(f.inode)!, 0)),
+  }));
   const evict = entriesToEvict(entries, maxBytes, keep);
   for (const e of evict) {
     try {

@@ -8,20 +8,27 @@
  * Layout: `<cacheDir>/optimized/<key>/model.onnx` (+ `model.weights` external initializers,
  * `meta.json`). An entry is written into a temporary directory during the first session
  * creation and published by an atomic rename once that session exists, so a crash or a
- * concurrent run never leaves a half-written entry under the final name.
+ * concurrent run never leaves a half-written entry under the final name. Before it is
+ * published, the initializers other entries already hold are linked from their files instead of
+ * kept twice (shared-weights.ts): a second ToMe ratio of a model costs megabytes, not a copy.
+ *
+ * Writing an entry needs about the model's size on disk; with less free space than that the
+ * model is loaded without writing one, and a write that fails anyway (disk full) is retried
+ * without the cache. Either way the caller gets a one-line `notice`, never onnxruntime's text.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import ort from 'onnxruntime-node';
-import { modelFileIdentity } from '../onnx/model-io.js';
+import { modelBytesOnDisk, modelFileIdentity } from '../onnx/model-io.js';
 import { decodeModel, encodeModel } from '../onnx/proto.js';
 import { subgraphsOf } from '../onnx/attributes.js';
 import type { GraphProto, TensorProto } from '../onnx/types.js';
 import { SDGEN_VERSION } from '../version.js';
 import { cacheMaxBytes, pruneCacheDir, pruneDerived, touchEntry } from './cache-prune.js';
+import { shareEntryWeights } from './shared-weights.js';
 
 export type OptimizationLevel = 'basic' | 'extended' | 'all';
 
@@ -38,7 +45,22 @@ export interface OptimizedCacheOptions {
   savePrepacked?: boolean;
   /** size cap of the cache's optimized graphs in bytes (default: `SDGEN_CACHE_MAX_GB`, see cache-prune.ts) */
   maxBytes?: number;
+  /** what the model is, for notices ("the UNet"; default "the model") */
+  label?: string;
+  /** free bytes on the cache's filesystem (default: asked of the filesystem; tests pass a number) */
+  freeBytes?: (dir: string) => Promise<number>;
 }
+
+const GB = 1024 ** 3;
+/** What writing an entry may take beyond the model's own size (the graph, onnxruntime's temporaries). */
+const WRITE_MARGIN_BYTES = 0.5 * GB;
+
+async function filesystemFreeBytes(dir: string): Promise<number> {
+  const s = await statfs(dir);
+  return Number(s.bavail) * Number(s.bsize);
+}
+
+const gb = (b: number): string => `${(b / GB).toFixed(1)} GB`;
 
 export const OPTIMIZED_MODEL_FILE = 'model.onnx';
 export const OPTIMIZED_WEIGHTS_FILE = 'model.weights';
@@ -100,10 +122,12 @@ export interface OptimizedModelPlan {
   cached: boolean;
   /** merge these over the caller's session options */
   sessionOptions: ort.InferenceSession.SessionOptions;
-  /** after the session was created: publishes the entry written during creation (no-op if cached) */
-  commit(): Promise<void>;
+  /** after the session was created: publishes the entry written during creation (no-op if cached); says why when it could not */
+  commit(): Promise<string | undefined>;
   /** after a failed creation: removes what was written (and a cached entry that failed to load) */
   abort(): Promise<void>;
+  /** set when this load will not write an entry, and why (one line) */
+  notice?: string;
 }
 
 /** Plans a session load through the cache (no I/O besides reading the model's identity). */
@@ -117,10 +141,26 @@ export async function planOptimizedModel(modelPath: string, opts: OptimizedCache
       modelPath: cachedFile,
       cached: true,
       sessionOptions: { graphOptimizationLevel: 'disabled' },
-      commit: async () => {},
+      commit: async () => undefined,
       abort: async () => {
         await rm(finalDir, { recursive: true, force: true });
       },
+    };
+  }
+  // an entry needs about the model's size: with less free space, load without writing one
+  const root = path.dirname(finalDir);
+  await mkdir(root, { recursive: true });
+  const need = (await modelBytesOnDisk(modelPath)) + WRITE_MARGIN_BYTES;
+  const free = await (opts.freeBytes ?? filesystemFreeBytes)(root).catch(() => Infinity);
+  if (free < need) {
+    return {
+      key,
+      modelPath,
+      cached: false,
+      sessionOptions: {},
+      commit: async () => undefined,
+      abort: async () => {},
+      notice: `optimized-graph cache: ${gb(free)} free in ${root}, ${opts.label ?? 'the model'} needs about ${gb(need)}; loading it without saving its optimized graph`,
     };
   }
   const tmpDir = `${finalDir}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
@@ -143,19 +183,27 @@ export async function planOptimizedModel(modelPath: string, opts: OptimizedCache
       },
     },
     commit: async () => {
-      if (!prepared) return;
+      if (!prepared) return undefined;
       const written = path.join(tmpDir, OPTIMIZED_MODEL_FILE);
       try {
         await stat(written);
       } catch {
         await rm(tmpDir, { recursive: true, force: true });
-        return; // this provider wrote nothing: nothing to cache
+        return undefined; // this provider wrote nothing: nothing to cache
       }
+      const unsaved = (why: unknown) => `optimized-graph cache: the optimized graph of ${opts.label ?? 'the model'} was not saved (${why instanceof Error ? why.message.split('\n')[0] : String(why)})`;
       try {
         await repairOptimizedModel(written);
-      } catch {
+      } catch (err) {
         await rm(tmpDir, { recursive: true, force: true });
-        return; // a graph onnxruntime could not load back: nothing to cache
+        return unsaved(err); // a graph onnxruntime could not load back: nothing to cache
+      }
+      let shared;
+      try {
+        shared = await shareEntryWeights(tmpDir, root, OPTIMIZED_MODEL_FILE, OPTIMIZED_WEIGHTS_FILE);
+      } catch (err) {
+        await rm(tmpDir, { recursive: true, force: true });
+        return unsaved(err); // unreadable weights, or the disk filled while rewriting them: nothing to cache
       }
       const meta = {
         source: path.resolve(modelPath),
@@ -166,6 +214,7 @@ export async function planOptimizedModel(modelPath: string, opts: OptimizedCache
         ort: ortVersion(),
         cpu: cpuSignature(),
         created: new Date().toISOString(),
+        weights: { ownBytes: shared.ownBytes, sharedBytes: shared.sharedBytes },
       };
       await writeFile(path.join(tmpDir, 'meta.json'), JSON.stringify(meta, null, 2));
       try {
@@ -178,6 +227,7 @@ export async function planOptimizedModel(modelPath: string, opts: OptimizedCache
       await pruneCacheDir(path.dirname(finalDir), opts.maxBytes ?? cacheMaxBytes(), new Set([key])).catch(() => {});
       // and what was derived from models that are gone (their Winograd weights included)
       await pruneDerived(path.dirname(path.dirname(finalDir))).catch(() => {});
+      return undefined;
     },
     abort: async () => {
       await rm(tmpDir, { recursive: true, force: true });
@@ -235,12 +285,16 @@ export interface CachedSession {
   cached: boolean;
   key: string;
   loadMs: number;
+  /** one line for the user when the cache was skipped (too little disk, a failed write) */
+  notice?: string;
 }
 
 /**
  * Creates a session through the cache. `baseOptions` are the caller's options (threads,
  * providers, arena settings); the cache's override the optimization level and dump path. A
- * cached entry that fails to load is deleted and the source model is loaded instead.
+ * cached entry that fails to load is deleted and the source model is loaded instead; where the
+ * entry cannot be written (too little disk, a write that fails) the model is loaded with the
+ * caller's options alone and `notice` says so.
  */
 export async function createCachedSession(
   modelPath: string,
@@ -262,22 +316,38 @@ export async function createCachedSession(
     return o;
   };
   let session: ort.InferenceSession;
-  try {
-    session = await create(plan.modelPath, merge(plan));
-  } catch (err) {
-    await plan.abort();
-    if (!plan.cached) throw err;
-    plan = await planOptimizedModel(modelPath, opts);
+  let notice = plan.notice;
+  // writing the entry failed (disk full, cache not writable) or the model itself cannot load:
+  // the model is loaded without the cache; only a model that fails that way too is an error
+  const plainly = async (): Promise<ort.InferenceSession> => {
+    const s = await create(modelPath, baseOptions);
+    notice ??= `optimized-graph cache: could not save the optimized graph of ${opts.label ?? 'the model'} in ${path.join(opts.cacheDir, 'optimized')} (disk full or not writable); loaded it without the cache`;
+    return s;
+  };
+  const attempt = async (): Promise<ort.InferenceSession | undefined> => {
     try {
-      session = await create(plan.modelPath, merge(plan));
-    } catch (err2) {
+      return await create(plan.modelPath, merge(plan));
+    } catch (err) {
       await plan.abort();
-      throw err2;
+      if (plan.notice) throw err; // nothing was being written: the model's own error
+      return undefined;
     }
+  };
+  let s = await attempt();
+  if (!s && plan.cached) {
+    // a cached entry that does not load: it was deleted, write it anew
+    plan = await planOptimizedModel(modelPath, opts);
+    notice = plan.notice;
+    s = await attempt();
   }
-  await plan.commit();
+  if (!s) {
+    session = await plainly();
+    return { session, cached: false, key: plan.key, loadMs: performance.now() - t0, ...(notice ? { notice } : {}) };
+  }
+  session = s;
+  notice ??= await plan.commit();
   if (plan.cached) await touchEntry(path.dirname(plan.modelPath));
-  return { session, cached: plan.cached, key: plan.key, loadMs: performance.now() - t0 };
+  return { session, cached: plan.cached, key: plan.key, loadMs: performance.now() - t0, ...(notice ? { notice } : {}) };
 }
 
 function mergeExtra(a: unknown, b: unknown): Record<string, unknown> | undefined {
