@@ -353,3 +353,27 @@ test('the rewrite runs on opset 10 models too (DepthToSpace without the opset-11
   assert.equal(winogradConvs(m, { tile: 4, minChannels: 1 }).count, 1);
   assert.ok(maxAbsDiff(await run(m, x, [n, c, h, w]), await run(ref, x, [n, c, h, w])) <= 1e-5);
 });
+
+test('spatial strides: ToMe at max downsample 2 on an SDXL-shaped UNet leaves every convolution’s stride as in the exported graph', async () => {
+  const { loadModel } = await import('../src/onnx/model-io.js');
+  const { applyToMe } = await import('../src/tome/index.js');
+  const { DEFAULT_TOME } = await import('../src/tome/options.js');
+  const file = fx('tiny-sdxl/unet/model.onnx');
+  const convStrides = (m: ModelProto) => {
+    const idx = new GraphIndex(m.graph!);
+    const s = spatialStrides(idx);
+    return new Map(idx.nodesByOp('Conv').map((n) => [n.name, s.get(n.input[0]!)]));
+  };
+  const plain = convStrides(await loadModel(file, { externalData: 'lazy' }));
+  const m = await loadModel(file, { externalData: 'lazy' });
+  const r = applyToMe(m, { ...DEFAULT_TOME, ratio: 0.5, maxDownsample: 2 });
+  assert.ok(r.patched && r.blocks.length > 0, 'ToMe merges at level 2');
+  const patched = convStrides(m);
+  assert.equal(patched.size, plain.size);
+  assert.ok(plain.size >= 10, `${plain.size} convolutions`);
+  assert.deepEqual([...patched], [...plain]);
+  // the exported graph's own strides: 1 at full resolution, 2 and 4 below, back up to 1
+  assert.equal(plain.get('/conv_in/Conv'), 1);
+  assert.equal(plain.get('/conv_out/Conv'), 1);
+  assert.ok([...plain.values()].includes(4), 'the lowest level is at stride 4');
+});

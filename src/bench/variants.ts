@@ -18,7 +18,7 @@ import { DEFAULT_TOME } from '../tome/options.js';
 import type { ToMeOptions } from '../tome/types.js';
 import { SDGEN_VERSION } from '../version.js';
 import type { BenchAttention, BenchConv } from './types.js';
-import { winogradRewrite } from '../optimize/conv-mode.js';
+import { WINOGRAD_REWRITE_VERSION, winogradRewrite } from '../optimize/conv-mode.js';
 
 export interface Variant {
   ratio: number;
@@ -75,7 +75,7 @@ export async function prepareVariant(unetPath: string, v: Variant, cacheDir: str
   const { weightsBytes, sdxl } = await unetTraits(unetPath);
   if (v.ratio === 0 && v.attention === 'standard' && v.conv === 'direct') return { ...v, path: unetPath, fused: 0, tomeBlocks: 0, weightsBytes, convs: 0, sdxl };
   const id = createHash('sha256')
-    .update(`${await modelFileIdentity(unetPath)}|${SDGEN_VERSION}|${variantLabel(v)}|U in a weights file|GEGLU split|ToMe graph ${TOME_GRAPH_VERSION}`)
+    .update(`${await modelFileIdentity(unetPath)}|${SDGEN_VERSION}|${variantLabel(v)}|U in a weights file|GEGLU split|ToMe graph ${TOME_GRAPH_VERSION}|Winograd ${WINOGRAD_REWRITE_VERSION}`)
     .digest('hex')
     .slice(0, 20);
   const dir = path.join(cacheDir, 'bench-variants', `${id}-${variantLabel(v)}`);

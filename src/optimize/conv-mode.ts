@@ -53,6 +53,12 @@ async function weightFloats(t: TensorProto): Promise<Float32Array> {
 }
 
 /**
+ * Version of the rewrite's output, part of every cache key of a rewritten graph (6: strides no
+ * longer pass through Shape, which gave ToMe graphs of SDXL the wrong tile at its 32×32 level).
+ */
+export const WINOGRAD_REWRITE_VERSION = 6;
+
+/**
  * Computes the transformed weights U of `folds` (winogradU) into one data file under `dir`,
  * named by the content of the weights they come from, so that every variant of a model (each
  * ToMe ratio, fused or not) shares one file; an existing file is reused. Points each fold's
@@ -138,6 +144,6 @@ export async function winogradRewrite(model: ModelProto, cacheDir: string, opts:
  * onnxruntime has nothing big to fold when it loads the variant.
  */
 export function getWinogradModel(modelPath: string, cacheDir: string, opts: WinogradOptions = {}): Promise<RewrittenModel> {
-  const keyOptions = { v: 5, tile: opts.tile ?? 'auto', minChannels: opts.minChannels ?? null };
+  const keyOptions = { v: WINOGRAD_REWRITE_VERSION, tile: opts.tile ?? 'auto', minChannels: opts.minChannels ?? null };
   return getRewrittenModel(modelPath, cacheDir, 'winograd', keyOptions, (m) => winogradRewrite(m, cacheDir, opts));
 }

@@ -199,11 +199,15 @@ export function constFloats(idx: GraphIndex, name: string): number[] | undefined
   return [...tensorFloats(t)];
 }
 
+/** ops whose output describes a tensor's shape, not its values */
+const SHAPE_OPS = new Set(['Shape', 'Size']);
+
 /**
  * Spatial stride of every 4-D float tensor derived from the graph's 4-D inputs: Conv multiplies
  * by its stride, a Resize with constant scales divides by the scale; other ops pass their first
  * known input's stride on (element-wise ops, norms, Concat of skip connections). A Resize with
- * computed sizes makes its output unknown.
+ * computed sizes makes its output unknown; Shape and Size outputs, and what only they feed, have
+ * none.
  */
 export function spatialStrides(idx: GraphIndex): Map<string, number | undefined> {
   const graph = idx.graph;
@@ -213,6 +217,10 @@ export function spatialStrides(idx: GraphIndex): Map<string, number | undefined>
     if (dims.length === 4 && !idx.initializer(i.name)) stride.set(i.name, 1);
   }
   for (const n of graph.node) {
+    // a tensor's shape is not a feature map: what is computed from shapes (the time embedding
+    // broadcast to the batch, ToMe's grid sizes from the input latents) carries no stride, or an
+    // Add of such a value with a feature map would take the wrong one
+    if (SHAPE_OPS.has(n.opType)) continue;
     const known = n.input.find((i) => i !== '' && stride.has(i));
     if (known === undefined) continue;
     let s = stride.get(known);
