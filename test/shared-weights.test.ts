@@ -150,3 +150,52 @@ test('a write that fails (disk full mid-write) loads the model without the cache
     rmSync(cacheDir, { recursive: true, force: true });
   }
 });
+
+test('shareEntryWeights: links a file only when at least half of it is needed; equal small tensors of another model stay own', async () => {
+  const { encodeModel, decodeModel } = await import('../src/onnx/proto.js');
+  const { shareEntryWeights } = await import('../src/optimize/shared-weights.js');
+  const { mkdirSync, writeFileSync } = await import('node:fs');
+  const root = mkdtempSync(path.join(os.tmpdir(), 'sdgen-shared-unit-'));
+  try {
+    const bytes = (n: number, seed: number) => Buffer.from(Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.1 + seed)).buffer);
+    const ones = Buffer.from(new Float32Array(64).fill(1).buffer);
+    /** an entry whose model.weights holds `tensors` back to back, as onnxruntime writes it */
+    const entry = (name: string, tensors: Buffer[]) => {
+      const dir = path.join(root, name);
+      mkdirSync(dir, { recursive: true });
+      let off = 0;
+      const initializer = tensors.map((t, i) => {
+        const ext = [{ key: 'location', value: 'model.weights' }, { key: 'offset', value: String(off) }, { key: 'length', value: String(t.length) }];
+        off += t.length;
+        return { name: `w${i}`, dims: [t.length / 4], dataType: 1, externalData: ext };
+      });
+      writeFileSync(path.join(dir, 'model.weights'), Buffer.concat(tensors));
+      writeFileSync(path.join(dir, 'model.onnx'), encodeModel({ irVersion: 8, opsetImport: [{ domain: '', version: 17 }], graph: { node: [], initializer, input: [], output: [], valueInfo: [] } }));
+      return dir;
+    };
+    const big1 = bytes(4096, 1), big2 = bytes(4096, 2), big3 = bytes(4096, 3);
+    // another model's entry: a large tensor of its own and a LayerNorm-like tensor of ones
+    const other = entry('other', [bytes(8192, 9), ones]);
+    assert.equal((await shareEntryWeights(other, root, 'model.onnx', 'model.weights')).sharedBytes, 0, 'nothing published yet');
+    // a variant: the same big tensors as the one to come, the ones too
+    const variant = entry('variant', [big1, big2, ones]);
+    const rv = await shareEntryWeights(variant, root, 'model.onnx', 'model.weights');
+    assert.deepEqual(rv, { sharedBytes: 0, ownBytes: big1.length + big2.length + ones.length, linkedFiles: 0 }, 'the other model’s file is not worth linking for 256 bytes');
+    // the new entry: big1, big2 and the ones from the variant (all of its file), big3 its own
+    const fresh = entry('fresh.tmp-1', [big1, ones, big3, big2]);
+    const r = await shareEntryWeights(fresh, root, 'model.onnx', 'model.weights');
+    assert.deepEqual(r, { sharedBytes: big1.length + big2.length + ones.length, ownBytes: big3.length, linkedFiles: 1 });
+    assert.equal(inode(path.join(fresh, 'shared-0.weights')), inode(path.join(variant, 'model.weights')));
+    assert.equal(statSync(path.join(fresh, 'model.weights')).size, big3.length);
+    // every initializer reads back its own bytes from where the rewritten model points
+    const m = decodeModel(readFileSync(path.join(fresh, 'model.onnx')));
+    const want = [big1, ones, big3, big2];
+    m.graph!.initializer.forEach((t, i) => {
+      const kv = new Map(t.externalData!.map((e) => [e.key, e.value]));
+      const data = readFileSync(path.join(fresh, kv.get('location')!)).subarray(Number(kv.get('offset')), Number(kv.get('offset')) + Number(kv.get('length')));
+      assert.ok(Buffer.compare(data, want[i]!) === 0, `initializer ${i} from ${kv.get('location')}`);
+    });
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});

@@ -271,9 +271,10 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
   const imageTargetRatio = o.imageRatio ?? IMAGE_RATIO;
   const imageTargetAttention = o.imageAttention ?? IMAGE_ATTENTION;
   const variantOf = (ratio: number, attention: BenchAttention) => ({ ratio, attention, conv: attention === 'fused' ? o.conv : ('direct' as BenchConv), maxDownsample: o.maxDownsample });
-  log('Preparing UNet variants …');
   const variants = new Map<string, PreparedVariant | string>();
-  for (const ratio of o.ratios) {
+  // only the grid's rows time these graphs (`--sizes none` leaves just the image and hires runs)
+  if (o.sizes.length > 0) log('Preparing UNet variants …');
+  for (const ratio of o.sizes.length > 0 ? o.ratios : []) {
     for (const attention of o.attention) {
       const v = variantOf(ratio, attention);
       try {
@@ -287,7 +288,8 @@ export async function runBench(input: Partial<BenchOptions> | Record<string, unk
           const warm = await runInChild({ kind: 'load', modelPath: pv.path, threads, cacheDir }, { memoryLimit: limit });
           if (!warm.ok) throw new Error(`loading the Winograd variant failed: ${warm.error}`);
           const cached = warm.result.kind === 'load' && warm.result.cached;
-          log(`    ${cached ? 'its optimized graph is in the cache' : 'optimized once into the optimized-graph cache'} (${((Date.now() - t0) / 1000).toFixed(0)} s)`);
+          const notice = warm.result.kind === 'load' ? warm.result.notice : undefined;
+          log(`    ${cached ? 'its optimized graph is in the cache' : notice ?? 'optimized once into the optimized-graph cache'} (${((Date.now() - t0) / 1000).toFixed(0)} s)`);
         }
         variants.set(variantLabel(v), pv);
       } catch (err) {

@@ -90,6 +90,8 @@ export interface LoadJobResult {
   cached: boolean;
   firstRunMs?: number;
   maxRss: number;
+  /** the optimized-graph cache was skipped, and why (one line) */
+  notice?: string;
 }
 
 export interface ImageJobResult {

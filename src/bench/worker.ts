@@ -44,11 +44,11 @@ async function openSession(
   modelPath: string,
   options: ort.InferenceSession.SessionOptions,
   cache?: { cacheDir: string; variant?: string; savePrepacked?: boolean },
-): Promise<{ session: ort.InferenceSession; cached: boolean }> {
+): Promise<{ session: ort.InferenceSession; cached: boolean; notice?: string }> {
   if (!cache) return { session: await ort.InferenceSession.create(modelPath, options), cached: false };
   const { createCachedSession } = await import('../optimize/session-cache.js');
   const r = await createCachedSession(modelPath, options, { provider: 'cpu', ...cache });
-  return { session: r.session, cached: r.cached };
+  return { session: r.session, cached: r.cached, ...(r.notice ? { notice: r.notice } : {}) };
 }
 
 async function runUnet(job: Extract<WorkerJob, { kind: 'unet' }>): Promise<UnetJobResult> {
@@ -88,7 +88,7 @@ async function runUnet(job: Extract<WorkerJob, { kind: 'unet' }>): Promise<UnetJ
 async function runLoad(job: Extract<WorkerJob, { kind: 'load' }>): Promise<LoadJobResult> {
   const base = baseOptions(job);
   const t0 = performance.now();
-  const { session, cached } = await openSession(
+  const { session, cached, notice } = await openSession(
     job.modelPath,
     base,
     job.cacheDir ? { cacheDir: job.cacheDir, variant: job.variant ?? '', savePrepacked: !!job.savePrepacked } : undefined,
@@ -103,7 +103,7 @@ async function runLoad(job: Extract<WorkerJob, { kind: 'load' }>): Promise<LoadJ
     firstRunMs = performance.now() - t;
   }
   await session.release();
-  return { kind: 'load', loadMs, cached, firstRunMs, maxRss: maxRssBytes() };
+  return { kind: 'load', loadMs, cached, firstRunMs, maxRss: maxRssBytes(), ...(notice ? { notice } : {}) };
 }
 
 async function runImage(job: Extract<WorkerJob, { kind: 'image' }>): Promise<ImageJobResult> {

@@ -8,7 +8,9 @@
  * published its initializers are matched, by SHA-256 of their bytes and their length, against
  * the `weights-index.json` of the entries already published. A matched initializer is read from
  * the other entry's weights file, hard-linked into this entry as `shared-<n>.weights` (a hard
- * link keeps the data alive when the other entry is evicted); only the unmatched ones stay in
+ * link keeps the data alive when the other entry is evicted) when at least half of that file is
+ * what this entry needs (so another model's equal LayerNorm ones never pin its whole file);
+ * only the unmatched ones stay in
  * this entry's own `model.weights`, rewritten without the rest. Where hard links are not
  * possible (FAT, some network shares) the entry keeps its full copy, as before.
  *
@@ -26,6 +28,8 @@ export const WEIGHTS_INDEX_FILE = 'weights-index.json';
 const INDEX_FORMAT = 1;
 /** offsets of the rewritten own weights file are multiples of this */
 const ALIGN = 64;
+/** another entry's file is linked only if at least this fraction of it is used */
+const MIN_USEFUL_FRACTION = 0.5;
 
 /** One external initializer as an entry stores it. */
 export interface IndexedTensor {
@@ -135,28 +139,41 @@ export async function shareEntryWeights(entryDir: string, root: string, modelFil
     await fh.close();
   }
 
-  // where each initializer could come from: the first published entry holding the same bytes
-  const known = new Map<string, { dir: string; file: string; offset: number; size: number }>();
+  // where each initializer could come from: every published entry's file holding the same bytes
+  interface Source { dir: string; file: string; offset: number; size: number }
+  const known = new Map<string, Source[]>();
   for (const { dir, index } of await siblingIndexes(root, path.basename(entryDir))) {
     for (const t of index.tensors) {
       const size = index.files?.[t.file];
       if (typeof size !== 'number' || !/^[\w.-]+$/.test(t.file)) continue;
       const k = matchKey(t.hash, t.length);
-      if (!known.has(k)) known.set(k, { dir, file: t.file, offset: t.offset, size });
+      const list = known.get(k) ?? [];
+      if (!list.some((c) => c.dir === dir && c.file === t.file)) list.push({ dir, file: t.file, offset: t.offset, size });
+      known.set(k, list);
     }
   }
 
-  // link each other entry's file that holds a match; one that cannot be linked is not used
-  const linked = new Map<string, string>(); // other file → its name in this entry
+  // Another entry's file is worth linking when at least half of it is what this entry needs:
+  // small tensors that happen to be equal (a LayerNorm's ones, zero biases) in another model's
+  // entry are not worth keeping that model's whole file alive for.
+  const fileOf = (c: Source): string => path.join(c.dir, c.file);
+  const candidates = refs.map((r, i) => known.get(matchKey(hashes[i]!, r.length)) ?? []);
+  const useful = new Map<string, number>();
+  for (let i = 0; i < refs.length; i++) for (const c of candidates[i]!) useful.set(fileOf(c), (useful.get(fileOf(c)) ?? 0) + refs[i]!.length);
+  const worth = (c: Source): boolean => useful.get(fileOf(c))! >= MIN_USEFUL_FRACTION * c.size;
+
+  // link the files worth it (the most useful first); one that cannot be linked is not used
+  const linked = new Map<string, string>(); // other file → its name in this entry ('' = could not link)
   const files: Record<string, number> = {};
   const placement: ({ file: string; offset: number } | undefined)[] = [];
   for (let i = 0; i < refs.length; i++) {
-    const src = known.get(matchKey(hashes[i]!, refs[i]!.length));
+    const options = candidates[i]!.filter(worth).sort((a, b) => useful.get(fileOf(b))! - useful.get(fileOf(a))!);
+    const src = options.find((c) => linked.get(fileOf(c)) !== '');
     if (!src) {
       placement.push(undefined);
       continue;
     }
-    const from = path.join(src.dir, src.file);
+    const from = fileOf(src);
     let as = linked.get(from);
     if (as === undefined) {
       const name = `shared-${linked.size}.weights`;
