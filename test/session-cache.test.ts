@@ -188,6 +188,13 @@ test('pruneDerived: entries of models that are gone go, and Winograd weights fil
     const wBench = weightsFile('bench.bin', 400);
     const wFresh = weightsFile('fresh.bin', 500, true);
     weightsFile('orphan.bin', 600);
+    // old, but reused within the hour: its `.used` mark is fresh (the file's own time is left alone)
+    const wReused = weightsFile('reused.bin', 700);
+    writeFileSync(`${wReused}.used`, '');
+    // old, and its mark is old too: goes with it
+    const wStale = weightsFile('stale.bin', 800);
+    writeFileSync(`${wStale}.used`, '');
+    utimesSync(`${wStale}.used`, old, old);
     entry('tome', 't-live', { source: live });
     entry('tome', 't-gone', { source: gone });
     entry('tome', 't-relative', { source: 'gone.onnx' }); // not judged: relative to some other cwd
@@ -199,8 +206,8 @@ test('pruneDerived: entries of models that are gone go, and Winograd weights fil
     entry('optimized', 'o-gone', { source: gone });
     entry('optimized', 'o-live', { source: live });
     const r = await pruneDerived(cache, now);
-    assert.deepEqual(r.removed.sort(), ['fused/f-gone', 'optimized/o-gone', 'tome/t-gone', 'winograd/w-of-fused-gone', 'winograd/weights/gone.bin', 'winograd/weights/orphan.bin']);
-    assert.deepEqual(readdirSync(weights).sort(), ['bench.bin', 'bypath.bin', 'fresh.bin', 'live.bin']);
+    assert.deepEqual(r.removed.sort(), ['fused/f-gone', 'optimized/o-gone', 'tome/t-gone', 'winograd/w-of-fused-gone', 'winograd/weights/gone.bin', 'winograd/weights/orphan.bin', 'winograd/weights/stale.bin']);
+    assert.deepEqual(readdirSync(weights).sort(), ['bench.bin', 'bypath.bin', 'fresh.bin', 'live.bin', 'reused.bin', 'reused.bin.used']);
     assert.deepEqual(readdirSync(path.join(cache, 'tome')).sort(), ['t-live', 't-relative']);
     assert.ok(existsSync(wFresh));
     assert.ok(r.freedBytes >= 200 + 600);

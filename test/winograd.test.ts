@@ -287,10 +287,17 @@ test('cached Winograd variants: U computed by sdgen into one weights file per mo
     m.producerName = 'variant';
     await saveModel(m, path.join(src, 'b', 'model.onnx'), { externalData: true, weightsFile: 'weights.pb' });
     const a = await getWinogradModel(path.join(src, 'a', 'model.onnx'), cacheDir, { minChannels: 1 });
+    assert.ok(a.rewritten);
+    const { modelFileIdentity } = await import('../src/onnx/model-io.js');
+    const identityA = await modelFileIdentity(a.path);
+    await new Promise((r) => setTimeout(r, 20)); // a touched file would get a later time
     const b = await getWinogradModel(path.join(src, 'b', 'model.onnx'), cacheDir, { minChannels: 1 });
     assert.ok(a.rewritten && b.rewritten && a.path !== b.path);
-    const shared = readdirSync(path.join(cacheDir, 'winograd', 'weights'));
+    const shared = readdirSync(path.join(cacheDir, 'winograd', 'weights')).filter((f) => f.endsWith('.bin'));
     assert.equal(shared.length, 1, `one weights file for both variants: ${shared}`);
+    // reusing the file marks it beside it: the first variant's identity (its optimized graph's cache key) holds
+    assert.ok(existsSync(path.join(cacheDir, 'winograd', 'weights', `${shared[0]}.used`)));
+    assert.equal(await modelFileIdentity(a.path), identityA);
     const rewritten = decodeModel(readFileSync(a.path));
     const inits = rewritten.graph!.initializer;
     const us = inits.filter((t) => /winograd_U[24]$/.test(t.name ?? ''));

@@ -213,7 +213,10 @@ export async function pruneDerived(cacheDir: string, nowMs = Date.now()): Promis
     try {
       const st = await stat(file);
       if (usedPaths.has(path.resolve(file)) || usedInodes.has(`${st.dev}:${st.ino}`)) continue;
-      if (nowMs - st.mtimeMs < FRESH_WEIGHTS_MS) continue;
+      // written, or reused (its `.used` mark, see conv-mode.ts), within the hour
+      const reused = (await stat(`${file}.used`).catch(() => undefined))?.mtimeMs ?? 0;
+      if (nowMs - Math.max(st.mtimeMs, reused) < FRESH_WEIGHTS_MS) continue;
+      await rm(`${file}.used`, { force: true });
       await rm(file, { force: true });
       result.removed.push(`winograd/weights/${name}`);
       result.freedBytes += st.size;

@@ -16,7 +16,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
-import { mkdir, open, rename, rm, utimes } from 'node:fs/promises';
+import { mkdir, open, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { readTensorBytes } from '../onnx/model-io.js';
@@ -58,6 +58,9 @@ async function weightFloats(t: TensorProto): Promise<Float32Array> {
  */
 export const WINOGRAD_REWRITE_VERSION = 6;
 
+/** `<weights file><USED_SUFFIX>`: its modification time is the weights file's last reuse (cache-prune.ts). */
+const USED_SUFFIX = '.used';
+
 /**
  * Computes the transformed weights U of `folds` (winogradU) into one data file under `dir`,
  * named by the content of the weights they come from, so that every variant of a model (each
@@ -80,9 +83,11 @@ export async function writeWinogradWeights(folds: readonly WinogradFold[], dir: 
   const file = path.join(dir, `${hash.digest('hex').slice(0, 32)}.bin`);
   const total = ranges.length > 0 ? ranges[ranges.length - 1]!.offset + ranges[ranges.length - 1]!.length : 0;
   if (existsSync(file) && statSync(file).size === total) {
-    // reused: marked as just used, so that pruneDerived leaves it to the entry about to link it
-    const now = new Date();
-    await utimes(file, now, now).catch(() => {});
+    // reused: marked as just used, so that pruneDerived leaves it to the entry about to link it.
+    // The mark is a file beside it: the weights file's own time is part of the identity of every
+    // graph that links it (modelFileIdentity), and touching it would invalidate their cached
+    // optimized graphs each time another variant is made.
+    await writeFile(`${file}${USED_SUFFIX}`, '').catch(() => {});
   } else {
     await mkdir(dir, { recursive: true });
     const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
