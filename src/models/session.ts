@@ -9,7 +9,7 @@ import ort from 'onnxruntime-node';
 import { SdgenError, UsageError } from '../errors.js';
 import type { DeviceName } from './providers.js';
 import type { ConvMode } from '../optimize/conv-mode.js';
-import { ProviderSelector, type ProviderName, type SessionFactory } from './providers.js';
+import { errorReason, ProviderSelector, type ProviderName, type SessionFactory } from './providers.js';
 import { createCachedSession, DEFAULT_MEMORY_OPTIONS } from '../optimize/index.js';
 import { foldOrtError, ortLogLevel, ortLogOptions } from './ort-log.js';
 
@@ -214,7 +214,7 @@ export class SessionManager {
       if (!s) {
         s = await create(path, options);
         // said only once the model loaded: a model that cannot load reports its own error
-        if (cacheError !== undefined) this.onNotice(`optimized-graph cache: not used for the ${what} (${cacheError instanceof Error ? cacheError.message.split('\n')[0] : String(cacheError)})`);
+        if (cacheError !== undefined) this.onNotice(`optimized-graph cache: not used for the ${what} (${errorReason(cacheError)})`);
       }
       used = providers[0]!;
       return s;

@@ -60,13 +60,14 @@ export function loadedWithExternalData(model: ModelProto): boolean {
   return modelInfo.get(model)?.hadExternalData ?? false;
 }
 
-interface ExternalRef {
+export interface ExternalRef {
   location: string;
   offset: number;
   length: number | undefined;
 }
 
-function parseExternalData(t: TensorProto): ExternalRef {
+/** A tensor's external data entry (location, offset, length); throws on a malformed one. */
+export function parseExternalData(t: TensorProto): ExternalRef {
   let location: string | undefined;
   let offset = 0;
   let length: number | undefined;

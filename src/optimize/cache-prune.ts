@@ -73,13 +73,7 @@ async function dirFiles(dir: string, out: { inode: string; size: number }[] = []
 }
 
 async function dirBytes(dir: string): Promise<number> {
-  let total = 0;
-  for (const d of await readdir(dir, { withFileTypes: true })) {
-    const p = path.join(dir, d.name);
-    if (d.isDirectory()) total += await dirBytes(p);
-    else if (d.isFile()) total += (await stat(p)).size;
-  }
-  return total;
+  return (await dirFiles(dir)).reduce((s, f) => s + f.size, 0);
 }
 
 /** Marks an entry as just used (best effort). */

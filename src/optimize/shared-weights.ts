@@ -21,6 +21,7 @@ import { link, open, readFile, readdir, rename, rm, stat, writeFile } from 'node
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { subgraphsOf } from '../onnx/attributes.js';
+import { parseExternalData } from '../onnx/model-io.js';
 import { decodeModel, encodeModel } from '../onnx/proto.js';
 import type { GraphProto, TensorProto } from '../onnx/types.js';
 
@@ -57,21 +58,19 @@ export interface ShareResult {
   linkedFiles: number;
 }
 
-interface ExternalRef {
+interface ExternalTensor {
   tensor: TensorProto;
   location: string;
   offset: number;
   length: number;
 }
 
-function externalRefs(g: GraphProto, out: ExternalRef[]): boolean {
+/** The external initializers of a graph and its subgraphs; false when one has no length. */
+function externalRefs(g: GraphProto, out: ExternalTensor[]): boolean {
   for (const t of g.initializer) {
     if (!t.externalData?.length) continue;
-    const kv = new Map(t.externalData.map((e) => [e.key, e.value]));
-    const location = kv.get('location');
-    const offset = Number(kv.get('offset') ?? 0);
-    const length = Number(kv.get('length'));
-    if (!location || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || length <= 0) return false;
+    const { location, offset, length } = parseExternalData(t);
+    if (length === undefined || length === 0) return false;
     out.push({ tensor: t, location, offset, length });
   }
   for (const n of g.node) for (const sg of subgraphsOf(n)) if (!externalRefs(sg, out)) return false;
@@ -123,7 +122,7 @@ const matchKey = (hash: string, length: number): string => `${hash}:${length}`;
 export async function shareEntryWeights(entryDir: string, root: string, modelFile: string, weightsFile: string): Promise<ShareResult> {
   const modelPath = path.join(entryDir, modelFile);
   const model = decodeModel(await readFile(modelPath));
-  const refs: ExternalRef[] = [];
+  const refs: ExternalTensor[] = [];
   const result: ShareResult = { sharedBytes: 0, ownBytes: 0, linkedFiles: 0 };
   if (!model.graph || !externalRefs(model.graph, refs) || refs.length === 0) return result;
   if (refs.some((r) => r.location !== weightsFile)) return result; // not what onnxruntime writes: leave it
